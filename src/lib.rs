@@ -1,0 +1,40 @@
+//! weftd, the node daemon: wiring of the subnet manager, the backend, subnet.env and the
+//! health server. Each module has one job; `run` holds the startup order.
+
+pub mod cli;
+pub mod health;
+pub mod iface;
+pub mod logging;
+pub mod run;
+pub mod subnet_file;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// Parses the command line (flannel's flags, `-flag` or `--flag`, and `FLANNELD_*`), sets
+/// up logging and runs the daemon until SIGTERM/SIGINT.
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    let cli = cli::Cli::parse_flannel_style(args);
+    logging::init(cli.v);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(cli)) {
+        Ok(()) => {
+            tracing::info!("Exiting cleanly...");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

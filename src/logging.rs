@@ -1,0 +1,18 @@
+//! Logging setup: `tracing` to stderr. flannel's klog `-v` level maps onto tracing levels;
+//! `RUST_LOG` (an env-filter directive) wins when set.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(verbosity: u8) {
+    let default = match verbosity {
+        0 => "info",
+        1..=3 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,583 @@
+//! The daemon's startup order and event loop (etcd mode).
+//!
+//! Startup follows flannel's order: flags → health server → network config (retried
+//! until valid) → external interface → lease (retried; conflicts and "out of subnets"
+//! never crash the daemon) → subnet.env → ready → watch leases and keep the lease.
+//! Nothing is torn down on exit: restarts must not disturb traffic.
+
+use crate::cli::Cli;
+use crate::health::{self, Readiness};
+use crate::iface::{self, ExternalInterface, IfaceRequest};
+use crate::subnet_file::{self, SubnetEnv};
+use anyhow::{Context, bail};
+use regex::Regex;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+use weft_subnet::config::BackendType;
+use weft_subnet::etcd::{
+    AcquireError, Backoff, ConfigFetchError, EtcdError, EtcdOptions, EtcdSubnetManager,
+    RenewOutcome, TlsFiles, WatchBatch,
+};
+use weft_subnet::watch::{Changes, LeaseEvent, LeaseWatcher, OwnLeaseChange};
+use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+
+/// Backends this build of weftd can run.
+const IMPLEMENTED_BACKENDS: [BackendType; 1] = [BackendType::Alloc];
+
+/// Period of the housekeeping tick (retrying a failed subnet.env write).
+const TICK: Duration = Duration::from_secs(5);
+
+/// Runs weftd until SIGTERM or SIGINT.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    info!("CLI flags config: {}", describe_flags(&cli));
+    if !(1..=1439).contains(&cli.subnet_lease_renew_margin) {
+        bail!(
+            "--subnet-lease-renew-margin={}: must be between 1 and 1439 minutes",
+            cli.subnet_lease_renew_margin
+        );
+    }
+    if cli.kube_subnet_mgr {
+        bail!(
+            "--kube-subnet-mgr: the Kubernetes subnet manager is not available in this weftd \
+             build yet; run in etcd mode (--etcd-endpoints)"
+        );
+    }
+    if cli.ip_masq {
+        warn!(
+            "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true is \
+             written as asked, so the CNI plugin will not masquerade either"
+        );
+    }
+    if cli.ip_blackhole_route {
+        warn!("--ip-blackhole-route is not implemented yet and is ignored");
+    }
+    let request = iface_request(&cli)?;
+    let mut shutdown = Shutdown::install()?;
+    let readiness = Readiness::new("starting: no network config yet");
+    if cli.healthz_port > 0 {
+        let ip: IpAddr = cli
+            .healthz_ip
+            .parse()
+            .with_context(|| format!("--healthz-ip={}: not an IP address", cli.healthz_ip))?;
+        let (bound, serve) = health::bind(SocketAddr::new(ip, cli.healthz_port), readiness.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for health checks on {ip}:{}",
+                    cli.healthz_port
+                )
+            })?;
+        info!(address = %bound, "serving /healthz and /readyz");
+        tokio::spawn(serve);
+    }
+    let previous = subnet_file::read_previous(&cli.subnet_file);
+    match previous {
+        Some(key) => {
+            info!(subnet = %key, file = %cli.subnet_file.display(), "previous subnet found")
+        }
+        None => debug!(file = %cli.subnet_file.display(), "no previous subnet"),
+    }
+
+    let options = etcd_options(&cli);
+    let Some(manager) = shutdown.until(connect(&options)).await else {
+        return Ok(());
+    };
+    let manager = Arc::new(manager?);
+    let Some(config) = shutdown.until(fetch_config(&manager, &readiness)).await else {
+        return Ok(());
+    };
+    info!(config = %config.summary(), "network config");
+
+    let host = weft_backend::kernel::read_host()
+        .await
+        .context("cannot read the host's interfaces")?;
+    let request = resolve_can_reach(request, &config).await?;
+    let external =
+        iface::select(&host, &request).context("cannot choose the external interface")?;
+    info!(
+        interface = %external.name,
+        address = ?external.iface_addr,
+        address_v6 = ?external.iface_v6_addr,
+        public_ip = ?external.ext_addr,
+        public_ipv6 = ?external.ext_v6_addr,
+        "using interface {}: {}", external.name, external.reason
+    );
+    let attrs = LeaseAttrs {
+        public_ip: external.ext_addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        public_ipv6: external.ext_v6_addr,
+        // flannel's alloc backend sets no BackendType.
+        backend_type: String::new(),
+        backend_data: None,
+        backend_v6_data: None,
+    };
+
+    readiness.set_not_ready("no subnet lease yet");
+    let Some(lease) = shutdown
+        .until(acquire(&manager, &config, &attrs, previous))
+        .await
+    else {
+        return Ok(());
+    };
+    log_lease("lease acquired", &lease);
+    let mut node = Node {
+        cli: &cli,
+        manager: manager.clone(),
+        config,
+        external,
+        attrs,
+        lease,
+        readiness: readiness.clone(),
+        env_written: false,
+    };
+    node.write_subnet_env();
+
+    let (sink, mut batches) = mpsc::channel(64);
+    let watcher_manager = manager.clone();
+    let watch_task = tokio::spawn(async move { watcher_manager.watch_leases(sink).await });
+    let mut watcher = LeaseWatcher::new(Some(node.lease.key));
+    let mut renew_at = node.renewal_deadline();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        let renew_sleep = async {
+            match renew_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.wait() => break,
+            batch = batches.recv() => {
+                let Some(batch) = batch else { bail!("the lease watch stopped unexpectedly") };
+                let changes = match batch {
+                    WatchBatch::Snapshot(leases) => watcher.reset(leases),
+                    WatchBatch::Events(events) => watcher.apply(events),
+                };
+                if let Some(new_key) = node.handle(changes, &mut renew_at, &mut shutdown).await {
+                    log_peer_events(&watcher.set_own(Some(new_key)));
+                }
+            }
+            () = renew_sleep => {
+                renew_at = None;
+                if let Some(new_key) = node.renew(&mut renew_at, &mut shutdown).await {
+                    log_peer_events(&watcher.set_own(Some(new_key)));
+                }
+            }
+            _ = tick.tick() => {
+                if !node.env_written {
+                    node.write_subnet_env();
+                }
+            }
+        }
+    }
+    watch_task.abort();
+    info!("shutting down; the lease, subnet.env and the datapath are left in place");
+    Ok(())
+}
+
+/// This node's lease and what depends on it.
+struct Node<'a> {
+    cli: &'a Cli,
+    manager: Arc<EtcdSubnetManager>,
+    config: NetworkConfig,
+    external: ExternalInterface,
+    attrs: LeaseAttrs,
+    lease: Lease,
+    readiness: Arc<Readiness>,
+    env_written: bool,
+}
+
+impl Node<'_> {
+    fn subnet_env(&self) -> SubnetEnv {
+        SubnetEnv {
+            network: self.config.ipv4.map(|p| p.network),
+            subnet: self.lease.key.ipv4,
+            ipv6_network: self.config.ipv6.map(|p| p.network),
+            ipv6_subnet: self.lease.key.ipv6,
+            // The alloc backend adds no encapsulation.
+            mtu: self.external.mtu,
+            ip_masq: self.cli.ip_masq,
+        }
+    }
+
+    fn write_subnet_env(&mut self) {
+        let path = &self.cli.subnet_file;
+        match subnet_file::write_atomic(path, &self.subnet_env().render()) {
+            Ok(()) => {
+                info!(file = %path.display(), subnet = %self.lease.key, "wrote subnet.env");
+                self.env_written = true;
+                self.readiness.set_ready();
+                info!("weftd is ready");
+            }
+            Err(e) => {
+                self.env_written = false;
+                let reason = format!("cannot write {}: {e}", path.display());
+                error!("{reason}; retrying in {TICK:?}");
+                self.readiness.set_not_ready(reason);
+            }
+        }
+    }
+
+    /// When to renew: the renewal margin before expiry, the margin capped at half the TTL.
+    fn renewal_deadline(&self) -> Option<Instant> {
+        let expiration = self.lease.expiration?;
+        let ttl = Duration::from_secs(self.cli.subnet_lease_ttl);
+        let margin =
+            Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60).min(ttl / 2);
+        let remaining = expiration
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Some(Instant::now() + remaining.saturating_sub(margin))
+    }
+
+    /// Reacts to peer changes and to changes of the own key. Returns the new own key if
+    /// the lease had to be re-acquired under a different subnet.
+    async fn handle(
+        &mut self,
+        changes: Changes,
+        renew_at: &mut Option<Instant>,
+        shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
+        log_peer_events(&changes.peers);
+        match changes.own? {
+            OwnLeaseChange::Written(current) => {
+                if current.attrs.public_ip != self.attrs.public_ip
+                    || current.attrs.public_ipv6 != self.attrs.public_ipv6
+                {
+                    error!(
+                        subnet = %current.key,
+                        other_public_ip = %current.attrs.public_ip,
+                        "this node's subnet was taken over by another node; acquiring a new lease"
+                    );
+                    return self.reacquire(renew_at, shutdown).await;
+                }
+                if current.revision <= self.lease.revision {
+                    return None;
+                }
+                let lease_changed = current.etcd_lease != self.lease.etcd_lease;
+                let attrs_changed = current.attrs != self.attrs;
+                self.lease.revision = current.revision;
+                if lease_changed || attrs_changed {
+                    // Someone else rewrote our key (an admin turning it into a reservation,
+                    // or changing its attributes): take it as it is now, and re-assert our
+                    // attributes and TTL right away unless it is a reservation.
+                    info!(subnet = %current.key, reservation = current.is_reservation(),
+                        "this node's lease was rewritten in etcd");
+                    self.lease.etcd_lease = current.etcd_lease;
+                    self.lease.expiration = None;
+                    *renew_at = (!current.is_reservation()).then(Instant::now);
+                }
+                None
+            }
+            OwnLeaseChange::Deleted => {
+                warn!(subnet = %self.lease.key, "this node's lease was deleted from etcd; re-acquiring it");
+                self.reacquire(renew_at, shutdown).await
+            }
+        }
+    }
+
+    async fn renew(
+        &mut self,
+        renew_at: &mut Option<Instant>,
+        shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
+        match self.manager.renew_lease(&self.lease).await {
+            Ok(RenewOutcome::Renewed(lease)) => {
+                debug!(subnet = %lease.key, etcd_lease = lease.etcd_lease, "lease renewed");
+                self.lease = lease;
+                *renew_at = self.renewal_deadline();
+                None
+            }
+            Ok(RenewOutcome::Lost { current }) => {
+                match current {
+                    Some(c) if c.attrs.public_ip == self.attrs.public_ip => {
+                        // Rewritten by someone, but still ours: adopt it and retry soon.
+                        self.lease.revision = c.revision;
+                        self.lease.etcd_lease = c.etcd_lease;
+                        *renew_at =
+                            (!c.is_reservation()).then(|| Instant::now() + Duration::from_secs(1));
+                        None
+                    }
+                    _ => {
+                        warn!(subnet = %self.lease.key, "lost this node's lease while renewing it; re-acquiring");
+                        self.reacquire(renew_at, shutdown).await
+                    }
+                }
+            }
+            Err(e) => {
+                let remaining = self
+                    .lease
+                    .expiration
+                    .and_then(|x| x.duration_since(SystemTime::now()).ok())
+                    .unwrap_or_default();
+                let retry = Duration::from_secs(60)
+                    .min(remaining / 2)
+                    .max(Duration::from_millis(500));
+                warn!("cannot renew the lease, retrying in {retry:?}: {e}");
+                *renew_at = Some(Instant::now() + retry);
+                None
+            }
+        }
+    }
+
+    /// Re-acquires a lease, preferring the same subnet. Returns the new key if it changed.
+    async fn reacquire(
+        &mut self,
+        renew_at: &mut Option<Instant>,
+        shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
+        let old = self.lease.key;
+        self.readiness
+            .set_not_ready(format!("re-acquiring the lease on {old}"));
+        let acquired = shutdown
+            .until(acquire(&self.manager, &self.config, &self.attrs, Some(old)))
+            .await?;
+        self.lease = acquired;
+        *renew_at = self.renewal_deadline();
+        log_lease("lease re-acquired", &self.lease);
+        if self.lease.key == old {
+            self.readiness.set_ready();
+            return None;
+        }
+        error!(
+            old = %old,
+            new = %self.lease.key,
+            "this node now has a different subnet; pods created before keep addresses from the \
+             old one and must be recreated"
+        );
+        self.write_subnet_env();
+        Some(self.lease.key)
+    }
+}
+
+fn log_lease(what: &str, lease: &Lease) {
+    info!(
+        subnet = %lease.key,
+        public_ip = %lease.attrs.public_ip,
+        reservation = lease.is_reservation(),
+        etcd_lease = lease.etcd_lease,
+        "{what}"
+    );
+}
+
+/// Logs peer changes: one line each for small batches, a summary for large ones.
+fn log_peer_events(events: &[LeaseEvent]) {
+    let verbose = events.len() <= 50;
+    for event in events {
+        let (what, lease) = match event {
+            LeaseEvent::Added(lease) => ("peer added", lease),
+            LeaseEvent::Removed(lease) => ("peer removed", lease),
+        };
+        if verbose {
+            info!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, backend = %lease.attrs.backend_type, "{what}");
+        } else {
+            debug!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, "{what}");
+        }
+    }
+    if !verbose {
+        let added = events
+            .iter()
+            .filter(|e| matches!(e, LeaseEvent::Added(_)))
+            .count();
+        info!(added, removed = events.len() - added, "peers changed");
+    }
+}
+
+fn etcd_options(cli: &Cli) -> EtcdOptions {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let mut options = EtcdOptions::new(
+        cli.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    );
+    options.prefix.clone_from(&cli.etcd_prefix);
+    options.username = non_empty(&cli.etcd_username);
+    options.password = non_empty(&cli.etcd_password);
+    options.tls = TlsFiles {
+        ca_file: non_empty(&cli.etcd_cafile).map(Into::into),
+        cert_file: non_empty(&cli.etcd_certfile).map(Into::into),
+        key_file: non_empty(&cli.etcd_keyfile).map(Into::into),
+    };
+    options.lease_ttl = Duration::from_secs(cli.subnet_lease_ttl.max(1));
+    options
+}
+
+fn iface_request(cli: &Cli) -> anyhow::Result<IfaceRequest> {
+    let mut regexes = Vec::new();
+    for text in &cli.iface_regex {
+        regexes
+            .push(Regex::new(text).with_context(|| {
+                format!("--iface-regex={text}: not a valid regular expression")
+            })?);
+    }
+    let public_ip = match cli.public_ip.as_str() {
+        "" => None,
+        text => Some(
+            text.parse()
+                .with_context(|| format!("--public-ip={text}: not an IPv4 address"))?,
+        ),
+    };
+    let public_ipv6 = match cli.public_ipv6.as_str() {
+        "" => None,
+        text => Some(
+            text.parse()
+                .with_context(|| format!("--public-ipv6={text}: not an IPv6 address"))?,
+        ),
+    };
+    let can_reach = match cli.iface_can_reach.as_str() {
+        "" => None,
+        text => {
+            let ip: IpAddr = text
+                .parse()
+                .with_context(|| format!("--iface-can-reach={text}: not an IP address"))?;
+            Some((ip, None))
+        }
+    };
+    Ok(IfaceRequest {
+        ifaces: cli.iface.clone(),
+        iface_regexes: regexes,
+        can_reach,
+        public_ip,
+        public_ipv6,
+        ipv4: true,
+        ipv6: false,
+    })
+}
+
+/// Fills in the families from the config and asks the kernel for the `--iface-can-reach`
+/// route.
+async fn resolve_can_reach(
+    mut request: IfaceRequest,
+    config: &NetworkConfig,
+) -> anyhow::Result<IfaceRequest> {
+    request.ipv4 = config.ipv4.is_some();
+    request.ipv6 = config.ipv6.is_some();
+    if let Some((target, _)) = request.can_reach {
+        let route = weft_backend::kernel::route_to(target)
+            .await
+            .context("route lookup for --iface-can-reach")?;
+        request.can_reach = Some((target, route));
+    }
+    Ok(request)
+}
+
+async fn connect(options: &EtcdOptions) -> anyhow::Result<EtcdSubnetManager> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        match EtcdSubnetManager::connect(options).await {
+            Ok(manager) => return Ok(manager),
+            Err(e @ EtcdError::TlsFile { .. }) => return Err(e.into()),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!("{e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Fetches the network config until it is present, valid and runnable by this build.
+async fn fetch_config(manager: &EtcdSubnetManager, readiness: &Readiness) -> NetworkConfig {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+    let mut last_error = String::new();
+    let mut last_logged = Instant::now();
+    loop {
+        let problem = match manager.network_config().await {
+            Ok(config) if IMPLEMENTED_BACKENDS.contains(&config.backend.kind) => return config,
+            Ok(config) => format!(
+                "backend type {} is not implemented in this weftd build (implemented: {}); \
+                 fix the Backend in {}",
+                config.backend.kind,
+                IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", "),
+                manager.config_key()
+            ),
+            Err(e @ (ConfigFetchError::NotFound { .. } | ConfigFetchError::Invalid { .. })) => {
+                e.to_string()
+            }
+            Err(ConfigFetchError::Etcd(e)) => format!("cannot read the network config: {e}"),
+        };
+        // Say it once, then remind every 30 s, so a long outage does not flood the log.
+        if problem != last_error || last_logged.elapsed() >= Duration::from_secs(30) {
+            error!("{problem}; retrying");
+            last_logged = Instant::now();
+        }
+        readiness.set_not_ready(problem.clone());
+        last_error = problem;
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Acquires a lease, retrying on every error: etcd outages, conflicts and exhaustion.
+async fn acquire(
+    manager: &EtcdSubnetManager,
+    config: &NetworkConfig,
+    attrs: &LeaseAttrs,
+    previous: Option<SubnetKey>,
+) -> Lease {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        match manager.acquire_lease(config, attrs, previous).await {
+            Ok(lease) => return lease,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                match e {
+                    AcquireError::OutOfSubnets(_) => {
+                        error!(
+                            "cannot lease a subnet: {e}; free a lease or enlarge the network; retrying in {delay:?}"
+                        );
+                    }
+                    _ => warn!("cannot lease a subnet: {e}; retrying in {delay:?}"),
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn describe_flags(cli: &Cli) -> String {
+    let mut shown = cli.clone();
+    if !shown.etcd_password.is_empty() {
+        shown.etcd_password = "<redacted>".into();
+    }
+    format!("{shown:?}")
+}
+
+/// SIGTERM/SIGINT, observable from several places.
+struct Shutdown {
+    receiver: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    fn install() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let (sender, receiver) = watch::channel(false);
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            info!("received {name}");
+            let _ = sender.send(true);
+        });
+        Ok(Shutdown { receiver })
+    }
+
+    async fn wait(&mut self) {
+        let _ = self.receiver.wait_for(|stop| *stop).await;
+    }
+
+    /// Runs `work` unless a shutdown comes first.
+    async fn until<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            value = work => Some(value),
+            () = self.wait() => None,
+        }
+    }
+}

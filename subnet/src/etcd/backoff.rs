@@ -1,0 +1,48 @@
+//! Exponential backoff with full jitter, for reconnect loops.
+
+use std::time::Duration;
+
+/// Doubles from `initial` up to `max`; each delay is randomised in [delay/2, delay] so
+/// a fleet of nodes does not reconnect in lockstep after an etcd restart.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = delay / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[9] >= Duration::from_millis(2500) && delays[9] <= Duration::from_secs(5));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

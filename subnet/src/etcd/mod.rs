@@ -1,0 +1,650 @@
+//! The etcd v3 subnet manager, wire-compatible with flannel's.
+//!
+//! Keys: `<prefix>/config` holds net-conf.json; `<prefix>/subnets/<subnet key>` holds
+//! LeaseAttrs JSON attached to an etcd lease (24 h TTL), or to none for a reservation.
+//!
+//! Where weft deliberately differs from flannel:
+//! - a create conflict is retried (up to [`MAX_ATTEMPTS`]); flannel's retry is dead code;
+//! - reservations (keys without an etcd lease) stay reservations: never given a TTL;
+//! - every write of an existing key is guarded by its ModRevision, so a node never
+//!   overwrites a lease another node just took;
+//! - renewal revokes the previous etcd lease instead of leaving it to expire;
+//! - listing does not ask etcd for every key's TTL (flannel does one RPC per key): peers'
+//!   expirations are never used, and this keeps a 5,000-node listing one request;
+//! - a malformed lease or a key that is not a subnet is logged once and skipped.
+
+mod backoff;
+
+pub use backoff::Backoff;
+
+use crate::alloc::{self, Action, Claimant, CreateReason, OutOfSubnets};
+use crate::config::{ConfigError, NetworkConfig};
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::watch::DatastoreEvent;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// flannel's lease TTL: 24 hours.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many create/update conflicts `acquire_lease` survives before giving up.
+pub const MAX_ATTEMPTS: u32 = 32;
+/// flannel's default key prefix.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// TLS material for the etcd connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// How to reach etcd and how to lease.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: TlsFiles,
+    /// TTL of the etcd lease attached to this node's subnet key.
+    pub lease_ttl: Duration,
+    /// Upper bound for one unary etcd request.
+    pub request_timeout: Duration,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_string(),
+            username: None,
+            password: None,
+            tls: TlsFiles::default(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A failed etcd operation.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("cannot read etcd TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to etcd at {endpoints}: {source}")]
+    Connect {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("etcd {op} failed: {source}")]
+    Request {
+        op: &'static str,
+        source: etcd_client::Error,
+    },
+    #[error("etcd {op} timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+}
+
+/// Why the network config could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFetchError {
+    #[error(
+        "flannel config not found in etcd store at {key}. Did you create your config using etcdv3 API?"
+    )]
+    NotFound { key: String },
+    #[error("invalid network config in etcd key {key}: {source}")]
+    Invalid { key: String, source: ConfigError },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// Why no lease could be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error(transparent)]
+    OutOfSubnets(#[from] OutOfSubnets),
+    #[error("gave up acquiring a subnet after {0} conflicting writes by other nodes")]
+    TooManyConflicts(u32),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// The result of renewing this node's lease.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenewOutcome {
+    Renewed(Lease),
+    /// The key changed under us: deleted (`None`) or rewritten, possibly by another node.
+    Lost {
+        current: Option<Lease>,
+    },
+}
+
+/// What the lease watch delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchBatch {
+    /// A full listing (at start, after a compaction or a reconnect that lost history).
+    Snapshot(Vec<Lease>),
+    Events(Vec<DatastoreEvent>),
+}
+
+/// Leases subnets from etcd; see the module docs.
+pub struct EtcdSubnetManager {
+    client: Client,
+    prefix: String,
+    lease_ttl: Duration,
+    timeout: Duration,
+    /// (key, ModRevision) of malformed entries already logged, so each is logged once.
+    warned: Mutex<HashSet<(String, i64)>>,
+}
+
+impl EtcdSubnetManager {
+    /// Creates the client. Without username/password this does not contact etcd yet.
+    pub async fn connect(options: &EtcdOptions) -> Result<EtcdSubnetManager, EtcdError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let (Some(user), Some(password)) = (&options.username, &options.password) {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = tls_options(&options.tls)? {
+            connect = connect.with_tls(tls);
+        }
+        let endpoints = options.endpoints.join(",");
+        let client = tokio::time::timeout(
+            options.request_timeout,
+            Client::connect(&options.endpoints, Some(connect)),
+        )
+        .await
+        .map_err(|_| EtcdError::Connect {
+            endpoints: endpoints.clone(),
+            source: etcd_client::Error::InvalidArgs(format!(
+                "no answer within {:?}",
+                options.request_timeout
+            )),
+        })?
+        .map_err(|source| EtcdError::Connect { endpoints, source })?;
+        Ok(EtcdSubnetManager {
+            client,
+            prefix: options.prefix.trim_end_matches('/').to_string(),
+            lease_ttl: options.lease_ttl,
+            timeout: options.request_timeout,
+            warned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn lease_key(&self, key: &SubnetKey) -> String {
+        format!("{}{key}", self.subnets_prefix())
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result.map_err(|source| EtcdError::Request { op, source }),
+            Err(_) => Err(EtcdError::Timeout {
+                op,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// Reads and validates `<prefix>/config`.
+    pub async fn network_config(&self) -> Result<NetworkConfig, ConfigFetchError> {
+        let key = self.config_key();
+        let response = self
+            .call("get config", self.client.clone().get(key.clone(), None))
+            .await?;
+        let Some(kv) = response.kvs().first() else {
+            return Err(ConfigFetchError::NotFound { key });
+        };
+        let text = String::from_utf8_lossy(kv.value());
+        NetworkConfig::parse(&text).map_err(|source| ConfigFetchError::Invalid { key, source })
+    }
+
+    /// Lists all well-formed leases and the store revision of the listing.
+    pub async fn list_leases(&self) -> Result<(Vec<Lease>, i64), EtcdError> {
+        let response = self
+            .call(
+                "list leases",
+                self.client
+                    .clone()
+                    .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let leases = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.lease_from_kv(kv))
+            .collect();
+        Ok((leases, revision))
+    }
+
+    /// Turns a key/value into a lease; malformed entries are logged once and skipped.
+    fn lease_from_kv(&self, kv: &KeyValue) -> Option<Lease> {
+        let full_key = String::from_utf8_lossy(kv.key());
+        let name = full_key
+            .strip_prefix(&self.subnets_prefix())
+            .unwrap_or(&full_key);
+        let parsed = SubnetKey::parse(name)
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                LeaseAttrs::from_json(kv.value())
+                    .map(|a| (key, a))
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok((key, attrs)) => Some(Lease {
+                key,
+                attrs,
+                etcd_lease: kv.lease(),
+                expiration: None,
+                revision: kv.mod_revision(),
+            }),
+            Err(reason) => {
+                self.warn_once(&full_key, kv.mod_revision(), &reason);
+                None
+            }
+        }
+    }
+
+    fn warn_once(&self, key: &str, revision: i64, reason: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.len() > 10_000 {
+            warned.clear();
+        }
+        if warned.insert((key.to_string(), revision)) {
+            warn!(key, revision, "skipping malformed entry in etcd: {reason}");
+        }
+    }
+
+    /// Acquires a lease for this node (flannel's `AcquireLease`, with conflicts retried).
+    ///
+    /// `attrs.public_ip` / `public_ipv6` identify the node; `previous` is the subnet pair
+    /// from the old subnet.env.
+    pub async fn acquire_lease(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<SubnetKey>,
+    ) -> Result<Lease, AcquireError> {
+        let claimant = Claimant {
+            public_ip: config.ipv4.is_some().then_some(attrs.public_ip),
+            public_ipv6: attrs.public_ipv6,
+        };
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (leases, _) = self.list_leases().await?;
+            let plan = {
+                let mut rng = rand::rng();
+                alloc::plan(config, &leases, &claimant, previous, &mut rng)?
+            };
+            if let Some(stale) = &plan.delete {
+                info!(
+                    subnet = %stale.key,
+                    "deleting this node's lease: it does not fit the network config any more"
+                );
+                if !self.delete_if_unchanged(stale).await? {
+                    continue;
+                }
+            }
+            let outcome = match &plan.action {
+                Action::Reuse(existing) => {
+                    let lease = self.rewrite(existing, attrs).await?;
+                    if lease.is_some() {
+                        info!(subnet = %existing.key, reservation = existing.is_reservation(),
+                            "reusing the lease that carries this node's public IP");
+                    }
+                    lease
+                }
+                Action::Create { key, reason } => {
+                    let lease = self.create(key, attrs).await?;
+                    if lease.is_some() {
+                        let why = match reason {
+                            CreateReason::Previous => {
+                                "the subnet from the previous subnet.env is free"
+                            }
+                            CreateReason::Random => "picked a free subnet",
+                        };
+                        info!(subnet = %key, "leased a new subnet: {why}");
+                    }
+                    lease
+                }
+            };
+            if let Some(lease) = outcome {
+                return Ok(lease);
+            }
+            debug!(
+                attempt,
+                "another node wrote the same subnet first; retrying"
+            );
+            let jitter = rand::random_range(5..=50u64) * u64::from(attempt.min(10));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        Err(AcquireError::TooManyConflicts(MAX_ATTEMPTS))
+    }
+
+    /// Renews this node's lease: a fresh TTL, guarded by the key's ModRevision.
+    pub async fn renew_lease(&self, lease: &Lease) -> Result<RenewOutcome, EtcdError> {
+        match self.rewrite(lease, &lease.attrs).await? {
+            Some(renewed) => Ok(RenewOutcome::Renewed(renewed)),
+            None => Ok(RenewOutcome::Lost {
+                current: self.get_lease(&lease.key).await?,
+            }),
+        }
+    }
+
+    /// Reads one lease; `None` when the key is absent or malformed.
+    pub async fn get_lease(&self, key: &SubnetKey) -> Result<Option<Lease>, EtcdError> {
+        let response = self
+            .call(
+                "get lease",
+                self.client.clone().get(self.lease_key(key), None),
+            )
+            .await?;
+        Ok(response.kvs().first().and_then(|kv| self.lease_from_kv(kv)))
+    }
+
+    /// Creates `key` if absent. `Ok(None)` means another node holds it.
+    async fn create(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, EtcdError> {
+        let etcd_key = self.lease_key(key);
+        let grant = self.grant().await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                etcd_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                etcd_key,
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(grant)),
+            )]);
+        let result = self
+            .call("create lease", self.client.clone().txn(txn))
+            .await;
+        match result {
+            Ok(response) if response.succeeded() => Ok(Some(Lease {
+                key: *key,
+                attrs: attrs.clone(),
+                etcd_lease: grant,
+                expiration: Some(SystemTime::now() + self.lease_ttl),
+                revision: response.header().map_or(0, |h| h.revision()),
+            })),
+            other => {
+                self.revoke(grant).await;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Rewrites an existing lease with `attrs` and a fresh TTL (none for a reservation),
+    /// if nobody changed it since `existing.revision`. `Ok(None)` means it changed.
+    async fn rewrite(
+        &self,
+        existing: &Lease,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, EtcdError> {
+        let etcd_key = self.lease_key(&existing.key);
+        let grant = if existing.is_reservation() {
+            0
+        } else {
+            self.grant().await?
+        };
+        let put_options = (grant != 0).then(|| PutOptions::new().with_lease(grant));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                etcd_key.clone(),
+                CompareOp::Equal,
+                existing.revision,
+            )])
+            .and_then([TxnOp::put(etcd_key, attrs.to_json(), put_options)]);
+        let result = self
+            .call("update lease", self.client.clone().txn(txn))
+            .await;
+        match result {
+            Ok(response) if response.succeeded() => {
+                if existing.etcd_lease != 0 && existing.etcd_lease != grant {
+                    // The key moved to the new lease; the old one holds nothing now.
+                    self.revoke(existing.etcd_lease).await;
+                }
+                Ok(Some(Lease {
+                    key: existing.key,
+                    attrs: attrs.clone(),
+                    etcd_lease: grant,
+                    expiration: (grant != 0).then(|| SystemTime::now() + self.lease_ttl),
+                    revision: response.header().map_or(0, |h| h.revision()),
+                }))
+            }
+            other => {
+                if grant != 0 {
+                    self.revoke(grant).await;
+                }
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Deletes a lease if unchanged since it was read; `Ok(false)` if it changed.
+    async fn delete_if_unchanged(&self, lease: &Lease) -> Result<bool, EtcdError> {
+        let etcd_key = self.lease_key(&lease.key);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                etcd_key.clone(),
+                CompareOp::Equal,
+                lease.revision,
+            )])
+            .and_then([TxnOp::delete(etcd_key, None)]);
+        let response = self
+            .call("delete lease", self.client.clone().txn(txn))
+            .await?;
+        Ok(response.succeeded())
+    }
+
+    async fn grant(&self) -> Result<i64, EtcdError> {
+        let ttl = i64::try_from(self.lease_ttl.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let response = self
+            .call("grant lease", self.client.clone().lease_grant(ttl, None))
+            .await?;
+        Ok(response.id())
+    }
+
+    /// Best effort: an unrevoked lease just expires later.
+    async fn revoke(&self, id: i64) {
+        if let Err(e) = self
+            .call("revoke lease", self.client.clone().lease_revoke(id))
+            .await
+        {
+            debug!(lease = id, "could not revoke etcd lease: {e}");
+        }
+    }
+
+    /// Streams all leases to `sink` until the receiver is dropped: a snapshot first, then
+    /// events. Reconnects with backoff (100 ms doubling to 5 s) and re-lists when the watch
+    /// revision was compacted or history may have been lost.
+    pub async fn watch_leases(&self, sink: mpsc::Sender<WatchBatch>) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut next_revision: Option<i64> = None;
+        loop {
+            if sink.is_closed() {
+                return;
+            }
+            let start = match next_revision {
+                Some(revision) => revision,
+                None => match self.list_leases().await {
+                    Ok((leases, revision)) => {
+                        if sink.send(WatchBatch::Snapshot(leases)).await.is_err() {
+                            return;
+                        }
+                        backoff.reset();
+                        revision + 1
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        warn!("cannot list leases, retrying in {delay:?}: {e}");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                },
+            };
+            next_revision = Some(start);
+            match self
+                .watch_from(start, &sink, &mut next_revision, &mut backoff)
+                .await
+            {
+                WatchEnd::ReceiverGone => return,
+                WatchEnd::Compacted(compacted) => {
+                    info!(
+                        from = start,
+                        compacted, "watch history was compacted; re-listing leases"
+                    );
+                    next_revision = None;
+                }
+                WatchEnd::Failed(reason) => {
+                    let delay = backoff.next_delay();
+                    warn!("lease watch interrupted, reconnecting in {delay:?}: {reason}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_from(
+        &self,
+        start: i64,
+        sink: &mpsc::Sender<WatchBatch>,
+        next_revision: &mut Option<i64>,
+        backoff: &mut Backoff,
+    ) -> WatchEnd {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(start);
+        let mut stream = match self
+            .call(
+                "watch leases",
+                self.client
+                    .clone()
+                    .watch(self.subnets_prefix(), Some(options)),
+            )
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => return WatchEnd::Failed(e.to_string()),
+        };
+        loop {
+            let response = tokio::select! {
+                response = stream.message() => response,
+                () = sink.closed() => return WatchEnd::ReceiverGone,
+            };
+            let response = match response {
+                Ok(Some(response)) => response,
+                Ok(None) => return WatchEnd::Failed("etcd closed the watch stream".into()),
+                Err(e) => return WatchEnd::Failed(e.to_string()),
+            };
+            if response.compact_revision() > 0 {
+                return WatchEnd::Compacted(response.compact_revision());
+            }
+            if response.canceled() {
+                return WatchEnd::Failed(format!("watch canceled: {}", response.cancel_reason()));
+            }
+            backoff.reset();
+            if let Some(header) = response.header() {
+                *next_revision = Some(header.revision() + 1);
+            }
+            let events: Vec<DatastoreEvent> = response
+                .events()
+                .iter()
+                .filter_map(|event| self.convert(event))
+                .collect();
+            if !events.is_empty() && sink.send(WatchBatch::Events(events)).await.is_err() {
+                return WatchEnd::ReceiverGone;
+            }
+        }
+    }
+
+    fn convert(&self, event: &etcd_client::Event) -> Option<DatastoreEvent> {
+        let kv = event.kv()?;
+        match event.event_type() {
+            EventType::Put => self.lease_from_kv(kv).map(DatastoreEvent::Put),
+            EventType::Delete => {
+                let full_key = String::from_utf8_lossy(kv.key());
+                let name = full_key
+                    .strip_prefix(&self.subnets_prefix())
+                    .unwrap_or(&full_key);
+                let key = SubnetKey::parse(name).ok()?;
+                let previous = event.prev_kv().and_then(|prev| self.lease_from_kv(prev));
+                Some(DatastoreEvent::Delete { key, previous })
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdSubnetManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSubnetManager")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+enum WatchEnd {
+    ReceiverGone,
+    Compacted(i64),
+    Failed(String),
+}
+
+fn tls_options(files: &TlsFiles) -> Result<Option<TlsOptions>, EtcdError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| EtcdError::TlsFile {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut tls = None;
+    // As in flannel, a client certificate is used only when both cert and key are given.
+    if let (Some(cert), Some(key)) = (&files.cert_file, &files.key_file) {
+        tls = Some(TlsOptions::new().identity(Identity::from_pem(read(cert)?, read(key)?)));
+    }
+    // Unlike flannel, a CA alone is honoured: server-authenticated TLS without a client cert.
+    if let Some(ca) = &files.ca_file {
+        tls = Some(
+            tls.unwrap_or_default()
+                .ca_certificate(Certificate::from_pem(read(ca)?)),
+        );
+    }
+    if tls.is_none() {
+        warn!("no certificate provided: connecting to etcd with http. This is insecure");
+    }
+    Ok(tls)
+}

@@ -1,0 +1,15 @@
+//! weft-subnet: everything about leasing pod subnets, and nothing about the kernel.
+//!
+//! The pure core (config validation, lease encoding, allocation, the lease watcher) has no
+//! I/O and is tested without root or a datastore. The etcd edge lives in [`etcd`] and is
+//! tested against a real etcd.
+
+pub mod alloc;
+pub mod config;
+pub mod etcd;
+pub mod family;
+pub mod lease;
+pub mod watch;
+
+pub use config::{BackendType, NetworkConfig, RawConfig};
+pub use lease::{Lease, LeaseAttrs, SubnetKey};
