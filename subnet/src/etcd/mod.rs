@@ -493,8 +493,14 @@ impl EtcdSubnetManager {
     /// events. Reconnects with backoff (100 ms doubling to 5 s) and re-lists when the watch
     /// revision was compacted or history may have been lost.
     pub async fn watch_leases(&self, sink: mpsc::Sender<WatchBatch>) {
+        self.watch_leases_from(None, sink).await;
+    }
+
+    /// As [`Self::watch_leases`], but resumes from `start` (a revision) when given,
+    /// without an initial snapshot; a compacted `start` leads to a fresh snapshot.
+    pub async fn watch_leases_from(&self, start: Option<i64>, sink: mpsc::Sender<WatchBatch>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut next_revision: Option<i64> = None;
+        let mut next_revision: Option<i64> = start;
         loop {
             if sink.is_closed() {
                 return;

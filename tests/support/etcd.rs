@@ -1,0 +1,163 @@
+//! A real etcd server (Debian's etcd-server) on a free port, with its own data directory.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct EtcdServer {
+    child: Option<Child>,
+    /// Network namespace to run in, or `None` for the test's own namespace.
+    netns: Option<String>,
+    pub ip: String,
+    pub client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl EtcdServer {
+    /// Starts etcd on 127.0.0.1 with free ports and waits until it answers.
+    pub fn start() -> EtcdServer {
+        Self::start_with(None, "127.0.0.1", free_port(), free_port())
+    }
+
+    /// Starts etcd inside a network namespace, listening on `ip`.
+    pub fn start_in(netns: &str, ip: &str) -> EtcdServer {
+        Self::start_with(Some(netns.to_string()), ip, 2379, 2380)
+    }
+
+    fn start_with(netns: Option<String>, ip: &str, client_port: u16, peer_port: u16) -> EtcdServer {
+        let dir = tempfile::tempdir().expect("tempdir for etcd");
+        let mut server = EtcdServer {
+            child: None,
+            netns,
+            ip: ip.to_string(),
+            client_port,
+            peer_port,
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}:{}", self.ip, self.client_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn launch(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://{}:{}", self.ip, self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("etcd log file");
+        let child = self
+            .command("etcd")
+            .args([
+                "--name=weft-test",
+                &format!("--data-dir={}", self.dir.path().join("data").display()),
+                &format!("--listen-client-urls={client}"),
+                &format!("--advertise-client-urls={client}"),
+                &format!("--listen-peer-urls={peer}"),
+                &format!("--initial-advertise-peer-urls={peer}"),
+                &format!("--initial-cluster=weft-test={peer}"),
+                "--log-level=warn",
+                "--logger=zap",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd: is Debian's etcd-server installed?");
+        self.child = Some(child);
+        let healthy =
+            super::wait_for_result("etcd to become healthy", Duration::from_secs(20), || {
+                let status = self
+                    .command("etcdctl")
+                    .args([
+                        "--endpoints",
+                        &self.endpoint(),
+                        "--dial-timeout=1s",
+                        "--command-timeout=2s",
+                        "endpoint",
+                        "health",
+                    ])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .ok()?;
+                status.success().then_some(())
+            });
+        if healthy.is_none() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            panic!("etcd did not become healthy; its log:\n{log}");
+        }
+    }
+
+    /// Stops etcd (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again with the same data and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("etcd client")
+    }
+
+    /// Runs etcdctl against this server and returns its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let output = self
+            .command("etcdctl")
+            .args(["--endpoints", &self.endpoint()])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
