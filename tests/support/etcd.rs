@@ -33,6 +33,18 @@ impl EtcdServer {
         Self::start_with(Some(netns.to_string()), ip, 2379, 2380)
     }
 
+    /// An etcd for `netns` that is not started yet (see [`EtcdServer::launch`]).
+    pub fn prepare_in(netns: &str, ip: &str) -> EtcdServer {
+        EtcdServer {
+            child: None,
+            netns: Some(netns.to_string()),
+            ip: ip.to_string(),
+            client_port: 2379,
+            peer_port: 2380,
+            dir: tempfile::tempdir().expect("tempdir for etcd"),
+        }
+    }
+
     fn start_with(netns: Option<String>, ip: &str, client_port: u16, peer_port: u16) -> EtcdServer {
         let dir = tempfile::tempdir().expect("tempdir for etcd");
         let mut server = EtcdServer {
@@ -66,7 +78,8 @@ impl EtcdServer {
         }
     }
 
-    fn launch(&mut self) {
+    /// Starts etcd and waits until it is healthy.
+    pub fn launch(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://{}:{}", self.ip, self.peer_port);
         let log = std::fs::OpenOptions::new()
