@@ -99,10 +99,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         iface::select(&host, &request).context("cannot choose the external interface")?;
     info!(
         interface = %external.name,
-        address = ?external.iface_addr,
-        address_v6 = ?external.iface_v6_addr,
-        public_ip = ?external.ext_addr,
-        public_ipv6 = ?external.ext_v6_addr,
+        address = %or_none(external.iface_addr),
+        address_v6 = %or_none(external.iface_v6_addr),
+        public_ip = %or_none(external.ext_addr),
+        public_ipv6 = %or_none(external.ext_v6_addr),
         "using interface {}: {}", external.name, external.reason
     );
     let attrs = LeaseAttrs {
@@ -371,7 +371,7 @@ fn log_peer_events(events: &[LeaseEvent]) {
             LeaseEvent::Removed(lease) => ("peer removed", lease),
         };
         if verbose {
-            info!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, backend = %lease.attrs.backend_type, "{what}");
+            info!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, backend = ?lease.attrs.backend_type, "{what}");
         } else {
             debug!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, "{what}");
         }
@@ -537,6 +537,10 @@ async fn acquire(
             }
         }
     }
+}
+
+fn or_none<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
 }
 
 fn describe_flags(cli: &Cli) -> String {

@@ -8,7 +8,10 @@ use weft_subnet::NetworkConfig;
 #[test]
 fn every_fixture_gives_its_expected_result() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/net-conf");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("fixture directory").map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixture directory")
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     let (mut valid, mut invalid) = (0, 0);
     let mut failures = Vec::new();
@@ -21,18 +24,30 @@ fn every_fixture_gives_its_expected_result() {
             _ => panic!("{name}: no input"),
         };
         let result = NetworkConfig::parse(&input);
-        let outcome = match (&result, fixture.get("expect"), fixture.get("error"), fixture.get("error_prefix")) {
+        let outcome = match (
+            &result,
+            fixture.get("expect"),
+            fixture.get("error"),
+            fixture.get("error_prefix"),
+        ) {
             (Ok(cfg), Some(expect), None, None) => {
                 valid += 1;
-                (cfg.summary() == *expect).then_some(()).ok_or_else(|| format!("got {}", cfg.summary()))
+                (cfg.summary() == *expect)
+                    .then_some(())
+                    .ok_or_else(|| format!("got {}", cfg.summary()))
             }
             (Err(e), None, Some(Value::String(error)), None) => {
                 invalid += 1;
-                (e.to_string() == *error).then_some(()).ok_or_else(|| format!("got error {e:?}"))
+                (e.to_string() == *error)
+                    .then_some(())
+                    .ok_or_else(|| format!("got error {e:?}"))
             }
             (Err(e), None, None, Some(Value::String(prefix))) => {
                 invalid += 1;
-                e.to_string().starts_with(prefix.as_str()).then_some(()).ok_or_else(|| format!("got error {e}"))
+                e.to_string()
+                    .starts_with(prefix.as_str())
+                    .then_some(())
+                    .ok_or_else(|| format!("got error {e}"))
             }
             (other, ..) => Err(format!("unexpected outcome {other:?}")),
         };
@@ -40,7 +55,14 @@ fn every_fixture_gives_its_expected_result() {
             failures.push(format!("{name}: {message}"));
         }
     }
-    assert!(failures.is_empty(), "fixture failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n{}",
+        failures.join("\n")
+    );
     // Guard against an empty or half-read fixture directory.
-    assert!(valid >= 15 && invalid >= 25, "only {valid} valid and {invalid} invalid fixtures found");
+    assert!(
+        valid >= 15 && invalid >= 25,
+        "only {valid} valid and {invalid} invalid fixtures found"
+    );
 }

@@ -32,7 +32,12 @@ impl Cluster {
         if start_etcd {
             etcd.launch();
         }
-        Cluster { nodes: Vec::new(), etcd, underlay, dir: tempfile::tempdir().unwrap() }
+        Cluster {
+            nodes: Vec::new(),
+            etcd,
+            underlay,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn node_dir(&self, host: usize) -> PathBuf {
@@ -46,25 +51,40 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let weftd = Weftd::start(&self.underlay.hosts[host].ns.name, &self.node_dir(host), &args);
+        let weftd = Weftd::start(
+            &self.underlay.hosts[host].ns.name,
+            &self.node_dir(host),
+            &args,
+        );
         self.nodes.push(weftd);
         self.nodes.len() - 1
     }
 
     fn readyz(&self, host: usize) -> (u16, String) {
-        self.underlay.hosts[host].ns.http_get("http://127.0.0.1:8081/readyz").unwrap_or((0, String::new()))
+        self.underlay.hosts[host]
+            .ns
+            .http_get("http://127.0.0.1:8081/readyz")
+            .unwrap_or((0, String::new()))
     }
 
     fn subnets_in_etcd(&self) -> Vec<(String, String)> {
-        let out = self.etcd.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
+        let out = self
+            .etcd
+            .etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
         let lines: Vec<&str> = out.lines().collect();
-        lines.chunks(2).map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string())).collect()
+        lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
+            .collect()
     }
 }
 
 /// FLANNEL_SUBNET of a subnet.env, e.g. "10.244.7.1/24".
 fn flannel_subnet(env: &str) -> String {
-    env.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET=")).expect("FLANNEL_SUBNET line").to_string()
+    env.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .expect("FLANNEL_SUBNET line")
+        .to_string()
 }
 
 #[test]
@@ -81,9 +101,17 @@ fn three_nodes_lease_distinct_subnets_restart_and_recover_a_deleted_lease() {
         let subnet = flannel_subnet(&env);
         assert_eq!(
             lines,
-            ["FLANNEL_NETWORK=10.244.0.0/16", &format!("FLANNEL_SUBNET={subnet}"), "FLANNEL_MTU=1500", "FLANNEL_IPMASQ=false"]
+            [
+                "FLANNEL_NETWORK=10.244.0.0/16",
+                &format!("FLANNEL_SUBNET={subnet}"),
+                "FLANNEL_MTU=1500",
+                "FLANNEL_IPMASQ=false"
+            ]
         );
-        assert!(subnet.starts_with("10.244.") && subnet.ends_with(".1/24"), "{subnet}");
+        assert!(
+            subnet.starts_with("10.244.") && subnet.ends_with(".1/24"),
+            "{subnet}"
+        );
         assert!(subnets.insert(subnet));
         node.wait_log("using interface eth0: it carries the default route", LIMIT);
         node.wait_log("weftd is ready", LIMIT);
@@ -93,11 +121,16 @@ fn three_nodes_lease_distinct_subnets_restart_and_recover_a_deleted_lease() {
     assert_eq!(stored.len(), 3);
     for (i, host) in c.underlay.hosts.iter().enumerate() {
         let expected = format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, host.ip);
-        assert!(stored.iter().any(|(_, v)| *v == expected), "node {i}: {expected} not in {stored:?}");
+        assert!(
+            stored.iter().any(|(_, v)| *v == expected),
+            "node {i}: {expected} not in {stored:?}"
+        );
     }
     // Each node sees the two others.
     for node in &c.nodes {
-        wait_for("two peers", LIMIT, || (node.log_count("peer added") >= 2).then_some(()));
+        wait_for("two peers", LIMIT, || {
+            (node.log_count("peer added") >= 2).then_some(())
+        });
     }
     assert_eq!(c.readyz(0), (200, "weftd is ready\n".to_string()));
 
@@ -106,21 +139,41 @@ fn three_nodes_lease_distinct_subnets_restart_and_recover_a_deleted_lease() {
     let status = c.nodes[2].terminate();
     assert!(status.success(), "exit status {status:?}");
     assert!(c.nodes[2].log().contains("Exiting cleanly"));
-    assert_eq!(std::fs::read_to_string(&c.nodes[2].subnet_file).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(&c.nodes[2].subnet_file).unwrap(),
+        before
+    );
     assert_eq!(c.subnets_in_etcd().len(), 3, "the lease stays in etcd");
     let restarted = c.start(2, &[]);
-    c.nodes[restarted].wait_log("reusing the lease that carries this node's public IP", LIMIT);
+    c.nodes[restarted].wait_log(
+        "reusing the lease that carries this node's public IP",
+        LIMIT,
+    );
     c.nodes[restarted].wait_log("weftd is ready", LIMIT);
-    assert_eq!(std::fs::read_to_string(&c.nodes[restarted].subnet_file).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(&c.nodes[restarted].subnet_file).unwrap(),
+        before
+    );
 
     // An operator deletes node 1's lease: node 1 takes the same subnet back, and the
     // others see the peer go and come back.
     let subnet1 = flannel_subnet(&c.nodes[1].wait_subnet_env(LIMIT));
-    let key = format!("/coreos.com/network/subnets/{}", subnet1.replace(".1/24", ".0-24"));
+    let key = format!(
+        "/coreos.com/network/subnets/{}",
+        subnet1.replace(".1/24", ".0-24")
+    );
     c.etcd.etcdctl(&["del", &key]);
-    c.nodes[1].wait_log("this node's lease was deleted from etcd; re-acquiring it", LIMIT);
+    c.nodes[1].wait_log(
+        "this node's lease was deleted from etcd; re-acquiring it",
+        LIMIT,
+    );
     c.nodes[1].wait_log("lease re-acquired", LIMIT);
-    wait_for("lease key restored", LIMIT, || c.subnets_in_etcd().iter().any(|(k, _)| *k == key).then_some(()));
+    wait_for("lease key restored", LIMIT, || {
+        c.subnets_in_etcd()
+            .iter()
+            .any(|(k, _)| *k == key)
+            .then_some(())
+    });
     c.nodes[0].wait_log("peer removed", LIMIT);
     assert_eq!(flannel_subnet(&c.nodes[1].wait_subnet_env(LIMIT)), subnet1);
     for node in &c.nodes {
@@ -139,14 +192,27 @@ fn etcd_down_at_start_then_bad_config_then_recovery() {
     assert!(c.nodes[0].is_running());
 
     c.etcd.launch();
-    c.etcd.etcdctl(&["put", CONFIG_KEY, r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"alloc"}}"#]);
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"alloc"}}"#,
+    ]);
     let message = "invalid network config in etcd key /coreos.com/network/config: SubnetLen must be less than /31";
     c.nodes[0].wait_log(message, LIMIT);
-    wait_for("readyz to explain the bad config", LIMIT, || c.readyz(0).1.contains(message).then_some(()));
+    wait_for("readyz to explain the bad config", LIMIT, || {
+        c.readyz(0).1.contains(message).then_some(())
+    });
     assert!(c.nodes[0].is_running());
 
-    c.etcd.etcdctl(&["put", CONFIG_KEY, r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#]);
-    c.nodes[0].wait_log("backend type vxlan is not implemented in this weftd build", LIMIT);
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    c.nodes[0].wait_log(
+        "backend type vxlan is not implemented in this weftd build",
+        LIMIT,
+    );
 
     c.etcd.etcdctl(&["put", CONFIG_KEY, ALLOC_CONFIG]);
     c.nodes[0].wait_subnet_env(LIMIT);
@@ -162,8 +228,16 @@ fn survives_an_etcd_outage_and_skips_malformed_leases() {
     c.nodes[0].wait_log("weftd is ready", LIMIT);
 
     // Garbage from the datastore is logged once with its key and skipped.
-    c.etcd.etcdctl(&["put", "/coreos.com/network/subnets/10.244.200.0-24", "garbage"]);
-    c.etcd.etcdctl(&["put", "/coreos.com/network/subnets/not-a-subnet", r#"{"PublicIP":"198.18.0.99"}"#]);
+    c.etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.200.0-24",
+        "garbage",
+    ]);
+    c.etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/not-a-subnet",
+        r#"{"PublicIP":"198.18.0.99"}"#,
+    ]);
     c.nodes[0].wait_log("key=\"/coreos.com/network/subnets/10.244.200.0-24\"", LIMIT);
     c.nodes[0].wait_log("key=\"/coreos.com/network/subnets/not-a-subnet\"", LIMIT);
 
@@ -176,14 +250,26 @@ fn survives_an_etcd_outage_and_skips_malformed_leases() {
     c.etcd.launch();
     c.start(1, &[]);
     c.nodes[1].wait_log("weftd is ready", LIMIT);
-    wait_for("node 0 to see node 1", LIMIT, || (c.nodes[0].log_count("peer added") >= 1).then_some(()));
-    assert_eq!(c.nodes[0].log_count("skipping malformed entry"), 2, "{}", c.nodes[0].log());
+    wait_for("node 0 to see node 1", LIMIT, || {
+        (c.nodes[0].log_count("peer added") >= 1).then_some(())
+    });
+    assert_eq!(
+        c.nodes[0].log_count("skipping malformed entry"),
+        2,
+        "{}",
+        c.nodes[0].log()
+    );
 
     // With a 6 s TTL the lease is renewed (margin capped at half the TTL) and survives
     // well past its first expiry.
     c.nodes[0].wait_log("lease renewed", LIMIT);
     std::thread::sleep(Duration::from_secs(7));
     let ip = &c.underlay.hosts[0].ip;
-    assert!(c.subnets_in_etcd().iter().any(|(_, v)| v.contains(ip.as_str())), "lease of {ip} expired");
+    assert!(
+        c.subnets_in_etcd()
+            .iter()
+            .any(|(_, v)| v.contains(ip.as_str())),
+        "lease of {ip} expired"
+    );
     assert!(!c.nodes[0].log().contains("panicked"));
 }
