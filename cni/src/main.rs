@@ -1,0 +1,3 @@
+//! The CNI plugin (in progress).
+
+fn main() {}
