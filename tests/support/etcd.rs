@@ -13,6 +13,108 @@ pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// Client TLS (server cert + required client certs) when set.
+    pub tls: Option<TlsMaterial>,
+}
+
+/// A CA and certificates made with openssl for one test.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsMaterial {
+    /// Creates a CA, a server certificate for `ip` and a client certificate in `dir`.
+    pub fn generate(dir: &std::path::Path, ip: &str) -> TlsMaterial {
+        let run = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=weft-test-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat());
+        for (name, usage, san) in [
+            ("server", "serverAuth", format!("IP:{ip}")),
+            ("client", "clientAuth", "DNS:weft-client".to_string()),
+        ] {
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat());
+            let ext = format!(
+                "subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            );
+            std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        TlsMaterial {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -42,7 +144,25 @@ impl EtcdServer {
             client_port: 2379,
             peer_port: 2380,
             dir: tempfile::tempdir().expect("tempdir for etcd"),
+            tls: None,
         }
+    }
+
+    /// Starts etcd on 127.0.0.1 serving TLS and requiring client certificates.
+    pub fn start_tls() -> EtcdServer {
+        let dir = tempfile::tempdir().expect("tempdir for etcd");
+        let tls = TlsMaterial::generate(dir.path(), "127.0.0.1");
+        let mut server = EtcdServer {
+            child: None,
+            netns: None,
+            ip: "127.0.0.1".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            tls: Some(tls),
+        };
+        server.launch();
+        server
     }
 
     fn start_with(netns: Option<String>, ip: &str, client_port: u16, peer_port: u16) -> EtcdServer {
@@ -54,13 +174,15 @@ impl EtcdServer {
             client_port,
             peer_port,
             dir,
+            tls: None,
         };
         server.launch();
         server
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.ip, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -68,14 +190,27 @@ impl EtcdServer {
     }
 
     fn command(&self, program: &str) -> Command {
-        match &self.netns {
+        let mut command = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, program]);
                 c
             }
             None => Command::new(program),
+        };
+        if let Some(tls) = &self.tls {
+            if program == "etcdctl" {
+                command.arg(format!("--cacert={}", tls.ca.display()));
+                command.arg(format!("--cert={}", tls.client_cert.display()));
+                command.arg(format!("--key={}", tls.client_key.display()));
+            } else {
+                command.arg(format!("--trusted-ca-file={}", tls.ca.display()));
+                command.arg(format!("--cert-file={}", tls.server_cert.display()));
+                command.arg(format!("--key-file={}", tls.server_key.display()));
+                command.arg("--client-cert-auth");
+            }
         }
+        command
     }
 
     /// Starts etcd and waits until it is healthy.
@@ -145,6 +280,7 @@ impl EtcdServer {
         self.launch();
     }
 
+    /// A plain-http client (for TLS servers use etcdctl).
     pub async fn client(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.endpoint()], None)
             .await
