@@ -1,0 +1,126 @@
+//! The kernel state weft wants and the kernel state it observed, as plain values.
+//!
+//! Entries refer to devices by name, not index: a device deleted by an admin comes back
+//! with a new index, and the same desired state still describes it.
+
+use crate::mac::Mac;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use weft_subnet::family::Net;
+
+/// A vxlan device as weft wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub name: String,
+    pub vni: u32,
+    /// UDP port; 0 means the kernel default (8472).
+    pub port: u16,
+    pub local: IpAddr,
+    pub underlay_index: u32,
+    pub learning: bool,
+    pub gbp: bool,
+    pub mtu: u32,
+    pub mac: Mac,
+}
+
+/// A device with its one address (the own subnet's network address, /32 or /128).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub link: VxlanLink,
+    pub address: Net,
+}
+
+/// A route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub destination: Net,
+    pub gateway: IpAddr,
+    pub device: String,
+    pub onlink: bool,
+}
+
+/// A permanent neighbour (ARP/ND) entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    pub device: String,
+    pub ip: IpAddr,
+    pub mac: Mac,
+}
+
+/// A permanent FDB entry (`bridge fdb ... self permanent`): VTEP MAC to remote node IP.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fdb {
+    pub device: String,
+    pub mac: Mac,
+    pub destination: IpAddr,
+}
+
+/// Everything weft wants in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub devices: Vec<Device>,
+    pub routes: BTreeMap<Net, Route>,
+    pub neighbours: BTreeMap<(String, IpAddr), Neighbour>,
+    pub fdb: BTreeMap<(String, Mac), Fdb>,
+}
+
+impl Desired {
+    pub fn device_names(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|d| d.link.name.as_str())
+    }
+
+    pub fn add_route(&mut self, route: Route) {
+        self.routes.insert(route.destination, route);
+    }
+
+    pub fn add_neighbour(&mut self, neighbour: Neighbour) {
+        self.neighbours
+            .insert((neighbour.device.clone(), neighbour.ip), neighbour);
+    }
+
+    pub fn add_fdb(&mut self, fdb: Fdb) {
+        self.fdb.insert((fdb.device.clone(), fdb.mac), fdb);
+    }
+}
+
+/// The vxlan attributes of an existing device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    pub underlay_index: u32,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+/// A device that exists under one of the desired names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedLink {
+    pub index: u32,
+    pub name: String,
+    /// `None` if the device is not a vxlan device at all.
+    pub vxlan: Option<VxlanAttrs>,
+    pub mtu: u32,
+    pub mac: Mac,
+    pub up: bool,
+    pub addresses: Vec<(IpAddr, u8)>,
+}
+
+/// A route found in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedRoute {
+    pub route: Route,
+    /// Marked with weft's route protocol, or through one of weft's devices.
+    pub owned: bool,
+}
+
+/// What weft found in the kernel: its devices, the routes it owns or that sit on a
+/// desired prefix, and the permanent neighbour and unicast FDB entries on its devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub links: Vec<ObservedLink>,
+    pub routes: Vec<ObservedRoute>,
+    pub neighbours: Vec<Neighbour>,
+    pub fdb: Vec<Fdb>,
+}

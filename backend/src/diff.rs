@@ -1,0 +1,685 @@
+//! The pure heart of reconciliation: desired state versus observed state gives the list
+//! of operations, in an order that never breaks a working path needlessly:
+//!
+//! 1. devices (create, recreate if incompatible, fix MTU/MAC/up), then their addresses;
+//! 2. neighbour and FDB entries, before the routes that use them (otherwise the kernel
+//!    would try to resolve the gateway while the route exists without its entries);
+//! 3. routes;
+//! 4. stale routes, and only then stale neighbour and FDB entries.
+
+use crate::desired::{Desired, Device, Fdb, Neighbour, Observed, ObservedLink, Route, VxlanLink};
+use crate::mac::{self, Mac};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use weft_subnet::family::Net;
+
+/// One change to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    CreateLink(VxlanLink),
+    /// Delete a device that cannot be reused (`reason` is logged).
+    DeleteLink {
+        name: String,
+        reason: String,
+    },
+    SetLink {
+        name: String,
+        mtu: Option<u32>,
+        mac: Option<Mac>,
+        up: bool,
+    },
+    AddAddress {
+        device: String,
+        address: Net,
+    },
+    DelAddress {
+        device: String,
+        ip: IpAddr,
+        prefix: u8,
+    },
+    ReplaceNeighbour(Neighbour),
+    DelNeighbour(Neighbour),
+    ReplaceFdb(Fdb),
+    DelFdb(Fdb),
+    ReplaceRoute(Route),
+    DelRoute(Route),
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::CreateLink(l) => write!(
+                f,
+                "create {} (vni {}, mac {})",
+                l.name,
+                l.vni,
+                mac::format(&l.mac)
+            ),
+            Op::DeleteLink { name, reason } => write!(f, "delete {name}: {reason}"),
+            Op::SetLink { name, mtu, mac, up } => {
+                write!(f, "set {name}")?;
+                if let Some(mtu) = mtu {
+                    write!(f, " mtu {mtu}")?;
+                }
+                if let Some(m) = mac {
+                    write!(f, " address {}", mac::format(m))?;
+                }
+                if *up {
+                    write!(f, " up")?;
+                }
+                Ok(())
+            }
+            Op::AddAddress { device, address } => write!(f, "add address {address} dev {device}"),
+            Op::DelAddress { device, ip, prefix } => {
+                write!(f, "delete address {ip}/{prefix} dev {device}")
+            }
+            Op::ReplaceNeighbour(n) => write!(
+                f,
+                "neigh replace {} lladdr {} dev {}",
+                n.ip,
+                mac::format(&n.mac),
+                n.device
+            ),
+            Op::DelNeighbour(n) => write!(f, "neigh del {} dev {}", n.ip, n.device),
+            Op::ReplaceFdb(e) => write!(
+                f,
+                "fdb replace {} dev {} dst {}",
+                mac::format(&e.mac),
+                e.device,
+                e.destination
+            ),
+            Op::DelFdb(e) => write!(
+                f,
+                "fdb del {} dev {} dst {}",
+                mac::format(&e.mac),
+                e.device,
+                e.destination
+            ),
+            Op::ReplaceRoute(r) => write!(f, "route replace {}", describe_route(r)),
+            Op::DelRoute(r) => write!(f, "route del {}", describe_route(r)),
+        }
+    }
+}
+
+fn describe_route(r: &Route) -> String {
+    format!(
+        "{} via {} dev {}{}",
+        r.destination,
+        r.gateway,
+        r.device,
+        if r.onlink { " onlink" } else { "" }
+    )
+}
+
+/// Why an existing device cannot be reused (flannel's incompatibility rules), if so.
+pub fn incompatibility(want: &VxlanLink, have: &ObservedLink) -> Option<String> {
+    let Some(attrs) = &have.vxlan else {
+        return Some("it is not a vxlan device".into());
+    };
+    if attrs.vni != want.vni {
+        return Some(format!("it has VNI {} instead of {}", attrs.vni, want.vni));
+    }
+    if attrs.underlay_index > 0
+        && want.underlay_index > 0
+        && attrs.underlay_index != want.underlay_index
+    {
+        return Some(format!(
+            "it uses underlay ifindex {} instead of {}",
+            attrs.underlay_index, want.underlay_index
+        ));
+    }
+    if let Some(local) = attrs.local
+        && local != want.local
+    {
+        return Some(format!(
+            "its local address is {local} instead of {}",
+            want.local
+        ));
+    }
+    let want_port = if want.port == 0 { 8472 } else { want.port };
+    if attrs.port > 0 && attrs.port != want_port {
+        return Some(format!(
+            "it uses port {} instead of {want_port}",
+            attrs.port
+        ));
+    }
+    if attrs.gbp != want.gbp {
+        return Some(format!(
+            "its GBP setting is {} instead of {}",
+            attrs.gbp, want.gbp
+        ));
+    }
+    if attrs.learning != want.learning {
+        return Some(format!(
+            "its learning setting is {} instead of {}",
+            attrs.learning, want.learning
+        ));
+    }
+    None
+}
+
+/// Computes the operations that take the kernel from `observed` to `desired`.
+pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
+    let mut ops = Vec::new();
+    // Devices that will be (re)created have no entries afterwards.
+    let mut fresh: HashSet<&str> = HashSet::new();
+    for device in &desired.devices {
+        device_ops(device, observed, &mut ops, &mut fresh);
+    }
+    let on_fresh = |name: &str| fresh.contains(name);
+    let our_devices: HashSet<&str> = desired.device_names().collect();
+
+    let observed_neigh: HashSet<&Neighbour> = observed
+        .neighbours
+        .iter()
+        .filter(|n| !on_fresh(&n.device))
+        .collect();
+    let observed_fdb: HashSet<&Fdb> = observed
+        .fdb
+        .iter()
+        .filter(|e| !on_fresh(&e.device))
+        .collect();
+    for neighbour in desired.neighbours.values() {
+        if !observed_neigh.contains(neighbour) {
+            ops.push(Op::ReplaceNeighbour(neighbour.clone()));
+        }
+    }
+    for fdb in desired.fdb.values() {
+        if !observed_fdb.contains(fdb) {
+            ops.push(Op::ReplaceFdb(fdb.clone()));
+        }
+    }
+
+    let live_routes: Vec<_> = observed
+        .routes
+        .iter()
+        .filter(|r| !on_fresh(&r.route.device))
+        .collect();
+    for route in desired.routes.values() {
+        if !live_routes.iter().any(|r| r.route == *route) {
+            ops.push(Op::ReplaceRoute(route.clone()));
+        }
+    }
+    for observed_route in &live_routes {
+        let route = &observed_route.route;
+        // Ours, and nothing wants this prefix any more. A wanted prefix with a different
+        // path was rewritten in place by the replace above.
+        if observed_route.owned && !desired.routes.contains_key(&route.destination) {
+            ops.push(Op::DelRoute(route.clone()));
+        }
+    }
+
+    for neighbour in &observed.neighbours {
+        let ours = our_devices.contains(neighbour.device.as_str()) && !on_fresh(&neighbour.device);
+        if ours
+            && desired
+                .neighbours
+                .get(&(neighbour.device.clone(), neighbour.ip))
+                != Some(neighbour)
+        {
+            // A replace already rewrote an entry whose MAC changed.
+            if !desired
+                .neighbours
+                .contains_key(&(neighbour.device.clone(), neighbour.ip))
+            {
+                ops.push(Op::DelNeighbour(neighbour.clone()));
+            }
+        }
+    }
+    for fdb in &observed.fdb {
+        let ours = our_devices.contains(fdb.device.as_str()) && !on_fresh(&fdb.device);
+        if ours && !desired.fdb.contains_key(&(fdb.device.clone(), fdb.mac)) {
+            ops.push(Op::DelFdb(fdb.clone()));
+        }
+    }
+    ops
+}
+
+fn device_ops<'a>(
+    device: &'a Device,
+    observed: &Observed,
+    ops: &mut Vec<Op>,
+    fresh: &mut HashSet<&'a str>,
+) {
+    let want = &device.link;
+    let existing = observed.links.iter().find(|l| l.name == want.name);
+    let existing = match existing {
+        None => None,
+        Some(have) => match incompatibility(want, have) {
+            Some(reason) => {
+                ops.push(Op::DeleteLink {
+                    name: want.name.clone(),
+                    reason,
+                });
+                None
+            }
+            None => Some(have),
+        },
+    };
+    let Some(have) = existing else {
+        ops.push(Op::CreateLink(want.clone()));
+        ops.push(Op::AddAddress {
+            device: want.name.clone(),
+            address: device.address,
+        });
+        fresh.insert(&want.name);
+        return;
+    };
+    let mtu = (have.mtu != want.mtu).then_some(want.mtu);
+    let mac = (have.mac != want.mac).then_some(want.mac);
+    if mtu.is_some() || mac.is_some() || !have.up {
+        ops.push(Op::SetLink {
+            name: want.name.clone(),
+            mtu,
+            mac,
+            up: true,
+        });
+    }
+    let wanted = (device.address.ip(), device.address.prefix);
+    if !have.addresses.contains(&wanted) {
+        ops.push(Op::AddAddress {
+            device: want.name.clone(),
+            address: device.address,
+        });
+    }
+    for &(ip, prefix) in &have.addresses {
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        if (ip, prefix) != wanted && !link_local {
+            ops.push(Op::DelAddress {
+                device: want.name.clone(),
+                ip,
+                prefix,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{ObservedRoute, VxlanAttrs};
+
+    const DEV: &str = "flannel.1";
+
+    fn mac(last: u8) -> Mac {
+        [0x0a, 0x58, 0x0a, 0xf4, last, 0x00]
+    }
+
+    fn link() -> VxlanLink {
+        VxlanLink {
+            name: DEV.into(),
+            vni: 1,
+            port: 0,
+            local: "198.18.0.11".parse().unwrap(),
+            underlay_index: 2,
+            learning: false,
+            gbp: false,
+            mtu: 1450,
+            mac: mac(1),
+        }
+    }
+
+    fn net(s: &str) -> Net {
+        s.parse().unwrap()
+    }
+
+    fn peer_entries(desired: &mut Desired, n: u8, public_ip: &str) {
+        let subnet = net(&format!("10.244.{n}.0/24"));
+        desired.add_neighbour(Neighbour {
+            device: DEV.into(),
+            ip: subnet.ip(),
+            mac: mac(n),
+        });
+        desired.add_fdb(Fdb {
+            device: DEV.into(),
+            mac: mac(n),
+            destination: public_ip.parse().unwrap(),
+        });
+        desired.add_route(Route {
+            destination: subnet,
+            gateway: subnet.ip(),
+            device: DEV.into(),
+            onlink: true,
+        });
+    }
+
+    fn desired_with_peers(peers: &[(u8, &str)]) -> Desired {
+        let mut d = Desired {
+            devices: vec![Device {
+                link: link(),
+                address: net("10.244.1.0/32"),
+            }],
+            ..Desired::default()
+        };
+        for (n, ip) in peers {
+            peer_entries(&mut d, *n, ip);
+        }
+        d
+    }
+
+    fn observed_link() -> ObservedLink {
+        ObservedLink {
+            index: 5,
+            name: DEV.into(),
+            vxlan: Some(VxlanAttrs {
+                vni: 1,
+                port: 8472,
+                local: Some("198.18.0.11".parse().unwrap()),
+                underlay_index: 2,
+                learning: false,
+                gbp: false,
+            }),
+            mtu: 1450,
+            mac: mac(1),
+            up: true,
+            addresses: vec![
+                ("10.244.1.0".parse().unwrap(), 32),
+                ("fe80::1".parse().unwrap(), 64),
+            ],
+        }
+    }
+
+    /// What the kernel holds once `desired` is fully applied.
+    fn converged(desired: &Desired) -> Observed {
+        Observed {
+            links: vec![observed_link()],
+            routes: desired
+                .routes
+                .values()
+                .map(|r| ObservedRoute {
+                    route: r.clone(),
+                    owned: true,
+                })
+                .collect(),
+            neighbours: desired.neighbours.values().cloned().collect(),
+            fdb: desired.fdb.values().cloned().collect(),
+        }
+    }
+
+    #[test]
+    fn converged_state_needs_nothing() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+        assert_eq!(diff(&desired, &converged(&desired)), vec![]);
+    }
+
+    #[test]
+    fn empty_kernel_gets_device_then_entries_then_routes() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12")]);
+        let ops = diff(&desired, &Observed::default());
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|op| match op {
+                Op::CreateLink(_) => "link",
+                Op::AddAddress { .. } => "addr",
+                Op::ReplaceNeighbour(_) => "neigh",
+                Op::ReplaceFdb(_) => "fdb",
+                Op::ReplaceRoute(_) => "route",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["link", "addr", "neigh", "fdb", "route"]);
+    }
+
+    #[test]
+    fn peer_added() {
+        let before = desired_with_peers(&[(2, "198.18.0.12")]);
+        let after = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+        let ops = diff(&after, &converged(&before));
+        assert_eq!(
+            ops,
+            vec![
+                Op::ReplaceNeighbour(Neighbour {
+                    device: DEV.into(),
+                    ip: "10.244.3.0".parse().unwrap(),
+                    mac: mac(3)
+                }),
+                Op::ReplaceFdb(Fdb {
+                    device: DEV.into(),
+                    mac: mac(3),
+                    destination: "198.18.0.13".parse().unwrap()
+                }),
+                Op::ReplaceRoute(Route {
+                    destination: net("10.244.3.0/24"),
+                    gateway: "10.244.3.0".parse().unwrap(),
+                    device: DEV.into(),
+                    onlink: true
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn peer_removed_route_goes_before_its_entries() {
+        let before = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+        let after = desired_with_peers(&[(2, "198.18.0.12")]);
+        let ops = diff(&after, &converged(&before));
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [Op::DelRoute(_), Op::DelNeighbour(_), Op::DelFdb(_)]
+            ),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn peer_mac_changed_is_updated_in_place() {
+        let before = desired_with_peers(&[(2, "198.18.0.12")]);
+        let mut after = desired_with_peers(&[]);
+        let subnet = net("10.244.2.0/24");
+        after.add_neighbour(Neighbour {
+            device: DEV.into(),
+            ip: subnet.ip(),
+            mac: mac(99),
+        });
+        after.add_fdb(Fdb {
+            device: DEV.into(),
+            mac: mac(99),
+            destination: "198.18.0.12".parse().unwrap(),
+        });
+        after.add_route(Route {
+            destination: subnet,
+            gateway: subnet.ip(),
+            device: DEV.into(),
+            onlink: true,
+        });
+        let ops = diff(&after, &converged(&before));
+        // The neighbour is replaced (not deleted), the new FDB entry added, the old one
+        // removed; the route is untouched.
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert!(matches!(&ops[0], Op::ReplaceNeighbour(n) if n.mac == mac(99)));
+        assert!(matches!(&ops[1], Op::ReplaceFdb(e) if e.mac == mac(99)));
+        assert!(matches!(&ops[2], Op::DelFdb(e) if e.mac == mac(2)));
+    }
+
+    #[test]
+    fn peer_public_ip_changed_rewrites_only_the_fdb_entry() {
+        let before = desired_with_peers(&[(2, "198.18.0.12")]);
+        let after = desired_with_peers(&[(2, "198.18.0.22")]);
+        let ops = diff(&after, &converged(&before));
+        assert_eq!(
+            ops,
+            vec![Op::ReplaceFdb(Fdb {
+                device: DEV.into(),
+                mac: mac(2),
+                destination: "198.18.0.22".parse().unwrap()
+            })]
+        );
+    }
+
+    #[test]
+    fn route_deleted_by_an_admin_is_restored() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+        let mut observed = converged(&desired);
+        observed
+            .routes
+            .retain(|r| r.route.destination != net("10.244.3.0/24"));
+        observed.fdb.retain(|e| e.mac != mac(2));
+        let ops = diff(&desired, &observed);
+        assert!(
+            matches!(ops.as_slice(), [Op::ReplaceFdb(e), Op::ReplaceRoute(r)] if e.mac == mac(2) && r.destination == net("10.244.3.0/24")),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn foreign_route_on_a_desired_prefix_is_replaced_and_foreign_others_left_alone() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12")]);
+        let mut observed = converged(&desired);
+        let foreign = Route {
+            destination: net("10.244.2.0/24"),
+            gateway: "198.18.0.254".parse().unwrap(),
+            device: "eth0".into(),
+            onlink: false,
+        };
+        observed
+            .routes
+            .retain(|r| r.route.destination != net("10.244.2.0/24"));
+        observed.routes.push(ObservedRoute {
+            route: foreign,
+            owned: false,
+        });
+        let unrelated = Route {
+            destination: net("10.99.0.0/16"),
+            gateway: "198.18.0.254".parse().unwrap(),
+            device: "eth0".into(),
+            onlink: false,
+        };
+        observed.routes.push(ObservedRoute {
+            route: unrelated,
+            owned: false,
+        });
+        let ops = diff(&desired, &observed);
+        assert!(
+            matches!(ops.as_slice(), [Op::ReplaceRoute(r)] if r.device == DEV),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn stale_owned_route_from_a_vanished_peer_is_swept() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12")]);
+        let mut observed = converged(&desired);
+        let stale = Route {
+            destination: net("10.244.9.0/24"),
+            gateway: "10.244.9.0".parse().unwrap(),
+            device: DEV.into(),
+            onlink: true,
+        };
+        observed.routes.push(ObservedRoute {
+            route: stale.clone(),
+            owned: true,
+        });
+        assert_eq!(diff(&desired, &observed), vec![Op::DelRoute(stale)]);
+    }
+
+    #[test]
+    fn device_with_a_different_vni_is_recreated_with_all_entries() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12")]);
+        let mut observed = converged(&desired);
+        observed.links[0].vxlan.as_mut().unwrap().vni = 7;
+        let ops = diff(&desired, &observed);
+        assert_eq!(
+            ops[0],
+            Op::DeleteLink {
+                name: DEV.into(),
+                reason: "it has VNI 7 instead of 1".into()
+            }
+        );
+        assert!(matches!(ops[1], Op::CreateLink(_)));
+        assert_eq!(
+            ops.len(),
+            6,
+            "delete, create, address, neigh, fdb, route: {ops:?}"
+        );
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, Op::DelRoute(_) | Op::DelFdb(_) | Op::DelNeighbour(_)))
+        );
+    }
+
+    #[test]
+    fn deleted_device_comes_back_with_all_entries() {
+        let desired = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+        // The kernel removed the device and everything on it.
+        let ops = diff(&desired, &Observed::default());
+        assert_eq!(
+            ops.iter()
+                .filter(|op| matches!(op, Op::ReplaceRoute(_)))
+                .count(),
+            2
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|op| matches!(op, Op::ReplaceFdb(_)))
+                .count(),
+            2
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|op| matches!(op, Op::ReplaceNeighbour(_)))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn compatible_device_is_adopted_and_fixed_in_place() {
+        let desired = desired_with_peers(&[]);
+        let mut observed = converged(&desired);
+        observed.links[0].mtu = 1500;
+        observed.links[0].up = false;
+        observed.links[0]
+            .addresses
+            .push(("10.244.77.0".parse().unwrap(), 32));
+        let ops = diff(&desired, &observed);
+        assert_eq!(
+            ops,
+            vec![
+                Op::SetLink {
+                    name: DEV.into(),
+                    mtu: Some(1450),
+                    mac: None,
+                    up: true
+                },
+                Op::DelAddress {
+                    device: DEV.into(),
+                    ip: "10.244.77.0".parse().unwrap(),
+                    prefix: 32
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn direct_routing_toggled() {
+        // On: the peer gets a plain route via its public IP on the underlay instead.
+        let vxlan = desired_with_peers(&[(2, "198.18.0.12")]);
+        let mut direct = desired_with_peers(&[]);
+        direct.add_route(Route {
+            destination: net("10.244.2.0/24"),
+            gateway: "198.18.0.12".parse().unwrap(),
+            device: "eth0".into(),
+            onlink: false,
+        });
+        let ops = diff(&direct, &converged(&vxlan));
+        assert!(
+            matches!(ops.as_slice(), [Op::ReplaceRoute(r), Op::DelNeighbour(_), Op::DelFdb(_)] if r.device == "eth0"),
+            "{ops:?}"
+        );
+        // Off again: entries first, then the route is replaced back onto the vxlan device.
+        let mut observed = converged(&direct);
+        observed.routes = vec![ObservedRoute {
+            route: direct.routes.values().next().unwrap().clone(),
+            owned: true,
+        }];
+        let ops = diff(&vxlan, &observed);
+        assert!(
+            matches!(ops.as_slice(), [Op::ReplaceNeighbour(_), Op::ReplaceFdb(_), Op::ReplaceRoute(r)] if r.device == DEV),
+            "{ops:?}"
+        );
+    }
+}

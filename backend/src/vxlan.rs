@@ -1,0 +1,483 @@
+//! The vxlan backend, wire-compatible with flannel's: its configuration, the lease
+//! attributes it publishes, and the desired kernel state for a set of peers.
+//!
+//! Per node: a device `flannel.<VNI>` (`flannel-v6.<VNI>` for IPv6) with the own
+//! subnet's network address as /32 (/128). Per peer: a permanent neighbour entry
+//! (peer subnet address → peer VTEP MAC), an FDB entry (MAC → peer public IP) and a
+//! route `peer-subnet via peer-subnet-address dev flannel.<VNI> onlink`; with
+//! DirectRouting, a peer on the same L2 segment gets `peer-subnet via peer-public-ip`
+//! on the external interface instead.
+//!
+//! Differences from flannel: the IPv6 device's MTU is base − 70 (flannel uses − 50 for
+//! both families, too much for an IPv6 underlay), and the device's local address is the
+//! interface address (the public IP may be a NAT address the kernel does not own).
+
+use crate::desired::{Desired, Device, Fdb, Neighbour, Route, VxlanLink};
+use crate::mac::{self, Mac};
+use serde_json::Value;
+use std::net::IpAddr;
+use weft_subnet::family::{Family, Net};
+use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+
+/// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
+pub const OVERHEAD_V4: u32 = 50;
+pub const OVERHEAD_V6: u32 = 70;
+
+/// The `Backend` section for vxlan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    /// 0: the kernel default, 8472.
+    pub port: u16,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+    /// Underlay MTU to assume; `None`: the external interface's.
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid vxlan Backend field {field}: expected {expected}, got {got}")]
+pub struct VxlanConfigError {
+    pub field: &'static str,
+    pub expected: &'static str,
+    pub got: String,
+}
+
+impl VxlanConfig {
+    /// Parses the `Backend` object; keys are case-insensitive (flannel's tags are
+    /// `vni`, `port`, `mtu`, `gbp`, `learning`, `directRouting`).
+    pub fn parse(backend: &Value) -> Result<VxlanConfig, VxlanConfigError> {
+        let mut config = VxlanConfig {
+            vni: 1,
+            port: 0,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        };
+        let Value::Object(object) = backend else {
+            return Ok(config);
+        };
+        for (key, value) in object {
+            let uint = |field: &'static str, max: u64| match value {
+                Value::Number(n) => {
+                    n.as_u64()
+                        .filter(|v| *v <= max)
+                        .ok_or_else(|| VxlanConfigError {
+                            field,
+                            expected: "a non-negative integer in range",
+                            got: n.to_string(),
+                        })
+                }
+                other => Err(VxlanConfigError {
+                    field,
+                    expected: "a number",
+                    got: other.to_string(),
+                }),
+            };
+            let boolean = |field: &'static str| match value {
+                Value::Bool(b) => Ok(*b),
+                other => Err(VxlanConfigError {
+                    field,
+                    expected: "true or false",
+                    got: other.to_string(),
+                }),
+            };
+            match key.to_ascii_lowercase().as_str() {
+                "vni" => config.vni = uint("VNI", 0xff_ffff)? as u32,
+                "port" => config.port = uint("Port", u64::from(u16::MAX))? as u16,
+                "mtu" => config.mtu = Some(uint("MTU", 65_535)? as u32).filter(|m| *m > 0),
+                "gbp" => config.gbp = boolean("GBP")?,
+                "learning" => config.learning = boolean("Learning")?,
+                "directrouting" => config.direct_routing = boolean("DirectRouting")?,
+                _ => {}
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn device_name(&self, family: Family) -> String {
+        match family {
+            Family::V4 => format!("flannel.{}", self.vni),
+            Family::V6 => format!("flannel-v6.{}", self.vni),
+        }
+    }
+
+    /// BackendData as flannel writes it: `{"VNI":1,"VtepMAC":"aa:bb:..."}`.
+    pub fn backend_data(&self, mac: &Mac) -> Value {
+        serde_json::json!({"VNI": self.vni, "VtepMAC": mac::format(mac)})
+    }
+}
+
+/// The VTEP MAC published in BackendData, if any.
+pub fn vtep_mac(data: Option<&Value>) -> Option<Mac> {
+    let object = data?.as_object()?;
+    let text = object
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("vtepmac"))?
+        .1
+        .as_str()?;
+    mac::parse(text)
+}
+
+/// This node's side of the datapath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub own: SubnetKey,
+    pub external_index: u32,
+    pub external_name: String,
+    pub external_mtu: u32,
+    /// Interface addresses (the devices' local addresses).
+    pub local_v4: Option<IpAddr>,
+    pub local_v6: Option<IpAddr>,
+    /// Networks directly connected to the external interface (for DirectRouting).
+    pub connected: Vec<Net>,
+    pub mac_v4: Mac,
+    pub mac_v6: Mac,
+}
+
+impl Node {
+    pub fn base_mtu(&self, config: &VxlanConfig) -> u32 {
+        config.mtu.unwrap_or(self.external_mtu)
+    }
+
+    /// FLANNEL_MTU: the smallest MTU of the enabled families' devices.
+    pub fn pod_mtu(&self, config: &VxlanConfig) -> u32 {
+        let base = self.base_mtu(config);
+        let v4 = self.own.ipv4.map(|_| base.saturating_sub(OVERHEAD_V4));
+        let v6 = self.own.ipv6.map(|_| base.saturating_sub(OVERHEAD_V6));
+        v4.into_iter().chain(v6).min().unwrap_or(base)
+    }
+
+    /// The attributes this node publishes in its lease.
+    pub fn lease_attrs(
+        &self,
+        config: &VxlanConfig,
+        public_v4: Option<std::net::Ipv4Addr>,
+        public_v6: Option<std::net::Ipv6Addr>,
+    ) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: public_v4.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            public_ipv6: public_v6,
+            backend_type: "vxlan".into(),
+            backend_data: public_v4.map(|_| config.backend_data(&self.mac_v4)),
+            backend_v6_data: public_v6.map(|_| config.backend_data(&self.mac_v6)),
+        }
+    }
+}
+
+/// A peer lease that could not be programmed, and why (the caller logs it once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub key: SubnetKey,
+    pub reason: String,
+}
+
+/// The desired kernel state for this node and its peers.
+pub fn desired_state<'a>(
+    config: &VxlanConfig,
+    node: &Node,
+    peers: impl IntoIterator<Item = &'a Lease>,
+) -> (Desired, Vec<Skipped>) {
+    let mut desired = Desired::default();
+    let mut skipped = Vec::new();
+    let base = node.base_mtu(config);
+    let families = [
+        (
+            Family::V4,
+            node.own.ipv4,
+            node.local_v4,
+            node.mac_v4,
+            OVERHEAD_V4,
+        ),
+        (
+            Family::V6,
+            node.own.ipv6,
+            node.local_v6,
+            node.mac_v6,
+            OVERHEAD_V6,
+        ),
+    ];
+    for (family, own, local, mac, overhead) in families {
+        let (Some(own), Some(local)) = (own, local) else {
+            continue;
+        };
+        let single = Net {
+            family,
+            addr: own.addr,
+            prefix: family.width(),
+        };
+        desired.devices.push(Device {
+            link: VxlanLink {
+                name: config.device_name(family),
+                vni: config.vni,
+                port: config.port,
+                local,
+                underlay_index: node.external_index,
+                learning: config.learning,
+                gbp: config.gbp,
+                mtu: base.saturating_sub(overhead),
+                mac,
+            },
+            address: single,
+        });
+    }
+    for peer in peers {
+        if peer.attrs.backend_type != "vxlan" {
+            skipped.push(Skipped {
+                key: peer.key,
+                reason: format!(
+                    "its backend type is {:?}, not \"vxlan\"",
+                    peer.attrs.backend_type
+                ),
+            });
+            continue;
+        }
+        let v4 = (node.own.ipv4.is_some() && node.local_v4.is_some())
+            .then_some(())
+            .and(peer.key.ipv4)
+            .map(|subnet| {
+                (
+                    subnet,
+                    IpAddr::V4(peer.attrs.public_ip),
+                    peer.attrs.backend_data.as_ref(),
+                    Family::V4,
+                )
+            });
+        let v6 = (node.own.ipv6.is_some() && node.local_v6.is_some())
+            .then_some(())
+            .and(peer.key.ipv6)
+            .and_then(|subnet| {
+                peer.attrs.public_ipv6.map(|ip| {
+                    (
+                        subnet,
+                        IpAddr::V6(ip),
+                        peer.attrs.backend_v6_data.as_ref(),
+                        Family::V6,
+                    )
+                })
+            });
+        for (subnet, public_ip, data, family) in v4.into_iter().chain(v6) {
+            if public_ip.is_unspecified() {
+                skipped.push(Skipped {
+                    key: peer.key,
+                    reason: "it has no public IP".into(),
+                });
+                continue;
+            }
+            if config.direct_routing
+                && node.connected.iter().any(|n| {
+                    n.family == family && n.contains(weft_subnet::family::to_u128(public_ip))
+                })
+            {
+                desired.add_route(Route {
+                    destination: subnet,
+                    gateway: public_ip,
+                    device: node.external_name.clone(),
+                    onlink: false,
+                });
+                continue;
+            }
+            let Some(peer_mac) = vtep_mac(data) else {
+                skipped.push(Skipped {
+                    key: peer.key,
+                    reason: format!("its {family:?} BackendData has no valid VtepMAC"),
+                });
+                continue;
+            };
+            let device = config.device_name(family);
+            desired.add_neighbour(Neighbour {
+                device: device.clone(),
+                ip: subnet.ip(),
+                mac: peer_mac,
+            });
+            desired.add_fdb(Fdb {
+                device: device.clone(),
+                mac: peer_mac,
+                destination: public_ip,
+            });
+            desired.add_route(Route {
+                destination: subnet,
+                gateway: subnet.ip(),
+                device,
+                onlink: true,
+            });
+        }
+    }
+    (desired, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Node {
+        Node {
+            own: SubnetKey::parse("10.244.1.0-24").unwrap(),
+            external_index: 2,
+            external_name: "eth0".into(),
+            external_mtu: 1500,
+            local_v4: Some("198.18.0.11".parse().unwrap()),
+            local_v6: None,
+            connected: vec!["198.18.0.0/24".parse().unwrap()],
+            mac_v4: [2, 0, 0, 0, 0, 1],
+            mac_v6: [2, 0, 0, 0, 0, 2],
+        }
+    }
+
+    fn peer(key: &str, ip: &str, data: Value) -> Lease {
+        Lease {
+            key: SubnetKey::parse(key).unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                backend_type: "vxlan".into(),
+                backend_data: Some(data),
+                ..LeaseAttrs::default()
+            },
+            etcd_lease: 1,
+            expiration: None,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn config_defaults_and_case_insensitive_keys() {
+        let cfg = VxlanConfig::parse(&serde_json::json!({"Type": "vxlan"})).unwrap();
+        assert_eq!(
+            cfg,
+            VxlanConfig {
+                vni: 1,
+                port: 0,
+                gbp: false,
+                learning: false,
+                direct_routing: false,
+                mtu: None
+            }
+        );
+        let cfg = VxlanConfig::parse(&serde_json::json!({"Type": "vxlan", "vni": 4096, "Port": 4789, "directRouting": true, "MTU": 9000, "GBP": true})).unwrap();
+        assert_eq!(
+            (cfg.vni, cfg.port, cfg.direct_routing, cfg.mtu, cfg.gbp),
+            (4096, 4789, true, Some(9000), true)
+        );
+        assert_eq!(cfg.device_name(Family::V4), "flannel.4096");
+        assert_eq!(cfg.device_name(Family::V6), "flannel-v6.4096");
+        let err = VxlanConfig::parse(&serde_json::json!({"VNI": "one"})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid vxlan Backend field VNI: expected a number, got \"one\""
+        );
+    }
+
+    #[test]
+    fn backend_data_is_flannels_shape() {
+        let cfg = VxlanConfig::parse(&serde_json::json!({})).unwrap();
+        assert_eq!(
+            cfg.backend_data(&[0x0a, 0x58, 0x0a, 0xf4, 1, 0])
+                .to_string(),
+            r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}"#
+        );
+        let attrs = node().lease_attrs(&cfg, Some("198.18.0.11".parse().unwrap()), None);
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#
+        );
+    }
+
+    #[test]
+    fn per_peer_entries_match_flannel() {
+        let cfg = VxlanConfig::parse(&serde_json::json!({})).unwrap();
+        let peers = [peer(
+            "10.244.2.0-24",
+            "198.18.0.12",
+            serde_json::json!({"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"}),
+        )];
+        let (desired, skipped) = desired_state(&cfg, &node(), &peers);
+        assert!(skipped.is_empty());
+        assert_eq!(desired.devices[0].link.mtu, 1450);
+        assert_eq!(desired.devices[0].address.to_string(), "10.244.1.0/32");
+        let route = desired.routes.values().next().unwrap();
+        assert_eq!(
+            (
+                route.destination.to_string(),
+                route.gateway.to_string(),
+                route.device.as_str(),
+                route.onlink
+            ),
+            (
+                "10.244.2.0/24".into(),
+                "10.244.2.0".into(),
+                "flannel.1",
+                true
+            )
+        );
+        let fdb = desired.fdb.values().next().unwrap();
+        assert_eq!(
+            (mac::format(&fdb.mac), fdb.destination.to_string()),
+            ("0a:58:0a:f4:02:00".into(), "198.18.0.12".into())
+        );
+        let neighbour = desired.neighbours.values().next().unwrap();
+        assert_eq!(neighbour.ip.to_string(), "10.244.2.0");
+    }
+
+    #[test]
+    fn direct_routing_uses_the_underlay_for_adjacent_peers_only() {
+        let cfg = VxlanConfig::parse(&serde_json::json!({"DirectRouting": true})).unwrap();
+        let data = serde_json::json!({"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"});
+        let peers = [
+            peer("10.244.2.0-24", "198.18.0.12", data.clone()),
+            peer("10.244.3.0-24", "203.0.113.9", data),
+        ];
+        let (desired, _) = desired_state(&cfg, &node(), &peers);
+        let near = &desired.routes[&"10.244.2.0/24".parse().unwrap()];
+        assert_eq!(
+            (near.gateway.to_string(), near.device.as_str(), near.onlink),
+            ("198.18.0.12".into(), "eth0", false)
+        );
+        let far = &desired.routes[&"10.244.3.0/24".parse().unwrap()];
+        assert_eq!(far.device, "flannel.1");
+    }
+
+    #[test]
+    fn foreign_and_malformed_peers_are_skipped_with_a_reason() {
+        let cfg = VxlanConfig::parse(&serde_json::json!({})).unwrap();
+        let mut host_gw = peer("10.244.4.0-24", "198.18.0.14", Value::Null);
+        host_gw.attrs.backend_type = "host-gw".into();
+        let bad = peer(
+            "10.244.5.0-24",
+            "198.18.0.15",
+            serde_json::json!({"VNI":1,"VtepMAC":"nope"}),
+        );
+        let (desired, skipped) = desired_state(&cfg, &node(), &[host_gw, bad]);
+        assert!(desired.routes.is_empty());
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(
+            skipped[0].reason,
+            "its backend type is \"host-gw\", not \"vxlan\""
+        );
+        assert_eq!(skipped[1].reason, "its V4 BackendData has no valid VtepMAC");
+    }
+
+    #[test]
+    fn dual_stack_mtu_and_devices() {
+        let cfg = VxlanConfig::parse(&serde_json::json!({})).unwrap();
+        let mut n = node();
+        n.own = SubnetKey::parse("10.244.1.0-24&fc00:0:0:1::-64").unwrap();
+        n.local_v6 = Some("fd00::11".parse().unwrap());
+        let (desired, _) = desired_state(&cfg, &n, []);
+        let mtus: Vec<(String, u32)> = desired
+            .devices
+            .iter()
+            .map(|d| (d.link.name.clone(), d.link.mtu))
+            .collect();
+        assert_eq!(
+            mtus,
+            [
+                ("flannel.1".to_string(), 1450),
+                ("flannel-v6.1".to_string(), 1430)
+            ]
+        );
+        assert_eq!(desired.devices[1].address.to_string(), "fc00:0:0:1::/128");
+        assert_eq!(n.pod_mtu(&cfg), 1430);
+    }
+}
