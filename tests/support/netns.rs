@@ -137,3 +137,33 @@ impl Underlay {
         self.hosts.last().expect("just pushed")
     }
 }
+
+/// Runs `body` on a fresh thread that has entered `netns`, with a single-threaded tokio
+/// runtime, so netlink sockets it opens live in that namespace. The test's other threads
+/// stay where they are.
+pub fn run_in<T: Send + 'static>(netns: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("cannot enter network namespace {path}: {e}"));
+        body()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// As [`run_in`], for async bodies.
+pub fn block_on_in<F, T>(netns: &str, body: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    run_in(netns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(body())
+    })
+}

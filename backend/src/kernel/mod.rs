@@ -1,7 +1,11 @@
 //! The kernel boundary: the only code in weft that talks netlink.
 
+mod events;
+mod executor;
 mod host;
 
+pub use events::{KernelEvent, subscribe};
+pub use executor::Kernel;
 pub use host::{HostAddress, HostLink, HostRoute, HostSnapshot, read_host, route_to};
 
 /// A failed netlink operation.
@@ -14,4 +18,19 @@ pub enum KernelError {
         op: &'static str,
         source: rtnetlink::Error,
     },
+    #[error("no device named {0}")]
+    NoDevice(String),
+}
+
+impl KernelError {
+    /// The errno of a netlink error (positive), if this is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KernelError::Netlink {
+                source: rtnetlink::Error::NetlinkError(message),
+                ..
+            } => message.code.map(|code| -code.get()),
+            _ => None,
+        }
+    }
 }

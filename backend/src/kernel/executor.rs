@@ -1,0 +1,671 @@
+//! Reads the state of weft's objects from the kernel and applies operations, over
+//! rtnetlink. Every operation is idempotent ("replace"), and deleting something that is
+//! already gone counts as success, so a half-applied pass is simply finished by the next.
+
+use super::KernelError;
+use crate::ROUTE_PROTOCOL;
+use crate::desired::{
+    Desired, Fdb, Neighbour, Observed, ObservedLink, ObservedRoute, Route, VxlanAttrs, VxlanLink,
+};
+use crate::diff::Op;
+use crate::mac::{self, Mac};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
+};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use weft_subnet::family::Net;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+const EADDRNOTAVAIL: i32 = 99;
+const MAIN_TABLE: u32 = 254;
+
+/// A netlink connection for observing and changing weft's kernel objects.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    handle: Handle,
+}
+
+fn netlink(op: &'static str) -> impl Fn(rtnetlink::Error) -> KernelError {
+    move |source| KernelError::Netlink { op, source }
+}
+
+impl Kernel {
+    /// Opens a netlink connection in the current network namespace.
+    pub fn connect() -> Result<Kernel, KernelError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Kernel { handle })
+    }
+
+    async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("dump links"))
+    }
+
+    /// The index and MAC of a device, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<(u32, Mac)>, KernelError> {
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .find(|l| link_name(l) == Some(name))
+            .map(|l| (l.header.index, link_mac(l))))
+    }
+
+    /// Reads the devices named in `desired`, the routes weft owns or that sit on a
+    /// desired prefix, and the permanent neighbour and unicast FDB entries on its devices.
+    pub async fn observe(&self, desired: &Desired) -> Result<Observed, KernelError> {
+        let wanted: HashSet<&str> = desired.device_names().collect();
+        let links = self.links().await?;
+        let names: HashMap<u32, String> = links
+            .iter()
+            .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
+            .collect();
+        let mut observed = Observed::default();
+        for link in &links {
+            let Some(name) = link_name(link) else {
+                continue;
+            };
+            if wanted.contains(name) {
+                observed.links.push(observed_link(link, name));
+            }
+        }
+        let ours: HashMap<u32, String> = observed
+            .links
+            .iter()
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+        if !ours.is_empty() {
+            let addresses: Vec<_> = self
+                .handle
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(netlink("dump addresses"))?;
+            for message in addresses {
+                let Some(link) = observed
+                    .links
+                    .iter_mut()
+                    .find(|l| l.index == message.header.index)
+                else {
+                    continue;
+                };
+                let ip = message
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        message.attributes.iter().find_map(|a| match a {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    });
+                if let Some(ip) = ip {
+                    link.addresses.push((ip, message.header.prefix_len));
+                }
+            }
+        }
+        for request in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(netlink("dump routes"))?;
+            for message in &routes {
+                if let Some(route) = observed_route(message, &names, &ours, desired) {
+                    observed.routes.push(route);
+                }
+            }
+        }
+        if !ours.is_empty() {
+            let entries: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(netlink("dump neighbours"))?;
+            for message in &entries {
+                let Some(device) = ours.get(&message.header.ifindex) else {
+                    continue;
+                };
+                if let Some(entry) = observed_neighbour(message, device) {
+                    observed.neighbours.push(entry);
+                }
+            }
+            let mut request = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge);
+            request.message_mut().header.family = AddressFamily::Bridge;
+            let entries: Vec<NeighbourMessage> = request
+                .execute()
+                .try_collect()
+                .await
+                .map_err(netlink("dump fdb"))?;
+            for message in &entries {
+                let Some(device) = ours.get(&message.header.ifindex) else {
+                    continue;
+                };
+                if let Some(entry) = observed_fdb(message, device) {
+                    observed.fdb.push(entry);
+                }
+            }
+        }
+        Ok(observed)
+    }
+
+    /// Applies `ops` in order, trying every one; returns those that failed.
+    pub async fn apply(&self, ops: &[Op]) -> Vec<(Op, KernelError)> {
+        let mut failures = Vec::new();
+        let mut indices: HashMap<String, u32> = match self.links().await {
+            Ok(links) => links
+                .iter()
+                .filter_map(|l| link_name(l).map(|n| (n.to_string(), l.header.index)))
+                .collect(),
+            Err(e) => {
+                return ops
+                    .iter()
+                    .map(|op| {
+                        (
+                            op.clone(),
+                            KernelError::NoDevice(format!("(link dump failed: {e})")),
+                        )
+                    })
+                    .collect();
+            }
+        };
+        for op in ops {
+            let result = self.apply_one(op, &mut indices).await;
+            if let Err(e) = result {
+                failures.push((op.clone(), e));
+            }
+        }
+        failures
+    }
+
+    async fn apply_one(
+        &self,
+        op: &Op,
+        indices: &mut HashMap<String, u32>,
+    ) -> Result<(), KernelError> {
+        let index = |name: &str| {
+            indices
+                .get(name)
+                .copied()
+                .ok_or_else(|| KernelError::NoDevice(name.to_string()))
+        };
+        match op {
+            Op::CreateLink(link) => {
+                self.create_vxlan(link).await?;
+                if let Some((i, _)) = self.link(&link.name).await? {
+                    indices.insert(link.name.clone(), i);
+                }
+                Ok(())
+            }
+            Op::DeleteLink { name, .. } => {
+                let i = index(name)?;
+                let result = self
+                    .handle
+                    .link()
+                    .del(i)
+                    .execute()
+                    .await
+                    .map_err(netlink("delete link"));
+                indices.remove(name);
+                gone_is_fine(result)
+            }
+            Op::SetLink { name, mtu, mac, up } => {
+                let mut builder = LinkUnspec::new_with_index(index(name)?);
+                if let Some(mtu) = mtu {
+                    builder = builder.mtu(*mtu);
+                }
+                if let Some(mac) = mac {
+                    builder = builder.address(mac.to_vec());
+                }
+                if *up {
+                    builder = builder.up();
+                }
+                self.handle
+                    .link()
+                    .set(builder.build())
+                    .execute()
+                    .await
+                    .map_err(netlink("set link"))
+            }
+            Op::AddAddress { device, address } => self
+                .handle
+                .address()
+                .add(index(device)?, address.ip(), address.prefix)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("add address")),
+            Op::DelAddress { device, ip, prefix } => {
+                let i = index(device)?;
+                let found: Vec<_> = self
+                    .handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(i)
+                    .set_address_filter(*ip)
+                    .set_prefix_length_filter(*prefix)
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(netlink("find address"))?;
+                for message in found {
+                    gone_is_fine(
+                        self.handle
+                            .address()
+                            .del(message)
+                            .execute()
+                            .await
+                            .map_err(netlink("delete address")),
+                    )?;
+                }
+                Ok(())
+            }
+            Op::ReplaceNeighbour(n) => self
+                .handle
+                .neighbours()
+                .add(index(&n.device)?, n.ip)
+                .link_layer_address(&n.mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("replace neighbour")),
+            Op::DelNeighbour(n) => {
+                let mut message = NeighbourMessage::default();
+                message.header.family = family_of(n.ip);
+                message.header.ifindex = index(&n.device)?;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
+                gone_is_fine(
+                    self.handle
+                        .neighbours()
+                        .del(message)
+                        .execute()
+                        .await
+                        .map_err(netlink("delete neighbour")),
+                )
+            }
+            Op::ReplaceFdb(e) => self
+                .handle
+                .neighbours()
+                .add_bridge(index(&e.device)?, &e.mac)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .destination(e.destination)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("replace fdb entry")),
+            Op::DelFdb(e) => {
+                let mut message = NeighbourMessage::default();
+                message.header.family = AddressFamily::Bridge;
+                message.header.ifindex = index(&e.device)?;
+                message.header.flags = NeighbourFlags::Own;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(
+                        e.destination,
+                    )));
+                gone_is_fine(
+                    self.handle
+                        .neighbours()
+                        .del(message)
+                        .execute()
+                        .await
+                        .map_err(netlink("delete fdb entry")),
+                )
+            }
+            Op::ReplaceRoute(r) => {
+                let message = route_message(r, index(&r.device)?);
+                self.handle
+                    .route()
+                    .add(message)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(netlink("replace route"))
+            }
+            Op::DelRoute(r) => {
+                // The device may already be gone (and the route with it).
+                let Ok(i) = index(&r.device) else {
+                    return Ok(());
+                };
+                let message = route_message(r, i);
+                gone_is_fine(
+                    self.handle
+                        .route()
+                        .del(message)
+                        .execute()
+                        .await
+                        .map_err(netlink("delete route")),
+                )
+            }
+        }
+    }
+
+    async fn create_vxlan(&self, link: &VxlanLink) -> Result<(), KernelError> {
+        let mut builder = LinkVxlan::new(&link.name, link.vni)
+            .dev(link.underlay_index)
+            .learning(link.learning);
+        builder = match link.local {
+            IpAddr::V4(v4) => builder.local(v4),
+            IpAddr::V6(v6) => builder.local6(v6),
+        };
+        if link.port > 0 {
+            builder = builder.port(link.port);
+        }
+        if link.gbp {
+            builder = builder.gbp();
+        }
+        let message = builder
+            .mtu(link.mtu)
+            .address(link.mac.to_vec())
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(netlink("create vxlan device"))?;
+        if link.local.is_ipv6() || link.name.contains("-v6") {
+            // As flannel: no router advertisements on the tunnel device (best effort).
+            let _ = std::fs::write(
+                format!("/proc/sys/net/ipv6/conf/{}/accept_ra", link.name),
+                "0",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn gone_is_fine(result: Result<(), KernelError>) -> Result<(), KernelError> {
+    match result {
+        Err(e) if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) => Ok(()),
+        other => other,
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn route_message(route: &Route, oif: u32) -> RouteMessage {
+    let protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    let mut message = match (route.destination.ip(), route.gateway) {
+        (IpAddr::V4(dst), IpAddr::V4(gw)) => {
+            let b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, route.destination.prefix)
+                .gateway(gw);
+            let b = b.output_interface(oif).protocol(protocol);
+            if route.onlink {
+                b.onlink().build()
+            } else {
+                b.build()
+            }
+        }
+        (IpAddr::V6(dst), IpAddr::V6(gw)) => {
+            let b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, route.destination.prefix)
+                .gateway(gw);
+            let b = b.output_interface(oif).protocol(protocol);
+            if route.onlink {
+                b.onlink().build()
+            } else {
+                b.build()
+            }
+        }
+        // Mixed families never come out of desired_state; build something harmless.
+        _ => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+    };
+    message.header.kind = RouteType::Unicast;
+    message
+}
+
+fn link_name(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+fn link_mac(link: &LinkMessage) -> Mac {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(bytes);
+                Some(mac)
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn observed_link(link: &LinkMessage, name: &str) -> ObservedLink {
+    let mut observed = ObservedLink {
+        index: link.header.index,
+        name: name.to_string(),
+        vxlan: None,
+        mtu: 0,
+        mac: link_mac(link),
+        up: link.header.flags.contains(LinkFlags::Up),
+        addresses: Vec::new(),
+    };
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::Mtu(mtu) => observed.mtu = *mtu,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(vxlan)) = info {
+                        observed.vxlan = Some(vxlan_attrs(vxlan));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    observed
+}
+
+fn vxlan_attrs(infos: &[InfoVxlan]) -> VxlanAttrs {
+    let mut attrs = VxlanAttrs {
+        vni: 0,
+        port: 0,
+        local: None,
+        underlay_index: 0,
+        learning: true,
+        gbp: false,
+    };
+    for info in infos {
+        match info {
+            InfoVxlan::Id(id) => attrs.vni = *id,
+            InfoVxlan::Port(port) => attrs.port = *port,
+            InfoVxlan::Local(ip) => attrs.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => attrs.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Link(index) => attrs.underlay_index = *index,
+            InfoVxlan::Learning(learning) => attrs.learning = *learning,
+            InfoVxlan::Gbp => attrs.gbp = true,
+            _ => {}
+        }
+    }
+    attrs
+}
+
+fn route_address(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn observed_route(
+    message: &RouteMessage,
+    names: &HashMap<u32, String>,
+    ours: &HashMap<u32, String>,
+    desired: &Desired,
+) -> Option<ObservedRoute> {
+    let table = message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table));
+    if table != MAIN_TABLE || message.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut destination = None;
+    let mut gateway = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(d) => destination = route_address(d),
+            RouteAttribute::Gateway(g) => gateway = route_address(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let destination = Net::new_masked(destination?, message.header.destination_prefix_length);
+    let oif = oif?;
+    let owned =
+        message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL) || ours.contains_key(&oif);
+    if !owned && !desired.routes.contains_key(&destination) {
+        return None;
+    }
+    // Kernel routes of our own devices (e.g. IPv6 link-local) have no gateway: not ours to manage.
+    let gateway = gateway?;
+    Some(ObservedRoute {
+        route: Route {
+            destination,
+            gateway,
+            device: names
+                .get(&oif)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex {oif}")),
+            onlink: message.header.flags.contains(RouteFlags::Onlink),
+        },
+        owned,
+    })
+}
+
+fn observed_neighbour(message: &NeighbourMessage, device: &str) -> Option<Neighbour> {
+    if message.header.state != NeighbourState::Permanent {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                ip = Some(IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                ip = Some(IpAddr::V6(*v6))
+            }
+            NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(bytes);
+                mac = Some(m);
+            }
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        device: device.to_string(),
+        ip: ip?,
+        mac: mac?,
+    })
+}
+
+fn observed_fdb(message: &NeighbourMessage, device: &str) -> Option<Fdb> {
+    let mut mac_address = None;
+    let mut destination = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(bytes);
+                mac_address = Some(m);
+            }
+            // In AF_BRIDGE dumps NDA_DST comes back as raw bytes.
+            NeighbourAttribute::Destination(address) => {
+                destination = match address {
+                    NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                    NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                    NeighbourAddress::Other(bytes) if bytes.len() == 4 => Some(IpAddr::V4(
+                        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
+                    )),
+                    NeighbourAddress::Other(bytes) if bytes.len() == 16 => {
+                        let mut b = [0u8; 16];
+                        b.copy_from_slice(bytes);
+                        Some(IpAddr::V6(Ipv6Addr::from(b)))
+                    }
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+    let mac_address = mac_address.filter(mac::is_unicast)?;
+    Some(Fdb {
+        device: device.to_string(),
+        mac: mac_address,
+        destination: destination?,
+    })
+}
