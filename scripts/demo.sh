@@ -14,7 +14,7 @@ KEEP=false
 NODES=3
 PREFIX=wd
 WORK=$(mktemp -d /tmp/weft-demo.XXXXXX)
-CONFIG='{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}'
+CONFIG='{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 
 cleanup() {
     for ns in $(ip netns list | awk '{print $1}' | grep -E "^${PREFIX}-" || true); do
@@ -23,13 +23,14 @@ cleanup() {
     done
     rm -rf "$WORK"
 }
-trap cleanup EXIT
+[ "${WEFT_DEMO_NO_CLEANUP:-}" = 1 ] || trap cleanup EXIT
 cleanup_stale() { WORK_SAVED=$WORK; WORK=/nonexistent; cleanup; WORK=$WORK_SAVED; }
 cleanup_stale
 
-echo "== building weftd"
-cargo build --locked --bin weftd 2>&1 | tail -1
+echo "== building weftd and the CNI plugin"
+cargo build --locked --bins 2>&1 | tail -1
 WEFTD=$(pwd)/target/debug/weftd
+CNI=$(pwd)/target/debug/weft
 
 echo "== underlay: bridge br0 198.18.0.1/24 in namespace ${PREFIX}-ul"
 ip netns add ${PREFIX}-ul
@@ -46,6 +47,7 @@ for i in $(seq 1 $NODES); do
     ip -n "$ns" addr add 198.18.0.1$i/24 dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" route add default via 198.18.0.1
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
 done
 
 echo "== etcd on 198.18.0.1:2379"
@@ -70,6 +72,18 @@ for i in $(seq 1 $NODES); do
     for _ in $(seq 1 300); do [ -s "$WORK/n$i/subnet.env" ] && break; sleep 0.1; done
     [ -s "$WORK/n$i/subnet.env" ] || { echo "node $i wrote no subnet.env; its log:"; cat "$WORK/n$i/weftd.log"; exit 1; }
 done
+
+echo "== one pod per node, created through weft's CNI plugin (bridge + host-local)"
+declare -A POD_IP
+for i in $(seq 1 $NODES); do
+    ip netns add ${PREFIX}-p$i
+    conf=$(printf '{"cniVersion":"1.0.0","name":"cbr0","type":"flannel","subnetFile":"%s","dataDir":"%s","delegate":{"hairpinMode":true,"isDefaultGateway":true,"ipMasq":false},"ipam":{"dataDir":"%s"}}' \
+        "$WORK/n$i/subnet.env" "$WORK/n$i/cni" "$WORK/n$i/ipam")
+    result=$(echo "$conf" | ip netns exec ${PREFIX}-n$i env CNI_COMMAND=ADD CNI_CONTAINERID=pod$i \
+        CNI_NETNS=/var/run/netns/${PREFIX}-p$i CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni "$CNI")
+    POD_IP[$i]=$(echo "$result" | grep -oE '"address": *"[0-9.]+' | head -1 | grep -oE '[0-9.]+$')
+    echo "   pod on node $i: ${POD_IP[$i]}"
+done
 sleep 1
 
 for i in $(seq 1 $NODES); do
@@ -82,8 +96,27 @@ echo
 echo "== leases in etcd (flannel's keys and JSON)"
 etcdctl get --prefix /coreos.com/network/subnets/ | paste - - | sed 's/^/   /'
 
+echo
+echo "== pods talking across nodes (ping, 3 packets each)"
+failures=0
+for i in $(seq 1 $NODES); do for j in $(seq 1 $NODES); do
+    [ "$i" = "$j" ] && continue
+    if ip netns exec ${PREFIX}-p$i ping -c 3 -i 0.2 -W 1 -q "${POD_IP[$j]}" >/dev/null; then
+        echo "   pod $i (${POD_IP[$i]}) -> pod $j (${POD_IP[$j]}): ok"
+    else
+        echo "   pod $i (${POD_IP[$i]}) -> pod $j (${POD_IP[$j]}): FAILED"; failures=$((failures + 1))
+    fi
+done; done
+echo
+echo "== node 1's kernel state, as flannel would program it"
+ip -n ${PREFIX}-n1 -d link show flannel.1 | sed 's/^/   /' | head -3
+ip -n ${PREFIX}-n1 route show dev flannel.1 | sed 's/^/   /'
+ip -n ${PREFIX}-n1 neigh show dev flannel.1 | sed 's/^/   /'
+bridge -n ${PREFIX}-n1 fdb show dev flannel.1 | grep dst | sed 's/^/   /'
+
 if $KEEP; then
     echo
     echo "Running. Logs and subnet.env files are in $WORK. Press Enter to stop and clean up."
     read -r _
 fi
+[ "$failures" -eq 0 ] || { echo "demo: $failures pod pairs could not talk" >&2; exit 1; }

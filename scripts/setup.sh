@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(etcd-server etcd-client protobuf-compiler containernetworking-plugins iproute2 curl openssl ca-certificates gcc libc6-dev)
+packages=(etcd-server etcd-client protobuf-compiler containernetworking-plugins iproute2 iputils-ping curl openssl ca-certificates gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,7 +18,7 @@ use std::path::PathBuf;
     long_about = "weftd leases a pod subnet for this node from etcd (or the Kubernetes API), \
                   programs the datapath and writes subnet.env for the CNI plugin. Flags are \
                   flannel's; each can also be set with FLANNELD_<FLAG_NAME>. Backends \
-                  implemented: alloc."
+                  implemented: vxlan, alloc."
 )]
 pub struct Cli {
     /// Comma-separated etcd endpoints.
@@ -110,6 +110,10 @@ pub struct Cli {
     /// (flannel: fixed 86400). The renewal margin is capped at half of it.
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = 86_400)]
     pub subnet_lease_ttl: u64,
+    /// weft extension: seconds between full datapath reconcile passes (besides the
+    /// passes triggered by lease changes and kernel notifications).
+    #[arg(long, env = "FLANNELD_RECONCILE_INTERVAL", default_value_t = 10)]
+    pub reconcile_interval: u64,
     /// Setup IP masquerade rule for traffic destined outside of overlay network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_value = "false", default_missing_value = "true",

@@ -2,6 +2,7 @@
 //! health server. Each module has one job; `run` holds the startup order.
 
 pub mod cli;
+pub mod datapath;
 pub mod health;
 pub mod iface;
 pub mod logging;

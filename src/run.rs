@@ -6,6 +6,7 @@
 //! Nothing is torn down on exit: restarts must not disturb traffic.
 
 use crate::cli::Cli;
+use crate::datapath::VxlanDatapath;
 use crate::health::{self, Readiness};
 use crate::iface::{self, ExternalInterface, IfaceRequest};
 use crate::subnet_file::{self, SubnetEnv};
@@ -16,16 +17,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
+use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
+use weft_backend::mac::{self, Mac};
+use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::config::BackendType;
 use weft_subnet::etcd::{
     AcquireError, Backoff, ConfigFetchError, EtcdError, EtcdOptions, EtcdSubnetManager,
     RenewOutcome, TlsFiles, WatchBatch,
 };
+use weft_subnet::family::{Family, Net};
 use weft_subnet::watch::{Changes, LeaseEvent, LeaseWatcher, OwnLeaseChange};
 use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// Backends this build of weftd can run.
-const IMPLEMENTED_BACKENDS: [BackendType; 1] = [BackendType::Alloc];
+const IMPLEMENTED_BACKENDS: [BackendType; 2] = [BackendType::Vxlan, BackendType::Alloc];
+
+/// Quiet period after a kernel notification before a reconcile pass, so a burst of
+/// notifications (an admin script, a device deletion) costs one pass.
+const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Period of the housekeeping tick (retrying a failed subnet.env write).
 const TICK: Duration = Duration::from_secs(5);
@@ -105,13 +114,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         public_ipv6 = %or_none(external.ext_v6_addr),
         "using interface {}: {}", external.name, external.reason
     );
-    let attrs = LeaseAttrs {
-        public_ip: external.ext_addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-        public_ipv6: external.ext_v6_addr,
-        // flannel's alloc backend sets no BackendType.
-        backend_type: String::new(),
-        backend_data: None,
-        backend_v6_data: None,
+    let (mut datapath, attrs) = match config.backend.kind {
+        BackendType::Vxlan => {
+            let vxlan_config =
+                VxlanConfig::parse(&config.backend.raw).context("vxlan backend config")?;
+            let kernel = Kernel::connect().context("cannot open netlink")?;
+            let node = vxlan_node(&vxlan_config, &external, &host, &kernel, &manager).await?;
+            let attrs = node.lease_attrs(&vxlan_config, external.ext_addr, external.ext_v6_addr);
+            (Some(VxlanDatapath::new(vxlan_config, node, kernel)), attrs)
+        }
+        _ => {
+            let attrs = LeaseAttrs {
+                public_ip: external.ext_addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                public_ipv6: external.ext_v6_addr,
+                // flannel's alloc backend sets no BackendType.
+                backend_type: String::new(),
+                backend_data: None,
+                backend_v6_data: None,
+            };
+            (None, attrs)
+        }
+    };
+    let mut kernel_events = match datapath {
+        Some(_) => Some(
+            weft_backend::kernel::subscribe()
+                .context("cannot subscribe to netlink notifications")?,
+        ),
+        None => None,
     };
 
     readiness.set_not_ready("no subnet lease yet");
@@ -122,6 +151,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     log_lease("lease acquired", &lease);
+    if let Some(datapath) = datapath.as_mut() {
+        datapath.set_own(lease.key);
+    }
     let mut node = Node {
         cli: &cli,
         manager: manager.clone(),
@@ -131,16 +163,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         lease,
         readiness: readiness.clone(),
         env_written: false,
+        datapath,
+        datapath_ok: true,
     };
-    node.write_subnet_env();
 
     let (sink, mut batches) = mpsc::channel(64);
     let watcher_manager = manager.clone();
     let watch_task = tokio::spawn(async move { watcher_manager.watch_leases(sink).await });
     let mut watcher = LeaseWatcher::new(Some(node.lease.key));
+    // Program the datapath only once the peers are known: converging with an empty peer
+    // set would remove the entries a previous run left, and drop traffic on a restart.
+    let Some(first) = shutdown.until(batches.recv()).await else {
+        watch_task.abort();
+        return Ok(());
+    };
+    let Some(first) = first else {
+        bail!("the lease watch stopped unexpectedly")
+    };
+    let changes = match first {
+        WatchBatch::Snapshot(leases) => watcher.reset(leases),
+        WatchBatch::Events(events) => watcher.apply(events),
+    };
+    if let Some(new_key) = node.handle(changes, &mut None, &mut shutdown).await {
+        log_peer_events(&watcher.set_own(Some(new_key)));
+    }
+    node.set_peers(&watcher);
+    node.converge().await;
+    node.write_subnet_env();
     let mut renew_at = node.renewal_deadline();
     let mut tick = tokio::time::interval(TICK);
+    let mut reconcile = tokio::time::interval(Duration::from_secs(cli.reconcile_interval.max(1)));
+    let mut converge_at: Option<Instant> = None;
     loop {
+        let converge_sleep = async {
+            match converge_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let kernel_event = async {
+            match kernel_events.as_mut() {
+                Some(events) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let renew_sleep = async {
             match renew_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -151,13 +217,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             () = shutdown.wait() => break,
             batch = batches.recv() => {
                 let Some(batch) = batch else { bail!("the lease watch stopped unexpectedly") };
-                let changes = match batch {
-                    WatchBatch::Snapshot(leases) => watcher.reset(leases),
-                    WatchBatch::Events(events) => watcher.apply(events),
-                };
-                if let Some(new_key) = node.handle(changes, &mut renew_at, &mut shutdown).await {
-                    log_peer_events(&watcher.set_own(Some(new_key)));
+                // Take every batch already waiting, so a burst costs one reconcile pass.
+                let mut pending = vec![batch];
+                while let Ok(more) = batches.try_recv() {
+                    pending.push(more);
                 }
+                for batch in pending {
+                    let changes = match batch {
+                        WatchBatch::Snapshot(leases) => watcher.reset(leases),
+                        WatchBatch::Events(events) => watcher.apply(events),
+                    };
+                    if let Some(new_key) = node.handle(changes, &mut renew_at, &mut shutdown).await {
+                        log_peer_events(&watcher.set_own(Some(new_key)));
+                    }
+                }
+                node.set_peers(&watcher);
+                converge_at = Some(Instant::now());
+            }
+            event = kernel_event => {
+                let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
+                if node.datapath.as_ref().is_some_and(|d| d.is_relevant(&event)) {
+                    debug!(?event, "kernel change to weft's objects");
+                    converge_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                } else if event == KernelEvent::Overrun {
+                    converge_at = Some(Instant::now());
+                }
+            }
+            () = converge_sleep => {
+                converge_at = None;
+                node.converge().await;
+            }
+            _ = reconcile.tick() => {
+                node.converge().await;
             }
             () = renew_sleep => {
                 renew_at = None;
@@ -187,6 +278,9 @@ struct Node<'a> {
     lease: Lease,
     readiness: Arc<Readiness>,
     env_written: bool,
+    datapath: Option<VxlanDatapath>,
+    /// Whether the last reconcile pass applied everything.
+    datapath_ok: bool,
 }
 
 impl Node<'_> {
@@ -197,7 +291,10 @@ impl Node<'_> {
             ipv6_network: self.config.ipv6.map(|p| p.network),
             ipv6_subnet: self.lease.key.ipv6,
             // The alloc backend adds no encapsulation.
-            mtu: self.external.mtu,
+            mtu: match &self.datapath {
+                Some(d) => d.node.pod_mtu(&d.config),
+                None => self.external.mtu,
+            },
             ip_masq: self.cli.ip_masq,
         }
     }
@@ -208,8 +305,7 @@ impl Node<'_> {
             Ok(()) => {
                 info!(file = %path.display(), subnet = %self.lease.key, "wrote subnet.env");
                 self.env_written = true;
-                self.readiness.set_ready();
-                info!("weftd is ready");
+                self.update_readiness();
             }
             Err(e) => {
                 self.env_written = false;
@@ -218,6 +314,45 @@ impl Node<'_> {
                 self.readiness.set_not_ready(reason);
             }
         }
+    }
+
+    /// Ready when the lease is held (callers mark re-acquisition), the datapath is
+    /// programmed and subnet.env is written.
+    fn update_readiness(&mut self) {
+        let was_ready = self.readiness.get().is_ok();
+        if !self.env_written {
+            return;
+        }
+        if !self.datapath_ok {
+            self.readiness
+                .set_not_ready("the datapath is not fully programmed yet (see the log)");
+            return;
+        }
+        self.readiness.set_ready();
+        if !was_ready {
+            info!("weftd is ready");
+        }
+    }
+
+    fn set_peers(&mut self, watcher: &LeaseWatcher) {
+        if let Some(datapath) = self.datapath.as_mut() {
+            datapath.set_peers(watcher.peers());
+        }
+    }
+
+    /// One reconcile pass of the datapath (nothing for alloc).
+    async fn converge(&mut self) {
+        let Some(datapath) = self.datapath.as_mut() else {
+            return;
+        };
+        self.datapath_ok = match datapath.converge().await {
+            Ok(pass) => pass.failures.is_empty(),
+            Err(e) => {
+                warn!("cannot read the datapath state, retrying on the next pass: {e}");
+                false
+            }
+        };
+        self.update_readiness();
     }
 
     /// When to renew: the renewal margin before expiry, the margin capped at half the TTL.
@@ -337,8 +472,11 @@ impl Node<'_> {
         self.lease = acquired;
         *renew_at = self.renewal_deadline();
         log_lease("lease re-acquired", &self.lease);
+        if let Some(datapath) = self.datapath.as_mut() {
+            datapath.set_own(self.lease.key);
+        }
         if self.lease.key == old {
-            self.readiness.set_ready();
+            self.update_readiness();
             return None;
         }
         error!(
@@ -347,9 +485,79 @@ impl Node<'_> {
             "this node now has a different subnet; pods created before keep addresses from the \
              old one and must be recreated"
         );
+        self.converge().await;
         self.write_subnet_env();
         Some(self.lease.key)
     }
+}
+
+/// This node's vxlan side. The VTEP MACs survive restarts and device re-creation: an
+/// existing device keeps its MAC; without one, the MAC published in this node's own lease
+/// (found by public IP) is reused, so peers' entries stay valid; else a random one.
+async fn vxlan_node(
+    config: &VxlanConfig,
+    external: &ExternalInterface,
+    host: &HostSnapshot,
+    kernel: &Kernel,
+    manager: &EtcdSubnetManager,
+) -> anyhow::Result<vxlan::Node> {
+    let published = match manager.list_leases().await {
+        Ok((leases, _)) => leases.into_iter().find(|l| {
+            external.ext_addr.is_some_and(|ip| l.attrs.public_ip == ip)
+                || (external.ext_addr.is_none()
+                    && l.attrs.public_ipv6.is_some()
+                    && l.attrs.public_ipv6 == external.ext_v6_addr)
+        }),
+        Err(e) => {
+            warn!("cannot look up this node's previous lease for its VTEP MAC: {e}");
+            None
+        }
+    };
+    let mut macs = [mac::random(), mac::random()];
+    for (slot, family) in [(0, Family::V4), (1, Family::V6)] {
+        let name = config.device_name(family);
+        let from_lease = published.as_ref().and_then(|l| match family {
+            Family::V4 => vxlan::vtep_mac(l.attrs.backend_data.as_ref()),
+            Family::V6 => vxlan::vtep_mac(l.attrs.backend_v6_data.as_ref()),
+        });
+        let existing: Option<Mac> = kernel
+            .link(&name)
+            .await
+            .context("cannot read vxlan devices")?
+            .map(|(_, m)| m);
+        let (mac, source) = match (existing, from_lease) {
+            (Some(m), _) => (m, "the existing device"),
+            (None, Some(m)) => (m, "this node's lease"),
+            (None, None) => (macs[slot], "newly generated"),
+        };
+        macs[slot] = mac;
+        if (family == Family::V4 && external.iface_addr.is_some())
+            || (family == Family::V6 && external.iface_v6_addr.is_some())
+        {
+            info!(device = %name, mac = %mac::format(&mac), "VTEP MAC from {source}");
+        }
+    }
+    let connected = host
+        .links
+        .iter()
+        .filter(|l| l.index == external.index)
+        .flat_map(|l| l.addresses.iter())
+        .map(|a| Net::new_masked(a.ip, a.prefix))
+        .collect();
+    Ok(vxlan::Node {
+        own: SubnetKey {
+            ipv4: None,
+            ipv6: None,
+        },
+        external_index: external.index,
+        external_name: external.name.clone(),
+        external_mtu: external.mtu,
+        local_v4: external.iface_addr.map(IpAddr::V4),
+        local_v6: external.iface_v6_addr.map(IpAddr::V6),
+        connected,
+        mac_v4: macs[0],
+        mac_v6: macs[1],
+    })
 }
 
 fn log_lease(what: &str, lease: &Lease) {
@@ -488,6 +696,12 @@ async fn fetch_config(manager: &EtcdSubnetManager, readiness: &Readiness) -> Net
     let mut last_logged = Instant::now();
     loop {
         let problem = match manager.network_config().await {
+            Ok(config) if config.backend.kind == BackendType::Vxlan => {
+                match VxlanConfig::parse(&config.backend.raw) {
+                    Ok(_) => return config,
+                    Err(e) => format!("{e} (in {})", manager.config_key()),
+                }
+            }
             Ok(config) if IMPLEMENTED_BACKENDS.contains(&config.backend.kind) => return config,
             Ok(config) => format!(
                 "backend type {} is not implemented in this weftd build (implemented: {}); \

@@ -6,78 +6,14 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
-use support::etcd::EtcdServer;
-use support::netns::{UNDERLAY_GATEWAY, Underlay};
-use support::weftd::Weftd;
-use support::{unique, wait_for};
+use support::cluster::Cluster;
+use support::wait_for;
 
-const CONFIG_KEY: &str = "/coreos.com/network/config";
+use support::cluster::CONFIG_KEY;
+
 const ALLOC_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#;
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Drop order matters: weftd processes first, then etcd, then the namespaces.
-struct Cluster {
-    nodes: Vec<Weftd>,
-    etcd: EtcdServer,
-    underlay: Underlay,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn new(hosts: usize, start_etcd: bool) -> Cluster {
-        let underlay = Underlay::new(&unique("we"), hosts);
-        let mut etcd = EtcdServer::prepare_in(&underlay.ns.name, UNDERLAY_GATEWAY);
-        if start_etcd {
-            etcd.launch();
-        }
-        Cluster {
-            nodes: Vec::new(),
-            etcd,
-            underlay,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn node_dir(&self, host: usize) -> PathBuf {
-        self.dir.path().join(format!("node{host}"))
-    }
-
-    fn start(&mut self, host: usize, extra: &[&str]) -> usize {
-        let mut args = vec![
-            format!("--etcd-endpoints=http://{UNDERLAY_GATEWAY}:2379"),
-            "--healthz-port=8081".to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let weftd = Weftd::start(
-            &self.underlay.hosts[host].ns.name,
-            &self.node_dir(host),
-            &args,
-        );
-        self.nodes.push(weftd);
-        self.nodes.len() - 1
-    }
-
-    fn readyz(&self, host: usize) -> (u16, String) {
-        self.underlay.hosts[host]
-            .ns
-            .http_get("http://127.0.0.1:8081/readyz")
-            .unwrap_or((0, String::new()))
-    }
-
-    fn subnets_in_etcd(&self) -> Vec<(String, String)> {
-        let out = self
-            .etcd
-            .etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
-        let lines: Vec<&str> = out.lines().collect();
-        lines
-            .chunks(2)
-            .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
-            .collect()
-    }
-}
 
 /// FLANNEL_SUBNET of a subnet.env, e.g. "10.244.7.1/24".
 fn flannel_subnet(env: &str) -> String {
@@ -207,10 +143,10 @@ fn etcd_down_at_start_then_bad_config_then_recovery() {
     c.etcd.etcdctl(&[
         "put",
         CONFIG_KEY,
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
     ]);
     c.nodes[0].wait_log(
-        "backend type vxlan is not implemented in this weftd build",
+        "backend type host-gw is not implemented in this weftd build",
         LIMIT,
     );
 

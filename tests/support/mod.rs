@@ -2,8 +2,10 @@
 //! real weftd binary. Everything it creates is removed on drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod netns;
+pub mod pods;
 pub mod weftd;
 
 use std::time::{Duration, Instant};

@@ -130,6 +130,12 @@ impl Underlay {
         host.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         host.ip(&["link", "set", "eth0", "up"]);
         host.ip(&["route", "add", "default", "via", UNDERLAY_GATEWAY]);
+        // A Kubernetes node routes for its pods.
+        let forwarding = host.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        assert!(
+            forwarding.status.success(),
+            "cannot enable forwarding in {name}"
+        );
         self.hosts.push(Host {
             ns: host,
             ip: ip.to_string(),

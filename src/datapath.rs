@@ -1,0 +1,132 @@
+//! The datapath of this node: what the backend programs and how it converges.
+//!
+//! `alloc` programs nothing. `vxlan` keeps the full set of peer leases and, on every
+//! trigger (a lease batch, a kernel notification about one of its objects, a timer),
+//! runs one reconcile pass: observe the kernel, diff against the desired state, apply.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+use tracing::{debug, info, warn};
+use weft_backend::diff;
+use weft_backend::kernel::{Kernel, KernelEvent};
+use weft_backend::vxlan::{self, VxlanConfig};
+use weft_subnet::{Lease, SubnetKey};
+
+/// The outcome of one reconcile pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub changes: usize,
+    pub failures: Vec<String>,
+}
+
+/// The vxlan datapath.
+#[derive(Debug)]
+pub struct VxlanDatapath {
+    pub config: VxlanConfig,
+    pub node: vxlan::Node,
+    kernel: Kernel,
+    peers: BTreeMap<SubnetKey, Lease>,
+    /// Skipped peers already reported, so each reason is logged once.
+    reported: HashSet<(SubnetKey, String)>,
+    /// Indices of weft's devices as last observed, to filter kernel notifications.
+    device_indices: HashSet<u32>,
+}
+
+impl VxlanDatapath {
+    pub fn new(config: VxlanConfig, node: vxlan::Node, kernel: Kernel) -> VxlanDatapath {
+        VxlanDatapath {
+            config,
+            node,
+            kernel,
+            peers: BTreeMap::new(),
+            reported: HashSet::new(),
+            device_indices: HashSet::new(),
+        }
+    }
+
+    pub fn set_own(&mut self, own: SubnetKey) {
+        self.node.own = own;
+    }
+
+    /// Replaces the peer set (the full set of remote leases).
+    pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = &'a Lease>) {
+        self.peers = peers.into_iter().map(|l| (l.key, l.clone())).collect();
+    }
+
+    /// One reconcile pass: observe, diff, apply (every op is tried; failures are
+    /// returned and retried by the next pass).
+    pub async fn converge(&mut self) -> Result<Pass, weft_backend::kernel::KernelError> {
+        let started = Instant::now();
+        let (desired, skipped) =
+            vxlan::desired_state(&self.config, &self.node, self.peers.values());
+        for skip in skipped {
+            if self.reported.insert((skip.key, skip.reason.clone())) {
+                warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
+            }
+        }
+        let observed = self.kernel.observe(&desired).await?;
+        self.device_indices = observed.links.iter().map(|l| l.index).collect();
+        let ops = diff::diff(&desired, &observed);
+        for op in &ops {
+            match op {
+                diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),
+                _ => debug!("datapath: {op}"),
+            }
+        }
+        let failures = self.kernel.apply(&ops).await;
+        let pass = Pass {
+            changes: ops.len() - failures.len(),
+            failures: failures
+                .iter()
+                .map(|(op, e)| format!("{op}: {e}"))
+                .collect(),
+        };
+        for failure in &pass.failures {
+            warn!("datapath change failed (retried on the next pass): {failure}");
+        }
+        if !ops.is_empty() {
+            // Re-read indices: a created device has a new one.
+            if let Ok(observed) = self.kernel.observe(&desired).await {
+                self.device_indices = observed.links.iter().map(|l| l.index).collect();
+            }
+            info!(
+                changes = pass.changes,
+                failed = pass.failures.len(),
+                peers = self.peers.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "datapath converged"
+            );
+        }
+        Ok(pass)
+    }
+
+    /// Whether a kernel notification concerns weft's objects (and so needs a pass).
+    /// Additions weft makes itself are not interesting; deletions and foreign changes are.
+    pub fn is_relevant(&self, event: &KernelEvent) -> bool {
+        let ours = |index: &u32| self.device_indices.contains(index);
+        match event {
+            KernelEvent::Link { index, name, .. } => {
+                ours(index)
+                    || name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("flannel.") || n.starts_with("flannel-v6."))
+            }
+            KernelEvent::Address { index } => ours(index),
+            KernelEvent::Route {
+                oif,
+                protocol,
+                deleted,
+            } => {
+                let on_ours = oif.is_some_and(|i| ours(&i));
+                let by_us = *protocol == weft_backend::ROUTE_PROTOCOL;
+                if *deleted {
+                    on_ours || by_us
+                } else {
+                    on_ours && !by_us
+                }
+            }
+            KernelEvent::Neighbour { ifindex, deleted } => *deleted && ours(ifindex),
+            KernelEvent::Overrun => true,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Pods created the way kubelet creates them: weft's CNI plugin (run inside the node's
+//! namespace) delegating to the real `bridge` and `host-local` plugins in /usr/lib/cni.
+
+use super::netns::Netns;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: String,
+}
+
+/// The CNI plugin binary, built by the workspace next to weftd.
+pub fn cni_plugin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_weftd")).with_file_name("weft");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Runs the CNI plugin in `node` for `pod` and returns its stdout.
+fn cni(node: &Netns, command: &str, pod: &str, node_dir: &Path) -> Result<String, String> {
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "flannel",
+        "subnetFile": node_dir.join("subnet.env"),
+        "dataDir": node_dir.join("cni-data"),
+        // weftd does not masquerade yet; keep the bridge plugin from doing it either,
+        // so pod-to-pod traffic keeps its source address.
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true, "ipMasq": false},
+        "ipam": {"dataDir": node_dir.join("ipam")},
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.name])
+        .arg(cni_plugin())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", pod)
+        .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CNI plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(config.to_string().as_bytes())
+        .expect("write config");
+    let output = child.wait_with_output().expect("CNI plugin output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Creates a pod namespace on `node` through CNI ADD.
+pub fn add_pod(node: &Netns, name: &str, node_dir: &Path) -> Pod {
+    let ns = Netns::new(name);
+    let result = cni(node, "ADD", name, node_dir)
+        .unwrap_or_else(|e| panic!("CNI ADD for {name} failed: {e}"));
+    let result: serde_json::Value = serde_json::from_str(&result).expect("CNI result JSON");
+    let address = result["ips"][0]["address"]
+        .as_str()
+        .expect("an IP in the CNI result");
+    let ip = address
+        .split('/')
+        .next()
+        .expect("address/prefix")
+        .to_string();
+    Pod { ns, ip }
+}
+
+/// `ping` from inside a namespace; returns whether all `count` replies came back.
+pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
+    let output = from.exec(&[
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-q",
+        to,
+    ]);
+    output.status.success()
+        && String::from_utf8_lossy(&output.stdout).contains(&format!("{count} received"))
+}
+
+/// Opens a TCP connection from `client` to `server_ip:port` in `server` and returns the
+/// source address the server saw.
+pub fn tcp_source_seen(server: &Netns, server_ip: &str, client: &Netns, port: u16) -> String {
+    let address = format!("{server_ip}:{port}");
+    let listener_ns = server.name.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let accept = std::thread::spawn({
+        let address = address.clone();
+        move || {
+            super::netns::run_in(&listener_ns, move || {
+                let listener = std::net::TcpListener::bind(&address).expect("listen in pod");
+                ready_tx.send(()).expect("ready");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                loop {
+                    match listener.accept() {
+                        Ok((_, peer)) => return peer.ip().to_string(),
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(10))
+                        }
+                        Err(e) => panic!("no TCP connection arrived within 10 s: {e}"),
+                    }
+                }
+            })
+        }
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("listener ready");
+    let client_ns = client.name.clone();
+    super::netns::run_in(&client_ns, move || {
+        let addr: std::net::SocketAddr = address.parse().expect("address");
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+            .expect("connect across nodes");
+    });
+    accept.join().expect("accept thread")
+}
