@@ -70,9 +70,10 @@ impl VxlanDatapath {
         for op in &ops {
             match op {
                 diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),
-                _ => debug!("datapath: {op}"),
+                _ => tracing::trace!("datapath: {op}"),
             }
         }
+        let observed_in = started.elapsed();
         let failures = self.kernel.apply(&ops).await;
         let pass = Pass {
             changes: ops.len() - failures.len(),
@@ -84,6 +85,13 @@ impl VxlanDatapath {
         for failure in &pass.failures {
             warn!("datapath change failed (retried on the next pass): {failure}");
         }
+        debug!(
+            changes = ops.len(),
+            peers = self.peers.len(),
+            observe_us = observed_in.as_micros() as u64,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "reconcile pass"
+        );
         if !ops.is_empty() {
             // Re-read indices: a created device has a new one.
             if let Ok(observed) = self.kernel.observe(&desired).await {

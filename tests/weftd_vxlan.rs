@@ -372,3 +372,119 @@ fn etcd_outage_keeps_pods_talking_and_bad_leases_are_ignored() {
     );
     v.pods.push(pod);
 }
+
+fn cluster_with(config: &str, nodes: usize) -> VxlanCluster {
+    let mut c = Cluster::new(nodes, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, config]);
+    for host in 0..nodes {
+        c.start(host, &[]);
+    }
+    let mut pods = Vec::new();
+    for host in 0..nodes {
+        c.nodes[host].wait_log("weftd is ready", LIMIT);
+        let node = &c.underlay.hosts[host].ns;
+        pods.push(add_pod(
+            node,
+            &format!("{}-p", node.name),
+            &c.node_dir(host),
+        ));
+    }
+    VxlanCluster { pods, c }
+}
+
+/// New IPv6 addresses (the pods', the bridges' gateways) are unusable until duplicate
+/// address detection finishes, about a second after CNI ADD; wait for it (bounded).
+fn settle_v6(from: &Netns, to: &str) {
+    wait_for(
+        "IPv6 duplicate address detection to finish",
+        Duration::from_secs(10),
+        || ping(from, to, 1).then_some(()),
+    );
+}
+
+fn v6_routes(ns: &Netns) -> usize {
+    let routes = json(
+        ns,
+        &["ip", "-6", "-j", "route", "show", "dev", "flannel-v6.1"],
+    );
+    routes.as_array().map_or(0, |a| {
+        a.iter().filter(|r| r.get("gateway").is_some()).count()
+    })
+}
+
+#[test]
+fn dual_stack_pods_talk_over_both_families() {
+    let v = cluster_with(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        2,
+    );
+    for host in 0..2 {
+        let ns = &v.c.underlay.hosts[host].ns;
+        wait_for("v4 and v6 peer routes", LIMIT, || {
+            (peer_routes(ns).len() == 1 && v6_routes(ns) == 1).then_some(())
+        });
+        let env = std::fs::read_to_string(&v.c.nodes[host].subnet_file).unwrap();
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fc00::/48\n") && env.contains("FLANNEL_MTU=1430\n"),
+            "{env}"
+        );
+        let link = &json(ns, &["ip", "-d", "-j", "link", "show", "flannel-v6.1"])[0];
+        assert_eq!(link["mtu"], 1430, "IPv6 underlay overhead is 70 bytes");
+    }
+    let (a, b) = (&v.pods[0], &v.pods[1]);
+    assert!(ping(&a.ns, &b.ip, 2), "v4 pod to pod");
+    let b6 = b.ipv6().expect("pod has an IPv6 address");
+    settle_v6(&a.ns, b6);
+    assert!(ping(&a.ns, b6, 2), "v6 pod to pod");
+    assert_eq!(
+        tcp_source_seen(&b.ns, b6, &a.ns, 7003),
+        a.ipv6().unwrap(),
+        "v6 source preserved"
+    );
+    let leases = v.c.subnets_in_etcd();
+    assert!(
+        leases
+            .iter()
+            .all(|(k, v)| k.contains('&') && v.contains("\"BackendV6Data\"")),
+        "{leases:?}"
+    );
+}
+
+#[test]
+fn ipv6_only_network_in_etcd_mode() {
+    let v = cluster_with(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        2,
+    );
+    for host in 0..2 {
+        let ns = &v.c.underlay.hosts[host].ns;
+        wait_for("v6 peer route", LIMIT, || {
+            (v6_routes(ns) == 1).then_some(())
+        });
+        let env = std::fs::read_to_string(&v.c.nodes[host].subnet_file).unwrap();
+        assert!(
+            !env.contains("FLANNEL_NETWORK") && env.contains("FLANNEL_IPV6_SUBNET=fc00:"),
+            "{env}"
+        );
+    }
+    let (a, b) = (&v.pods[0], &v.pods[1]);
+    settle_v6(&a.ns, &b.ip);
+    assert!(
+        ping(&a.ns, &b.ip, 2),
+        "v6-only pod to pod: {} -> {}",
+        a.ip,
+        b.ip
+    );
+    // The lease key is the bare IPv6 form; PublicIP is 0.0.0.0 as flannel writes unset v4.
+    let leases = v.c.subnets_in_etcd();
+    for (key, value) in &leases {
+        assert!(
+            key.rsplit('/').next().unwrap().starts_with("fc00:"),
+            "{key}"
+        );
+        assert!(
+            value.starts_with(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198:18::"#),
+            "{value}"
+        );
+    }
+}

@@ -195,8 +195,10 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
         .iter()
         .filter(|r| !on_fresh(&r.route.device))
         .collect();
+    // Indexed, so a steady-state pass over thousands of peers stays linear.
+    let live_set: HashSet<&Route> = live_routes.iter().map(|r| &r.route).collect();
     for route in desired.routes.values() {
-        if !live_routes.iter().any(|r| r.route == *route) {
+        if !live_set.contains(route) {
             ops.push(Op::ReplaceRoute(route.clone()));
         }
     }

@@ -97,6 +97,7 @@ pub struct Underlay {
 }
 
 pub const UNDERLAY_GATEWAY: &str = "198.18.0.1";
+pub const UNDERLAY_GATEWAY_V6: &str = "fd00:198:18::1";
 
 impl Underlay {
     pub fn new(prefix: &str, n: usize) -> Underlay {
@@ -108,6 +109,14 @@ impl Underlay {
             &format!("{UNDERLAY_GATEWAY}/24"),
             "dev",
             "br0",
+        ]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{UNDERLAY_GATEWAY_V6}/64"),
+            "dev",
+            "br0",
+            "nodad",
         ]);
         ns.ip(&["link", "set", "br0", "up"]);
         let mut underlay = Underlay {
@@ -130,12 +139,15 @@ impl Underlay {
         host.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         host.ip(&["link", "set", "eth0", "up"]);
         host.ip(&["route", "add", "default", "via", UNDERLAY_GATEWAY]);
+        // Every node is dual-stack on the underlay: fd00:198:18::<last octet of its v4>.
+        let v6 = format!("fd00:198:18::{}", ip.rsplit('.').next().unwrap_or("0"));
+        host.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+        host.ip(&["-6", "route", "add", "default", "via", UNDERLAY_GATEWAY_V6]);
         // A Kubernetes node routes for its pods.
-        let forwarding = host.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        assert!(
-            forwarding.status.success(),
-            "cannot enable forwarding in {name}"
-        );
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let forwarding = host.exec(&["sysctl", "-qw", sysctl]);
+            assert!(forwarding.status.success(), "cannot set {sysctl} in {name}");
+        }
         self.hosts.push(Host {
             ns: host,
             ip: ip.to_string(),

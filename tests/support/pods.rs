@@ -8,7 +8,19 @@ use std::process::{Command, Stdio};
 
 pub struct Pod {
     pub ns: Netns,
+    /// The first address (IPv4 when the pod has one).
     pub ip: String,
+    /// Every address, in the CNI result's order.
+    pub ips: Vec<String>,
+}
+
+impl Pod {
+    pub fn ipv6(&self) -> Option<&str> {
+        self.ips
+            .iter()
+            .map(String::as_str)
+            .find(|ip| ip.contains(':'))
+    }
 }
 
 /// The CNI plugin binary, built by the workspace next to weftd.
@@ -72,21 +84,28 @@ pub fn add_pod(node: &Netns, name: &str, node_dir: &Path) -> Pod {
     let result = cni(node, "ADD", name, node_dir)
         .unwrap_or_else(|e| panic!("CNI ADD for {name} failed: {e}"));
     let result: serde_json::Value = serde_json::from_str(&result).expect("CNI result JSON");
-    let address = result["ips"][0]["address"]
-        .as_str()
-        .expect("an IP in the CNI result");
-    let ip = address
-        .split('/')
-        .next()
-        .expect("address/prefix")
-        .to_string();
-    Pod { ns, ip }
+    let ips: Vec<String> = result["ips"]
+        .as_array()
+        .expect("ips in the CNI result")
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .map(|a| a.split('/').next().unwrap_or(a).to_string())
+        .collect();
+    let ip = ips
+        .iter()
+        .find(|ip| !ip.contains(':'))
+        .or(ips.first())
+        .expect("an IP in the CNI result")
+        .clone();
+    Pod { ns, ip, ips }
 }
 
 /// `ping` from inside a namespace; returns whether all `count` replies came back.
 pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
+    let family = if to.contains(':') { "-6" } else { "-4" };
     let output = from.exec(&[
         "ping",
+        family,
         "-c",
         &count.to_string(),
         "-i",
@@ -103,7 +122,8 @@ pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
 /// Opens a TCP connection from `client` to `server_ip:port` in `server` and returns the
 /// source address the server saw.
 pub fn tcp_source_seen(server: &Netns, server_ip: &str, client: &Netns, port: u16) -> String {
-    let address = format!("{server_ip}:{port}");
+    let ip: std::net::IpAddr = server_ip.parse().expect("server IP");
+    let address = std::net::SocketAddr::new(ip, port).to_string();
     let listener_ns = server.name.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let accept = std::thread::spawn({
