@@ -37,17 +37,17 @@ impl Cluster {
     }
 
     pub fn start(&mut self, host: usize, extra: &[&str]) -> usize {
+        self.start_with_env(host, extra, &[])
+    }
+
+    pub fn start_with_env(&mut self, host: usize, extra: &[&str], env: &[(&str, &str)]) -> usize {
         let mut args = vec![
             format!("--etcd-endpoints=http://{UNDERLAY_GATEWAY}:2379"),
             "--healthz-port=8081".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let weftd = Weftd::start(
-            &self.underlay.hosts[host].ns.name,
-            &self.node_dir(host),
-            &args,
-        );
+        let weftd = Weftd::start_with_env(&self.underlay.hosts[host].ns.name, &self.node_dir(host), &args, env);
         self.nodes.push(weftd);
         self.nodes.len() - 1
     }

@@ -29,8 +29,8 @@ impl Weftd {
             .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weftd")])
             .arg(format!("--subnet-file={}", subnet_file.display()))
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -75,6 +75,10 @@ impl Weftd {
                 self.log()
             )
         })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

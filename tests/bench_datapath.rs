@@ -1,0 +1,182 @@
+//! Benchmarks of the vxlan datapath (not timed tests: they measure and print; run them
+//! with `scripts/bench.sh`, which builds in release mode). Results go to
+//! docs/benchmarks.md.
+//!
+//! (a) convergence: a peer lease written to etcd until its route is in another node's
+//!     kernel (seen through a netlink route notification), p50/p99 over 200 events;
+//! (b) scale: weftd started against 5,000 peer leases (15,000 kernel entries): time to
+//!     ready, peak RSS, and the cost of a steady-state reconcile pass.
+
+mod support;
+
+use futures::StreamExt;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::cluster::{CONFIG_KEY, Cluster};
+use support::netns::run_in;
+use support::wait_for;
+
+fn lease_value(i: usize) -> String {
+    format!(
+        r#"{{"PublicIP":"198.18.{}.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:58:{:02x}:{:02x}:00:01"}}}}"#,
+        100 + i / 250,
+        1 + i % 250,
+        i / 256,
+        i % 256
+    )
+}
+
+/// Writes keys to the cluster's etcd from inside the underlay namespace.
+fn etcd_put_all(c: &Cluster, pairs: Vec<(String, String)>) {
+    let ns = c.underlay.ns.name.clone();
+    let endpoint = c.etcd.endpoint();
+    run_in(&ns, move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
+            for chunk in pairs.chunks(100) {
+                let ops: Vec<etcd_client::TxnOp> = chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
+                client.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+            }
+        })
+    });
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn convergence_latency_lease_to_route() {
+    let mut c = Cluster::new(1, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#]);
+    c.start_with_env(0, &[], &[("RUST_LOG", "info")]);
+    c.nodes[0].wait_log("weftd is ready", Duration::from_secs(60));
+
+    // Route notifications from the node's namespace, timestamped on arrival.
+    let (seen_tx, seen_rx) = mpsc::channel::<(String, Instant)>();
+    let node_ns = c.underlay.hosts[0].ns.name.clone();
+    std::thread::spawn(move || {
+        run_in(&node_ns, move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                let (conn, _, mut messages) = rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route]).unwrap();
+                tokio::spawn(conn);
+                while let Some((message, _)) = messages.next().await {
+                    let now = Instant::now();
+                    if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(rtnetlink::packet_route::RouteNetlinkMessage::NewRoute(route)) = message.payload {
+                        let dst = route.attributes.iter().find_map(|a| match a {
+                            rtnetlink::packet_route::route::RouteAttribute::Destination(rtnetlink::packet_route::route::RouteAddress::Inet(ip)) => Some(ip.to_string()),
+                            _ => None,
+                        });
+                        if let Some(dst) = dst
+                            && seen_tx.send((dst, now)).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    let ns = c.underlay.ns.name.clone();
+    let endpoint = c.etcd.endpoint();
+    let (put_tx, put_rx) = mpsc::channel::<(usize, mpsc::Sender<Instant>)>();
+    std::thread::spawn(move || {
+        run_in(&ns, move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
+                while let Ok((i, done)) = put_rx.recv() {
+                    let key = format!("/coreos.com/network/subnets/10.200.{i}.0-24");
+                    let before = Instant::now();
+                    client.put(key, lease_value(i), None).await.unwrap();
+                    let _ = done.send(before);
+                }
+            })
+        })
+    });
+
+    let mut latencies = Vec::new();
+    for i in 0..200 {
+        let (done_tx, done_rx) = mpsc::channel();
+        put_tx.send((i, done_tx)).unwrap();
+        let written = done_rx.recv_timeout(Duration::from_secs(5)).expect("etcd put");
+        let want = format!("10.200.{i}.0");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let seen = loop {
+            let (dst, at) = seen_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("route notification within 5 s");
+            if dst == want {
+                break at;
+            }
+        };
+        latencies.push(seen.duration_since(written));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    latencies.sort();
+    println!(
+        "BENCH convergence lease->route over {} events: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+}
+
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn scale_5000_peers() {
+    const PEERS: usize = 5000;
+    let mut c = Cluster::new(1, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#]);
+    let pairs = (0..PEERS)
+        .map(|i| (format!("/coreos.com/network/subnets/10.{}.{}.0-24", 100 + i / 250, i % 250), lease_value(i)))
+        .collect();
+    etcd_put_all(&c, pairs);
+
+    let started = Instant::now();
+    let n = c.start_with_env(0, &["--reconcile-interval=1"], &[("RUST_LOG", "info,weft::datapath=debug")]);
+    c.nodes[n].wait_log("weftd is ready", Duration::from_secs(120));
+    let ready = started.elapsed();
+    let pid = c.nodes[n].pid().unwrap();
+    let routes = c.underlay.hosts[0].ns.ip(&["route", "show", "dev", "flannel.1"]).lines().count();
+    let fdb = c.underlay.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]).stdout.split(|b| *b == b'\n').filter(|l| l.windows(3).any(|w| w == b"dst")).count();
+    let neigh = c.underlay.hosts[0].ns.ip(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"]).lines().count();
+    assert!(routes >= PEERS && fdb >= PEERS && neigh >= PEERS, "routes {routes}, fdb {fdb}, neigh {neigh}");
+
+    let log = c.nodes[n].log();
+    let first_pass = log.lines().find(|l| l.contains("datapath converged")).unwrap_or("").to_string();
+
+    // Steady state: 10 periodic passes with nothing to change.
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let passes_before = c.nodes[n].log_count("reconcile pass changes=0");
+    let cpu_before = cpu(pid);
+    wait_for("10 steady-state passes", Duration::from_secs(30), || (c.nodes[n].log_count("reconcile pass changes=0") >= passes_before + 10).then_some(()));
+    let cpu_after = cpu(pid);
+    let passes = c.nodes[n].log_count("reconcile pass changes=0") - passes_before;
+    let ticks_per_second = 100.0;
+    let cpu_per_pass_ms = (cpu_after - cpu_before) as f64 / ticks_per_second * 1e3 / passes as f64;
+    let mut pass_us: Vec<u64> = c.nodes[n]
+        .log()
+        .lines()
+        .filter(|l| l.contains("reconcile pass changes=0"))
+        .filter_map(|l| l.split("elapsed_us=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    pass_us.sort_unstable();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?").to_string();
+    println!("BENCH scale {PEERS} peers: ready {:.2} s after start; {routes} routes, {fdb} fdb, {neigh} neighbours", ready.as_secs_f64());
+    println!("BENCH scale first pass: {}", first_pass.split("INFO ").nth(1).unwrap_or(&first_pass));
+    println!("BENCH scale peak RSS: {}", hwm.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    println!(
+        "BENCH scale steady-state pass: median wall {:.1} ms over {} passes, CPU {:.1} ms per pass",
+        pass_us[pass_us.len() / 2] as f64 / 1e3,
+        pass_us.len(),
+        cpu_per_pass_ms
+    );
+}
