@@ -17,8 +17,9 @@ use std::process::ExitCode;
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     let cli = cli::Cli::parse_flannel_style(args);
     logging::init(cli.v);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: weftd waits on etcd and netlink, it does not compute; a single thread
+    // keeps its memory small and its behaviour easy to reason about.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -31,13 +31,25 @@ fn etcd_put_all(c: &Cluster, pairs: Vec<(String, String)>) {
     let ns = c.underlay.ns.name.clone();
     let endpoint = c.etcd.endpoint();
     run_in(&ns, move || {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-            let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
-            for chunk in pairs.chunks(100) {
-                let ops: Vec<etcd_client::TxnOp> = chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
-                client.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
-            }
-        })
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .unwrap();
+                for chunk in pairs.chunks(100) {
+                    let ops: Vec<etcd_client::TxnOp> = chunk
+                        .iter()
+                        .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                        .collect();
+                    client
+                        .txn(etcd_client::Txn::new().and_then(ops))
+                        .await
+                        .unwrap();
+                }
+            })
     });
 }
 
@@ -50,7 +62,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn convergence_latency_lease_to_route() {
     let mut c = Cluster::new(1, true);
-    c.etcd.etcdctl(&["put", CONFIG_KEY, r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#]);
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#,
+    ]);
     c.start_with_env(0, &[], &[("RUST_LOG", "info")]);
     c.nodes[0].wait_log("weftd is ready", Duration::from_secs(60));
 
@@ -59,24 +75,36 @@ fn convergence_latency_lease_to_route() {
     let node_ns = c.underlay.hosts[0].ns.name.clone();
     std::thread::spawn(move || {
         run_in(&node_ns, move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-                let (conn, _, mut messages) = rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route]).unwrap();
-                tokio::spawn(conn);
-                while let Some((message, _)) = messages.next().await {
-                    let now = Instant::now();
-                    if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(rtnetlink::packet_route::RouteNetlinkMessage::NewRoute(route)) = message.payload {
-                        let dst = route.attributes.iter().find_map(|a| match a {
-                            rtnetlink::packet_route::route::RouteAttribute::Destination(rtnetlink::packet_route::route::RouteAddress::Inet(ip)) => Some(ip.to_string()),
-                            _ => None,
-                        });
-                        if let Some(dst) = dst
-                            && seen_tx.send((dst, now)).is_err()
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let (conn, _, mut messages) = rtnetlink::new_multicast_connection(&[
+                        rtnetlink::MulticastGroup::Ipv4Route,
+                    ])
+                    .unwrap();
+                    tokio::spawn(conn);
+                    while let Some((message, _)) = messages.next().await {
+                        let now = Instant::now();
+                        if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(
+                            rtnetlink::packet_route::RouteNetlinkMessage::NewRoute(route),
+                        ) = message.payload
                         {
-                            return;
+                            let dst = route.attributes.iter().find_map(|a| match a {
+                                rtnetlink::packet_route::route::RouteAttribute::Destination(
+                                    rtnetlink::packet_route::route::RouteAddress::Inet(ip),
+                                ) => Some(ip.to_string()),
+                                _ => None,
+                            });
+                            if let Some(dst) = dst
+                                && seen_tx.send((dst, now)).is_err()
+                            {
+                                return;
+                            }
                         }
                     }
-                }
-            })
+                })
         })
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -86,15 +114,21 @@ fn convergence_latency_lease_to_route() {
     let (put_tx, put_rx) = mpsc::channel::<(usize, mpsc::Sender<Instant>)>();
     std::thread::spawn(move || {
         run_in(&ns, move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-                let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
-                while let Ok((i, done)) = put_rx.recv() {
-                    let key = format!("/coreos.com/network/subnets/10.200.{i}.0-24");
-                    let before = Instant::now();
-                    client.put(key, lease_value(i), None).await.unwrap();
-                    let _ = done.send(before);
-                }
-            })
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut client = etcd_client::Client::connect([endpoint], None)
+                        .await
+                        .unwrap();
+                    while let Ok((i, done)) = put_rx.recv() {
+                        let key = format!("/coreos.com/network/subnets/10.200.{i}.0-24");
+                        let before = Instant::now();
+                        client.put(key, lease_value(i), None).await.unwrap();
+                        let _ = done.send(before);
+                    }
+                })
         })
     });
 
@@ -102,11 +136,15 @@ fn convergence_latency_lease_to_route() {
     for i in 0..200 {
         let (done_tx, done_rx) = mpsc::channel();
         put_tx.send((i, done_tx)).unwrap();
-        let written = done_rx.recv_timeout(Duration::from_secs(5)).expect("etcd put");
+        let written = done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("etcd put");
         let want = format!("10.200.{i}.0");
         let deadline = Instant::now() + Duration::from_secs(5);
         let seen = loop {
-            let (dst, at) = seen_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("route notification within 5 s");
+            let (dst, at) = seen_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("route notification within 5 s");
             if dst == want {
                 break at;
             }
@@ -129,34 +167,79 @@ fn convergence_latency_lease_to_route() {
 fn scale_5000_peers() {
     const PEERS: usize = 5000;
     let mut c = Cluster::new(1, true);
-    c.etcd.etcdctl(&["put", CONFIG_KEY, r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#]);
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#,
+    ]);
     let pairs = (0..PEERS)
-        .map(|i| (format!("/coreos.com/network/subnets/10.{}.{}.0-24", 100 + i / 250, i % 250), lease_value(i)))
+        .map(|i| {
+            (
+                format!(
+                    "/coreos.com/network/subnets/10.{}.{}.0-24",
+                    100 + i / 250,
+                    i % 250
+                ),
+                lease_value(i),
+            )
+        })
         .collect();
     etcd_put_all(&c, pairs);
 
     let started = Instant::now();
-    let n = c.start_with_env(0, &["--reconcile-interval=1"], &[("RUST_LOG", "info,weft::datapath=debug")]);
+    let n = c.start_with_env(
+        0,
+        &["--reconcile-interval=1"],
+        &[("RUST_LOG", "info,weft::datapath=debug")],
+    );
     c.nodes[n].wait_log("weftd is ready", Duration::from_secs(120));
     let ready = started.elapsed();
     let pid = c.nodes[n].pid().unwrap();
-    let routes = c.underlay.hosts[0].ns.ip(&["route", "show", "dev", "flannel.1"]).lines().count();
-    let fdb = c.underlay.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]).stdout.split(|b| *b == b'\n').filter(|l| l.windows(3).any(|w| w == b"dst")).count();
-    let neigh = c.underlay.hosts[0].ns.ip(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"]).lines().count();
-    assert!(routes >= PEERS && fdb >= PEERS && neigh >= PEERS, "routes {routes}, fdb {fdb}, neigh {neigh}");
+    let routes = c.underlay.hosts[0]
+        .ns
+        .ip(&["route", "show", "dev", "flannel.1"])
+        .lines()
+        .count();
+    let fdb = c.underlay.hosts[0]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| l.windows(3).any(|w| w == b"dst"))
+        .count();
+    let neigh = c.underlay.hosts[0]
+        .ns
+        .ip(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"])
+        .lines()
+        .count();
+    assert!(
+        routes >= PEERS && fdb >= PEERS && neigh >= PEERS,
+        "routes {routes}, fdb {fdb}, neigh {neigh}"
+    );
 
     let log = c.nodes[n].log();
-    let first_pass = log.lines().find(|l| l.contains("datapath converged")).unwrap_or("").to_string();
+    let first_pass = log
+        .lines()
+        .find(|l| l.contains("datapath converged"))
+        .unwrap_or("")
+        .to_string();
 
     // Steady state: 10 periodic passes with nothing to change.
     let cpu = |pid: u32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     };
     let passes_before = c.nodes[n].log_count("reconcile pass changes=0");
     let cpu_before = cpu(pid);
-    wait_for("10 steady-state passes", Duration::from_secs(30), || (c.nodes[n].log_count("reconcile pass changes=0") >= passes_before + 10).then_some(()));
+    wait_for("10 steady-state passes", Duration::from_secs(30), || {
+        (c.nodes[n].log_count("reconcile pass changes=0") >= passes_before + 10).then_some(())
+    });
     let cpu_after = cpu(pid);
     let passes = c.nodes[n].log_count("reconcile pass changes=0") - passes_before;
     let ticks_per_second = 100.0;
@@ -165,14 +248,34 @@ fn scale_5000_peers() {
         .log()
         .lines()
         .filter(|l| l.contains("reconcile pass changes=0"))
-        .filter_map(|l| l.split("elapsed_us=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("elapsed_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     pass_us.sort_unstable();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?").to_string();
-    println!("BENCH scale {PEERS} peers: ready {:.2} s after start; {routes} routes, {fdb} fdb, {neigh} neighbours", ready.as_secs_f64());
-    println!("BENCH scale first pass: {}", first_pass.split("INFO ").nth(1).unwrap_or(&first_pass));
-    println!("BENCH scale peak RSS: {}", hwm.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("VmHWM: ?")
+        .to_string();
+    println!(
+        "BENCH scale {PEERS} peers: ready {:.2} s after start; {routes} routes, {fdb} fdb, {neigh} neighbours",
+        ready.as_secs_f64()
+    );
+    println!(
+        "BENCH scale first pass: {}",
+        first_pass.split("INFO ").nth(1).unwrap_or(&first_pass)
+    );
+    println!(
+        "BENCH scale peak RSS: {}",
+        hwm.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    );
     println!(
         "BENCH scale steady-state pass: median wall {:.1} ms over {} passes, CPU {:.1} ms per pass",
         pass_us[pass_us.len() / 2] as f64 / 1e3,

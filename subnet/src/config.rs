@@ -459,11 +459,16 @@ fn describe(value: &Value) -> String {
     }
 }
 
-fn cidr_field(
+/// A string field that may be absent, null or empty (all meaning "unset"), parsed by
+/// `parse` into a value of the right family; errors name the field and the value.
+fn typed_string_field<T>(
     field: &'static str,
     value: &Value,
+    kind: &'static str,
+    [expected_v4, expected_v6]: [&'static str; 2],
     family: Family,
-) -> Result<Option<Net>, ConfigError> {
+    parse: impl Fn(&str) -> Option<(T, Family)>,
+) -> Result<Option<T>, ConfigError> {
     let text = match value {
         Value::Null => return Ok(None),
         Value::String(s) if s.is_empty() => return Ok(None),
@@ -471,28 +476,39 @@ fn cidr_field(
         other => {
             return Err(ConfigError::FieldType {
                 field,
-                expected: "a CIDR string",
+                expected: kind,
                 got: describe(other),
             });
         }
     };
     let expected = match family {
-        Family::V4 => "an IPv4 CIDR",
-        Family::V6 => "an IPv6 CIDR",
+        Family::V4 => expected_v4,
+        Family::V6 => expected_v6,
     };
-    let net: Net = text.parse().map_err(|_| ConfigError::FieldValue {
-        field,
-        value: text.clone(),
-        expected,
-    })?;
-    if net.family != family {
-        return Err(ConfigError::FieldValue {
+    match parse(text) {
+        Some((parsed, parsed_family)) if parsed_family == family => Ok(Some(parsed)),
+        _ => Err(ConfigError::FieldValue {
             field,
             value: text.clone(),
             expected,
-        });
+        }),
     }
-    Ok(Some(net))
+}
+
+fn cidr_field(
+    field: &'static str,
+    value: &Value,
+    family: Family,
+) -> Result<Option<Net>, ConfigError> {
+    let parse = |text: &str| text.parse::<Net>().ok().map(|n| (n, n.family));
+    typed_string_field(
+        field,
+        value,
+        "a CIDR string",
+        ["an IPv4 CIDR", "an IPv6 CIDR"],
+        family,
+        parse,
+    )
 }
 
 fn ip_field(
@@ -500,30 +516,15 @@ fn ip_field(
     value: &Value,
     family: Family,
 ) -> Result<Option<IpAddr>, ConfigError> {
-    let text = match value {
-        Value::Null => return Ok(None),
-        Value::String(s) if s.is_empty() => return Ok(None),
-        Value::String(s) => s,
-        other => {
-            return Err(ConfigError::FieldType {
-                field,
-                expected: "an IP address string",
-                got: describe(other),
-            });
-        }
-    };
-    let expected = match family {
-        Family::V4 => "an IPv4 address",
-        Family::V6 => "an IPv6 address",
-    };
-    match text.parse::<IpAddr>() {
-        Ok(ip) if Family::of(ip) == family => Ok(Some(ip)),
-        _ => Err(ConfigError::FieldValue {
-            field,
-            value: text.clone(),
-            expected,
-        }),
-    }
+    let parse = |text: &str| text.parse::<IpAddr>().ok().map(|ip| (ip, Family::of(ip)));
+    typed_string_field(
+        field,
+        value,
+        "an IP address string",
+        ["an IPv4 address", "an IPv6 address"],
+        family,
+        parse,
+    )
 }
 
 fn uint_field(field: &'static str, value: &Value) -> Result<u32, ConfigError> {

@@ -47,7 +47,12 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let weftd = Weftd::start_with_env(&self.underlay.hosts[host].ns.name, &self.node_dir(host), &args, env);
+        let weftd = Weftd::start_with_env(
+            &self.underlay.hosts[host].ns.name,
+            &self.node_dir(host),
+            &args,
+            env,
+        );
         self.nodes.push(weftd);
         self.nodes.len() - 1
     }

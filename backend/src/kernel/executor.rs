@@ -132,54 +132,37 @@ impl Kernel {
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(request)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(netlink("dump routes"))?;
-            for message in &routes {
-                if let Some(route) = observed_route(message, &names, &ours, desired) {
+            // Streamed, not collected: at thousands of peers a dump is large.
+            let mut stream = self.handle.route().get(request).execute();
+            while let Some(message) = stream.try_next().await.map_err(netlink("dump routes"))? {
+                if let Some(route) = observed_route(&message, &names, &ours, desired) {
                     observed.routes.push(route);
                 }
             }
         }
         if !ours.is_empty() {
-            let entries: Vec<NeighbourMessage> = self
-                .handle
-                .neighbours()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(netlink("dump neighbours"))?;
-            for message in &entries {
-                let Some(device) = ours.get(&message.header.ifindex) else {
-                    continue;
-                };
-                if let Some(entry) = observed_neighbour(message, device) {
-                    observed.neighbours.push(entry);
+            for family in [AddressFamily::Unspec, AddressFamily::Bridge] {
+                let mut request = self.handle.neighbours().get();
+                if family == AddressFamily::Bridge {
+                    request = request.set_address_family(family);
+                    request.message_mut().header.family = family;
                 }
-            }
-            let mut request = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge);
-            request.message_mut().header.family = AddressFamily::Bridge;
-            let entries: Vec<NeighbourMessage> = request
-                .execute()
-                .try_collect()
-                .await
-                .map_err(netlink("dump fdb"))?;
-            for message in &entries {
-                let Some(device) = ours.get(&message.header.ifindex) else {
-                    continue;
-                };
-                if let Some(entry) = observed_fdb(message, device) {
-                    observed.fdb.push(entry);
+                let mut stream = request.execute();
+                while let Some(message) = stream
+                    .try_next()
+                    .await
+                    .map_err(netlink("dump neighbours"))?
+                {
+                    let Some(device) = ours.get(&message.header.ifindex) else {
+                        continue;
+                    };
+                    if family == AddressFamily::Bridge {
+                        observed.fdb.extend(observed_fdb(&message, device));
+                    } else {
+                        observed
+                            .neighbours
+                            .extend(observed_neighbour(&message, device));
+                    }
                 }
             }
         }
@@ -481,15 +464,15 @@ fn link_name(link: &LinkMessage) -> Option<&str> {
     })
 }
 
+fn mac_from(bytes: &[u8]) -> Option<Mac> {
+    bytes.try_into().ok()
+}
+
 fn link_mac(link: &LinkMessage) -> Mac {
     link.attributes
         .iter()
         .find_map(|a| match a {
-            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(bytes);
-                Some(mac)
-            }
+            LinkAttribute::Address(bytes) => mac_from(bytes),
             _ => None,
         })
         .unwrap_or_default()
@@ -604,28 +587,43 @@ fn observed_route(
     })
 }
 
+/// The IP of NDA_DST; in AF_BRIDGE dumps it comes back as raw bytes.
+fn neighbour_ip(address: &NeighbourAddress) -> Option<IpAddr> {
+    match address {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice())
+                .ok()
+                .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// (destination IP, link-layer address) of a neighbour or FDB message.
+fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
+    let mut ip = None;
+    let mut lladdr = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(address) => ip = neighbour_ip(address),
+            NeighbourAttribute::LinkLayerAddress(bytes) => lladdr = mac_from(bytes),
+            _ => {}
+        }
+    }
+    (ip, lladdr)
+}
+
 fn observed_neighbour(message: &NeighbourMessage, device: &str) -> Option<Neighbour> {
     if message.header.state != NeighbourState::Permanent {
         return None;
     }
-    let mut ip = None;
-    let mut mac = None;
-    for attribute in &message.attributes {
-        match attribute {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                ip = Some(IpAddr::V4(*v4))
-            }
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                ip = Some(IpAddr::V6(*v6))
-            }
-            NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(bytes);
-                mac = Some(m);
-            }
-            _ => {}
-        }
-    }
+    let (ip, mac) = neighbour_fields(message);
     Some(Neighbour {
         device: device.to_string(),
         ip: ip?,
@@ -634,35 +632,8 @@ fn observed_neighbour(message: &NeighbourMessage, device: &str) -> Option<Neighb
 }
 
 fn observed_fdb(message: &NeighbourMessage, device: &str) -> Option<Fdb> {
-    let mut mac_address = None;
-    let mut destination = None;
-    for attribute in &message.attributes {
-        match attribute {
-            NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(bytes);
-                mac_address = Some(m);
-            }
-            // In AF_BRIDGE dumps NDA_DST comes back as raw bytes.
-            NeighbourAttribute::Destination(address) => {
-                destination = match address {
-                    NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-                    NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-                    NeighbourAddress::Other(bytes) if bytes.len() == 4 => Some(IpAddr::V4(
-                        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
-                    )),
-                    NeighbourAddress::Other(bytes) if bytes.len() == 16 => {
-                        let mut b = [0u8; 16];
-                        b.copy_from_slice(bytes);
-                        Some(IpAddr::V6(Ipv6Addr::from(b)))
-                    }
-                    _ => None,
-                }
-            }
-            _ => {}
-        }
-    }
-    let mac_address = mac_address.filter(mac::is_unicast)?;
+    let (destination, lladdr) = neighbour_fields(message);
+    let mac_address = lladdr.filter(mac::is_unicast)?;
     Some(Fdb {
         device: device.to_string(),
         mac: mac_address,
