@@ -1,15 +1,16 @@
 //! The datapath of this node: what the backend programs and how it converges.
 //!
-//! `alloc` programs nothing. `vxlan` keeps the full set of peer leases and, on every
-//! trigger (a lease batch, a kernel notification about one of its objects, a timer),
-//! runs one reconcile pass: observe the kernel, diff against the desired state, apply.
+//! The datapath keeps the full set of peer leases and, on every trigger (a lease batch, a
+//! kernel notification about one of weft's objects, a timer), runs one reconcile pass:
+//! the backend's desired state, the kernel's observed state, the diff, applied. `alloc`
+//! wants nothing, so its passes only sweep routes weft left marked as its own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 use tracing::{debug, info, warn};
+use weft_backend::backend::Backend;
 use weft_backend::diff;
 use weft_backend::kernel::{Kernel, KernelEvent};
-use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::{Lease, SubnetKey};
 
 /// The outcome of one reconcile pass.
@@ -19,11 +20,10 @@ pub struct Pass {
     pub failures: Vec<String>,
 }
 
-/// The vxlan datapath.
+/// This node's datapath: a backend and the kernel.
 #[derive(Debug)]
-pub struct VxlanDatapath {
-    pub config: VxlanConfig,
-    pub node: vxlan::Node,
+pub struct Datapath {
+    pub backend: Box<dyn Backend>,
     kernel: Kernel,
     peers: BTreeMap<SubnetKey, Lease>,
     /// Skipped peers already reported, so each reason is logged once.
@@ -32,11 +32,10 @@ pub struct VxlanDatapath {
     device_indices: HashSet<u32>,
 }
 
-impl VxlanDatapath {
-    pub fn new(config: VxlanConfig, node: vxlan::Node, kernel: Kernel) -> VxlanDatapath {
-        VxlanDatapath {
-            config,
-            node,
+impl Datapath {
+    pub fn new(backend: Box<dyn Backend>, kernel: Kernel) -> Datapath {
+        Datapath {
+            backend,
             kernel,
             peers: BTreeMap::new(),
             reported: HashSet::new(),
@@ -45,7 +44,7 @@ impl VxlanDatapath {
     }
 
     pub fn set_own(&mut self, own: SubnetKey) {
-        self.node.own = own;
+        self.backend.set_own(own);
     }
 
     /// Replaces the peer set (the full set of remote leases).
@@ -57,8 +56,7 @@ impl VxlanDatapath {
     /// returned and retried by the next pass).
     pub async fn converge(&mut self) -> Result<Pass, weft_backend::kernel::KernelError> {
         let started = Instant::now();
-        let (desired, skipped) =
-            vxlan::desired_state(&self.config, &self.node, self.peers.values());
+        let (desired, skipped) = self.backend.desired_state(&mut self.peers.values());
         for skip in skipped {
             if self.reported.insert((skip.key, skip.reason.clone())) {
                 warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
@@ -114,10 +112,7 @@ impl VxlanDatapath {
         let ours = |index: &u32| self.device_indices.contains(index);
         match event {
             KernelEvent::Link { index, name, .. } => {
-                ours(index)
-                    || name
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with("flannel.") || n.starts_with("flannel-v6."))
+                ours(index) || name.as_deref().is_some_and(|n| self.backend.owns_device(n))
             }
             KernelEvent::Address { index } => ours(index),
             KernelEvent::Route {

@@ -6,7 +6,7 @@
 //! Nothing is torn down on exit: restarts must not disturb traffic.
 
 use crate::cli::Cli;
-use crate::datapath::VxlanDatapath;
+use crate::datapath::Datapath;
 use crate::health::{self, Readiness};
 use crate::iface::{self, ExternalInterface, IfaceRequest};
 use crate::subnet_file::{self, SubnetEnv};
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
+use weft_backend::backend::{AllocBackend, Backend, VxlanBackend};
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
 use weft_backend::vxlan::{self, VxlanConfig};
@@ -114,34 +115,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         public_ipv6 = %or_none(external.ext_v6_addr),
         "using interface {}: {}", external.name, external.reason
     );
-    let (mut datapath, attrs) = match config.backend.kind {
+    let kernel = Kernel::connect().context("cannot open netlink")?;
+    let backend: Box<dyn Backend> = match config.backend.kind {
         BackendType::Vxlan => {
-            let vxlan_config =
-                VxlanConfig::parse(&config.backend.raw).context("vxlan backend config")?;
-            let kernel = Kernel::connect().context("cannot open netlink")?;
-            let node = vxlan_node(&vxlan_config, &external, &host, &kernel, &manager).await?;
-            let attrs = node.lease_attrs(&vxlan_config, external.ext_addr, external.ext_v6_addr);
-            (Some(VxlanDatapath::new(vxlan_config, node, kernel)), attrs)
+            let config = VxlanConfig::parse(&config.backend.raw).context("vxlan backend config")?;
+            let node = vxlan_node(&config, &external, &host, &kernel, &manager).await?;
+            Box::new(VxlanBackend { config, node })
         }
-        _ => {
-            let attrs = LeaseAttrs {
-                public_ip: external.ext_addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-                public_ipv6: external.ext_v6_addr,
-                // flannel's alloc backend sets no BackendType.
-                backend_type: String::new(),
-                backend_data: None,
-                backend_v6_data: None,
-            };
-            (None, attrs)
-        }
+        _ => Box::new(AllocBackend { mtu: external.mtu }),
     };
-    let mut kernel_events = match datapath {
-        Some(_) => Some(
-            weft_backend::kernel::subscribe()
-                .context("cannot subscribe to netlink notifications")?,
-        ),
-        None => None,
-    };
+    let attrs = backend.lease_attrs(external.ext_addr, external.ext_v6_addr);
+    let mut datapath = Datapath::new(backend, kernel);
+    let mut kernel_events =
+        weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
 
     readiness.set_not_ready("no subnet lease yet");
     let Some(lease) = shutdown
@@ -151,14 +137,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     log_lease("lease acquired", &lease);
-    if let Some(datapath) = datapath.as_mut() {
-        datapath.set_own(lease.key);
-    }
+    datapath.set_own(lease.key);
     let mut node = Node {
         cli: &cli,
         manager: manager.clone(),
         config,
-        external,
         attrs,
         lease,
         readiness: readiness.clone(),
@@ -201,12 +184,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
-        let kernel_event = async {
-            match kernel_events.as_mut() {
-                Some(events) => events.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         let renew_sleep = async {
             match renew_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -234,9 +211,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 node.set_peers(&watcher);
                 converge_at = Some(Instant::now());
             }
-            event = kernel_event => {
+            event = kernel_events.recv() => {
                 let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
-                if node.datapath.as_ref().is_some_and(|d| d.is_relevant(&event)) {
+                if node.datapath.is_relevant(&event) {
                     debug!(?event, "kernel change to weft's objects");
                     converge_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                 } else if event == KernelEvent::Overrun {
@@ -273,12 +250,11 @@ struct Node<'a> {
     cli: &'a Cli,
     manager: Arc<EtcdSubnetManager>,
     config: NetworkConfig,
-    external: ExternalInterface,
     attrs: LeaseAttrs,
     lease: Lease,
     readiness: Arc<Readiness>,
     env_written: bool,
-    datapath: Option<VxlanDatapath>,
+    datapath: Datapath,
     /// Whether the last reconcile pass applied everything.
     datapath_ok: bool,
 }
@@ -290,11 +266,7 @@ impl Node<'_> {
             subnet: self.lease.key.ipv4,
             ipv6_network: self.config.ipv6.map(|p| p.network),
             ipv6_subnet: self.lease.key.ipv6,
-            // The alloc backend adds no encapsulation.
-            mtu: match &self.datapath {
-                Some(d) => d.node.pod_mtu(&d.config),
-                None => self.external.mtu,
-            },
+            mtu: self.datapath.backend.pod_mtu(),
             ip_masq: self.cli.ip_masq,
         }
     }
@@ -335,17 +307,12 @@ impl Node<'_> {
     }
 
     fn set_peers(&mut self, watcher: &LeaseWatcher) {
-        if let Some(datapath) = self.datapath.as_mut() {
-            datapath.set_peers(watcher.peers());
-        }
+        self.datapath.set_peers(watcher.peers());
     }
 
-    /// One reconcile pass of the datapath (nothing for alloc).
+    /// One reconcile pass of the datapath.
     async fn converge(&mut self) {
-        let Some(datapath) = self.datapath.as_mut() else {
-            return;
-        };
-        self.datapath_ok = match datapath.converge().await {
+        self.datapath_ok = match self.datapath.converge().await {
             Ok(pass) => pass.failures.is_empty(),
             Err(e) => {
                 warn!("cannot read the datapath state, retrying on the next pass: {e}");
@@ -472,9 +439,7 @@ impl Node<'_> {
         self.lease = acquired;
         *renew_at = self.renewal_deadline();
         log_lease("lease re-acquired", &self.lease);
-        if let Some(datapath) = self.datapath.as_mut() {
-            datapath.set_own(self.lease.key);
-        }
+        self.datapath.set_own(self.lease.key);
         if self.lease.key == old {
             self.update_readiness();
             return None;

@@ -12,6 +12,7 @@
 //! both families, too much for an IPv6 underlay), and the device's local address is the
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
+use crate::backend::Skipped;
 use crate::desired::{Desired, Device, Fdb, Neighbour, Route, VxlanLink};
 use crate::mac::{self, Mac};
 use serde_json::Value;
@@ -165,13 +166,6 @@ impl Node {
             backend_v6_data: public_v6.map(|_| config.backend_data(&self.mac_v6)),
         }
     }
-}
-
-/// A peer lease that could not be programmed, and why (the caller logs it once).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub key: SubnetKey,
-    pub reason: String,
 }
 
 /// The desired kernel state for this node and its peers.

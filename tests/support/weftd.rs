@@ -7,6 +7,8 @@ use std::time::Duration;
 pub struct Weftd {
     child: Option<Child>,
     pub log_file: PathBuf,
+    /// Where this process's part of the (shared, appended) log file starts.
+    log_start: usize,
     pub subnet_file: PathBuf,
 }
 
@@ -20,6 +22,7 @@ impl Weftd {
         std::fs::create_dir_all(dir).expect("weftd dir");
         let subnet_file = dir.join("subnet.env");
         let log_file = dir.join("weftd.log");
+        let log_start = std::fs::metadata(&log_file).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -39,12 +42,15 @@ impl Weftd {
         Weftd {
             child: Some(child),
             log_file,
+            log_start,
             subnet_file,
         }
     }
 
+    /// This process's log (a restarted weftd appends to the same file).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+        let all = std::fs::read(&self.log_file).unwrap_or_default();
+        String::from_utf8_lossy(all.get(self.log_start..).unwrap_or_default()).into_owned()
     }
 
     /// Waits until the log contains `needle`; panics with the log otherwise.

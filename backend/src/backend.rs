@@ -1,0 +1,90 @@
+//! What a datapath backend gives the daemon: the attributes it publishes in the lease,
+//! the MTU pods get, and the desired kernel state for a set of peers. Backends are pure;
+//! the daemon's reconcile loop applies their desired state through the kernel boundary.
+
+use crate::desired::Desired;
+use crate::vxlan::{self, VxlanConfig};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+
+/// A peer lease that could not be programmed, and why (the caller logs it once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub key: SubnetKey,
+    pub reason: String,
+}
+
+/// A datapath backend (flannel's backend types; weft implements vxlan and alloc).
+pub trait Backend: std::fmt::Debug + Send {
+    /// Records this node's subnets once the lease is acquired (or re-acquired).
+    fn set_own(&mut self, own: SubnetKey);
+    /// The attributes this node publishes in its lease.
+    fn lease_attrs(&self, public_v4: Option<Ipv4Addr>, public_v6: Option<Ipv6Addr>) -> LeaseAttrs;
+    /// The MTU written to subnet.env as FLANNEL_MTU.
+    fn pod_mtu(&self) -> u32;
+    /// The kernel state wanted for this node and `peers` (all remote leases).
+    fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>);
+    /// Whether a device of this name belongs to the backend.
+    fn owns_device(&self, name: &str) -> bool;
+}
+
+/// flannel's `alloc`: a lease and subnet.env, no datapath.
+#[derive(Debug, Clone)]
+pub struct AllocBackend {
+    pub mtu: u32,
+}
+
+impl Backend for AllocBackend {
+    fn set_own(&mut self, _own: SubnetKey) {}
+
+    fn lease_attrs(&self, public_v4: Option<Ipv4Addr>, public_v6: Option<Ipv6Addr>) -> LeaseAttrs {
+        // flannel's alloc backend sets no BackendType and no BackendData.
+        LeaseAttrs {
+            public_ip: public_v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            public_ipv6: public_v6,
+            ..LeaseAttrs::default()
+        }
+    }
+
+    fn pod_mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    fn desired_state(&self, _peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>) {
+        (Desired::default(), Vec::new())
+    }
+
+    fn owns_device(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// The vxlan backend (see [`vxlan`]).
+#[derive(Debug, Clone)]
+pub struct VxlanBackend {
+    pub config: VxlanConfig,
+    pub node: vxlan::Node,
+}
+
+impl Backend for VxlanBackend {
+    fn set_own(&mut self, own: SubnetKey) {
+        self.node.own = own;
+    }
+
+    fn lease_attrs(&self, public_v4: Option<Ipv4Addr>, public_v6: Option<Ipv6Addr>) -> LeaseAttrs {
+        self.node.lease_attrs(&self.config, public_v4, public_v6)
+    }
+
+    fn pod_mtu(&self) -> u32 {
+        self.node.pod_mtu(&self.config)
+    }
+
+    fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>) {
+        vxlan::desired_state(&self.config, &self.node, peers)
+    }
+
+    fn owns_device(&self, name: &str) -> bool {
+        use weft_subnet::family::Family;
+        name == self.config.device_name(Family::V4) || name == self.config.device_name(Family::V6)
+    }
+}
