@@ -16,16 +16,16 @@ PREFIX=wd
 WORK=$(mktemp -d /tmp/weft-demo.XXXXXX)
 CONFIG='{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 
-cleanup() {
+remove_namespaces() {
     for ns in $(ip netns list | awk '{print $1}' | grep -E "^${PREFIX}-" || true); do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$ns" 2>/dev/null || true
     done
-    rm -rf "$WORK"
 }
+cleanup() { remove_namespaces; rm -rf "$WORK"; }
 [ "${WEFT_DEMO_NO_CLEANUP:-}" = 1 ] || trap cleanup EXIT
-cleanup_stale() { WORK_SAVED=$WORK; WORK=/nonexistent; cleanup; WORK=$WORK_SAVED; }
-cleanup_stale
+# Leftovers of an interrupted earlier run.
+remove_namespaces
 
 echo "== building weftd and the CNI plugin"
 cargo build --locked --bins 2>&1 | tail -1
