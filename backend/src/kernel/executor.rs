@@ -183,7 +183,9 @@ impl Kernel {
                     .map(|op| {
                         (
                             op.clone(),
-                            KernelError::NoDevice(format!("(link dump failed: {e})")),
+                            KernelError::Invalid(format!(
+                                "cannot list links before applying changes: {e}"
+                            )),
                         )
                     })
                     .collect();
@@ -340,7 +342,7 @@ impl Kernel {
                 )
             }
             Op::ReplaceRoute(r) => {
-                let message = route_message(r, index(&r.device)?);
+                let message = route_message(r, index(&r.device)?).ok_or_else(|| mixed_family(r))?;
                 self.handle
                     .route()
                     .add(message)
@@ -354,7 +356,7 @@ impl Kernel {
                 let Ok(i) = index(&r.device) else {
                     return Ok(());
                 };
-                let message = route_message(r, i);
+                let message = route_message(r, i).ok_or_else(|| mixed_family(r))?;
                 gone_is_fine(
                     self.handle
                         .route()
@@ -403,6 +405,13 @@ impl Kernel {
     }
 }
 
+fn mixed_family(route: &Route) -> KernelError {
+    KernelError::Invalid(format!(
+        "route {} via {}: address families differ",
+        route.destination, route.gateway
+    ))
+}
+
 fn gone_is_fine(result: Result<(), KernelError>) -> Result<(), KernelError> {
     match result {
         Err(e) if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) => Ok(()),
@@ -425,36 +434,28 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
-fn route_message(route: &Route, oif: u32) -> RouteMessage {
-    let protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+/// The netlink message for a route; `None` for a gateway of the other family (never
+/// produced by `desired_state`, and never sent: an empty message would mean a default route).
+fn route_message(route: &Route, oif: u32) -> Option<RouteMessage> {
+    let prefix = route.destination.prefix;
     let mut message = match (route.destination.ip(), route.gateway) {
-        (IpAddr::V4(dst), IpAddr::V4(gw)) => {
-            let b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst, route.destination.prefix)
-                .gateway(gw);
-            let b = b.output_interface(oif).protocol(protocol);
-            if route.onlink {
-                b.onlink().build()
-            } else {
-                b.build()
-            }
-        }
-        (IpAddr::V6(dst), IpAddr::V6(gw)) => {
-            let b = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(dst, route.destination.prefix)
-                .gateway(gw);
-            let b = b.output_interface(oif).protocol(protocol);
-            if route.onlink {
-                b.onlink().build()
-            } else {
-                b.build()
-            }
-        }
-        // Mixed families never come out of desired_state; build something harmless.
-        _ => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        (IpAddr::V4(dst), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gw)
+            .build(),
+        (IpAddr::V6(dst), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gw)
+            .build(),
+        _ => return None,
     };
+    message.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
     message.header.kind = RouteType::Unicast;
-    message
+    message.attributes.push(RouteAttribute::Oif(oif));
+    if route.onlink {
+        message.header.flags |= RouteFlags::Onlink;
+    }
+    Some(message)
 }
 
 fn link_name(link: &LinkMessage) -> Option<&str> {

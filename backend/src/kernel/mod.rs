@@ -20,6 +20,8 @@ pub enum KernelError {
     },
     #[error("no device named {0}")]
     NoDevice(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl KernelError {
