@@ -90,11 +90,21 @@ impl Datapath {
             elapsed_us = started.elapsed().as_micros() as u64,
             "reconcile pass"
         );
-        if !ops.is_empty() {
-            // Re-read indices: a created device has a new one.
-            if let Ok(observed) = self.kernel.observe(&desired).await {
-                self.device_indices = observed.links.iter().map(|l| l.index).collect();
+        let devices_changed = ops
+            .iter()
+            .any(|op| matches!(op, diff::Op::CreateLink(_) | diff::Op::DeleteLink { .. }));
+        if devices_changed {
+            // A (re)created device has a new index; read just the links, not a full
+            // observation, so a pass at thousands of peers is not dumped twice.
+            let mut indices = HashSet::new();
+            for name in desired.device_names() {
+                if let Ok(Some((index, _))) = self.kernel.link(name).await {
+                    indices.insert(index);
+                }
             }
+            self.device_indices = indices;
+        }
+        if !ops.is_empty() {
             info!(
                 changes = pass.changes,
                 failed = pass.failures.len(),

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::cluster::{CONFIG_KEY, Cluster};
-use support::netns::run_in;
+use support::netns::block_on_in;
 use support::wait_for;
 
 fn lease_value(i: usize) -> String {
@@ -30,26 +30,20 @@ fn lease_value(i: usize) -> String {
 fn etcd_put_all(c: &Cluster, pairs: Vec<(String, String)>) {
     let ns = c.underlay.ns.name.clone();
     let endpoint = c.etcd.endpoint();
-    run_in(&ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let mut client = etcd_client::Client::connect([endpoint], None)
-                    .await
-                    .unwrap();
-                for chunk in pairs.chunks(100) {
-                    let ops: Vec<etcd_client::TxnOp> = chunk
-                        .iter()
-                        .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
-                        .collect();
-                    client
-                        .txn(etcd_client::Txn::new().and_then(ops))
-                        .await
-                        .unwrap();
-                }
-            })
+    block_on_in(&ns, move || async move {
+        let mut client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .unwrap();
+        for chunk in pairs.chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                .collect();
+            client
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .unwrap();
+        }
     });
 }
 
@@ -74,37 +68,30 @@ fn convergence_latency_lease_to_route() {
     let (seen_tx, seen_rx) = mpsc::channel::<(String, Instant)>();
     let node_ns = c.underlay.hosts[0].ns.name.clone();
     std::thread::spawn(move || {
-        run_in(&node_ns, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let (conn, _, mut messages) = rtnetlink::new_multicast_connection(&[
-                        rtnetlink::MulticastGroup::Ipv4Route,
-                    ])
+        block_on_in(&node_ns, move || async move {
+            let (conn, _, mut messages) =
+                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
                     .unwrap();
-                    tokio::spawn(conn);
-                    while let Some((message, _)) = messages.next().await {
-                        let now = Instant::now();
-                        if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(
-                            rtnetlink::packet_route::RouteNetlinkMessage::NewRoute(route),
-                        ) = message.payload
-                        {
-                            let dst = route.attributes.iter().find_map(|a| match a {
-                                rtnetlink::packet_route::route::RouteAttribute::Destination(
-                                    rtnetlink::packet_route::route::RouteAddress::Inet(ip),
-                                ) => Some(ip.to_string()),
-                                _ => None,
-                            });
-                            if let Some(dst) = dst
-                                && seen_tx.send((dst, now)).is_err()
-                            {
-                                return;
-                            }
-                        }
+            tokio::spawn(conn);
+            while let Some((message, _)) = messages.next().await {
+                let now = Instant::now();
+                if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(
+                    rtnetlink::packet_route::RouteNetlinkMessage::NewRoute(route),
+                ) = message.payload
+                {
+                    let dst = route.attributes.iter().find_map(|a| match a {
+                        rtnetlink::packet_route::route::RouteAttribute::Destination(
+                            rtnetlink::packet_route::route::RouteAddress::Inet(ip),
+                        ) => Some(ip.to_string()),
+                        _ => None,
+                    });
+                    if let Some(dst) = dst
+                        && seen_tx.send((dst, now)).is_err()
+                    {
+                        return;
                     }
-                })
+                }
+            }
         })
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -113,22 +100,16 @@ fn convergence_latency_lease_to_route() {
     let endpoint = c.etcd.endpoint();
     let (put_tx, put_rx) = mpsc::channel::<(usize, mpsc::Sender<Instant>)>();
     std::thread::spawn(move || {
-        run_in(&ns, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let mut client = etcd_client::Client::connect([endpoint], None)
-                        .await
-                        .unwrap();
-                    while let Ok((i, done)) = put_rx.recv() {
-                        let key = format!("/coreos.com/network/subnets/10.200.{i}.0-24");
-                        let before = Instant::now();
-                        client.put(key, lease_value(i), None).await.unwrap();
-                        let _ = done.send(before);
-                    }
-                })
+        block_on_in(&ns, move || async move {
+            let mut client = etcd_client::Client::connect([endpoint], None)
+                .await
+                .unwrap();
+            while let Ok((i, done)) = put_rx.recv() {
+                let key = format!("/coreos.com/network/subnets/10.200.{i}.0-24");
+                let before = Instant::now();
+                client.put(key, lease_value(i), None).await.unwrap();
+                let _ = done.send(before);
+            }
         })
     });
 

@@ -50,13 +50,15 @@ fn json(ns: &Netns, args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
 }
 
+/// The rows of an `ip -j`/`bridge -j` answer (none if the command failed).
+fn rows(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// (destination, gateway, onlink) of routes on flannel.1.
 fn peer_routes(ns: &Netns) -> Vec<(String, String, bool)> {
     let routes = json(ns, &["ip", "-j", "route", "show", "dev", "flannel.1"]);
-    let mut out: Vec<_> = routes
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let mut out: Vec<_> = rows(&routes)
         .iter()
         .filter(|r| r.get("gateway").is_some())
         .map(|r| {
@@ -76,10 +78,7 @@ fn peer_routes(ns: &Netns) -> Vec<(String, String, bool)> {
 
 fn fdb_entries(ns: &Netns) -> Vec<(String, String)> {
     let entries = json(ns, &["bridge", "-j", "fdb", "show", "dev", "flannel.1"]);
-    let mut out: Vec<_> = entries
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let mut out: Vec<_> = rows(&entries)
         .iter()
         .filter(|e| e.get("dst").is_some())
         .map(|e| {
@@ -107,10 +106,7 @@ fn neighbours(ns: &Netns) -> Vec<(String, String)> {
             "permanent",
         ],
     );
-    let mut out: Vec<_> = entries
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let mut out: Vec<_> = rows(&entries)
         .iter()
         .map(|e| {
             (
@@ -406,9 +402,10 @@ fn v6_routes(ns: &Netns) -> usize {
         ns,
         &["ip", "-6", "-j", "route", "show", "dev", "flannel-v6.1"],
     );
-    routes.as_array().map_or(0, |a| {
-        a.iter().filter(|r| r.get("gateway").is_some()).count()
-    })
+    rows(&routes)
+        .iter()
+        .filter(|r| r.get("gateway").is_some())
+        .count()
 }
 
 #[test]

@@ -299,14 +299,7 @@ impl Kernel {
                 message
                     .attributes
                     .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
-                gone_is_fine(
-                    self.handle
-                        .neighbours()
-                        .del(message)
-                        .execute()
-                        .await
-                        .map_err(netlink("delete neighbour")),
-                )
+                self.delete_neighbour(message, "delete neighbour").await
             }
             Op::ReplaceFdb(e) => self
                 .handle
@@ -332,14 +325,7 @@ impl Kernel {
                     .push(NeighbourAttribute::Destination(neighbour_address(
                         e.destination,
                     )));
-                gone_is_fine(
-                    self.handle
-                        .neighbours()
-                        .del(message)
-                        .execute()
-                        .await
-                        .map_err(netlink("delete fdb entry")),
-                )
+                self.delete_neighbour(message, "delete fdb entry").await
             }
             Op::ReplaceRoute(r) => {
                 let message = route_message(r, index(&r.device)?).ok_or_else(|| mixed_family(r))?;
@@ -367,6 +353,22 @@ impl Kernel {
                 )
             }
         }
+    }
+
+    /// Deletes a neighbour or FDB entry; one that is already gone counts as deleted.
+    async fn delete_neighbour(
+        &self,
+        message: NeighbourMessage,
+        op: &'static str,
+    ) -> Result<(), KernelError> {
+        gone_is_fine(
+            self.handle
+                .neighbours()
+                .del(message)
+                .execute()
+                .await
+                .map_err(netlink(op)),
+        )
     }
 
     async fn create_vxlan(&self, link: &VxlanLink) -> Result<(), KernelError> {
