@@ -13,9 +13,7 @@
 //!   expirations are never used, and this keeps a 5,000-node listing one request;
 //! - a malformed lease or a key that is not a subnet is logged once and skipped.
 
-mod backoff;
-
-pub use backoff::Backoff;
+pub use crate::backoff::Backoff;
 
 use crate::alloc::{self, Action, Claimant, CreateReason, OutOfSubnets};
 use crate::config::{ConfigError, NetworkConfig};

@@ -1,4 +1,4 @@
-//! Exponential backoff with full jitter, for reconnect loops.
+//! Exponential backoff with jitter, for reconnect and retry loops.
 
 use std::time::Duration;
 
@@ -29,6 +29,21 @@ impl Backoff {
         self.current = (self.current * 2).min(self.max);
         let half = delay / 2;
         half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// So kube-runtime's watcher can use the same policy.
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
+impl ::kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        Backoff::reset(self);
     }
 }
 

@@ -1,0 +1,425 @@
+//! NodeTracker: turns the Node watch (kube-runtime watcher events) into lease batches for
+//! the [`LeaseWatcher`](crate::watch::LeaseWatcher), pure.
+//!
+//! Leases are keyed by subnet, nodes by name; the tracker keeps the name → lease map so
+//! that a node whose podCIDR changed yields a Delete of its old subnet (no stale route),
+//! a node that lost its annotations or became malformed is removed, and an update to
+//! either family's annotations is delivered (flannel drops some dual-stack updates).
+//! It also reports what an operator must hear about, once each: nodes that cannot be
+//! used, and two nodes advertising the same public IP or the same subnet.
+
+use super::annotations::AnnotationKeys;
+use super::node::{self, ClusterNetworks, NodeError};
+use crate::etcd::WatchBatch;
+use crate::lease::Lease;
+use crate::watch::DatastoreEvent;
+use ::kube::runtime::watcher::Event;
+use k8s_openapi::api::core::v1::Node;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// This node's own Node object, as last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnNode {
+    Present(Box<Node>),
+    Deleted,
+}
+
+/// Something to log, with its severity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A node is skipped (malformed or incomplete).
+    Skipped(String),
+    /// A node that was skipped is usable again.
+    Recovered(String),
+    /// Two nodes collide: traffic for one of them goes to the other.
+    Conflict(String),
+}
+
+/// What one watcher event means for the daemon.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrackerOutput {
+    pub batch: Option<WatchBatch>,
+    pub own: Option<OwnNode>,
+    pub notices: Vec<Notice>,
+}
+
+impl TrackerOutput {
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_none() && self.own.is_none() && self.notices.is_empty()
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct NodeTracker {
+    own_name: String,
+    keys: AnnotationKeys,
+    networks: ClusterNetworks,
+    /// Usable leases by node name, this node's included (for the conflict checks).
+    leases: BTreeMap<String, Lease>,
+    /// The problem last reported per skipped node.
+    skipped: BTreeMap<String, String>,
+    /// Conflicts already reported and still present.
+    conflicts: BTreeSet<String>,
+    /// Nodes seen during an initial listing, before `InitDone`.
+    listing: Option<Vec<Node>>,
+}
+
+impl NodeTracker {
+    pub fn new(own_name: &str, keys: AnnotationKeys, networks: ClusterNetworks) -> NodeTracker {
+        NodeTracker {
+            own_name: own_name.to_string(),
+            keys,
+            networks,
+            leases: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            conflicts: BTreeSet::new(),
+            listing: None,
+        }
+    }
+
+    /// Number of usable peer leases.
+    pub fn peer_count(&self) -> usize {
+        self.leases.len() - usize::from(self.leases.contains_key(&self.own_name))
+    }
+
+    pub fn apply(&mut self, event: Event<Node>) -> TrackerOutput {
+        let mut out = TrackerOutput::default();
+        match event {
+            Event::Init => self.listing = Some(Vec::new()),
+            Event::InitApply(node) => self.listing.get_or_insert_with(Vec::new).push(node),
+            Event::InitDone => {
+                let nodes = self.listing.take().unwrap_or_default();
+                let mut own_seen = false;
+                let mut fresh = BTreeMap::new();
+                for node in nodes {
+                    let name = node::name(&node).to_string();
+                    if name == self.own_name {
+                        own_seen = true;
+                        out.own = Some(OwnNode::Present(Box::new(node.clone())));
+                    }
+                    if let Some(lease) = self.convert(&node, &mut out.notices) {
+                        fresh.insert(name, lease);
+                    }
+                }
+                // Nodes that vanished while the watch was down: forget their problems.
+                self.skipped
+                    .retain(|name, _| fresh.contains_key(name) || name == &self.own_name);
+                if !own_seen {
+                    out.own = Some(OwnNode::Deleted);
+                }
+                self.leases = fresh;
+                let peers = self
+                    .leases
+                    .iter()
+                    .filter(|(name, _)| **name != self.own_name)
+                    .map(|(_, lease)| lease.clone())
+                    .collect();
+                out.batch = Some(WatchBatch::Snapshot(peers));
+            }
+            Event::Apply(node) => {
+                let name = node::name(&node).to_string();
+                let lease = self.convert(&node, &mut out.notices);
+                let previous = match &lease {
+                    Some(lease) => self.leases.insert(name.clone(), lease.clone()),
+                    None => self.leases.remove(&name),
+                };
+                if name == self.own_name {
+                    out.own = Some(OwnNode::Present(Box::new(node)));
+                } else {
+                    out.batch = peer_events(previous, lease);
+                }
+            }
+            Event::Delete(node) => {
+                let name = node::name(&node).to_string();
+                self.skipped.remove(&name);
+                let previous = self.leases.remove(&name);
+                if name == self.own_name {
+                    out.own = Some(OwnNode::Deleted);
+                } else {
+                    out.batch = peer_events(previous, None);
+                }
+            }
+        }
+        if out.batch.is_some() || out.own.is_some() {
+            self.check_conflicts(&mut out.notices);
+        }
+        out
+    }
+
+    /// The node's lease, or `None` with a notice the first time a given problem appears.
+    fn convert(&mut self, node: &Node, notices: &mut Vec<Notice>) -> Option<Lease> {
+        let name = node::name(node).to_string();
+        match node::node_to_lease(node, &self.keys, &self.networks) {
+            Ok(lease) => {
+                if self.skipped.remove(&name).is_some() {
+                    notices.push(Notice::Recovered(format!(
+                        "node {name:?} is usable again: {}",
+                        lease.key
+                    )));
+                }
+                Some(lease)
+            }
+            Err(error) => {
+                // Not-yet-annotated nodes and this node's own problems are not news here
+                // (the daemon reports its own node).
+                let quiet = error.is_unmanaged()
+                    || name == self.own_name
+                    || matches!(error, NodeError::PodCidrNotAssigned(_));
+                let text = error.to_string();
+                if !quiet && self.skipped.get(&name) != Some(&text) {
+                    notices.push(Notice::Skipped(format!("skipping node {name:?}: {text}")));
+                }
+                self.skipped.insert(name, text);
+                None
+            }
+        }
+    }
+
+    /// Reports new conflicts (same public IP, same subnet) once; forgets resolved ones.
+    fn check_conflicts(&mut self, notices: &mut Vec<Notice>) {
+        let mut by_value: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for (name, lease) in &self.leases {
+            let attrs = &lease.attrs;
+            if lease.key.ipv4.is_some() && !attrs.public_ip.is_unspecified() {
+                by_value
+                    .entry(format!("public IP {}", attrs.public_ip))
+                    .or_default()
+                    .push(name);
+            }
+            if let (Some(_), Some(v6)) = (lease.key.ipv6, attrs.public_ipv6) {
+                by_value
+                    .entry(format!("public IPv6 {v6}"))
+                    .or_default()
+                    .push(name);
+            }
+            for net in [lease.key.ipv4, lease.key.ipv6].into_iter().flatten() {
+                by_value
+                    .entry(format!("subnet {net}"))
+                    .or_default()
+                    .push(name);
+            }
+        }
+        let current: BTreeSet<String> = by_value
+            .into_iter()
+            .filter(|(_, names)| names.len() > 1)
+            .map(|(what, names)| {
+                format!(
+                    "nodes {} all advertise {what}: traffic meant for one of them reaches \
+                     another; fix the node addresses (--iface, --public-ip or the \
+                     public-ip-overwrite annotation) or podCIDRs",
+                    names.join(", ")
+                )
+            })
+            .collect();
+        for conflict in current.difference(&self.conflicts) {
+            notices.push(Notice::Conflict(conflict.clone()));
+        }
+        self.conflicts = current;
+    }
+}
+
+/// The datastore events for one peer whose lease went from `previous` to `current`.
+fn peer_events(previous: Option<Lease>, current: Option<Lease>) -> Option<WatchBatch> {
+    let mut events = Vec::new();
+    match (previous, current) {
+        (None, None) => return None,
+        (Some(old), Some(new)) if old == new => return None,
+        (Some(old), new) => {
+            if new.as_ref().is_none_or(|n| n.key != old.key) {
+                events.push(DatastoreEvent::Delete {
+                    key: old.key,
+                    previous: Some(old),
+                });
+            }
+            events.extend(new.map(DatastoreEvent::Put));
+        }
+        (None, Some(new)) => events.push(DatastoreEvent::Put(new)),
+    }
+    Some(WatchBatch::Events(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+
+    const PREFIX: &str = "flannel.alpha.coreos.com/";
+
+    fn node(name: &str, cidr: &str, public_ip: &str, mac: &str) -> Node {
+        let mut node = Node::default();
+        node.metadata.name = Some(name.into());
+        let pairs = [
+            ("kube-subnet-manager", "true".to_string()),
+            ("backend-type", "vxlan".to_string()),
+            ("backend-data", format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
+            ("public-ip", public_ip.to_string()),
+        ];
+        node.metadata.annotations = Some(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (format!("{PREFIX}{k}"), v))
+                .collect(),
+        );
+        node.spec = Some(NodeSpec {
+            pod_cidrs: Some(vec![cidr.into()]),
+            ..NodeSpec::default()
+        });
+        node
+    }
+
+    fn tracker() -> NodeTracker {
+        NodeTracker::new(
+            "n1",
+            AnnotationKeys::new(PREFIX).unwrap(),
+            ClusterNetworks {
+                ipv4: Some("10.244.0.0/16".parse().unwrap()),
+                ipv6: None,
+            },
+        )
+    }
+
+    fn list(t: &mut NodeTracker, nodes: Vec<Node>) -> TrackerOutput {
+        t.apply(Event::Init);
+        for n in nodes {
+            assert!(t.apply(Event::InitApply(n)).is_empty());
+        }
+        t.apply(Event::InitDone)
+    }
+
+    fn keys_of(batch: &Option<WatchBatch>) -> Vec<String> {
+        match batch {
+            Some(WatchBatch::Snapshot(leases)) => leases
+                .iter()
+                .map(|l| format!("snapshot {}", l.key))
+                .collect(),
+            Some(WatchBatch::Events(events)) => events
+                .iter()
+                .map(|e| match e {
+                    DatastoreEvent::Put(l) => format!("put {}", l.key),
+                    DatastoreEvent::Delete { key, .. } => format!("delete {key}"),
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_initial_listing_is_a_snapshot_of_peers_and_reports_the_own_node() {
+        let mut t = tracker();
+        let out = list(
+            &mut t,
+            vec![
+                node("n1", "10.244.1.0/24", "198.18.0.11", "02:00:00:00:00:01"),
+                node("n2", "10.244.2.0/24", "198.18.0.12", "02:00:00:00:00:02"),
+            ],
+        );
+        assert_eq!(keys_of(&out.batch), ["snapshot 10.244.2.0-24"]);
+        assert!(
+            matches!(out.own, Some(OwnNode::Present(n)) if n.metadata.name.as_deref() == Some("n1"))
+        );
+        assert_eq!(t.peer_count(), 1);
+        let out = list(&mut t, vec![]);
+        assert_eq!(out.own, Some(OwnNode::Deleted));
+    }
+
+    #[test]
+    fn updates_deletes_and_pod_cidr_changes() {
+        let mut t = tracker();
+        list(&mut t, vec![]);
+        let n2 = node("n2", "10.244.2.0/24", "198.18.0.12", "02:00:00:00:00:02");
+        assert_eq!(
+            keys_of(&t.apply(Event::Apply(n2.clone())).batch),
+            ["put 10.244.2.0-24"]
+        );
+        // A status-only update (same lease) is not news.
+        assert_eq!(t.apply(Event::Apply(n2.clone())).batch, None);
+        // New public IP: delivered.
+        let moved = node("n2", "10.244.2.0/24", "198.18.0.22", "02:00:00:00:00:02");
+        assert_eq!(
+            keys_of(&t.apply(Event::Apply(moved)).batch),
+            ["put 10.244.2.0-24"]
+        );
+        // A podCIDR change removes the old subnet first.
+        let renumbered = node("n2", "10.244.9.0/24", "198.18.0.22", "02:00:00:00:00:02");
+        assert_eq!(
+            keys_of(&t.apply(Event::Apply(renumbered.clone())).batch),
+            ["delete 10.244.2.0-24", "put 10.244.9.0-24"]
+        );
+        assert_eq!(
+            keys_of(&t.apply(Event::Delete(renumbered)).batch),
+            ["delete 10.244.9.0-24"]
+        );
+        assert_eq!(t.peer_count(), 0);
+    }
+
+    #[test]
+    fn malformed_nodes_are_removed_and_reported_once() {
+        let mut t = tracker();
+        list(&mut t, vec![]);
+        let good = node("n2", "10.244.2.0/24", "198.18.0.12", "02:00:00:00:00:02");
+        t.apply(Event::Apply(good.clone()));
+        let mut bad = good.clone();
+        bad.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(format!("{PREFIX}backend-data"), "garbage".into());
+        let out = t.apply(Event::Apply(bad.clone()));
+        assert_eq!(keys_of(&out.batch), ["delete 10.244.2.0-24"]);
+        assert_eq!(
+            out.notices,
+            [Notice::Skipped(
+                "skipping node \"n2\": node \"n2\": annotation flannel.alpha.coreos.com/backend-data=\"garbage\" is not JSON".into()
+            )]
+        );
+        assert!(
+            t.apply(Event::Apply(bad)).notices.is_empty(),
+            "reported once"
+        );
+        let out = t.apply(Event::Apply(good));
+        assert_eq!(keys_of(&out.batch), ["put 10.244.2.0-24"]);
+        assert_eq!(
+            out.notices,
+            [Notice::Recovered(
+                "node \"n2\" is usable again: 10.244.2.0-24".into()
+            )]
+        );
+        // Outside the cluster network: skipped, never routed.
+        let outside = node("n3", "10.99.0.0/24", "198.18.0.13", "02:00:00:00:00:03");
+        let out = t.apply(Event::Apply(outside));
+        assert_eq!(out.batch, None);
+        assert!(
+            matches!(&out.notices[..], [Notice::Skipped(text)] if text.contains("doesn't contain \"10.99.0.0/24\""))
+        );
+        // Unannotated nodes (not ours yet) are skipped quietly.
+        let mut plain = Node::default();
+        plain.metadata.name = Some("n4".into());
+        assert!(t.apply(Event::Apply(plain)).is_empty());
+    }
+
+    #[test]
+    fn duplicate_public_ips_and_subnets_are_reported_once() {
+        let mut t = tracker();
+        let out = list(
+            &mut t,
+            vec![
+                node("n1", "10.244.1.0/24", "10.0.2.15", "02:00:00:00:00:01"),
+                node("n2", "10.244.2.0/24", "10.0.2.15", "02:00:00:00:00:02"),
+            ],
+        );
+        assert!(
+            matches!(&out.notices[..], [Notice::Conflict(text)] if text.starts_with("nodes n1, n2 all advertise public IP 10.0.2.15"))
+        );
+        let n3 = node("n3", "10.244.3.0/24", "198.18.0.13", "02:00:00:00:00:03");
+        assert!(
+            t.apply(Event::Apply(n3)).notices.is_empty(),
+            "reported once"
+        );
+        let n4 = node("n4", "10.244.3.0/24", "198.18.0.14", "02:00:00:00:00:04");
+        let out = t.apply(Event::Apply(n4));
+        assert!(
+            matches!(&out.notices[..], [Notice::Conflict(text)] if text.starts_with("nodes n3, n4 all advertise subnet 10.244.3.0/24"))
+        );
+    }
+}
