@@ -3,9 +3,14 @@
 //!
 //! Order (first match wins): each `--iface` (an address or a name), each `--iface-regex`
 //! (over addresses, then names), `--iface-can-reach` (the kernel's route to that address).
-//! With none of them: the interface owning `--public-ip` (or `--public-ipv6`), else the
-//! interface of the default route; in dual-stack the v4 and v6 default routes must leave
-//! through the same interface.
+//! With none of them: the interface owning `--public-ip` (or `--public-ipv6`), else (kube
+//! mode) the interface owning the Node's `InternalIP`, else the interface of the default
+//! route; in dual-stack the v4 and v6 default routes must leave through the same interface.
+//!
+//! The `InternalIP` step is weft's: on Vagrant VMs every node has the NAT address
+//! 10.0.2.15 on the default-route interface, flannel picks it, and all nodes advertise
+//! the same public IP. The kubelet's InternalIP is the address the cluster knows the
+//! node by.
 
 use regex::Regex;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -20,6 +25,8 @@ pub struct IfaceRequest {
     pub can_reach: Option<(IpAddr, Option<HostRoute>)>,
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
+    /// The Node's `InternalIP` addresses (kube mode): preferred over the default route.
+    pub node_ips: Vec<IpAddr>,
     pub ipv4: bool,
     pub ipv6: bool,
 }
@@ -207,6 +214,18 @@ fn select_implicit<'a>(
         let link =
             owner_of(host, ip).ok_or_else(|| IfaceError::PublicIpNotFound(ip, link_names(host)))?;
         return Ok((link, Some(ip), format!("it has the public IP {ip}")));
+    }
+    let wanted_family = |ip: &&IpAddr| match ip {
+        IpAddr::V4(_) => request.ipv4,
+        IpAddr::V6(_) => request.ipv6 && !request.ipv4,
+    };
+    let node_ip = request
+        .node_ips
+        .iter()
+        .filter(wanted_family)
+        .find_map(|ip| owner_of(host, *ip).map(|link| (link, *ip)));
+    if let Some((link, ip)) = node_ip {
+        return Ok((link, Some(ip), format!("it has the Node's InternalIP {ip}")));
     }
     let default_link = |v6: bool| {
         host.routes
@@ -443,6 +462,33 @@ mod tests {
             select(&vagrant(), &request).unwrap_err().to_string(),
             "no interface has the address 203.0.113.7 given by --public-ip/--public-ipv6 (interfaces: lo, eth0, eth1)"
         );
+    }
+
+    #[test]
+    fn the_nodes_internal_ip_beats_the_default_route() {
+        let request = IfaceRequest {
+            node_ips: vec!["fd00::11".parse().unwrap(), "198.18.1.11".parse().unwrap()],
+            ..v4()
+        };
+        let ext = select(&vagrant(), &request).unwrap();
+        assert_eq!(
+            (ext.name.as_str(), ext.ext_addr),
+            ("eth1", Some("198.18.1.11".parse().unwrap()))
+        );
+        assert_eq!(ext.reason, "it has the Node's InternalIP 198.18.1.11");
+        // An InternalIP no interface owns (e.g. a cloud NAT address) changes nothing.
+        let request = IfaceRequest {
+            node_ips: vec!["203.0.113.9".parse().unwrap()],
+            ..v4()
+        };
+        assert_eq!(select(&vagrant(), &request).unwrap().name, "eth0");
+        // Explicit choices still win.
+        let request = IfaceRequest {
+            ifaces: vec!["eth0".into()],
+            node_ips: vec!["198.18.1.11".parse().unwrap()],
+            ..v4()
+        };
+        assert_eq!(select(&vagrant(), &request).unwrap().name, "eth0");
     }
 
     #[test]

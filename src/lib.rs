@@ -1,12 +1,16 @@
 //! weftd, the node daemon: wiring of the subnet manager, the backend, subnet.env and the
-//! health server. Each module has one job; `run` holds the startup order.
+//! health server. Each module has one job; `run` holds the startup order (etcd mode in
+//! `run`, Kubernetes mode in `kube_mode`).
 
 pub mod cli;
 pub mod datapath;
 pub mod health;
 pub mod iface;
+pub mod kube_mode;
 pub mod logging;
+pub mod node_state;
 pub mod run;
+pub mod shutdown;
 pub mod subnet_file;
 
 use std::ffi::OsString;

@@ -9,13 +9,16 @@ use crate::cli::Cli;
 use crate::datapath::Datapath;
 use crate::health::{self, Readiness};
 use crate::iface::{self, ExternalInterface, IfaceRequest};
-use crate::subnet_file::{self, SubnetEnv};
+use crate::node_state::{NodeState, TICK};
+use crate::shutdown::Shutdown;
+use crate::subnet_file;
 use anyhow::{Context, bail};
 use regex::Regex;
+use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use weft_backend::backend::{AllocBackend, Backend, VxlanBackend};
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
@@ -31,14 +34,7 @@ use weft_subnet::watch::{Changes, LeaseEvent, LeaseWatcher, OwnLeaseChange};
 use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// Backends this build of weftd can run.
-const IMPLEMENTED_BACKENDS: [BackendType; 2] = [BackendType::Vxlan, BackendType::Alloc];
-
-/// Quiet period after a kernel notification before a reconcile pass, so a burst of
-/// notifications (an admin script, a device deletion) costs one pass.
-const DEBOUNCE: Duration = Duration::from_millis(20);
-
-/// Period of the housekeeping tick (retrying a failed subnet.env write).
-const TICK: Duration = Duration::from_secs(5);
+pub(crate) const IMPLEMENTED_BACKENDS: [BackendType; 2] = [BackendType::Vxlan, BackendType::Alloc];
 
 /// Runs weftd until SIGTERM or SIGINT.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,12 +43,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         bail!(
             "--subnet-lease-renew-margin={}: must be between 1 and 1439 minutes",
             cli.subnet_lease_renew_margin
-        );
-    }
-    if cli.kube_subnet_mgr {
-        bail!(
-            "--kube-subnet-mgr: the Kubernetes subnet manager is not available in this weftd \
-             build yet; run in etcd mode (--etcd-endpoints)"
         );
     }
     if cli.ip_masq {
@@ -65,7 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         warn!("--ip-blackhole-route is not implemented yet and is ignored");
     }
     let request = iface_request(&cli)?;
-    let mut shutdown = Shutdown::install()?;
+    let shutdown = Shutdown::install()?;
     let readiness = Readiness::new("starting: no network config yet");
     if cli.healthz_port > 0 {
         let ip: IpAddr = cli
@@ -83,6 +73,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         info!(address = %bound, "serving /healthz and /readyz");
         tokio::spawn(serve);
     }
+    if cli.kube_subnet_mgr {
+        crate::kube_mode::run(&cli, request, shutdown, readiness).await
+    } else {
+        run_etcd(&cli, request, shutdown, readiness).await
+    }
+}
+
+/// etcd mode: the lease lives in etcd with a TTL and is renewed; peers come from a watch.
+async fn run_etcd(
+    cli: &Cli,
+    request: IfaceRequest,
+    mut shutdown: Shutdown,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
     let previous = subnet_file::read_previous(&cli.subnet_file);
     match previous {
         Some(key) => {
@@ -91,7 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => debug!(file = %cli.subnet_file.display(), "no previous subnet"),
     }
 
-    let options = etcd_options(&cli);
+    let options = etcd_options(cli);
     let Some(manager) = shutdown.until(connect(&options)).await else {
         return Ok(());
     };
@@ -101,33 +105,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     info!(config = %config.summary(), "network config");
 
-    let host = weft_backend::kernel::read_host()
-        .await
-        .context("cannot read the host's interfaces")?;
-    let request = resolve_can_reach(request, &config).await?;
-    let external =
-        iface::select(&host, &request).context("cannot choose the external interface")?;
-    info!(
-        interface = %external.name,
-        address = %or_none(external.iface_addr),
-        address_v6 = %or_none(external.iface_v6_addr),
-        public_ip = %or_none(external.ext_addr),
-        public_ipv6 = %or_none(external.ext_v6_addr),
-        "using interface {}: {}", external.name, external.reason
-    );
-    let kernel = Kernel::connect().context("cannot open netlink")?;
-    let backend: Box<dyn Backend> = match config.backend.kind {
-        BackendType::Vxlan => {
-            let config = VxlanConfig::parse(&config.backend.raw).context("vxlan backend config")?;
-            let node = vxlan_node(&config, &external, &host, &kernel, &manager).await?;
-            Box::new(VxlanBackend { config, node })
-        }
-        _ => Box::new(AllocBackend { mtu: external.mtu }),
-    };
-    let attrs = backend.lease_attrs(external.ext_addr, external.ext_v6_addr);
-    let mut datapath = Datapath::new(backend, kernel);
-    let mut kernel_events =
-        weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
+    let (host, external) = choose_interface(request, &config).await?;
+    let published = published_by_this_node(&manager, &external).await;
+    let (datapath, mut kernel_events) =
+        build_datapath(&config, &external, &host, published).await?;
+    let attrs = datapath
+        .backend
+        .lease_attrs(external.ext_addr, external.ext_v6_addr);
 
     readiness.set_not_ready("no subnet lease yet");
     let Some(lease) = shutdown
@@ -137,17 +121,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     log_lease("lease acquired", &lease);
-    datapath.set_own(lease.key);
-    let mut node = Node {
-        cli: &cli,
-        manager: manager.clone(),
+    let mut state = NodeState {
+        subnet_file: cli.subnet_file.clone(),
+        ip_masq: cli.ip_masq,
         config,
-        attrs,
-        lease,
+        own: lease.key,
         readiness: readiness.clone(),
         env_written: false,
         datapath,
         datapath_ok: true,
+    };
+    state.set_own(lease.key);
+    let mut node = Node {
+        cli,
+        manager: manager.clone(),
+        attrs,
+        lease,
+        state,
     };
 
     let (sink, mut batches) = mpsc::channel(64);
@@ -170,26 +160,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(new_key) = node.handle(changes, &mut None, &mut shutdown).await {
         log_peer_events(&watcher.set_own(Some(new_key)));
     }
-    node.set_peers(&watcher);
-    node.converge().await;
-    node.write_subnet_env();
+    node.state.set_peers(&watcher);
+    node.state.converge().await;
+    node.state.write_subnet_env();
     let mut renew_at = node.renewal_deadline();
     let mut tick = tokio::time::interval(TICK);
     let mut reconcile = tokio::time::interval(Duration::from_secs(cli.reconcile_interval.max(1)));
     let mut converge_at: Option<Instant> = None;
     loop {
-        let converge_sleep = async {
-            match converge_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let renew_sleep = async {
-            match renew_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             () = shutdown.wait() => break,
             batch = batches.recv() => {
@@ -208,34 +186,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         log_peer_events(&watcher.set_own(Some(new_key)));
                     }
                 }
-                node.set_peers(&watcher);
+                node.state.set_peers(&watcher);
                 converge_at = Some(Instant::now());
             }
             event = kernel_events.recv() => {
                 let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
-                if node.datapath.is_relevant(&event) {
-                    debug!(?event, "kernel change to weft's objects");
-                    converge_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
-                } else if event == KernelEvent::Overrun {
-                    converge_at = Some(Instant::now());
-                }
+                node.state.on_kernel_event(&event, &mut converge_at);
             }
-            () = converge_sleep => {
+            () = sleep_until(converge_at) => {
                 converge_at = None;
-                node.converge().await;
+                node.state.converge().await;
             }
             _ = reconcile.tick() => {
-                node.converge().await;
+                node.state.converge().await;
             }
-            () = renew_sleep => {
+            () = sleep_until(renew_at) => {
                 renew_at = None;
                 if let Some(new_key) = node.renew(&mut renew_at, &mut shutdown).await {
                     log_peer_events(&watcher.set_own(Some(new_key)));
                 }
             }
             _ = tick.tick() => {
-                if !node.env_written {
-                    node.write_subnet_env();
+                if !node.state.env_written {
+                    node.state.write_subnet_env();
                 }
             }
         }
@@ -245,83 +218,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This node's lease and what depends on it.
+/// This node's etcd lease and what depends on it.
 struct Node<'a> {
     cli: &'a Cli,
     manager: Arc<EtcdSubnetManager>,
-    config: NetworkConfig,
     attrs: LeaseAttrs,
     lease: Lease,
-    readiness: Arc<Readiness>,
-    env_written: bool,
-    datapath: Datapath,
-    /// Whether the last reconcile pass applied everything.
-    datapath_ok: bool,
+    state: NodeState,
 }
 
 impl Node<'_> {
-    fn subnet_env(&self) -> SubnetEnv {
-        SubnetEnv {
-            network: self.config.ipv4.map(|p| p.network),
-            subnet: self.lease.key.ipv4,
-            ipv6_network: self.config.ipv6.map(|p| p.network),
-            ipv6_subnet: self.lease.key.ipv6,
-            mtu: self.datapath.backend.pod_mtu(),
-            ip_masq: self.cli.ip_masq,
-        }
-    }
-
-    fn write_subnet_env(&mut self) {
-        let path = &self.cli.subnet_file;
-        match subnet_file::write_atomic(path, &self.subnet_env().render()) {
-            Ok(()) => {
-                info!(file = %path.display(), subnet = %self.lease.key, "wrote subnet.env");
-                self.env_written = true;
-                self.update_readiness();
-            }
-            Err(e) => {
-                self.env_written = false;
-                let reason = format!("cannot write {}: {e}", path.display());
-                error!("{reason}; retrying in {TICK:?}");
-                self.readiness.set_not_ready(reason);
-            }
-        }
-    }
-
-    /// Ready when the lease is held (callers mark re-acquisition), the datapath is
-    /// programmed and subnet.env is written.
-    fn update_readiness(&mut self) {
-        let was_ready = self.readiness.get().is_ok();
-        if !self.env_written {
-            return;
-        }
-        if !self.datapath_ok {
-            self.readiness
-                .set_not_ready("the datapath is not fully programmed yet (see the log)");
-            return;
-        }
-        self.readiness.set_ready();
-        if !was_ready {
-            info!("weftd is ready");
-        }
-    }
-
-    fn set_peers(&mut self, watcher: &LeaseWatcher) {
-        self.datapath.set_peers(watcher.peers());
-    }
-
-    /// One reconcile pass of the datapath.
-    async fn converge(&mut self) {
-        self.datapath_ok = match self.datapath.converge().await {
-            Ok(pass) => pass.failures.is_empty(),
-            Err(e) => {
-                warn!("cannot read the datapath state, retrying on the next pass: {e}");
-                false
-            }
-        };
-        self.update_readiness();
-    }
-
     /// When to renew: the renewal margin before expiry, the margin capped at half the TTL.
     fn renewal_deadline(&self) -> Option<Instant> {
         let expiration = self.lease.expiration?;
@@ -431,17 +337,23 @@ impl Node<'_> {
         shutdown: &mut Shutdown,
     ) -> Option<SubnetKey> {
         let old = self.lease.key;
-        self.readiness
+        self.state
+            .readiness
             .set_not_ready(format!("re-acquiring the lease on {old}"));
         let acquired = shutdown
-            .until(acquire(&self.manager, &self.config, &self.attrs, Some(old)))
+            .until(acquire(
+                &self.manager,
+                &self.state.config,
+                &self.attrs,
+                Some(old),
+            ))
             .await?;
         self.lease = acquired;
         *renew_at = self.renewal_deadline();
         log_lease("lease re-acquired", &self.lease);
-        self.datapath.set_own(self.lease.key);
+        self.state.set_own(self.lease.key);
         if self.lease.key == old {
-            self.update_readiness();
+            self.state.update_readiness();
             return None;
         }
         error!(
@@ -450,49 +362,109 @@ impl Node<'_> {
             "this node now has a different subnet; pods created before keep addresses from the \
              old one and must be recreated"
         );
-        self.converge().await;
-        self.write_subnet_env();
+        self.state.converge().await;
+        self.state.write_subnet_env();
         Some(self.lease.key)
     }
 }
 
+/// Reads the host, resolves `--iface-can-reach` and chooses the external interface.
+pub(crate) async fn choose_interface(
+    request: IfaceRequest,
+    config: &NetworkConfig,
+) -> anyhow::Result<(HostSnapshot, ExternalInterface)> {
+    let host = weft_backend::kernel::read_host()
+        .await
+        .context("cannot read the host's interfaces")?;
+    let request = resolve_can_reach(request, config).await?;
+    let external =
+        iface::select(&host, &request).context("cannot choose the external interface")?;
+    info!(
+        interface = %external.name,
+        address = %or_none(external.iface_addr),
+        address_v6 = %or_none(external.iface_v6_addr),
+        public_ip = %or_none(external.ext_addr),
+        public_ipv6 = %or_none(external.ext_v6_addr),
+        "using interface {}: {}", external.name, external.reason
+    );
+    Ok((host, external))
+}
+
+/// The backend data this node published in an earlier run (its etcd lease, found by
+/// public IP), for reusing the VTEP MACs.
+async fn published_by_this_node(
+    manager: &EtcdSubnetManager,
+    external: &ExternalInterface,
+) -> PublishedData {
+    match manager.list_leases().await {
+        Ok((leases, _)) => leases
+            .into_iter()
+            .find(|l| {
+                external.ext_addr.is_some_and(|ip| l.attrs.public_ip == ip)
+                    || (external.ext_addr.is_none()
+                        && l.attrs.public_ipv6.is_some()
+                        && l.attrs.public_ipv6 == external.ext_v6_addr)
+            })
+            .map(|l| (l.attrs.backend_data, l.attrs.backend_v6_data))
+            .unwrap_or_default(),
+        Err(e) => {
+            warn!("cannot look up this node's previous lease for its VTEP MAC: {e}");
+            PublishedData::default()
+        }
+    }
+}
+
+/// Backend data (v4, v6) this node published before.
+pub(crate) type PublishedData = (Option<Value>, Option<Value>);
+
+/// The backend for `config` on `external`, its datapath, and the kernel notifications
+/// that trigger reconcile passes.
+pub(crate) async fn build_datapath(
+    config: &NetworkConfig,
+    external: &ExternalInterface,
+    host: &HostSnapshot,
+    published: PublishedData,
+) -> anyhow::Result<(Datapath, mpsc::UnboundedReceiver<KernelEvent>)> {
+    let kernel = Kernel::connect().context("cannot open netlink")?;
+    let backend: Box<dyn Backend> = match config.backend.kind {
+        BackendType::Vxlan => {
+            let config = VxlanConfig::parse(&config.backend.raw).context("vxlan backend config")?;
+            let node = vxlan_node(&config, external, host, &kernel, published).await?;
+            Box::new(VxlanBackend { config, node })
+        }
+        _ => Box::new(AllocBackend { mtu: external.mtu }),
+    };
+    let kernel_events =
+        weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
+    Ok((Datapath::new(backend, kernel), kernel_events))
+}
+
 /// This node's vxlan side. The VTEP MACs survive restarts and device re-creation: an
-/// existing device keeps its MAC; without one, the MAC published in this node's own lease
-/// (found by public IP) is reused, so peers' entries stay valid; else a random one.
+/// existing device keeps its MAC; without one, the MAC this node published before (in
+/// its etcd lease or its Node's `backend-data` annotation) is reused, so peers' entries
+/// stay valid; else a random one.
 async fn vxlan_node(
     config: &VxlanConfig,
     external: &ExternalInterface,
     host: &HostSnapshot,
     kernel: &Kernel,
-    manager: &EtcdSubnetManager,
+    published: PublishedData,
 ) -> anyhow::Result<vxlan::Node> {
-    let published = match manager.list_leases().await {
-        Ok((leases, _)) => leases.into_iter().find(|l| {
-            external.ext_addr.is_some_and(|ip| l.attrs.public_ip == ip)
-                || (external.ext_addr.is_none()
-                    && l.attrs.public_ipv6.is_some()
-                    && l.attrs.public_ipv6 == external.ext_v6_addr)
-        }),
-        Err(e) => {
-            warn!("cannot look up this node's previous lease for its VTEP MAC: {e}");
-            None
-        }
-    };
     let mut macs = [mac::random(), mac::random()];
     for (slot, family) in [(0, Family::V4), (1, Family::V6)] {
         let name = config.device_name(family);
-        let from_lease = published.as_ref().and_then(|l| match family {
-            Family::V4 => vxlan::vtep_mac(l.attrs.backend_data.as_ref()),
-            Family::V6 => vxlan::vtep_mac(l.attrs.backend_v6_data.as_ref()),
-        });
+        let from_published = match family {
+            Family::V4 => vxlan::vtep_mac(published.0.as_ref()),
+            Family::V6 => vxlan::vtep_mac(published.1.as_ref()),
+        };
         let existing: Option<Mac> = kernel
             .link(&name)
             .await
             .context("cannot read vxlan devices")?
             .map(|(_, m)| m);
-        let (mac, source) = match (existing, from_lease) {
+        let (mac, source) = match (existing, from_published) {
             (Some(m), _) => (m, "the existing device"),
-            (None, Some(m)) => (m, "this node's lease"),
+            (None, Some(m)) => (m, "what this node published before"),
             (None, None) => (macs[slot], "newly generated"),
         };
         macs[slot] = mac;
@@ -525,6 +497,14 @@ async fn vxlan_node(
     })
 }
 
+/// Sleeps until `at`; forever when there is nothing scheduled.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn log_lease(what: &str, lease: &Lease) {
     info!(
         subnet = %lease.key,
@@ -536,7 +516,7 @@ fn log_lease(what: &str, lease: &Lease) {
 }
 
 /// Logs peer changes: one line each for small batches, a summary for large ones.
-fn log_peer_events(events: &[LeaseEvent]) {
+pub(crate) fn log_peer_events(events: &[LeaseEvent]) {
     let verbose = events.len() <= 50;
     for event in events {
         let (what, lease) = match event {
@@ -617,6 +597,7 @@ fn iface_request(cli: &Cli) -> anyhow::Result<IfaceRequest> {
         can_reach,
         public_ip,
         public_ipv6,
+        node_ips: Vec::new(),
         ipv4: true,
         ipv6: false,
     })
@@ -728,39 +709,4 @@ fn describe_flags(cli: &Cli) -> String {
         shown.etcd_password = "<redacted>".into();
     }
     format!("{shown:?}")
-}
-
-/// SIGTERM/SIGINT, observable from several places.
-struct Shutdown {
-    receiver: watch::Receiver<bool>,
-}
-
-impl Shutdown {
-    fn install() -> anyhow::Result<Shutdown> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let (sender, receiver) = watch::channel(false);
-        tokio::spawn(async move {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            info!("received {name}");
-            let _ = sender.send(true);
-        });
-        Ok(Shutdown { receiver })
-    }
-
-    async fn wait(&mut self) {
-        let _ = self.receiver.wait_for(|stop| *stop).await;
-    }
-
-    /// Runs `work` unless a shutdown comes first.
-    async fn until<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
-        tokio::select! {
-            value = work => Some(value),
-            () = self.wait() => None,
-        }
-    }
 }

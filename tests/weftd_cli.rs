@@ -5,6 +5,10 @@ use std::process::Command;
 fn weftd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_weftd"))
         .args(args)
+        .env_remove("NODE_NAME")
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .output()
@@ -69,12 +73,63 @@ fn bad_flag_values_name_the_flag() {
     assert!(out.contains("--healthz-port"), "{out}");
 }
 
+/// Kubernetes mode fails fast, naming the value, on what no retry can fix: the static
+/// config, the annotation prefix, the API address, the node name.
 #[test]
-fn kube_mode_is_refused_clearly_until_it_exists() {
-    let (code, out) = weftd(&["--kube-subnet-mgr"], &[]);
+fn kube_mode_static_errors_name_the_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    let conf_flag = format!("--net-config-path={}", conf.display());
+    let kube = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--kube-subnet-mgr", conf_flag.as_str()];
+        args.extend_from_slice(extra);
+        weftd(&args, env)
+    };
+    let (code, out) = kube(&[], &[]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("--kube-subnet-mgr: the Kubernetes subnet manager is not available"),
+        out.contains(&format!("failed to read net conf: {}", conf.display())),
+        "{out}"
+    );
+
+    std::fs::write(&conf, r#"{"Network": 5}"#).unwrap();
+    let (code, out) = kube(&[], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("error parsing subnet config") && out.contains("field Network"),
+        "{out}"
+    );
+
+    std::fs::write(
+        &conf,
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+    )
+    .unwrap();
+    let (code, out) = kube(&["--kube-annotation-prefix=org"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(
+            "--kube-annotation-prefix=\"org\": prefix must be in a format: fqdn/[0-9a-z-_]*"
+        ),
+        "{out}"
+    );
+    let (code, out) = kube(&["--kube-api-url=not a url"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("--kube-api-url=\"not a url\": not a URL"),
+        "{out}"
+    );
+
+    let (code, out) = kube(&["--kube-api-url=http://127.0.0.1:9"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("env variables POD_NAME and POD_NAMESPACE must be set"),
+        "{out}"
+    );
+    let (code, out) = kube(&[], &[("NODE_NAME", "n1")]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no Kubernetes API to talk to: not running in a pod"),
         "{out}"
     );
 }

@@ -316,6 +316,41 @@ impl RawConfig {
     }
 }
 
+impl RawConfig {
+    /// The config as the Kubernetes subnet manager uses it. flannel does not validate
+    /// net-conf.json in kube mode (subnets come from the Nodes' podCIDRs, so SubnetLen,
+    /// SubnetMin and SubnetMax are ignored); weft still requires a `Network` (or
+    /// `IPv6Network`) for each enabled family, since podCIDRs are checked against it.
+    /// The pools span the whole network.
+    pub fn for_kube(&self) -> Result<NetworkConfig, ConfigError> {
+        if !self.enable_ipv4 && !self.enable_ipv6 {
+            return Err(ConfigError::NoFamily);
+        }
+        let whole = |network: Option<Net>, field: &'static str| {
+            network
+                .map(|network| SubnetPool {
+                    network,
+                    subnet_len: network.prefix,
+                    subnet_min: network.addr,
+                    subnet_max: network.last(),
+                })
+                .ok_or(ConfigError::MissingNetwork(field))
+        };
+        Ok(NetworkConfig {
+            ipv4: self
+                .enable_ipv4
+                .then(|| whole(self.network, "Network"))
+                .transpose()?,
+            ipv6: self
+                .enable_ipv6
+                .then(|| whole(self.ipv6_network, "IPv6Network"))
+                .transpose()?,
+            enable_nftables: self.enable_nftables,
+            backend: self.backend_config()?,
+        })
+    }
+}
+
 impl NetworkConfig {
     /// Parses and validates net-conf.json text.
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
@@ -611,5 +646,22 @@ mod tests {
         let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"type":"Host-GW"}}"#)
             .unwrap();
         assert_eq!(cfg.backend.kind, BackendType::HostGw);
+    }
+
+    #[test]
+    fn kube_mode_ignores_subnet_rules_but_needs_a_network() {
+        // A SubnetLen that validate() refuses is irrelevant when Nodes carry podCIDRs.
+        let raw = RawConfig::parse(r#"{"Network":"10.244.0.0/16","SubnetLen":12}"#).unwrap();
+        assert!(raw.validate().is_err());
+        let cfg = raw.for_kube().unwrap();
+        assert_eq!(cfg.ipv4.unwrap().network.to_string(), "10.244.0.0/16");
+        assert_eq!(cfg.ipv6, None);
+        let dual = RawConfig::parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#).unwrap();
+        assert_eq!(
+            dual.for_kube().unwrap_err().to_string(),
+            "please define a correct IPv6Network parameter in the flannel config"
+        );
+        let none = RawConfig::parse(r#"{"EnableIPv4":false}"#).unwrap();
+        assert_eq!(none.for_kube().unwrap_err(), ConfigError::NoFamily);
     }
 }

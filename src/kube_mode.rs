@@ -1,0 +1,339 @@
+//! Kubernetes mode (`--kube-subnet-mgr`): the subnet is the Node's podCIDR, peers are the
+//! other Nodes, and this node publishes itself through flannel's annotations.
+//!
+//! Startup: net-conf.json from `--net-config-path` → client → node name → this Node
+//! (waited for) → external interface (preferring the Node's InternalIP) → backend (the
+//! VTEP MAC read back from the Node's own `backend-data`) → podCIDR (waited for, checked
+//! against the network) → annotations published → subnet.env → first Node listing →
+//! datapath → ready → `NetworkUnavailable=False`. Then the Node watch drives the datapath.
+//!
+//! Unlike flannel, which writes its annotations once at startup, weftd keeps them
+//! asserted: when this Node's annotations drift (an admin edit, a `public-ip-overwrite`
+//! added later, a Node re-created by the kubelet) or its condition is reset, they are
+//! published again.
+
+use crate::cli::Cli;
+use crate::health::Readiness;
+use crate::iface::IfaceRequest;
+use crate::node_state::{NodeState, TICK};
+use crate::run::{self, IMPLEMENTED_BACKENDS};
+use crate::shutdown::Shutdown;
+use anyhow::{Context, bail};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use weft_subnet::RawConfig;
+use weft_subnet::etcd::WatchBatch;
+use weft_subnet::kube::{
+    self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeError, KubeSubnetManager,
+    NodeNameSource, OwnNode, TrackerOutput, node,
+};
+use weft_subnet::watch::LeaseWatcher;
+use weft_subnet::{LeaseAttrs, NetworkConfig};
+
+/// How soon a failed re-publish of this node's annotations is retried.
+const REPUBLISH_RETRY: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    cli: &Cli,
+    mut request: IfaceRequest,
+    mut shutdown: Shutdown,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
+    let config = read_config(cli)?;
+    info!(config = %config.summary(), "network config");
+    let keys = AnnotationKeys::new(&cli.kube_annotation_prefix)?;
+    let networks = ClusterNetworks {
+        ipv4: config.ipv4.map(|p| p.network),
+        ipv6: config.ipv6.map(|p| p.network),
+    };
+    let client = kube_subnet::client(&cli.kube_api_url, &cli.kubeconfig_file).await?;
+    let Some(node_name) = shutdown.until(resolve_node_name(&client, &readiness)).await else {
+        return Ok(());
+    };
+    let node_name = node_name?;
+    info!(node = %node_name, "Kubernetes subnet manager for node {node_name}");
+    let manager = KubeSubnetManager::new(client, node_name.clone(), keys.clone(), networks);
+    let mut report = |problem: &str| readiness.set_not_ready(problem.to_string());
+
+    let Some(own_node) = shutdown.until(manager.wait_for_node(&mut report)).await else {
+        return Ok(());
+    };
+    match node::node_public_ips(&own_node, &keys) {
+        Ok((v4, v6)) => {
+            if let Some(ip) = v4 {
+                info!(
+                    "using {ip} from annotation {} as the public IP",
+                    keys.node_public_ip
+                );
+                request.public_ip = Some(ip);
+            }
+            if let Some(ip) = v6 {
+                info!(
+                    "using {ip} from annotation {} as the public IPv6",
+                    keys.node_public_ipv6
+                );
+                request.public_ipv6 = Some(ip);
+            }
+        }
+        Err(e) => error!("{e}; ignoring it"),
+    }
+    request.node_ips = node::internal_ips(&own_node);
+    let (host, external) = run::choose_interface(request, &config).await?;
+    let published = node::published_backend_data(&own_node, &keys);
+    let (datapath, mut kernel_events) =
+        run::build_datapath(&config, &external, &host, published).await?;
+    let attrs = datapath
+        .backend
+        .lease_attrs(external.ext_addr, external.ext_v6_addr);
+
+    readiness.set_not_ready(format!("no podCIDR from node {node_name} yet"));
+    let Some(lease) = shutdown.until(manager.acquire(&attrs, &mut report)).await else {
+        return Ok(());
+    };
+    info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
+    let mut state = NodeState {
+        subnet_file: cli.subnet_file.clone(),
+        ip_masq: cli.ip_masq,
+        config,
+        own: lease.key,
+        readiness: readiness.clone(),
+        env_written: false,
+        datapath,
+        datapath_ok: true,
+    };
+    state.set_own(lease.key);
+    state.write_subnet_env();
+    if state.env_written {
+        // Not ready until the datapath is programmed from the first Node listing.
+        readiness.set_not_ready("waiting for the first Node listing");
+    }
+
+    let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
+    let watch_manager = manager.clone();
+    let watch_task = tokio::spawn(async move { watch_manager.watch_nodes(sink).await });
+    let mut own = OwnState {
+        cli,
+        manager: &manager,
+        attrs,
+        republish_at: None,
+    };
+    let mut watcher = LeaseWatcher::new(Some(lease.key));
+    // Program the datapath only once the peers are known (see etcd mode).
+    loop {
+        let Some(output) = shutdown.until(outputs.recv()).await else {
+            watch_task.abort();
+            return Ok(());
+        };
+        let Some(output) = output else {
+            bail!("the Node watch stopped unexpectedly")
+        };
+        let snapshot = matches!(output.batch, Some(WatchBatch::Snapshot(_)));
+        own.apply(output, &mut watcher, &mut state);
+        if snapshot {
+            break;
+        }
+    }
+    state.converge().await;
+    if cli.set_node_network_unavailable {
+        let mut report = |problem: &str| warn!("{problem}");
+        if shutdown
+            .until(manager.complete(&mut report))
+            .await
+            .is_none()
+        {
+            watch_task.abort();
+            return Ok(());
+        }
+    }
+
+    let mut tick = tokio::time::interval(TICK);
+    let mut reconcile = tokio::time::interval(Duration::from_secs(cli.reconcile_interval.max(1)));
+    let mut converge_at: Option<Instant> = None;
+    loop {
+        let republish_at = own.republish_at;
+        tokio::select! {
+            () = shutdown.wait() => break,
+            output = outputs.recv() => {
+                let Some(output) = output else { bail!("the Node watch stopped unexpectedly") };
+                let mut pending = vec![output];
+                while let Ok(more) = outputs.try_recv() {
+                    pending.push(more);
+                }
+                for output in pending {
+                    own.apply(output, &mut watcher, &mut state);
+                }
+                converge_at = Some(Instant::now());
+            }
+            event = kernel_events.recv() => {
+                let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
+                state.on_kernel_event(&event, &mut converge_at);
+            }
+            () = run::sleep_until(converge_at) => {
+                converge_at = None;
+                state.converge().await;
+            }
+            () = run::sleep_until(republish_at) => {
+                own.republish_at = None;
+                match manager.get_node().await {
+                    Ok(node) => own.reassert(&node).await,
+                    Err(e) => own.retry_later(&e.to_string()),
+                }
+            }
+            _ = reconcile.tick() => state.converge().await,
+            _ = tick.tick() => {
+                if !state.env_written {
+                    state.write_subnet_env();
+                }
+            }
+        }
+    }
+    watch_task.abort();
+    info!("shutting down; the annotations, subnet.env and the datapath are left in place");
+    Ok(())
+}
+
+/// net-conf.json, parsed as flannel's kube mode does (not validated), with its messages.
+fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
+    let path = &cli.net_config_path;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read net conf: {}", path.display()))?;
+    let config = RawConfig::parse(&text)
+        .and_then(|raw| raw.for_kube())
+        .with_context(|| format!("error parsing subnet config ({})", path.display()))?;
+    if !IMPLEMENTED_BACKENDS.contains(&config.backend.kind) {
+        bail!(
+            "{}: backend type {} is not implemented in this weftd build (implemented: {})",
+            path.display(),
+            config.backend.kind,
+            IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")
+        );
+    }
+    if config.backend.kind == weft_subnet::BackendType::Vxlan {
+        weft_backend::vxlan::VxlanConfig::parse(&config.backend.raw)
+            .with_context(|| format!("{}: vxlan backend config", path.display()))?;
+    }
+    Ok(config)
+}
+
+/// `NODE_NAME`, else the pod's node; API errors are retried, a missing variable is not.
+async fn resolve_node_name(
+    client: &::kube::Client,
+    readiness: &Readiness,
+) -> Result<String, KubeError> {
+    let source = NodeNameSource::from_env();
+    let mut backoff =
+        weft_subnet::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        match source.resolve(client).await {
+            Ok(name) => return Ok(name),
+            Err(e @ (KubeError::NoNodeName | KubeError::PodNotScheduled { .. })) => return Err(e),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!("{e}; retrying in {delay:?}");
+                readiness.set_not_ready(e.to_string());
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// This node's side of the watch: peers into the lease watcher, and its own Node kept
+/// carrying what this node publishes.
+struct OwnState<'a> {
+    cli: &'a Cli,
+    manager: &'a KubeSubnetManager,
+    attrs: LeaseAttrs,
+    republish_at: Option<Instant>,
+}
+
+impl OwnState<'_> {
+    fn apply(&mut self, output: TrackerOutput, watcher: &mut LeaseWatcher, state: &mut NodeState) {
+        if let Some(batch) = output.batch {
+            let changes = match batch {
+                WatchBatch::Snapshot(leases) => watcher.reset(leases),
+                WatchBatch::Events(events) => watcher.apply(events),
+            };
+            run::log_peer_events(&changes.peers);
+            // A peer under this node's own key was already reported as a conflict by the
+            // tracker; the lease watcher keeps it out of the peer set.
+            state.set_peers(watcher);
+        }
+        match output.own {
+            Some(OwnNode::Present(node)) => {
+                self.check_pod_cidr(&node, watcher, state);
+                if self.drifted(&node) {
+                    // Re-publish from the event loop, not from here: one GET + PATCH.
+                    self.republish_at.get_or_insert_with(Instant::now);
+                }
+            }
+            Some(OwnNode::Deleted) => warn!(
+                node = %self.manager.node_name(),
+                "this node's Node object is gone; keeping the datapath, and publishing \
+                 again when it comes back"
+            ),
+            None => {}
+        }
+    }
+
+    /// Whether the Node lacks what this node publishes (annotations or condition).
+    fn drifted(&self, node: &k8s_openapi::api::core::v1::Node) -> bool {
+        let current = node::annotations(node);
+        let (wanted, _) = self.manager.keys().published(&self.attrs, &current);
+        kube_subnet::annotations::annotation_changes(&current, &wanted).is_some()
+            || (self.cli.set_node_network_unavailable && !node::network_marked_available(node))
+    }
+
+    async fn reassert(&mut self, node: &k8s_openapi::api::core::v1::Node) {
+        match self.manager.publish(node, &self.attrs).await {
+            Ok(published) => {
+                if let Some(changes) = published.patched {
+                    warn!(annotations = ?changes, "this node's annotations had drifted; published them again");
+                }
+            }
+            Err(e) => return self.retry_later(&e.to_string()),
+        }
+        if self.cli.set_node_network_unavailable && !node::network_marked_available(node) {
+            match self.manager.mark_network_available().await {
+                Ok(()) => info!("set condition NetworkUnavailable=False (FlannelIsUp) again"),
+                Err(e) => self.retry_later(&e.to_string()),
+            }
+        }
+    }
+
+    fn retry_later(&mut self, problem: &str) {
+        warn!("{problem}; retrying in {REPUBLISH_RETRY:?}");
+        self.republish_at = Some(Instant::now() + REPUBLISH_RETRY);
+    }
+
+    /// A Node re-created with another podCIDR: adopt it, as etcd mode adopts a
+    /// re-acquired subnet, and say loudly what it means for existing pods.
+    fn check_pod_cidr(
+        &self,
+        node: &k8s_openapi::api::core::v1::Node,
+        watcher: &mut LeaseWatcher,
+        state: &mut NodeState,
+    ) {
+        let key = match node::pod_subnets(node, self.manager.networks()) {
+            Ok(key) => key,
+            Err(e) => {
+                error!("{e}; keeping subnet {}", state.own);
+                return;
+            }
+        };
+        if key == state.own {
+            return;
+        }
+        error!(
+            old = %state.own,
+            new = %key,
+            "this node's podCIDR changed; pods created before keep addresses from the old \
+             one and must be recreated"
+        );
+        run::log_peer_events(&watcher.set_own(Some(key)));
+        state.set_own(key);
+        state.set_peers(watcher);
+        state.write_subnet_env();
+    }
+}

@@ -1,0 +1,116 @@
+//! What both subnet managers share once a node holds a subnet: the datapath, subnet.env
+//! and readiness (ready = subnet held, datapath programmed, subnet.env written).
+
+use crate::datapath::Datapath;
+use crate::health::Readiness;
+use crate::subnet_file::{self, SubnetEnv};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+use weft_backend::kernel::KernelEvent;
+use weft_subnet::watch::LeaseWatcher;
+use weft_subnet::{NetworkConfig, SubnetKey};
+
+/// Quiet period after a kernel notification before a reconcile pass, so a burst of
+/// notifications (an admin script, a device deletion) costs one pass.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Period of the housekeeping tick (retrying a failed subnet.env write).
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct NodeState {
+    pub subnet_file: PathBuf,
+    pub ip_masq: bool,
+    pub config: NetworkConfig,
+    /// This node's subnets.
+    pub own: SubnetKey,
+    pub readiness: Arc<Readiness>,
+    pub env_written: bool,
+    pub datapath: Datapath,
+    /// Whether the last reconcile pass applied everything.
+    pub datapath_ok: bool,
+}
+
+impl NodeState {
+    fn subnet_env(&self) -> SubnetEnv {
+        SubnetEnv {
+            network: self.config.ipv4.map(|p| p.network),
+            subnet: self.own.ipv4,
+            ipv6_network: self.config.ipv6.map(|p| p.network),
+            ipv6_subnet: self.own.ipv6,
+            mtu: self.datapath.backend.pod_mtu(),
+            ip_masq: self.ip_masq,
+        }
+    }
+
+    /// Makes `own` this node's subnet (after acquiring or re-acquiring it).
+    pub fn set_own(&mut self, own: SubnetKey) {
+        self.own = own;
+        self.datapath.set_own(own);
+    }
+
+    pub fn write_subnet_env(&mut self) {
+        let path = &self.subnet_file;
+        match subnet_file::write_atomic(path, &self.subnet_env().render()) {
+            Ok(()) => {
+                info!(file = %path.display(), subnet = %self.own, "wrote subnet.env");
+                self.env_written = true;
+                self.update_readiness();
+            }
+            Err(e) => {
+                self.env_written = false;
+                let reason = format!("cannot write {}: {e}", path.display());
+                error!("{reason}; retrying in {TICK:?}");
+                self.readiness.set_not_ready(reason);
+            }
+        }
+    }
+
+    /// Ready when the subnet is held (callers mark re-acquisition), the datapath is
+    /// programmed and subnet.env is written.
+    pub fn update_readiness(&mut self) {
+        let was_ready = self.readiness.get().is_ok();
+        if !self.env_written {
+            return;
+        }
+        if !self.datapath_ok {
+            self.readiness
+                .set_not_ready("the datapath is not fully programmed yet (see the log)");
+            return;
+        }
+        self.readiness.set_ready();
+        if !was_ready {
+            info!("weftd is ready");
+        }
+    }
+
+    pub fn set_peers(&mut self, watcher: &LeaseWatcher) {
+        self.datapath.set_peers(watcher.peers());
+    }
+
+    /// One reconcile pass of the datapath.
+    pub async fn converge(&mut self) {
+        self.datapath_ok = match self.datapath.converge().await {
+            Ok(pass) => pass.failures.is_empty(),
+            Err(e) => {
+                warn!("cannot read the datapath state, retrying on the next pass: {e}");
+                false
+            }
+        };
+        self.update_readiness();
+    }
+
+    /// Schedules a pass for a kernel change to weft's objects (debounced), or at once
+    /// after a notification overrun (changes may have been missed).
+    pub fn on_kernel_event(&self, event: &KernelEvent, converge_at: &mut Option<Instant>) {
+        if self.datapath.is_relevant(event) {
+            debug!(?event, "kernel change to weft's objects");
+            converge_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+        } else if *event == KernelEvent::Overrun {
+            *converge_at = Some(Instant::now());
+        }
+    }
+}
