@@ -9,11 +9,12 @@
 //! `content-type` of a PATCH and its exact JSON body) and answers it with a realistic
 //! response (a full Node with a `resourceVersion`, or a `Status` for errors).
 //!
-//! A call that never comes fails the scenario through a timeout; an extra call fails it
-//! in [`ApiServer::assert_done`], which runs after the code under test has been dropped:
-//! at that point the mock must report that its client is gone without having seen another
-//! request. The tests start with tokio's clock paused, so backoff sleeps and timeouts
-//! cost no real time.
+//! A call that never comes fails the scenario through a timeout. An extra call fails it
+//! either in [`converse`] (a request arriving after the script is over, while the code
+//! under test still runs) or in [`ApiServer::assert_done`], which runs after the code
+//! under test has been dropped: the mock must then report that its client is gone
+//! without having seen another request. The tests start with tokio's clock paused, so
+//! backoff sleeps and timeouts cost no real time.
 //!
 //! Responses use a body type of our own (`BoxBody<Bytes, Infallible>`): `kube`'s own
 //! `Body` has no public streaming constructor, and a watch response must stay open after
@@ -23,14 +24,15 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::{BoxBody, Frame};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use k8s_openapi::api::core::v1::Node;
 use kube::client::Body;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use weft_subnet::etcd::WatchBatch;
@@ -97,9 +99,10 @@ impl ApiServer {
             .unwrap_or_else(|| panic!("expected {expected}, but the client was dropped"));
         let (parts, body) = request.into_parts();
         let bytes = body.collect().await.expect("request body").to_bytes();
-        let body = match bytes.is_empty() {
-            true => Value::Null,
-            false => serde_json::from_slice(&bytes).expect("a JSON request body"),
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("a JSON request body")
         };
         let query = parts
             .uri
@@ -235,12 +238,10 @@ impl Call {
 
     /// A watch response: `events` as JSON lines, then the connection stays open.
     fn stream(self, events: &[Value]) {
-        let frames: Vec<Result<Frame<Bytes>, Infallible>> = events
-            .iter()
-            .map(|event| Ok(Frame::data(Bytes::from(format!("{event}\n")))))
-            .collect();
-        let open = futures::stream::iter(frames).chain(futures::stream::pending());
-        let body = StreamBody::new(open).boxed();
+        let lines: Vec<Bytes> = events.iter().map(|e| format!("{e}\n").into()).collect();
+        let frames = futures::stream::iter(lines).flat_map(|line| BodyStream::new(Full::new(line)));
+        let open = frames.chain(futures::stream::pending());
+        let body = BodyExt::boxed(StreamBody::new(open));
         self.responder
             .send_response(json_response(StatusCode::OK, body));
     }
@@ -254,13 +255,38 @@ fn json_response(status: StatusCode, body: ResponseBody) -> Response<ResponseBod
         .unwrap()
 }
 
-/// Runs `code` against the API server's side of the conversation; both must finish.
-async fn converse<T>(code: impl Future<Output = T>, server: impl Future<Output = ()>) -> T {
-    let both = async { tokio::join!(code, server) };
-    tokio::time::timeout(SCENARIO_TIMEOUT, both)
+/// Runs `code` while `script` plays the API server's side of the conversation; once the
+/// script is over, `code` must finish without another call.
+async fn converse<T>(
+    server: &mut ApiServer,
+    code: impl Future<Output = T>,
+    script: impl AsyncFnOnce(&mut ApiServer),
+) -> T {
+    let run = async {
+        let mut code = pin!(code);
+        let mut output = None;
+        {
+            let mut script = pin!(script(&mut *server));
+            loop {
+                tokio::select! {
+                    out = &mut code, if output.is_none() => output = Some(out),
+                    () = &mut script => break,
+                }
+            }
+        }
+        match output {
+            Some(out) => out,
+            None => tokio::select! {
+                out = &mut code => out,
+                Some((request, _)) = server.0.next_request() => {
+                    panic!("unexpected call {} {}", request.method(), request.uri())
+                }
+            },
+        }
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, run)
         .await
         .expect("the scenario did not finish")
-        .0
 }
 
 // ---------------------------------------------------------------------------------------
@@ -270,9 +296,13 @@ async fn converse<T>(code: impl Future<Output = T>, server: impl Future<Output =
 fn annotations_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
-        .map(|(k, v)| match k.contains('/') {
-            true => (k.to_string(), v.to_string()),
-            false => (format!("{PREFIX}{k}"), v.to_string()),
+        .map(|(k, v)| {
+            let name = if k.contains('/') {
+                k.to_string()
+            } else {
+                format!("{PREFIX}{k}")
+            };
+            (name, v.to_string())
         })
         .collect()
 }
@@ -368,11 +398,12 @@ fn manager(client: kube::Client) -> KubeSubnetManager {
 /// `acquire` against the scripted `server`; returns the lease and what was reported.
 async fn acquire(
     mgr: &KubeSubnetManager,
-    server: impl Future<Output = ()>,
+    server: &mut ApiServer,
+    script: impl AsyncFnOnce(&mut ApiServer),
 ) -> (Lease, Vec<String>) {
     let mut reports = Vec::new();
     let mut report = |problem: &str| reports.push(problem.to_string());
-    let lease = converse(mgr.acquire(&vxlan_attrs(), &mut report), server).await;
+    let lease = converse(server, mgr.acquire(&vxlan_attrs(), &mut report), script).await;
     (lease, reports)
 }
 
@@ -383,7 +414,7 @@ async fn acquire(
 async fn first_start_publishes_the_annotations_then_the_condition() {
     let (client, mut server) = mock_client();
     let mgr = manager(client);
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         let fresh = node("n1", Some("10.244.1.0/24"), &[], 100);
         server.expect_get(NODE).await.ok(&fresh);
         let annotated = node("n1", Some("10.244.1.0/24"), &published("198.18.0.11"), 101);
@@ -399,7 +430,7 @@ async fn first_start_publishes_the_annotations_then_the_condition() {
 
     let mut reports = Vec::new();
     let mut report = |problem: &str| reports.push(problem.to_string());
-    converse(mgr.complete(&mut report), async {
+    converse(&mut server, mgr.complete(&mut report), async |server| {
         let available = node("n1", Some("10.244.1.0/24"), &published("198.18.0.11"), 102);
         server.expect_condition_patch().await.ok(&available);
     })
@@ -413,7 +444,7 @@ async fn first_start_publishes_the_annotations_then_the_condition() {
 async fn a_restart_with_up_to_date_annotations_only_reads_the_node() {
     let (client, mut server) = mock_client();
     let mgr = manager(client);
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         let current = node("n1", Some("10.244.1.0/24"), &published("198.18.0.11"), 200);
         server.expect_get(NODE).await.ok(&current);
     })
@@ -428,7 +459,7 @@ async fn a_restart_with_up_to_date_annotations_only_reads_the_node() {
 async fn only_the_differing_annotation_is_patched() {
     let (client, mut server) = mock_client();
     let mgr = manager(client);
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         let mut stale = published("198.18.0.99");
         stale.push(("node.alpha.kubernetes.io/ttl", "0"));
         let current = node("n1", Some("10.244.1.0/24"), &stale, 300);
@@ -456,7 +487,7 @@ async fn the_public_ip_overwrite_is_published_once() {
     let mgr = manager(client);
     let mut after = published("203.0.113.7");
     after.push(overwrite);
-    let (lease, _) = acquire(&mgr, async {
+    let (lease, _) = acquire(&mgr, &mut server, async |server| {
         let current = node("n1", Some("10.244.1.0/24"), &[overwrite], 400);
         server.expect_get(NODE).await.ok(&current);
         server
@@ -472,7 +503,7 @@ async fn the_public_ip_overwrite_is_published_once() {
     // Second start: already published, nothing to patch.
     let (client, mut server) = mock_client();
     let mgr = manager(client);
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         let current = node("n1", Some("10.244.1.0/24"), &after, 402);
         server.expect_get(NODE).await.ok(&current);
     })
@@ -497,7 +528,7 @@ async fn a_failed_annotation_patch_is_retried_from_the_get() {
              please apply your changes to the latest version and try again",
         ),
     ];
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         for failure in &failures {
             server.expect_get(NODE).await.ok(&fresh);
             let code = failure["code"].as_u64().unwrap() as u16;
@@ -538,7 +569,7 @@ async fn a_failed_annotation_patch_is_retried_from_the_get() {
 async fn a_missing_pod_cidr_is_waited_for() {
     let (client, mut server) = mock_client();
     let mgr = manager(client);
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         for rv in [600, 601] {
             server.expect_get(NODE).await.ok(&node("n1", None, &[], rv));
         }
@@ -571,7 +602,7 @@ async fn a_missing_pod_cidr_is_waited_for() {
 async fn a_pod_cidr_outside_the_network_is_reported_like_flannel() {
     let (client, mut server) = mock_client();
     let mgr = manager(client);
-    let (lease, reports) = acquire(&mgr, async {
+    let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         let outside = node("n1", Some("10.99.0.0/24"), &[], 700);
         server.expect_get(NODE).await.ok(&outside);
         let fixed = node("n1", Some("10.244.1.0/24"), &[], 701);
@@ -605,7 +636,7 @@ async fn the_condition_patch_is_retried() {
     let mgr = manager(client);
     let mut reports = Vec::new();
     let mut report = |problem: &str| reports.push(problem.to_string());
-    converse(mgr.complete(&mut report), async {
+    converse(&mut server, mgr.complete(&mut report), async |server| {
         let unavailable = status(503, "ServiceUnavailable", "the server is currently unable");
         server
             .expect_condition_patch()
@@ -633,7 +664,7 @@ async fn the_node_name_comes_from_the_pod() {
         pod_name: Some("weft-abc".into()),
         pod_namespace: Some("kube-flannel".into()),
     };
-    let name = converse(source.resolve(&client), async {
+    let name = converse(&mut server, source.resolve(&client), async |server| {
         let pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -755,6 +786,9 @@ async fn the_node_watch_lists_then_watches() {
             Some(value),
             "{call:?}"
         );
+    }
+    for param in ["labelSelector", "fieldSelector", "sendInitialEvents"] {
+        assert!(!call.query.contains_key(param), "{call:?}");
     }
     let moved = node("n2", Some("10.244.2.0/24"), &published("198.18.0.22"), 11);
     let mut deleted = moved.clone();

@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod kernel_state;
+pub mod kube_api;
 pub mod netns;
 pub mod pods;
 pub mod weftd;

@@ -92,6 +92,8 @@ impl NodeTracker {
                 let nodes = self.listing.take().unwrap_or_default();
                 let mut own_seen = false;
                 let mut fresh = BTreeMap::new();
+                let listed: BTreeSet<String> =
+                    nodes.iter().map(|n| node::name(n).to_string()).collect();
                 for node in nodes {
                     let name = node::name(&node).to_string();
                     if name == self.own_name {
@@ -103,8 +105,7 @@ impl NodeTracker {
                     }
                 }
                 // Nodes that vanished while the watch was down: forget their problems.
-                self.skipped
-                    .retain(|name, _| fresh.contains_key(name) || name == &self.own_name);
+                self.skipped.retain(|name, _| listed.contains(name));
                 if !own_seen {
                     out.own = Some(OwnNode::Deleted);
                 }
@@ -374,9 +375,14 @@ mod tests {
             )]
         );
         assert!(
-            t.apply(Event::Apply(bad)).notices.is_empty(),
+            t.apply(Event::Apply(bad.clone())).notices.is_empty(),
             "reported once"
         );
+        // A re-list that still contains the broken node does not report it again.
+        let out = list(&mut t, vec![bad.clone()]);
+        assert!(out.notices.is_empty(), "{:?}", out.notices);
+        assert_eq!(keys_of(&out.batch), Vec::<String>::new());
+        assert!(t.apply(Event::Apply(bad)).notices.is_empty(), "still once");
         let out = t.apply(Event::Apply(good));
         assert_eq!(keys_of(&out.batch), ["put 10.244.2.0-24"]);
         assert_eq!(
