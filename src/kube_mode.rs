@@ -93,17 +93,7 @@ pub async fn run(
         return Ok(());
     };
     info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
-    let mut state = NodeState {
-        subnet_file: cli.subnet_file.clone(),
-        ip_masq: cli.ip_masq,
-        config,
-        own: lease.key,
-        readiness: readiness.clone(),
-        env_written: false,
-        datapath,
-        datapath_ok: true,
-    };
-    state.set_own(lease.key);
+    let mut state = NodeState::new(cli, config, lease.key, readiness.clone(), datapath);
     state.write_subnet_env();
     if state.env_written {
         // Not ready until the datapath is programmed from the first Node listing.

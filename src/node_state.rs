@@ -35,6 +35,28 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// A node that holds `own` and has not written subnet.env yet.
+    pub fn new(
+        cli: &crate::cli::Cli,
+        config: NetworkConfig,
+        own: SubnetKey,
+        readiness: Arc<Readiness>,
+        datapath: Datapath,
+    ) -> NodeState {
+        let mut state = NodeState {
+            subnet_file: cli.subnet_file.clone(),
+            ip_masq: cli.ip_masq,
+            config,
+            own,
+            readiness,
+            env_written: false,
+            datapath,
+            datapath_ok: true,
+        };
+        state.set_own(own);
+        state
+    }
+
     fn subnet_env(&self) -> SubnetEnv {
         SubnetEnv {
             network: self.config.ipv4.map(|p| p.network),

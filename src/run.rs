@@ -121,17 +121,7 @@ async fn run_etcd(
         return Ok(());
     };
     log_lease("lease acquired", &lease);
-    let mut state = NodeState {
-        subnet_file: cli.subnet_file.clone(),
-        ip_masq: cli.ip_masq,
-        config,
-        own: lease.key,
-        readiness: readiness.clone(),
-        env_written: false,
-        datapath,
-        datapath_ok: true,
-    };
-    state.set_own(lease.key);
+    let state = NodeState::new(cli, config, lease.key, readiness.clone(), datapath);
     let mut node = Node {
         cli,
         manager: manager.clone(),

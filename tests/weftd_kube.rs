@@ -138,11 +138,15 @@ impl KubeCluster {
 
 /// What a Vagrant VM looks like: a NAT interface with 10.0.2.15 and the default route.
 fn vagrant_nat(ns: &support::netns::Netns) {
-    ns.ip(&["link", "add", "nat0", "type", "veth", "peer", "name", "nat1"]);
+    ns.ip(&[
+        "link", "add", "nat0", "type", "veth", "peer", "name", "nat1",
+    ]);
     ns.ip(&["addr", "add", "10.0.2.15/24", "dev", "nat0"]);
     ns.ip(&["link", "set", "nat0", "up"]);
     ns.ip(&["link", "set", "nat1", "up"]);
-    ns.ip(&["route", "replace", "default", "via", "10.0.2.2", "dev", "nat0"]);
+    ns.ip(&[
+        "route", "replace", "default", "via", "10.0.2.2", "dev", "nat0",
+    ]);
 }
 
 /// A running three-node cluster with one pod per node. Node 3 finds its name through
@@ -206,9 +210,15 @@ fn pods_talk_across_nodes_and_each_node_publishes_flannels_annotations() {
             "node {host} did not choose its InternalIP interface:\n{}",
             c.nodes[host].log()
         );
-        assert_eq!(c.annotation(host, "kube-subnet-manager").as_deref(), Some("true"));
+        assert_eq!(
+            c.annotation(host, "kube-subnet-manager").as_deref(),
+            Some("true")
+        );
         assert_eq!(c.annotation(host, "backend-type").as_deref(), Some("vxlan"));
-        assert_eq!(c.annotation(host, "public-ip").as_deref(), Some(ip.as_str()));
+        assert_eq!(
+            c.annotation(host, "public-ip").as_deref(),
+            Some(ip.as_str())
+        );
         let data: Value =
             serde_json::from_str(&c.annotation(host, "backend-data").unwrap()).unwrap();
         assert_eq!(data["VNI"], 1);
@@ -249,10 +259,7 @@ fn pods_talk_across_nodes_and_each_node_publishes_flannels_annotations() {
 
     // Every write went through nodes/<name>/status (the only write flannel's RBAC grants).
     let requests = c.api.requests();
-    let writes: Vec<&String> = requests
-        .iter()
-        .filter(|r| !r.starts_with("GET"))
-        .collect();
+    let writes: Vec<&String> = requests.iter().filter(|r| !r.starts_with("GET")).collect();
     assert!(!writes.is_empty());
     for write in &writes {
         assert!(
@@ -351,7 +358,10 @@ fn bad_input_and_api_outages_are_survived() {
         c.node_name(1)
     );
     c.nodes[1].wait_log(&outside, LIMIT);
-    assert!(c.nodes[1].is_running(), "a bad podCIDR must not crash weftd");
+    assert!(
+        c.nodes[1].is_running(),
+        "a bad podCIDR must not crash weftd"
+    );
     assert_eq!(c.readyz(1).0, 503);
     // Fixed the Kubernetes way: the Node is deleted and registered again.
     c.api.delete_node(&c.node_name(1));
@@ -407,7 +417,10 @@ fn bad_input_and_api_outages_are_survived() {
     // that joined meanwhile is programmed once the API is back.
     c.api.set_reachable(false);
     c.nodes[0].wait_log("Node watch: ", PROPAGATION);
-    assert!(ping(&c.pods[0].ns, &c.pods[1].ip, 3), "traffic during the outage");
+    assert!(
+        ping(&c.pods[0].ns, &c.pods[1].ip, 3),
+        "traffic during the outage"
+    );
     c.api.delete_node("ghost");
     let mut late = node_json("late", &["10.244.7.0/24"], "198.18.0.97");
     late["metadata"]["annotations"] = json!({
@@ -421,7 +434,11 @@ fn bad_input_and_api_outages_are_survived() {
     assert_eq!(c.readyz(0).0, 200, "an API outage keeps the node ready");
     c.api.set_reachable(true);
     // The watcher's backoff is capped at 10 s.
-    c.wait_routes_within(0, &["10.244.2.0/24", "10.244.7.0/24"], Duration::from_secs(25));
+    c.wait_routes_within(
+        0,
+        &["10.244.2.0/24", "10.244.7.0/24"],
+        Duration::from_secs(25),
+    );
     c.nodes[0].wait_log("Node watch recovered", PROPAGATION);
     assert!(ping(&c.pods[1].ns, &c.pods[0].ip, 2));
     for node in &mut c.nodes {

@@ -265,17 +265,7 @@ impl KubeSubnetManager {
             });
         };
         let patch = json!({ "metadata": { "annotations": changes } });
-        self.nodes
-            .patch_status(
-                &self.node_name,
-                &PatchParams::default(),
-                &Patch::Strategic(patch),
-            )
-            .await
-            .map_err(KubeError::api(format!(
-                "cannot patch the annotations of node {}",
-                self.node_name
-            )))?;
+        self.patch_status(patch, "patch the annotations").await?;
         Ok(Published {
             patched: Some(changes),
             problems,
@@ -286,6 +276,14 @@ impl KubeSubnetManager {
     pub async fn mark_network_available(&self) -> Result<(), KubeError> {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let patch = json!({ "status": { "conditions": [node::network_available_condition(now)] } });
+        self.patch_status(patch, "set the NetworkUnavailable condition")
+            .await
+    }
+
+    /// A strategic-merge patch of this Node through the `status` subresource: the only
+    /// write flannel's RBAC grants (`nodes/status: patch`). Real API servers apply the
+    /// metadata part there too (the status strategy only resets `spec`).
+    async fn patch_status(&self, patch: serde_json::Value, what: &str) -> Result<(), KubeError> {
         self.nodes
             .patch_status(
                 &self.node_name,
@@ -294,7 +292,7 @@ impl KubeSubnetManager {
             )
             .await
             .map_err(KubeError::api(format!(
-                "cannot set the NetworkUnavailable condition of node {}",
+                "cannot {what} of node {}",
                 self.node_name
             )))?;
         Ok(())
