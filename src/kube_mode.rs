@@ -4,8 +4,8 @@
 //! Startup: net-conf.json from `--net-config-path` → client → node name → this Node
 //! (waited for) → external interface (preferring the Node's InternalIP) → backend (the
 //! VTEP MAC read back from the Node's own `backend-data`) → podCIDR (waited for, checked
-//! against the network) → annotations published → subnet.env → first Node listing →
-//! datapath → ready → `NetworkUnavailable=False`. Then the Node watch drives the datapath.
+//! against the network) → annotations published → first Node listing → datapath →
+//! subnet.env → ready → `NetworkUnavailable=False`. Then the Node watch drives the datapath.
 //!
 //! Unlike flannel, which writes its annotations once at startup, weftd keeps them
 //! asserted: when this Node's annotations drift (an admin edit, a `public-ip-overwrite`
@@ -94,11 +94,7 @@ pub async fn run(
     };
     info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
     let mut state = NodeState::new(cli, config, lease.key, readiness.clone(), datapath);
-    state.write_subnet_env();
-    if state.env_written {
-        // Not ready until the datapath is programmed from the first Node listing.
-        readiness.set_not_ready("waiting for the first Node listing");
-    }
+    readiness.set_not_ready("waiting for the first Node listing");
 
     let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
     let watch_manager = manager.clone();
@@ -108,6 +104,7 @@ pub async fn run(
         manager: &manager,
         attrs,
         republish_at: None,
+        problems: Vec::new(),
     };
     let mut watcher = LeaseWatcher::new(Some(lease.key));
     // Program the datapath only once the peers are known (see etcd mode).
@@ -126,6 +123,7 @@ pub async fn run(
         }
     }
     state.converge().await;
+    state.write_subnet_env();
     if cli.set_node_network_unavailable {
         let mut report = |problem: &str| warn!("{problem}");
         if shutdown
@@ -236,6 +234,8 @@ struct OwnState<'a> {
     manager: &'a KubeSubnetManager,
     attrs: LeaseAttrs,
     republish_at: Option<Instant>,
+    /// Operator mistakes on this Node (a malformed overwrite) last reported.
+    problems: Vec<String>,
 }
 
 impl OwnState<'_> {
@@ -268,9 +268,16 @@ impl OwnState<'_> {
     }
 
     /// Whether the Node lacks what this node publishes (annotations or condition).
-    fn drifted(&self, node: &k8s_openapi::api::core::v1::Node) -> bool {
+    /// Reports operator mistakes on the Node when they change.
+    fn drifted(&mut self, node: &k8s_openapi::api::core::v1::Node) -> bool {
         let current = node::annotations(node);
-        let (wanted, _) = self.manager.keys().published(&self.attrs, &current);
+        let (wanted, problems) = self.manager.keys().published(&self.attrs, &current);
+        if problems != self.problems {
+            for problem in &problems {
+                error!(node = %self.manager.node_name(), "{problem}");
+            }
+            self.problems = problems;
+        }
         kube_subnet::annotations::annotation_changes(&current, &wanted).is_some()
             || (self.cli.set_node_network_unavailable && !node::network_marked_available(node))
     }

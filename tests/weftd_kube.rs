@@ -211,6 +211,11 @@ fn pods_talk_across_nodes_and_each_node_publishes_flannels_annotations() {
             c.nodes[host].log()
         );
         assert_eq!(
+            c.nodes[host].log_count("weftd is ready"),
+            1,
+            "ready once, not before the first Node listing"
+        );
+        assert_eq!(
             c.annotation(host, "kube-subnet-manager").as_deref(),
             Some("true")
         );
@@ -319,6 +324,22 @@ fn node_deletion_re_creation_and_public_ip_changes_reach_the_peers() {
                 .then_some(())
         });
     }
+    // A malformed overwrite is reported and ignored: the node's own address returns.
+    c.api.update_node(&c.node_name(1), |node| {
+        node["metadata"]["annotations"][format!("{PREFIX}public-ip-overwrite")] = json!("bogus");
+    });
+    c.nodes[1].wait_log(
+        &format!(
+            "annotation {PREFIX}public-ip-overwrite=\"bogus\" is not an address of its family; ignored"
+        ),
+        PROPAGATION,
+    );
+    let ns = &c.underlay.hosts[0].ns;
+    wait_for("FDB entry back on 198.18.0.12", PROPAGATION, || {
+        fdb_entries(ns)
+            .contains(&(mac2.clone(), "198.18.0.12".to_string()))
+            .then_some(())
+    });
     // Node 2's own VTEP still uses its local address.
     let link = &support::kernel_state::json(
         &c.underlay.hosts[1].ns,
