@@ -283,8 +283,8 @@ fn pods_talk_across_nodes_and_each_node_publishes_flannels_annotations() {
 }
 
 #[test]
-fn node_deletion_re_creation_and_public_ip_changes_reach_the_peers() {
-    let c = three_nodes();
+fn node_deletion_re_creation_restarts_and_public_ip_changes_reach_the_peers() {
+    let mut c = three_nodes();
     let third = c.node_name(2);
     let mac3 = vtep_mac(&c, 2);
 
@@ -304,6 +304,23 @@ fn node_deletion_re_creation_and_public_ip_changes_reach_the_peers() {
     c.nodes[2].wait_log("this node's annotations had drifted", PROPAGATION);
     c.wait_routes(0, &["10.244.2.0/24", "10.244.3.0/24"]);
     assert_eq!(vtep_mac(&c, 2), mac3);
+    assert!(ping(&c.pods[0].ns, &c.pods[2].ip, 2));
+
+    // weftd restarts after the device was lost (as after a reboot): the VTEP MAC comes
+    // back from the Node's own backend-data annotation, so the peers' entries stay valid.
+    assert!(c.nodes[2].terminate().success());
+    c.underlay.hosts[2].ns.ip(&["link", "del", "flannel.1"]);
+    let restarted = c.start(
+        2,
+        &[("POD_NAME", "weft-ds-x"), ("POD_NAMESPACE", "kube-flannel")],
+    );
+    c.nodes[restarted].wait_log("VTEP MAC from what this node published before", LIMIT);
+    c.nodes[restarted].wait_log("weftd is ready", LIMIT);
+    let link = &support::kernel_state::json(
+        &c.underlay.hosts[2].ns,
+        &["ip", "-j", "link", "show", "flannel.1"],
+    )[0];
+    assert_eq!(link["address"], mac3.as_str());
     assert!(ping(&c.pods[0].ns, &c.pods[2].ip, 2));
 
     // An operator sets public-ip-overwrite on node 2: it publishes that address and the
