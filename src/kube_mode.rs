@@ -26,8 +26,8 @@ use tracing::{error, info, warn};
 use weft_subnet::RawConfig;
 use weft_subnet::etcd::WatchBatch;
 use weft_subnet::kube::{
-    self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeError, KubeSubnetManager,
-    NodeNameSource, OwnNode, TrackerOutput, node,
+    self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeSubnetManager, NodeNameSource,
+    OwnNode, RetryPolicy, TrackerOutput, node,
 };
 use weft_subnet::watch::LeaseWatcher;
 use weft_subnet::{LeaseAttrs, NetworkConfig};
@@ -49,13 +49,15 @@ pub async fn run(
         ipv6: config.ipv6.map(|p| p.network),
     };
     let client = kube_subnet::client(&cli.kube_api_url, &cli.kubeconfig_file).await?;
-    let Some(node_name) = shutdown.until(resolve_node_name(&client, &readiness)).await else {
+    let mut report = |problem: &str| readiness.set_not_ready(problem.to_string());
+    let names = NodeNameSource::from_env();
+    let resolving = names.resolve_retrying(&client, RetryPolicy::default(), &mut report);
+    let Some(node_name) = shutdown.until(resolving).await else {
         return Ok(());
     };
     let node_name = node_name?;
     info!(node = %node_name, "Kubernetes subnet manager for node {node_name}");
     let manager = KubeSubnetManager::new(client, node_name.clone(), keys.clone(), networks);
-    let mut report = |problem: &str| readiness.set_not_ready(problem.to_string());
 
     let Some(own_node) = shutdown.until(manager.wait_for_node(&mut report)).await else {
         return Ok(());
@@ -149,10 +151,14 @@ pub async fn run(
                 while let Ok(more) = outputs.try_recv() {
                     pending.push(more);
                 }
+                let mut peers_changed = false;
                 for output in pending {
-                    own.apply(output, &mut watcher, &mut state);
+                    peers_changed |= own.apply(output, &mut watcher, &mut state);
                 }
-                converge_at = Some(Instant::now());
+                // This Node's own updates (kubelet heartbeats) change nothing to program.
+                if peers_changed {
+                    converge_at = Some(Instant::now());
+                }
             }
             event = kernel_events.recv() => {
                 let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
@@ -205,28 +211,6 @@ fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
     Ok(config)
 }
 
-/// `NODE_NAME`, else the pod's node; API errors are retried, a missing variable is not.
-async fn resolve_node_name(
-    client: &::kube::Client,
-    readiness: &Readiness,
-) -> Result<String, KubeError> {
-    let source = NodeNameSource::from_env();
-    let mut backoff =
-        weft_subnet::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-    loop {
-        match source.resolve(client).await {
-            Ok(name) => return Ok(name),
-            Err(e @ (KubeError::NoNodeName | KubeError::PodNotScheduled { .. })) => return Err(e),
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!("{e}; retrying in {delay:?}");
-                readiness.set_not_ready(e.to_string());
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 /// This node's side of the watch: peers into the lease watcher, and its own Node kept
 /// carrying what this node publishes.
 struct OwnState<'a> {
@@ -239,8 +223,17 @@ struct OwnState<'a> {
 }
 
 impl OwnState<'_> {
-    fn apply(&mut self, output: TrackerOutput, watcher: &mut LeaseWatcher, state: &mut NodeState) {
+    /// Applies one tracker output; returns whether the datapath's input changed (peers,
+    /// or this node's subnet).
+    fn apply(
+        &mut self,
+        output: TrackerOutput,
+        watcher: &mut LeaseWatcher,
+        state: &mut NodeState,
+    ) -> bool {
+        let mut changed = false;
         if let Some(batch) = output.batch {
+            changed = true;
             let changes = match batch {
                 WatchBatch::Snapshot(leases) => watcher.reset(leases),
                 WatchBatch::Events(events) => watcher.apply(events),
@@ -252,7 +245,7 @@ impl OwnState<'_> {
         }
         match output.own {
             Some(OwnNode::Present(node)) => {
-                self.check_pod_cidr(&node, watcher, state);
+                changed |= self.check_pod_cidr(&node, watcher, state);
                 if self.drifted(&node) {
                     // Re-publish from the event loop, not from here: one GET + PATCH.
                     self.republish_at.get_or_insert_with(Instant::now);
@@ -265,6 +258,7 @@ impl OwnState<'_> {
             ),
             None => {}
         }
+        changed
     }
 
     /// Whether the Node lacks what this node publishes (annotations or condition).
@@ -305,22 +299,23 @@ impl OwnState<'_> {
     }
 
     /// A Node re-created with another podCIDR: adopt it, as etcd mode adopts a
-    /// re-acquired subnet, and say loudly what it means for existing pods.
+    /// re-acquired subnet, and say loudly what it means for existing pods. Returns
+    /// whether the subnet changed.
     fn check_pod_cidr(
         &self,
         node: &k8s_openapi::api::core::v1::Node,
         watcher: &mut LeaseWatcher,
         state: &mut NodeState,
-    ) {
+    ) -> bool {
         let key = match node::pod_subnets(node, self.manager.networks()) {
             Ok(key) => key,
             Err(e) => {
                 error!("{e}; keeping subnet {}", state.own);
-                return;
+                return false;
             }
         };
         if key == state.own {
-            return;
+            return false;
         }
         error!(
             old = %state.own,
@@ -332,5 +327,6 @@ impl OwnState<'_> {
         state.set_own(key);
         state.set_peers(watcher);
         state.write_subnet_env();
+        true
     }
 }

@@ -106,7 +106,12 @@ async fn run_etcd(
     info!(config = %config.summary(), "network config");
 
     let (host, external) = choose_interface(request, &config).await?;
-    let published = published_by_this_node(&manager, &external).await;
+    // Only vxlan reuses what was published (its VTEP MACs): no listing for other backends.
+    let published = if config.backend.kind == BackendType::Vxlan {
+        published_by_this_node(&manager, &external).await
+    } else {
+        PublishedData::default()
+    };
     let (datapath, mut kernel_events) =
         build_datapath(&config, &external, &host, published).await?;
     let attrs = datapath

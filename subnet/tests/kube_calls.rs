@@ -164,6 +164,15 @@ impl ApiServer {
         self.expect_patch(NODE_STATUS, body).await
     }
 
+    /// Expects the first-start patch (all of vxlan's annotations for 198.18.0.11) and
+    /// answers with node n1 (podCIDR 10.244.1.0/24) carrying them at resourceVersion `rv`.
+    async fn expect_first_publish(&mut self, rv: u32) {
+        let annotated = node("n1", Some("10.244.1.0/24"), &published("198.18.0.11"), rv);
+        self.expect_annotation_patch(&published("198.18.0.11"))
+            .await
+            .ok(&annotated);
+    }
+
     /// Expects flannel's `NetworkUnavailable=False` patch of node n1: every field exact
     /// except the two timestamps, which must be RFC 3339.
     async fn expect_condition_patch(&mut self) -> Call {
@@ -417,11 +426,7 @@ async fn first_start_publishes_the_annotations_then_the_condition() {
     let (lease, reports) = acquire(&mgr, &mut server, async |server| {
         let fresh = node("n1", Some("10.244.1.0/24"), &[], 100);
         server.expect_get(NODE).await.ok(&fresh);
-        let annotated = node("n1", Some("10.244.1.0/24"), &published("198.18.0.11"), 101);
-        server
-            .expect_annotation_patch(&published("198.18.0.11"))
-            .await
-            .ok(&annotated);
+        server.expect_first_publish(101).await;
     })
     .await;
     assert_eq!(lease.key, key("10.244.1.0-24"));
@@ -538,15 +543,7 @@ async fn a_failed_annotation_patch_is_retried_from_the_get() {
                 .respond(StatusCode::from_u16(code).unwrap(), failure);
         }
         server.expect_get(NODE).await.ok(&fresh);
-        server
-            .expect_annotation_patch(&published("198.18.0.11"))
-            .await
-            .ok(&node(
-                "n1",
-                Some("10.244.1.0/24"),
-                &published("198.18.0.11"),
-                501,
-            ));
+        server.expect_first_publish(501).await;
     })
     .await;
     assert_eq!(lease.key, key("10.244.1.0-24"));
@@ -575,15 +572,7 @@ async fn a_missing_pod_cidr_is_waited_for() {
         }
         let assigned = node("n1", Some("10.244.1.0/24"), &[], 602);
         server.expect_get(NODE).await.ok(&assigned);
-        server
-            .expect_annotation_patch(&published("198.18.0.11"))
-            .await
-            .ok(&node(
-                "n1",
-                Some("10.244.1.0/24"),
-                &published("198.18.0.11"),
-                603,
-            ));
+        server.expect_first_publish(603).await;
     })
     .await;
     assert_eq!(lease.key, key("10.244.1.0-24"));
@@ -607,15 +596,7 @@ async fn a_pod_cidr_outside_the_network_is_reported_like_flannel() {
         server.expect_get(NODE).await.ok(&outside);
         let fixed = node("n1", Some("10.244.1.0/24"), &[], 701);
         server.expect_get(NODE).await.ok(&fixed);
-        server
-            .expect_annotation_patch(&published("198.18.0.11"))
-            .await
-            .ok(&node(
-                "n1",
-                Some("10.244.1.0/24"),
-                &published("198.18.0.11"),
-                702,
-            ));
+        server.expect_first_publish(702).await;
     })
     .await;
     assert_eq!(lease.key, key("10.244.1.0-24"));

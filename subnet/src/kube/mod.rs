@@ -130,6 +130,25 @@ impl NodeNameSource {
         }
     }
 
+    /// [`resolve`](Self::resolve), retrying API errors with backoff; a missing variable
+    /// or an unscheduled pod is returned at once (no retry fixes them).
+    pub async fn resolve_retrying(
+        &self,
+        client: &Client,
+        retry: RetryPolicy,
+        report: &mut dyn FnMut(&str),
+    ) -> Result<String, KubeError> {
+        let mut backoff = Backoff::new(retry.initial, retry.max);
+        loop {
+            match self.resolve(client).await {
+                Err(e @ KubeError::Api { .. }) => {
+                    retry_later(&e.to_string(), &mut backoff, report).await
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Resolves the name (one GET of the pod when `NODE_NAME` is unset).
     pub async fn resolve(&self, client: &Client) -> Result<String, KubeError> {
         if let Some(name) = &self.node_name {
@@ -248,7 +267,7 @@ impl KubeSubnetManager {
         loop {
             match self.get_node().await {
                 Ok(node) => return node,
-                Err(e) => self.retry_later(&e.to_string(), &mut backoff, report).await,
+                Err(e) => retry_later(&e.to_string(), &mut backoff, report).await,
             }
         }
     }
@@ -314,7 +333,7 @@ impl KubeSubnetManager {
                 Err(AcquireStep::Node(e)) => e.to_string(),
                 Err(AcquireStep::Api(e)) => e.to_string(),
             };
-            self.retry_later(&problem, &mut backoff, report).await;
+            retry_later(&problem, &mut backoff, report).await;
         }
     }
 
@@ -344,25 +363,13 @@ impl KubeSubnetManager {
     pub async fn complete(&self, report: &mut dyn FnMut(&str)) {
         let mut backoff = self.backoff();
         while let Err(e) = self.mark_network_available().await {
-            self.retry_later(&e.to_string(), &mut backoff, report).await;
+            retry_later(&e.to_string(), &mut backoff, report).await;
         }
         info!(node = %self.node_name, "set condition NetworkUnavailable=False (FlannelIsUp)");
     }
 
     fn backoff(&self) -> Backoff {
         Backoff::new(self.retry.initial, self.retry.max)
-    }
-
-    async fn retry_later(
-        &self,
-        problem: &str,
-        backoff: &mut Backoff,
-        report: &mut dyn FnMut(&str),
-    ) {
-        let delay = backoff.next_delay();
-        warn!("{problem}; retrying in {delay:?}");
-        report(problem);
-        tokio::time::sleep(delay).await;
     }
 
     /// Watches all Nodes until `sink` closes, sending what each event means. The watcher
@@ -416,4 +423,12 @@ impl KubeSubnetManager {
 enum AcquireStep {
     Node(NodeError),
     Api(KubeError),
+}
+
+/// Logs `problem`, hands it to `report` (for readiness) and sleeps the next backoff delay.
+async fn retry_later(problem: &str, backoff: &mut Backoff, report: &mut dyn FnMut(&str)) {
+    let delay = backoff.next_delay();
+    warn!("{problem}; retrying in {delay:?}");
+    report(problem);
+    tokio::time::sleep(delay).await;
 }

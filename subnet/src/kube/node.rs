@@ -204,45 +204,29 @@ pub fn node_public_ips(
     node: &Node,
     keys: &AnnotationKeys,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), NodeError> {
-    let annotations = annotations(node);
-    let parse = |key: &String, expected| -> Result<Option<IpAddr>, NodeError> {
-        annotations
-            .get(key)
-            .map(|text| {
-                text.trim().parse().map_err(|_| NodeError::BadAnnotation {
-                    node: name(node).to_string(),
-                    key: key.clone(),
-                    value: text.clone(),
-                    expected,
-                })
-            })
-            .transpose()
+    Ok((
+        node_public_ip(node, &keys.node_public_ip, "an IPv4 address")?,
+        node_public_ip(node, &keys.node_public_ipv6, "an IPv6 address")?,
+    ))
+}
+
+fn node_public_ip<T: std::str::FromStr>(
+    node: &Node,
+    key: &str,
+    expected: &'static str,
+) -> Result<Option<T>, NodeError> {
+    let Some(text) = node.metadata.annotations.as_ref().and_then(|a| a.get(key)) else {
+        return Ok(None);
     };
-    let v4 = match parse(&keys.node_public_ip, "an IPv4 address")? {
-        Some(IpAddr::V4(ip)) => Some(ip),
-        Some(IpAddr::V6(_)) => {
-            return Err(NodeError::BadAnnotation {
-                node: name(node).to_string(),
-                key: keys.node_public_ip.clone(),
-                value: annotations[&keys.node_public_ip].clone(),
-                expected: "an IPv4 address",
-            });
-        }
-        None => None,
-    };
-    let v6 = match parse(&keys.node_public_ipv6, "an IPv6 address")? {
-        Some(IpAddr::V6(ip)) => Some(ip),
-        Some(IpAddr::V4(_)) => {
-            return Err(NodeError::BadAnnotation {
-                node: name(node).to_string(),
-                key: keys.node_public_ipv6.clone(),
-                value: annotations[&keys.node_public_ipv6].clone(),
-                expected: "an IPv6 address",
-            });
-        }
-        None => None,
-    };
-    Ok((v4, v6))
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| NodeError::BadAnnotation {
+            node: name(node).to_string(),
+            key: key.to_string(),
+            value: text.clone(),
+            expected,
+        })
 }
 
 /// The backend data this node published before (for the VTEP MAC across restarts).

@@ -85,6 +85,8 @@ impl NodeTracker {
 
     pub fn apply(&mut self, event: Event<Node>) -> TrackerOutput {
         let mut out = TrackerOutput::default();
+        // Conflicts can only appear or go when a lease does (not on kubelet heartbeats).
+        let mut leases_changed = false;
         match event {
             Event::Init => self.listing = Some(Vec::new()),
             Event::InitApply(node) => self.listing.get_or_insert_with(Vec::new).push(node),
@@ -110,6 +112,7 @@ impl NodeTracker {
                     out.own = Some(OwnNode::Deleted);
                 }
                 self.leases = fresh;
+                leases_changed = true;
                 let peers = self
                     .leases
                     .iter()
@@ -125,6 +128,7 @@ impl NodeTracker {
                     Some(lease) => self.leases.insert(name.clone(), lease.clone()),
                     None => self.leases.remove(&name),
                 };
+                leases_changed = previous != lease;
                 if name == self.own_name {
                     out.own = Some(OwnNode::Present(Box::new(node)));
                 } else {
@@ -135,6 +139,7 @@ impl NodeTracker {
                 let name = node::name(&node).to_string();
                 self.skipped.remove(&name);
                 let previous = self.leases.remove(&name);
+                leases_changed = previous.is_some();
                 if name == self.own_name {
                     out.own = Some(OwnNode::Deleted);
                 } else {
@@ -142,7 +147,7 @@ impl NodeTracker {
                 }
             }
         }
-        if out.batch.is_some() || out.own.is_some() {
+        if leases_changed {
             self.check_conflicts(&mut out.notices);
         }
         out
