@@ -4,13 +4,20 @@
 //! kernel notification about one of weft's objects, a timer), runs one reconcile pass:
 //! the backend's desired state, the kernel's observed state, the diff, applied. `alloc`
 //! wants nothing, so its passes only sweep routes weft left marked as its own.
+//!
+//! Peer leases are untrusted: each pass admits them first ([`Admission`]), so a hostile
+//! or broken lease never reaches the backend, and desired routes whose prefix a foreign
+//! route occupies are withdrawn rather than installed over it. Both are logged once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::time::Instant;
 use tracing::{debug, info, warn};
+use weft_backend::admission::{Admission, Identity, RejectKind};
 use weft_backend::backend::Backend;
 use weft_backend::diff;
 use weft_backend::kernel::{Kernel, KernelEvent};
+use weft_subnet::family::Net;
 use weft_subnet::{Lease, SubnetKey};
 
 /// The outcome of one reconcile pass.
@@ -20,31 +27,112 @@ pub struct Pass {
     pub failures: Vec<String>,
 }
 
+/// What peers are checked against, besides this node's subnet (see [`Identity`]).
+#[derive(Debug, Clone, Default)]
+pub struct Surroundings {
+    pub network_v4: Option<Net>,
+    pub network_v6: Option<Net>,
+    pub public_ips: Vec<IpAddr>,
+    /// Networks connected to this host (device name), weft's devices excluded.
+    pub host_networks: Vec<(Net, String)>,
+}
+
 /// This node's datapath: a backend and the kernel.
 #[derive(Debug)]
 pub struct Datapath {
     pub backend: Box<dyn Backend>,
     kernel: Kernel,
     peers: BTreeMap<SubnetKey, Lease>,
-    /// Skipped peers already reported, so each reason is logged once.
+    surroundings: Surroundings,
+    own: Option<SubnetKey>,
+    admission: Admission,
+    /// Rejected or skipped peers already reported, so each reason is logged once.
     reported: HashSet<(SubnetKey, String)>,
+    /// Foreign-route conflicts already reported.
+    reported_conflicts: HashSet<(Net, String)>,
+    /// Peers rejected by admission since start, by rule (each peer and reason once).
+    pub rejections: BTreeMap<RejectKind, u64>,
     /// Indices of weft's devices as last observed, to filter kernel notifications.
     device_indices: HashSet<u32>,
 }
 
 impl Datapath {
-    pub fn new(backend: Box<dyn Backend>, kernel: Kernel) -> Datapath {
+    pub fn new(backend: Box<dyn Backend>, kernel: Kernel, surroundings: Surroundings) -> Datapath {
         Datapath {
             backend,
             kernel,
             peers: BTreeMap::new(),
+            surroundings,
+            own: None,
+            admission: Admission::default(),
             reported: HashSet::new(),
+            reported_conflicts: HashSet::new(),
+            rejections: BTreeMap::new(),
             device_indices: HashSet::new(),
         }
     }
 
+    pub fn surroundings(&self) -> &Surroundings {
+        &self.surroundings
+    }
+
     pub fn set_own(&mut self, own: SubnetKey) {
+        self.own = Some(own);
         self.backend.set_own(own);
+    }
+
+    /// Who this node is, for admission. Host networks inside the own subnet (the CNI
+    /// bridge's gateway address) are this node's pods, not a collision.
+    fn identity(&self, own: SubnetKey) -> Identity {
+        let s = &self.surroundings;
+        let inside_own = |net: &Net| {
+            [own.ipv4, own.ipv6]
+                .into_iter()
+                .flatten()
+                .any(|o| o.family == net.family && o.prefix <= net.prefix && o.contains(net.addr))
+        };
+        Identity {
+            own,
+            network_v4: s.network_v4,
+            network_v6: s.network_v6,
+            public_ips: s.public_ips.clone(),
+            macs: self.backend.own_macs(),
+            host_networks: s
+                .host_networks
+                .iter()
+                .filter(|(net, _)| !inside_own(net))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The peers the backend may program, with every rejection logged once.
+    fn admitted_peers(&mut self) -> Vec<Lease> {
+        let (Some(own), true) = (self.own, self.backend.programs_peers()) else {
+            return self.peers.values().cloned().collect();
+        };
+        let identity = self.identity(own);
+        let backend = &self.backend;
+        let macs_of = |lease: &Lease| backend.peer_macs(lease);
+        let (admitted, rejected) = self
+            .admission
+            .admit(&identity, self.peers.values(), &macs_of);
+        let admitted: Vec<Lease> = admitted.into_iter().cloned().collect();
+        for rejection in rejected {
+            if self
+                .reported
+                .insert((rejection.key, rejection.reason.clone()))
+            {
+                *self.rejections.entry(rejection.kind).or_default() += 1;
+                warn!(
+                    subnet = %rejection.key,
+                    rule = rejection.kind.label(),
+                    "rejecting peer lease: {}",
+                    rejection.reason
+                );
+            }
+        }
+        admitted
     }
 
     /// Replaces the peer set (the full set of remote leases).
@@ -56,13 +144,37 @@ impl Datapath {
     /// returned and retried by the next pass).
     pub async fn converge(&mut self) -> Result<Pass, weft_backend::kernel::KernelError> {
         let started = Instant::now();
-        let (desired, skipped) = self.backend.desired_state(&mut self.peers.values());
+        let admitted = self.admitted_peers();
+        let (mut desired, skipped) = self.backend.desired_state(&mut admitted.iter());
         for skip in skipped {
             if self.reported.insert((skip.key, skip.reason.clone())) {
                 warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
             }
         }
+        // Forget peers that are gone, so the memory is bounded and a returning peer with
+        // the same problem is reported again.
+        let peers = &self.peers;
+        self.reported.retain(|(key, _)| peers.contains_key(key));
         let observed = self.kernel.observe(&desired).await?;
+        let conflicts = desired.withdraw_foreign(&observed);
+        let wanted: HashSet<(Net, String)> = conflicts
+            .iter()
+            .map(|(route, foreign)| (route.destination, foreign.clone()))
+            .collect();
+        for (route, foreign) in &conflicts {
+            if !self
+                .reported_conflicts
+                .contains(&(route.destination, foreign.clone()))
+            {
+                warn!(
+                    subnet = %route.destination,
+                    "not installing the route for peer subnet {}: the foreign route `{foreign}` \
+                     is there, and weft never replaces a route it does not own",
+                    route.destination
+                );
+            }
+        }
+        self.reported_conflicts = wanted;
         self.device_indices = observed.links.iter().map(|l| l.index).collect();
         let ops = diff::diff(&desired, &observed);
         for op in &ops {

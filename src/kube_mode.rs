@@ -83,6 +83,7 @@ pub async fn run(
     }
     request.node_ips = node::internal_ips(&own_node);
     let (host, external) = run::choose_interface(request, &config).await?;
+    run::check_network(&config, &host, &external)?;
     let published = node::published_backend_data(&own_node, &keys);
     let (datapath, mut kernel_events) =
         run::build_datapath(&config, &external, &host, published).await?;
@@ -95,6 +96,7 @@ pub async fn run(
         return Ok(());
     };
     info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
+    run::check_own_subnet(&lease.key, &datapath)?;
     let mut state = NodeState::new(cli, config, lease.key, readiness.clone(), datapath);
     readiness.set_not_ready("waiting for the first Node listing");
 
@@ -205,7 +207,7 @@ fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
         );
     }
     if config.backend.kind == weft_subnet::BackendType::Vxlan {
-        weft_backend::vxlan::VxlanConfig::parse(&config.backend.raw)
+        weft_backend::vxlan::VxlanConfig::for_network(&config)
             .with_context(|| format!("{}: vxlan backend config", path.display()))?;
     }
     Ok(config)

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod datapath;
 pub mod health;
+pub mod host_check;
 pub mod iface;
 pub mod kube_mode;
 pub mod logging;

@@ -6,8 +6,9 @@
 //! Nothing is torn down on exit: restarts must not disturb traffic.
 
 use crate::cli::Cli;
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, Surroundings};
 use crate::health::{self, Readiness};
+use crate::host_check;
 use crate::iface::{self, ExternalInterface, IfaceRequest};
 use crate::node_state::{NodeState, TICK};
 use crate::shutdown::Shutdown;
@@ -106,6 +107,7 @@ async fn run_etcd(
     info!(config = %config.summary(), "network config");
 
     let (host, external) = choose_interface(request, &config).await?;
+    check_network(&config, &host, &external)?;
     // Only vxlan reuses what was published (its VTEP MACs): no listing for other backends.
     let published = if config.backend.kind == BackendType::Vxlan {
         published_by_this_node(&manager, &external).await
@@ -126,6 +128,7 @@ async fn run_etcd(
         return Ok(());
     };
     log_lease("lease acquired", &lease);
+    check_own_subnet(&lease.key, &datapath)?;
     let state = NodeState::new(cli, config, lease.key, readiness.clone(), datapath);
     let mut node = Node {
         cli,
@@ -385,6 +388,22 @@ pub(crate) async fn choose_interface(
     Ok((host, external))
 }
 
+/// Refuses a cluster network that overlaps the host's networks (see [`host_check`]).
+pub(crate) fn check_network(
+    config: &NetworkConfig,
+    host: &HostSnapshot,
+    external: &ExternalInterface,
+) -> anyhow::Result<()> {
+    let connected = host_check::connected_networks(host, |name| name.starts_with("flannel"));
+    host_check::check_network(config, &connected, &external.name).map_err(anyhow::Error::msg)
+}
+
+/// Refuses an own subnet that overlaps a network of the host (see [`host_check`]).
+pub(crate) fn check_own_subnet(own: &SubnetKey, datapath: &Datapath) -> anyhow::Result<()> {
+    host_check::check_own_subnet(own, &datapath.surroundings().host_networks)
+        .map_err(anyhow::Error::msg)
+}
+
 /// The backend data this node published in an earlier run (its etcd lease, found by
 /// public IP), for reusing the VTEP MACs.
 async fn published_by_this_node(
@@ -423,15 +442,27 @@ pub(crate) async fn build_datapath(
     let kernel = Kernel::connect().context("cannot open netlink")?;
     let backend: Box<dyn Backend> = match config.backend.kind {
         BackendType::Vxlan => {
-            let config = VxlanConfig::parse(&config.backend.raw).context("vxlan backend config")?;
+            let config = VxlanConfig::for_network(config).context("vxlan backend config")?;
             let node = vxlan_node(&config, external, host, &kernel, published).await?;
             Box::new(VxlanBackend { config, node })
         }
         _ => Box::new(AllocBackend { mtu: external.mtu }),
     };
+    let surroundings = Surroundings {
+        network_v4: config.ipv4.map(|p| p.network),
+        network_v6: config.ipv6.map(|p| p.network),
+        public_ips: [
+            external.ext_addr.map(IpAddr::V4),
+            external.ext_v6_addr.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        host_networks: host_check::connected_networks(host, |name| backend.owns_device(name)),
+    };
     let kernel_events =
         weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
-    Ok((Datapath::new(backend, kernel), kernel_events))
+    Ok((Datapath::new(backend, kernel, surroundings), kernel_events))
 }
 
 /// This node's vxlan side. The VTEP MACs survive restarts and device re-creation: an
@@ -638,7 +669,7 @@ async fn fetch_config(manager: &EtcdSubnetManager, readiness: &Readiness) -> Net
     loop {
         let problem = match manager.network_config().await {
             Ok(config) if config.backend.kind == BackendType::Vxlan => {
-                match VxlanConfig::parse(&config.backend.raw) {
+                match VxlanConfig::for_network(&config) {
                     Ok(_) => return config,
                     Err(e) => format!("{e} (in {})", manager.config_key()),
                 }

@@ -3,8 +3,10 @@
 //! the daemon's reconcile loop applies their desired state through the kernel boundary.
 
 use crate::desired::Desired;
+use crate::mac::Mac;
 use crate::vxlan::{self, VxlanConfig};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use weft_subnet::family::Family;
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
 
 /// A peer lease that could not be programmed, and why (the caller logs it once).
@@ -26,6 +28,18 @@ pub trait Backend: std::fmt::Debug + Send {
     fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>);
     /// Whether a device of this name belongs to the backend.
     fn owns_device(&self, name: &str) -> bool;
+    /// Whether peers become kernel state at all (and so must pass admission).
+    fn programs_peers(&self) -> bool {
+        true
+    }
+    /// This node's VTEP MACs, which no peer may claim.
+    fn own_macs(&self) -> Vec<Mac> {
+        Vec::new()
+    }
+    /// The VTEP MACs a peer publishes, by family, as this backend reads them.
+    fn peer_macs(&self, _peer: &Lease) -> Vec<(Family, Mac)> {
+        Vec::new()
+    }
 }
 
 /// flannel's `alloc`: a lease and subnet.env, no datapath.
@@ -57,6 +71,10 @@ impl Backend for AllocBackend {
     fn owns_device(&self, _name: &str) -> bool {
         false
     }
+
+    fn programs_peers(&self) -> bool {
+        false
+    }
 }
 
 /// The vxlan backend (see [`vxlan`]).
@@ -84,7 +102,16 @@ impl Backend for VxlanBackend {
     }
 
     fn owns_device(&self, name: &str) -> bool {
-        use weft_subnet::family::Family;
         name == self.config.device_name(Family::V4) || name == self.config.device_name(Family::V6)
+    }
+
+    fn own_macs(&self) -> Vec<Mac> {
+        vec![self.node.mac_v4, self.node.mac_v6]
+    }
+
+    fn peer_macs(&self, peer: &Lease) -> Vec<(Family, Mac)> {
+        let v4 = vxlan::vtep_mac(peer.attrs.backend_data.as_ref()).map(|m| (Family::V4, m));
+        let v6 = vxlan::vtep_mac(peer.attrs.backend_v6_data.as_ref()).map(|m| (Family::V6, m));
+        v4.into_iter().chain(v6).collect()
     }
 }

@@ -81,6 +81,19 @@ impl Desired {
     pub fn add_fdb(&mut self, fdb: Fdb) {
         self.fdb.insert((fdb.device.clone(), fdb.mac), fdb);
     }
+
+    /// Drops the desired routes whose prefix a foreign route occupies, and returns them
+    /// with that route: installing ours would replace it (or, at another metric, take its
+    /// traffic), and it is not weft's to touch.
+    pub fn withdraw_foreign(&mut self, observed: &Observed) -> Vec<(Route, String)> {
+        let mut withdrawn = Vec::new();
+        for foreign in &observed.foreign_routes {
+            if let Some(route) = self.routes.remove(&foreign.destination) {
+                withdrawn.push((route, foreign.description.clone()));
+            }
+        }
+        withdrawn
+    }
 }
 
 /// The vxlan attributes of an existing device.
@@ -115,12 +128,22 @@ pub struct ObservedRoute {
     pub owned: bool,
 }
 
-/// What weft found in the kernel: its devices, the routes it owns or that sit on a
-/// desired prefix, and the permanent neighbour and unicast FDB entries on its devices.
+/// A route weft does not own (connected, static, another daemon's) on a prefix weft
+/// wants. weft never replaces or deletes such a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRoute {
+    pub destination: Net,
+    /// What it is, for the log: e.g. `198.18.40.0/24 dev eth0 proto kernel`.
+    pub description: String,
+}
+
+/// What weft found in the kernel: its devices, the routes it owns, foreign routes on
+/// desired prefixes, and the permanent neighbour and unicast FDB entries on its devices.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub links: Vec<ObservedLink>,
     pub routes: Vec<ObservedRoute>,
+    pub foreign_routes: Vec<ForeignRoute>,
     pub neighbours: Vec<Neighbour>,
     pub fdb: Vec<Fdb>,
 }

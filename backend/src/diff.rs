@@ -396,6 +396,7 @@ mod tests {
                     owned: true,
                 })
                 .collect(),
+            foreign_routes: Vec::new(),
             neighbours: desired.neighbours.values().cloned().collect(),
             fdb: desired.fdb.values().cloned().collect(),
         }
@@ -528,35 +529,26 @@ mod tests {
     }
 
     #[test]
-    fn foreign_route_on_a_desired_prefix_is_replaced_and_foreign_others_left_alone() {
-        let desired = desired_with_peers(&[(2, "198.18.0.12")]);
+    fn a_foreign_route_on_a_desired_prefix_is_never_replaced() {
+        let mut desired = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
         let mut observed = converged(&desired);
-        let foreign = Route {
-            destination: net("10.244.2.0/24"),
-            gateway: "198.18.0.254".parse().unwrap(),
-            device: "eth0".into(),
-            onlink: false,
-        };
+        // Someone else's route sits on peer 2's prefix (a connected network, a static
+        // route): weft's route for it is withdrawn, and nothing touches the foreign one.
         observed
             .routes
             .retain(|r| r.route.destination != net("10.244.2.0/24"));
-        observed.routes.push(ObservedRoute {
-            route: foreign,
-            owned: false,
+        observed.foreign_routes.push(crate::desired::ForeignRoute {
+            destination: net("10.244.2.0/24"),
+            description: "10.244.2.0/24 dev eth0 proto kernel".into(),
         });
-        let unrelated = Route {
-            destination: net("10.99.0.0/16"),
-            gateway: "198.18.0.254".parse().unwrap(),
-            device: "eth0".into(),
-            onlink: false,
-        };
-        observed.routes.push(ObservedRoute {
-            route: unrelated,
-            owned: false,
-        });
+        let withdrawn = desired.withdraw_foreign(&observed);
+        assert_eq!(withdrawn.len(), 1);
+        assert_eq!(withdrawn[0].0.destination, net("10.244.2.0/24"));
+        assert_eq!(withdrawn[0].1, "10.244.2.0/24 dev eth0 proto kernel");
         let ops = diff(&desired, &observed);
         assert!(
-            matches!(ops.as_slice(), [Op::ReplaceRoute(r)] if r.device == DEV),
+            !ops.iter()
+                .any(|op| matches!(op, Op::ReplaceRoute(_) | Op::DelRoute(_))),
             "{ops:?}"
         );
     }

@@ -5,6 +5,7 @@
 //! the [`desired::Observed`] state of the objects weft owns, and the pure [`diff::diff`]
 //! turns the gap into [`diff::Op`]s applied in a safe order.
 
+pub mod admission;
 pub mod backend;
 pub mod desired;
 pub mod diff;

@@ -18,7 +18,7 @@ use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
 use weft_subnet::family::{Family, Net};
-use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
 pub const OVERHEAD_V4: u32 = 50;
@@ -96,6 +96,33 @@ impl VxlanConfig {
             }
         }
         Ok(config)
+    }
+
+    /// Parses the `Backend` section of `config` and checks that the devices it implies
+    /// can exist: the kernel limits device names to 15 bytes, so `flannel.<VNI>` allows
+    /// VNIs up to 9,999,999 and `flannel-v6.<VNI>` up to 9,999 (flannel accepts larger
+    /// ones and then fails on every attempt to create the device).
+    pub fn for_network(config: &NetworkConfig) -> Result<VxlanConfig, VxlanConfigError> {
+        let parsed = VxlanConfig::parse(&config.backend.raw)?;
+        for (enabled, family, max) in [
+            (config.ipv4.is_some(), Family::V4, 9_999_999),
+            (config.ipv6.is_some(), Family::V6, 9_999),
+        ] {
+            if enabled && parsed.vni > max {
+                return Err(VxlanConfigError {
+                    field: "VNI",
+                    expected: if family == Family::V4 {
+                        "at most 9999999, so that the device name flannel.<VNI> fits the \
+                         kernel's 15-character limit"
+                    } else {
+                        "at most 9999 with IPv6, so that the device name flannel-v6.<VNI> \
+                         fits the kernel's 15-character limit"
+                    },
+                    got: parsed.vni.to_string(),
+                });
+            }
+        }
+        Ok(parsed)
     }
 
     pub fn device_name(&self, family: Family) -> String {
@@ -360,6 +387,27 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid vxlan Backend field VNI: expected a number, got \"one\""
+        );
+    }
+
+    #[test]
+    fn vnis_whose_device_name_cannot_exist_are_refused() {
+        let config = |text: &str| NetworkConfig::parse(text).unwrap();
+        let v4 = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":9999999}}"#);
+        assert_eq!(VxlanConfig::for_network(&v4).unwrap().vni, 9_999_999);
+        let v4 = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":10000000}}"#);
+        assert_eq!(
+            VxlanConfig::for_network(&v4).unwrap_err().to_string(),
+            "invalid vxlan Backend field VNI: expected at most 9999999, so that the device name \
+             flannel.<VNI> fits the kernel's 15-character limit, got 10000000"
+        );
+        let dual = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","VNI":10000}}"#,
+        );
+        assert_eq!(
+            VxlanConfig::for_network(&dual).unwrap_err().to_string(),
+            "invalid vxlan Backend field VNI: expected at most 9999 with IPv6, so that the device \
+             name flannel-v6.<VNI> fits the kernel's 15-character limit, got 10000"
         );
     }
 

@@ -5,7 +5,8 @@
 use super::KernelError;
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
-    Desired, Fdb, Neighbour, Observed, ObservedLink, ObservedRoute, Route, VxlanAttrs, VxlanLink,
+    Desired, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink, ObservedRoute, Route,
+    VxlanAttrs, VxlanLink,
 };
 use crate::diff::Op;
 use crate::mac::{self, Mac};
@@ -135,8 +136,10 @@ impl Kernel {
             // Streamed, not collected: at thousands of peers a dump is large.
             let mut stream = self.handle.route().get(request).execute();
             while let Some(message) = stream.try_next().await.map_err(netlink("dump routes"))? {
-                if let Some(route) = observed_route(&message, &names, &ours, desired) {
-                    observed.routes.push(route);
+                match classify_route(&message, &names, &ours, desired) {
+                    Some(SeenRoute::Ours(route)) => observed.routes.push(route),
+                    Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
+                    None => {}
                 }
             }
         }
@@ -539,12 +542,21 @@ fn route_address(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn observed_route(
+/// A main-table route that matters to a pass.
+enum SeenRoute {
+    Ours(ObservedRoute),
+    Foreign(ForeignRoute),
+}
+
+/// Sorts a dumped route: weft's own (marked with its protocol, or through its devices:
+/// those are the overlay's, e.g. adopted from flannel), a foreign route on a prefix
+/// weft wants, or irrelevant.
+fn classify_route(
     message: &RouteMessage,
     names: &HashMap<u32, String>,
     ours: &HashMap<u32, String>,
     desired: &Desired,
-) -> Option<ObservedRoute> {
+) -> Option<SeenRoute> {
     let table = message
         .attributes
         .iter()
@@ -553,7 +565,7 @@ fn observed_route(
             _ => None,
         })
         .unwrap_or(u32::from(message.header.table));
-    if table != MAIN_TABLE || message.header.kind != RouteType::Unicast {
+    if table != MAIN_TABLE {
         return None;
     }
     let mut destination = None;
@@ -567,16 +579,40 @@ fn observed_route(
             _ => {}
         }
     }
-    let destination = Net::new_masked(destination?, message.header.destination_prefix_length);
-    let oif = oif?;
-    let owned =
-        message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL) || ours.contains_key(&oif);
-    if !owned && !desired.routes.contains_key(&destination) {
-        return None;
+    let prefix = message.header.destination_prefix_length;
+    let destination = match destination {
+        Some(ip) => Net::new_masked(ip, prefix),
+        // A default route has no destination attribute.
+        None => Net::new_masked(
+            match message.header.address_family {
+                AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            },
+            0,
+        ),
+    };
+    let owned = message.header.kind == RouteType::Unicast
+        && (message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
+            || oif.is_some_and(|i| ours.contains_key(&i)));
+    if !owned {
+        if !desired.routes.contains_key(&destination) {
+            return None;
+        }
+        let device = oif.map(|i| {
+            names
+                .get(&i)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex {i}"))
+        });
+        return Some(SeenRoute::Foreign(ForeignRoute {
+            destination,
+            description: describe_foreign(message, destination, gateway, device),
+        }));
     }
     // Kernel routes of our own devices (e.g. IPv6 link-local) have no gateway: not ours to manage.
     let gateway = gateway?;
-    Some(ObservedRoute {
+    let oif = oif?;
+    Some(SeenRoute::Ours(ObservedRoute {
         route: Route {
             destination,
             gateway,
@@ -586,8 +622,36 @@ fn observed_route(
                 .unwrap_or_else(|| format!("ifindex {oif}")),
             onlink: message.header.flags.contains(RouteFlags::Onlink),
         },
-        owned,
-    })
+        owned: true,
+    }))
+}
+
+/// `ip route`-style text for a foreign route, for the conflict message.
+fn describe_foreign(
+    message: &RouteMessage,
+    destination: Net,
+    gateway: Option<IpAddr>,
+    device: Option<String>,
+) -> String {
+    let mut text = String::new();
+    if message.header.kind != RouteType::Unicast {
+        text.push_str(&format!("{:?} ", message.header.kind).to_lowercase());
+    }
+    text.push_str(&destination.to_string());
+    if let Some(gateway) = gateway {
+        text.push_str(&format!(" via {gateway}"));
+    }
+    if let Some(device) = device {
+        text.push_str(&format!(" dev {device}"));
+    }
+    let protocol = match message.header.protocol {
+        RouteProtocol::Kernel => "kernel".to_string(),
+        RouteProtocol::Boot => "boot".to_string(),
+        RouteProtocol::Static => "static".to_string(),
+        other => u8::from(other).to_string(),
+    };
+    text.push_str(&format!(" proto {protocol}"));
+    text
 }
 
 /// The IP of NDA_DST; in AF_BRIDGE dumps it comes back as raw bytes.
