@@ -114,6 +114,11 @@ pub struct Cli {
     /// passes triggered by lease changes and kernel notifications).
     #[arg(long, env = "FLANNELD_RECONCILE_INTERVAL", default_value_t = 10)]
     pub reconcile_interval: u64,
+    /// weft extension: seconds during which peer routes and entries are not removed
+    /// after etcd went back in time (restored or emptied), or at startup when this
+    /// node's own lease is missing from etcd, so pods keep talking while peers re-publish.
+    #[arg(long, env = "FLANNELD_DATASTORE_RESET_GRACE", default_value_t = 30)]
+    pub datastore_reset_grace: u64,
     /// Setup IP masquerade rule for traffic destined outside of overlay network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_value = "false", default_missing_value = "true",

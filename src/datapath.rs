@@ -54,6 +54,8 @@ pub struct Datapath {
     pub rejections: BTreeMap<RejectKind, u64>,
     /// Indices of weft's devices as last observed, to filter kernel notifications.
     device_indices: HashSet<u32>,
+    /// Until then, passes add and repair but remove no peer entries (see [`Self::hold_removals`]).
+    removals_held_until: Option<Instant>,
 }
 
 impl Datapath {
@@ -69,7 +71,22 @@ impl Datapath {
             reported_conflicts: HashSet::new(),
             rejections: BTreeMap::new(),
             device_indices: HashSet::new(),
+            removals_held_until: None,
         }
+    }
+
+    /// Until `until`, passes remove no peer route, neighbour or FDB entry. The peer set
+    /// then comes from a datastore that may have lost leases (emptied or restored): a
+    /// peer missing from it is more likely about to re-publish than gone, and sweeping
+    /// its entries would cut its pods off until it does. After `until`, the next pass
+    /// sweeps whatever no lease wants.
+    pub fn hold_removals(&mut self, until: Instant) {
+        self.removals_held_until = Some(until);
+    }
+
+    /// When held removals are due, if they are held.
+    pub fn removals_held_until(&self) -> Option<Instant> {
+        self.removals_held_until
     }
 
     pub fn surroundings(&self) -> &Surroundings {
@@ -176,7 +193,28 @@ impl Datapath {
         }
         self.reported_conflicts = wanted;
         self.device_indices = observed.links.iter().map(|l| l.index).collect();
-        let ops = diff::diff(&desired, &observed);
+        let mut ops = diff::diff(&desired, &observed);
+        if let Some(until) = self.removals_held_until {
+            if Instant::now() < until {
+                let before = ops.len();
+                ops.retain(|op| {
+                    !matches!(
+                        op,
+                        diff::Op::DelRoute(_) | diff::Op::DelNeighbour(_) | diff::Op::DelFdb(_)
+                    )
+                });
+                if ops.len() < before {
+                    info!(
+                        held = before - ops.len(),
+                        "keeping entries of peers missing from the datastore until the grace \
+                         period ends"
+                    );
+                }
+            } else {
+                self.removals_held_until = None;
+                info!("datastore grace period over: entries of peers still missing are removed");
+            }
+        }
         for op in &ops {
             match op {
                 diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),

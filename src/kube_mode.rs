@@ -239,6 +239,8 @@ impl OwnState<'_> {
             let changes = match batch {
                 WatchBatch::Snapshot(leases) => watcher.reset(leases),
                 WatchBatch::Events(events) => watcher.apply(events),
+                // The Node tracker produces neither.
+                WatchBatch::StoreReset(_) | WatchBatch::Config(_) => return changed,
             };
             run::log_peer_events(&changes.peers);
             // A peer under this node's own key was already reported as a conflict by the

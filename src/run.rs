@@ -121,6 +121,7 @@ async fn run_etcd(
         .lease_attrs(external.ext_addr, external.ext_v6_addr);
 
     readiness.set_not_ready("no subnet lease yet");
+    let own_missing = own_lease_missing(&manager, previous).await;
     let Some(lease) = shutdown
         .until(acquire(&manager, &config, &attrs, previous))
         .await
@@ -136,7 +137,18 @@ async fn run_etcd(
         attrs,
         lease,
         state,
+        reported_config: None,
     };
+    let grace = Duration::from_secs(cli.datastore_reset_grace);
+    if let Some(previous) = own_missing {
+        warn!(
+            subnet = %previous,
+            "this node's lease from subnet.env is not in etcd (expired, deleted, or etcd was \
+             emptied or restored): peer entries missing from etcd are kept for {grace:?} while \
+             peers re-publish"
+        );
+        node.state.datapath.hold_removals(Instant::now() + grace);
+    }
 
     let (sink, mut batches) = mpsc::channel(64);
     let watcher_manager = manager.clone();
@@ -151,13 +163,8 @@ async fn run_etcd(
     let Some(first) = first else {
         bail!("the lease watch stopped unexpectedly")
     };
-    let changes = match first {
-        WatchBatch::Snapshot(leases) => watcher.reset(leases),
-        WatchBatch::Events(events) => watcher.apply(events),
-    };
-    if let Some(new_key) = node.handle(changes, &mut None, &mut shutdown).await {
-        log_peer_events(&watcher.set_own(Some(new_key)));
-    }
+    node.on_batch(first, &mut watcher, &mut None, &mut shutdown)
+        .await;
     node.state.set_peers(&watcher);
     node.state.converge().await;
     node.state.write_subnet_env();
@@ -165,6 +172,8 @@ async fn run_etcd(
     let mut tick = tokio::time::interval(TICK);
     let mut reconcile = tokio::time::interval(Duration::from_secs(cli.reconcile_interval.max(1)));
     let mut converge_at: Option<Instant> = None;
+    // The pass that sweeps what a datastore reset left missing, once its grace is over.
+    let mut sweep_at = node.state.datapath.removals_held_until();
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
@@ -176,16 +185,15 @@ async fn run_etcd(
                     pending.push(more);
                 }
                 for batch in pending {
-                    let changes = match batch {
-                        WatchBatch::Snapshot(leases) => watcher.reset(leases),
-                        WatchBatch::Events(events) => watcher.apply(events),
-                    };
-                    if let Some(new_key) = node.handle(changes, &mut renew_at, &mut shutdown).await {
-                        log_peer_events(&watcher.set_own(Some(new_key)));
-                    }
+                    node.on_batch(batch, &mut watcher, &mut renew_at, &mut shutdown).await;
                 }
                 node.state.set_peers(&watcher);
                 converge_at = Some(Instant::now());
+                sweep_at = node.state.datapath.removals_held_until();
+            }
+            () = sleep_until(sweep_at) => {
+                sweep_at = None;
+                node.state.converge().await;
             }
             event = kernel_events.recv() => {
                 let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
@@ -216,6 +224,23 @@ async fn run_etcd(
     Ok(())
 }
 
+/// Whether the lease named by the previous subnet.env is missing from etcd (then the
+/// store may have been emptied or restored; see [`Datapath::hold_removals`]).
+async fn own_lease_missing(
+    manager: &EtcdSubnetManager,
+    previous: Option<SubnetKey>,
+) -> Option<SubnetKey> {
+    let previous = previous?;
+    match manager.get_lease(&previous).await {
+        Ok(None) => Some(previous),
+        Ok(Some(_)) => None,
+        Err(e) => {
+            debug!("cannot look up this node's previous lease: {e}");
+            None
+        }
+    }
+}
+
 /// This node's etcd lease and what depends on it.
 struct Node<'a> {
     cli: &'a Cli,
@@ -223,9 +248,78 @@ struct Node<'a> {
     attrs: LeaseAttrs,
     lease: Lease,
     state: NodeState,
+    /// The config text last reported as changed, so each change is logged once.
+    reported_config: Option<Option<String>>,
 }
 
 impl Node<'_> {
+    /// Applies one batch from the lease watch.
+    async fn on_batch(
+        &mut self,
+        batch: WatchBatch,
+        watcher: &mut LeaseWatcher,
+        renew_at: &mut Option<Instant>,
+        shutdown: &mut Shutdown,
+    ) {
+        let changes = match batch {
+            WatchBatch::Snapshot(leases) => watcher.reset(leases),
+            WatchBatch::Events(events) => watcher.apply(events),
+            WatchBatch::StoreReset(reason) => return self.store_reset(&reason, renew_at),
+            WatchBatch::Config(value) => return self.config_written(value),
+        };
+        if let Some(new_key) = self.handle(changes, renew_at, shutdown).await {
+            log_peer_events(&watcher.set_own(Some(new_key)));
+        }
+    }
+
+    /// etcd went back in time; a fresh snapshot follows. This node's lease is re-asserted
+    /// (or re-created by the snapshot's "own key deleted"), and peer entries are kept for
+    /// the grace period while the other nodes do the same.
+    fn store_reset(&mut self, reason: &str, renew_at: &mut Option<Instant>) {
+        let grace = Duration::from_secs(self.cli.datastore_reset_grace);
+        warn!(
+            "etcd went back in time ({reason}): re-listing leases, re-publishing this node's \
+             lease, and keeping peer entries for {grace:?} while peers re-publish"
+        );
+        self.state.readiness.set_not_ready(format!(
+            "etcd went back in time ({reason}); re-publishing this node's lease"
+        ));
+        self.state.datapath.hold_removals(Instant::now() + grace);
+        // The revision we hold belongs to the lost history: take the key as the snapshot
+        // shows it, and renew at once so the lease gets a fresh TTL in the new store.
+        self.lease.revision = 0;
+        *renew_at = Some(Instant::now());
+    }
+
+    /// The config key was written. Like flannel, a running node keeps the config it
+    /// started with; unlike flannel, it says so.
+    fn config_written(&mut self, value: Option<String>) {
+        if self.reported_config.as_ref() == Some(&value) {
+            return;
+        }
+        let key = self.manager.config_key();
+        let current = self.state.config.summary();
+        match value.as_deref().map(NetworkConfig::parse) {
+            None => warn!(
+                "the network config was deleted from etcd ({key}); this node keeps running \
+                 on the config it started with: {current}"
+            ),
+            Some(Ok(config)) if config == self.state.config => {
+                debug!("the network config in etcd was rewritten unchanged");
+            }
+            Some(Ok(config)) => warn!(
+                "the network config in etcd ({key}) changed to {}; this node keeps running on \
+                 the config it started with ({current}): restart weftd to apply it",
+                config.summary()
+            ),
+            Some(Err(e)) => warn!(
+                "the network config in etcd ({key}) changed and is invalid: {e}; this node \
+                 keeps running on the config it started with: {current}"
+            ),
+        }
+        self.reported_config = Some(value);
+    }
+
     /// When to renew: the renewal margin before expiry, the margin capped at half the TTL.
     fn renewal_deadline(&self) -> Option<Instant> {
         let expiration = self.lease.expiration?;

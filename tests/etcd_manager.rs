@@ -437,6 +437,7 @@ async fn watch_recovers_after_etcd_restarts() {
                 break s.iter().map(|l| l.key.to_string()).collect();
             }
             WatchBatch::Snapshot(_) => continue,
+            other => panic!("unexpected {other:?}"),
         }
     };
     assert_eq!(keys, ["10.244.8.0-24"]);

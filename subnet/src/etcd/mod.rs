@@ -136,6 +136,54 @@ pub enum WatchBatch {
     /// A full listing (at start, after a compaction or a reconnect that lost history).
     Snapshot(Vec<Lease>),
     Events(Vec<DatastoreEvent>),
+    /// The datastore went back in time (restored from a snapshot, or restarted empty):
+    /// a fresh Snapshot follows. The text says what showed it.
+    StoreReset(String),
+    /// The network config key was written (`Some(value)`) or deleted (`None`).
+    Config(Option<String>),
+}
+
+/// Where the store was when a response was sent: enough to notice that etcd went back
+/// in time. In one store's history the revision and the raft term never decrease and
+/// the cluster ID never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorePosition {
+    pub cluster_id: u64,
+    pub revision: i64,
+    pub raft_term: u64,
+}
+
+impl StorePosition {
+    pub fn from_header(header: Option<&etcd_client::ResponseHeader>) -> Option<StorePosition> {
+        header.map(|h| StorePosition {
+            cluster_id: h.cluster_id(),
+            revision: h.revision(),
+            raft_term: h.raft_term(),
+        })
+    }
+
+    /// Why `now` cannot come after `self` in the same store's history, if it cannot.
+    pub fn went_back(&self, now: &StorePosition) -> Option<String> {
+        if self.cluster_id != 0 && now.cluster_id != 0 && self.cluster_id != now.cluster_id {
+            return Some(format!(
+                "etcd's cluster ID changed from {:x} to {:x}",
+                self.cluster_id, now.cluster_id
+            ));
+        }
+        if now.revision < self.revision {
+            return Some(format!(
+                "etcd's revision went back from {} to {}",
+                self.revision, now.revision
+            ));
+        }
+        if now.raft_term != 0 && now.raft_term < self.raft_term {
+            return Some(format!(
+                "etcd's raft term went back from {} to {}",
+                self.raft_term, now.raft_term
+            ));
+        }
+        None
+    }
 }
 
 /// Leases subnets from etcd; see the module docs.
@@ -226,6 +274,12 @@ impl EtcdSubnetManager {
 
     /// Lists all well-formed leases and the store revision of the listing.
     pub async fn list_leases(&self) -> Result<(Vec<Lease>, i64), EtcdError> {
+        let (leases, position) = self.list_leases_at().await?;
+        Ok((leases, position.map_or(0, |p| p.revision)))
+    }
+
+    /// Lists all well-formed leases and where the store was for the listing.
+    async fn list_leases_at(&self) -> Result<(Vec<Lease>, Option<StorePosition>), EtcdError> {
         let response = self
             .call(
                 "list leases",
@@ -234,13 +288,13 @@ impl EtcdSubnetManager {
                     .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
             )
             .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
+        let position = StorePosition::from_header(response.header());
         let leases = response
             .kvs()
             .iter()
             .filter_map(|kv| self.lease_from_kv(kv))
             .collect();
-        Ok((leases, revision))
+        Ok((leases, position))
     }
 
     /// Turns a key/value into a lease; malformed entries are logged once and skipped.
@@ -489,7 +543,15 @@ impl EtcdSubnetManager {
 
     /// Streams all leases to `sink` until the receiver is dropped: a snapshot first, then
     /// events. Reconnects with backoff (100 ms doubling to 5 s) and re-lists when the watch
-    /// revision was compacted or history may have been lost.
+    /// revision was compacted or history may have been lost. Writes of the config key are
+    /// passed on as [`WatchBatch::Config`].
+    ///
+    /// Watch continuity: every response's header is compared with the last one seen. A
+    /// lower revision or raft term, or another cluster ID, means etcd may have gone back
+    /// in time (a restored snapshot, an empty data directory): resuming from the old
+    /// revision would wait for a revision that is now in the future and see nothing. The
+    /// watch re-lists, and when the (linearizable) listing confirms it, sends
+    /// [`WatchBatch::StoreReset`] before the snapshot.
     pub async fn watch_leases(&self, sink: mpsc::Sender<WatchBatch>) {
         self.watch_leases_from(None, sink).await;
     }
@@ -499,19 +561,31 @@ impl EtcdSubnetManager {
     pub async fn watch_leases_from(&self, start: Option<i64>, sink: mpsc::Sender<WatchBatch>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut next_revision: Option<i64> = start;
+        let mut position: Option<StorePosition> = None;
         loop {
             if sink.is_closed() {
                 return;
             }
             let start = match next_revision {
                 Some(revision) => revision,
-                None => match self.list_leases().await {
-                    Ok((leases, revision)) => {
+                None => match self.list_leases_at().await {
+                    Ok((leases, listed)) => {
+                        let reset = match (position, listed) {
+                            (Some(last), Some(now)) => last.went_back(&now),
+                            _ => None,
+                        };
+                        if let Some(reason) = reset {
+                            warn!("{reason}: the datastore went back in time; re-listing leases");
+                            if sink.send(WatchBatch::StoreReset(reason)).await.is_err() {
+                                return;
+                            }
+                        }
                         if sink.send(WatchBatch::Snapshot(leases)).await.is_err() {
                             return;
                         }
                         backoff.reset();
-                        revision + 1
+                        position = listed;
+                        listed.map_or(1, |p| p.revision + 1)
                     }
                     Err(e) => {
                         let delay = backoff.next_delay();
@@ -522,16 +596,24 @@ impl EtcdSubnetManager {
                 },
             };
             next_revision = Some(start);
-            match self
-                .watch_from(start, &sink, &mut next_revision, &mut backoff)
-                .await
-            {
+            let mut cursor = WatchCursor {
+                next_revision: &mut next_revision,
+                position: &mut position,
+                backoff: &mut backoff,
+            };
+            match self.watch_from(start, &sink, &mut cursor).await {
                 WatchEnd::ReceiverGone => return,
                 WatchEnd::Compacted(compacted) => {
                     info!(
                         from = start,
                         compacted, "watch history was compacted; re-listing leases"
                     );
+                    next_revision = None;
+                }
+                WatchEnd::WentBack(reason) => {
+                    // A member that lags behind can answer a watch with an older revision
+                    // than a read saw; a (linearizable) listing settles it.
+                    info!(from = start, "{reason} on the watch; re-listing to check");
                     next_revision = None;
                 }
                 WatchEnd::Failed(reason) => {
@@ -547,19 +629,19 @@ impl EtcdSubnetManager {
         &self,
         start: i64,
         sink: &mpsc::Sender<WatchBatch>,
-        next_revision: &mut Option<i64>,
-        backoff: &mut Backoff,
+        cursor: &mut WatchCursor<'_>,
     ) -> WatchEnd {
         let options = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
             .with_start_revision(start);
+        // The whole network prefix: the subnets and the config key.
         let mut stream = match self
             .call(
                 "watch leases",
                 self.client
                     .clone()
-                    .watch(self.subnets_prefix(), Some(options)),
+                    .watch(format!("{}/", self.prefix), Some(options)),
             )
             .await
         {
@@ -582,15 +664,36 @@ impl EtcdSubnetManager {
             if response.canceled() {
                 return WatchEnd::Failed(format!("watch canceled: {}", response.cancel_reason()));
             }
-            backoff.reset();
-            if let Some(header) = response.header() {
-                *next_revision = Some(header.revision() + 1);
+            if let Some(now) = StorePosition::from_header(response.header()) {
+                // The creation response of a watch resumed at `start` names the store's
+                // current revision: below `start - 1`, the store lost history we saw.
+                let expected = StorePosition {
+                    revision: cursor
+                        .position
+                        .map_or(start - 1, |p| p.revision.max(start - 1)),
+                    ..cursor.position.unwrap_or(now)
+                };
+                if let Some(reason) = expected.went_back(&now) {
+                    return WatchEnd::WentBack(reason);
+                }
+                *cursor.position = Some(now);
+                *cursor.next_revision = Some(now.revision + 1);
             }
-            let events: Vec<DatastoreEvent> = response
-                .events()
-                .iter()
-                .filter_map(|event| self.convert(event))
-                .collect();
+            cursor.backoff.reset();
+            let config_key = self.config_key();
+            let mut events = Vec::new();
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                if kv.key() == config_key.as_bytes() {
+                    let value = (event.event_type() == EventType::Put)
+                        .then(|| String::from_utf8_lossy(kv.value()).into_owned());
+                    if sink.send(WatchBatch::Config(value)).await.is_err() {
+                        return WatchEnd::ReceiverGone;
+                    }
+                } else if kv.key().starts_with(self.subnets_prefix().as_bytes()) {
+                    events.extend(self.convert(event));
+                }
+            }
             if !events.is_empty() && sink.send(WatchBatch::Events(events)).await.is_err() {
                 return WatchEnd::ReceiverGone;
             }
@@ -625,7 +728,17 @@ impl std::fmt::Debug for EtcdSubnetManager {
 enum WatchEnd {
     ReceiverGone,
     Compacted(i64),
+    /// A response looked older than what was seen before (see
+    /// [`StorePosition::went_back`]); to be confirmed by a listing.
+    WentBack(String),
     Failed(String),
+}
+
+/// What a watch updates as responses arrive.
+struct WatchCursor<'a> {
+    next_revision: &'a mut Option<i64>,
+    position: &'a mut Option<StorePosition>,
+    backoff: &'a mut Backoff,
 }
 
 fn tls_options(files: &TlsFiles) -> Result<Option<TlsOptions>, EtcdError> {
@@ -651,4 +764,38 @@ fn tls_options(files: &TlsFiles) -> Result<Option<TlsOptions>, EtcdError> {
         warn!("no certificate provided: connecting to etcd with http. This is insecure");
     }
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StorePosition;
+
+    fn at(cluster_id: u64, revision: i64, raft_term: u64) -> StorePosition {
+        StorePosition {
+            cluster_id,
+            revision,
+            raft_term,
+        }
+    }
+
+    #[test]
+    fn a_store_that_went_back_in_time_is_recognised() {
+        let last = at(0xabc, 100, 4);
+        assert_eq!(last.went_back(&at(0xabc, 100, 4)), None);
+        assert_eq!(last.went_back(&at(0xabc, 250, 5)), None);
+        assert_eq!(
+            last.went_back(&at(0xabc, 42, 4)).as_deref(),
+            Some("etcd's revision went back from 100 to 42")
+        );
+        assert_eq!(
+            last.went_back(&at(0xdef, 300, 9)).as_deref(),
+            Some("etcd's cluster ID changed from abc to def")
+        );
+        assert_eq!(
+            last.went_back(&at(0xabc, 120, 2)).as_deref(),
+            Some("etcd's raft term went back from 4 to 2")
+        );
+        // Unknown fields (0) prove nothing.
+        assert_eq!(last.went_back(&at(0, 120, 0)), None);
+    }
 }

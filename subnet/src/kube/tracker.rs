@@ -306,6 +306,7 @@ mod tests {
                     DatastoreEvent::Delete { key, .. } => format!("delete {key}"),
                 })
                 .collect(),
+            Some(other) => vec![format!("{other:?}")],
             None => Vec::new(),
         }
     }
