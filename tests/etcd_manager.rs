@@ -605,3 +605,131 @@ async fn a_create_race_on_one_subnet_has_one_winner() {
         .and_then([TxnOp::get("x", None)]);
     assert!(etcd.client().await.txn(check).await.unwrap().succeeded());
 }
+
+/// Waits for the first batch that is not a plain event batch (a reset or a snapshot).
+async fn next_non_event(rx: &mut mpsc::Receiver<WatchBatch>) -> WatchBatch {
+    for _ in 0..50 {
+        match next_batch(rx).await {
+            WatchBatch::Events(_) => continue,
+            other => return other,
+        }
+    }
+    panic!("only event batches arrived")
+}
+
+#[tokio::test]
+async fn watch_notices_an_emptied_etcd_and_relists() {
+    let mut etcd = EtcdServer::start();
+    config(&etcd, CONFIG).await;
+    for i in 1..=3 {
+        put(
+            &etcd,
+            &format!("{PREFIX}/subnets/10.244.{i}.0-24"),
+            r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
+        )
+        .await;
+    }
+    let m = std::sync::Arc::new(manager(&etcd).await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let watcher = m.clone();
+    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
+        panic!("snapshot first")
+    };
+    assert_eq!(snapshot.len(), 3);
+    // etcd comes back with an empty data directory at revision 1 (with the same name
+    // and URLs it even keeps its cluster ID). Resuming the watch at the old revision
+    // would wait forever.
+    etcd.restart_empty();
+    let WatchBatch::StoreReset(reason) = next_non_event(&mut rx).await else {
+        panic!("expected a reset")
+    };
+    assert_eq!(reason, "etcd's revision went back from 5 to 1");
+    let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
+        panic!("a fresh listing follows the reset")
+    };
+    assert!(snapshot.is_empty(), "{snapshot:?}");
+    // New leases are seen again.
+    put(
+        &etcd,
+        &format!("{PREFIX}/subnets/10.244.7.0-24"),
+        r#"{"PublicIP":"198.18.0.17","PublicIPv6":null}"#,
+    )
+    .await;
+    let WatchBatch::Events(events) = next_batch(&mut rx).await else {
+        panic!("events after the reset")
+    };
+    assert!(matches!(events.as_slice(), [DatastoreEvent::Put(l)] if l.key.to_string() == "10.244.7.0-24"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn watch_notices_a_restored_snapshot_and_relists() {
+    let mut etcd = EtcdServer::start();
+    config(&etcd, CONFIG).await;
+    put(
+        &etcd,
+        &format!("{PREFIX}/subnets/10.244.1.0-24"),
+        r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
+    )
+    .await;
+    let backup = tempfile::tempdir().unwrap();
+    let snapshot_file = backup.path().join("backup.db");
+    etcd.snapshot_save(&snapshot_file);
+    // Written after the backup: lost when it is restored.
+    for i in 2..=4 {
+        put(
+            &etcd,
+            &format!("{PREFIX}/subnets/10.244.{i}.0-24"),
+            r#"{"PublicIP":"198.18.0.12","PublicIPv6":null}"#,
+        )
+        .await;
+    }
+    let m = std::sync::Arc::new(manager(&etcd).await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let watcher = m.clone();
+    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
+        panic!("snapshot first")
+    };
+    assert_eq!(snapshot.len(), 4);
+    etcd.restore_from(&snapshot_file);
+    let WatchBatch::StoreReset(reason) = next_non_event(&mut rx).await else {
+        panic!("expected a reset")
+    };
+    assert!(reason.starts_with("etcd's"), "{reason}");
+    let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
+        panic!("a fresh listing follows the reset")
+    };
+    let keys: Vec<String> = snapshot.iter().map(|l| l.key.to_string()).collect();
+    assert_eq!(keys, ["10.244.1.0-24"]);
+    put(
+        &etcd,
+        &format!("{PREFIX}/subnets/10.244.9.0-24"),
+        r#"{"PublicIP":"198.18.0.19","PublicIPv6":null}"#,
+    )
+    .await;
+    let WatchBatch::Events(events) = next_batch(&mut rx).await else {
+        panic!("events after the reset")
+    };
+    assert_eq!(events.len(), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn watch_reports_config_writes() {
+    let etcd = EtcdServer::start();
+    config(&etcd, CONFIG).await;
+    let m = std::sync::Arc::new(manager(&etcd).await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let watcher = m.clone();
+    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    assert!(matches!(next_batch(&mut rx).await, WatchBatch::Snapshot(_)));
+    let changed = r#"{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    put(&etcd, &format!("{PREFIX}/config"), changed).await;
+    assert_eq!(
+        next_batch(&mut rx).await,
+        WatchBatch::Config(Some(changed.to_string()))
+    );
+    task.abort();
+}

@@ -280,6 +280,51 @@ impl EtcdServer {
         self.launch();
     }
 
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops etcd, throws its data away and starts it again empty (a new cluster ID and
+    /// revision 1), as after a lost data directory.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove etcd's data directory");
+        self.launch();
+    }
+
+    /// Saves a snapshot of the store to `path` (`etcdctl snapshot save`).
+    pub fn snapshot_save(&self, path: &std::path::Path) {
+        self.etcdctl(&["snapshot", "save", &path.display().to_string()]);
+    }
+
+    /// Stops etcd and restarts it from `snapshot` (`etcdctl snapshot restore`), as an
+    /// operator restoring a backup does: the store goes back to the snapshot's revision.
+    pub fn restore_from(&mut self, snapshot: &std::path::Path) {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove etcd's data directory");
+        let peer = format!("http://{}:{}", self.ip, self.peer_port);
+        let output = self
+            .command("etcdctl")
+            .args([
+                "snapshot",
+                "restore",
+                &snapshot.display().to_string(),
+                "--name=weft-test",
+                &format!("--data-dir={}", self.data_dir().display()),
+                &format!("--initial-cluster=weft-test={peer}"),
+                &format!("--initial-advertise-peer-urls={peer}"),
+            ])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl snapshot restore");
+        assert!(
+            output.status.success(),
+            "snapshot restore failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.launch();
+    }
+
     /// A plain-http client (for TLS servers use etcdctl).
     pub async fn client(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.endpoint()], None)
