@@ -659,7 +659,9 @@ async fn watch_notices_an_emptied_etcd_and_relists() {
     let WatchBatch::Events(events) = next_batch(&mut rx).await else {
         panic!("events after the reset")
     };
-    assert!(matches!(events.as_slice(), [DatastoreEvent::Put(l)] if l.key.to_string() == "10.244.7.0-24"));
+    assert!(
+        matches!(events.as_slice(), [DatastoreEvent::Put(l)] if l.key.to_string() == "10.244.7.0-24")
+    );
     task.abort();
 }
 

@@ -5,69 +5,16 @@
 
 mod support;
 
-use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::cluster::{CONFIG_KEY, Cluster};
 use support::kernel_state::{fdb_entries, json, neighbours, peer_routes, rows};
 use support::netns::Netns;
-use support::pods::{Pod, add_pod, ping, tcp_source_seen};
+use support::pods::{add_pod, ping, tcp_source_seen};
+use support::vxlan::{LIMIT, VxlanCluster, cluster, published};
 use support::wait_for;
 
-const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-const LIMIT: Duration = Duration::from_secs(30);
 /// The issue's bound for repairs and removals.
 const REPAIR: Duration = Duration::from_secs(2);
-
-struct VxlanCluster {
-    pods: Vec<Pod>,
-    c: Cluster,
-}
-
-fn cluster(nodes: usize) -> VxlanCluster {
-    let mut c = Cluster::new(nodes, true);
-    c.etcd.etcdctl(&["put", CONFIG_KEY, VXLAN_CONFIG]);
-    for host in 0..nodes {
-        c.start(host, &["--reconcile-interval=30"]);
-    }
-    let mut pods = Vec::new();
-    for host in 0..nodes {
-        c.nodes[host].wait_log("weftd is ready", LIMIT);
-        let node = &c.underlay.hosts[host].ns;
-        let name = format!("{}-p", node.name);
-        pods.push(add_pod(node, &name, &c.node_dir(host)));
-    }
-    // Every node has programmed every peer.
-    for host in 0..nodes {
-        let ns = &c.underlay.hosts[host].ns;
-        wait_for("routes to all peers", LIMIT, || {
-            (peer_routes(ns).len() == nodes - 1).then_some(())
-        });
-    }
-    VxlanCluster { pods, c }
-}
-
-/// What each node published: (subnet network address, subnet, public IP, VTEP MAC).
-fn published(c: &Cluster) -> Vec<(String, String, String, String)> {
-    c.subnets_in_etcd()
-        .into_iter()
-        .map(|(key, value)| {
-            let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
-            let attrs: Value = serde_json::from_str(&value).unwrap();
-            assert_eq!(attrs["BackendType"], "vxlan");
-            assert_eq!(attrs["BackendData"]["VNI"], 1);
-            let network = subnet.split('/').next().unwrap().to_string();
-            (
-                network,
-                subnet,
-                attrs["PublicIP"].as_str().unwrap().to_string(),
-                attrs["BackendData"]["VtepMAC"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn pods_talk_across_nodes_without_nat_and_kernel_state_is_flannels() {

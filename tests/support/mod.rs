@@ -8,6 +8,7 @@ pub mod kernel_state;
 pub mod kube_api;
 pub mod netns;
 pub mod pods;
+pub mod vxlan;
 pub mod weftd;
 
 use std::time::{Duration, Instant};

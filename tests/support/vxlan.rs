@@ -1,0 +1,63 @@
+//! A running vxlan cluster for end-to-end tests: etcd, one weftd per node namespace,
+//! one pod per node created through the CNI plugin, every peer programmed.
+
+use super::cluster::{CONFIG_KEY, Cluster};
+use super::kernel_state::peer_routes;
+use super::pods::{Pod, add_pod};
+use super::wait_for;
+use serde_json::Value;
+use std::time::Duration;
+
+pub const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+pub struct VxlanCluster {
+    pub pods: Vec<Pod>,
+    pub c: Cluster,
+}
+
+pub fn cluster(nodes: usize) -> VxlanCluster {
+    let mut c = Cluster::new(nodes, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, VXLAN_CONFIG]);
+    for host in 0..nodes {
+        c.start(host, &["--reconcile-interval=30"]);
+    }
+    let mut pods = Vec::new();
+    for host in 0..nodes {
+        c.nodes[host].wait_log("weftd is ready", LIMIT);
+        let node = &c.underlay.hosts[host].ns;
+        let name = format!("{}-p", node.name);
+        pods.push(add_pod(node, &name, &c.node_dir(host)));
+    }
+    // Every node has programmed every peer.
+    for host in 0..nodes {
+        let ns = &c.underlay.hosts[host].ns;
+        wait_for("routes to all peers", LIMIT, || {
+            (peer_routes(ns).len() == nodes - 1).then_some(())
+        });
+    }
+    VxlanCluster { pods, c }
+}
+
+/// What each node published: (subnet network address, subnet, public IP, VTEP MAC).
+pub fn published(c: &Cluster) -> Vec<(String, String, String, String)> {
+    c.subnets_in_etcd()
+        .into_iter()
+        .map(|(key, value)| {
+            let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
+            let attrs: Value = serde_json::from_str(&value).unwrap();
+            assert_eq!(attrs["BackendType"], "vxlan");
+            assert_eq!(attrs["BackendData"]["VNI"], 1);
+            let network = subnet.split('/').next().unwrap().to_string();
+            (
+                network,
+                subnet,
+                attrs["PublicIP"].as_str().unwrap().to_string(),
+                attrs["BackendData"]["VtepMAC"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
