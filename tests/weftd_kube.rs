@@ -483,3 +483,59 @@ fn bad_input_and_api_outages_are_survived() {
         assert!(node.is_running());
     }
 }
+
+/// A Node whose annotations are well-formed but hostile: another node's VTEP MAC, a
+/// broadcast public IP. Node annotations go through the same admission as etcd leases.
+#[test]
+fn hostile_node_annotations_are_rejected() {
+    let c = three_nodes();
+    let mac1 = vtep_mac(&c, 1);
+    let hostile = |name: &str, cidr: &str, ip: &str, mac: &str| {
+        let mut node = node_json(name, &[cidr], ip);
+        node["metadata"]["annotations"] = json!({
+            format!("{PREFIX}kube-subnet-manager"): "true",
+            format!("{PREFIX}backend-type"): "vxlan",
+            format!("{PREFIX}backend-data"): format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+            format!("{PREFIX}public-ip"): ip,
+        });
+        node
+    };
+    c.api
+        .create_node(hostile("thief", "10.244.5.0/24", "198.18.0.96", &mac1));
+    c.api.create_node(hostile(
+        "bcast",
+        "10.244.6.0/24",
+        "255.255.255.255",
+        "0a:00:00:00:00:66",
+    ));
+    for host in [0, 2] {
+        c.nodes[host].wait_log(
+            &format!("its VTEP MAC {mac1} is already used by the peer lease"),
+            PROPAGATION,
+        );
+        c.nodes[host].wait_log(
+            "its public IP 255.255.255.255 is the broadcast address",
+            PROPAGATION,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let ip1 = c.underlay.hosts[1].ip.clone();
+    for host in [0, 2] {
+        let fdb = fdb_entries(&c.underlay.hosts[host].ns);
+        assert!(fdb.contains(&(mac1.clone(), ip1.clone())), "{fdb:?}");
+        assert!(
+            !fdb.iter()
+                .any(|e| e.1 == "198.18.0.96" || e.1 == "255.255.255.255"),
+            "{fdb:?}"
+        );
+        assert_eq!(peer_routes(&c.underlay.hosts[host].ns).len(), 2);
+        assert_eq!(c.readyz(host).0, 200);
+    }
+    for (i, from) in c.pods.iter().enumerate() {
+        for (j, to) in c.pods.iter().enumerate() {
+            if i != j {
+                assert!(ping(&from.ns, &to.ip, 2), "pod {i} cannot ping pod {j}");
+            }
+        }
+    }
+}
