@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use weft_subnet::RawConfig;
-use weft_subnet::etcd::WatchBatch;
 use weft_subnet::kube::{
     self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeSubnetManager, NodeNameSource,
     OwnNode, RetryPolicy, TrackerOutput, node,
 };
 use weft_subnet::watch::LeaseWatcher;
+use weft_subnet::watch::WatchBatch;
 use weft_subnet::{LeaseAttrs, NetworkConfig};
 
 /// How soon a failed re-publish of this node's annotations is retried.

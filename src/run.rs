@@ -28,10 +28,10 @@ use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::config::BackendType;
 use weft_subnet::etcd::{
     AcquireError, Backoff, ConfigFetchError, EtcdError, EtcdOptions, EtcdSubnetManager,
-    RenewOutcome, TlsFiles, WatchBatch,
+    RenewOutcome, TlsFiles,
 };
 use weft_subnet::family::{Family, Net};
-use weft_subnet::watch::{Changes, LeaseEvent, LeaseWatcher, OwnLeaseChange};
+use weft_subnet::watch::{Changes, LeaseEvent, LeaseWatcher, OwnLeaseChange, WatchBatch};
 use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// Backends this build of weftd can run.

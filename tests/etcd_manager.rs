@@ -10,9 +10,9 @@ use std::time::Duration;
 use support::etcd::EtcdServer;
 use tokio::sync::mpsc;
 use weft_subnet::etcd::{
-    AcquireError, ConfigFetchError, EtcdOptions, EtcdSubnetManager, RenewOutcome, WatchBatch,
+    AcquireError, ConfigFetchError, EtcdOptions, EtcdSubnetManager, RenewOutcome,
 };
-use weft_subnet::watch::DatastoreEvent;
+use weft_subnet::watch::{DatastoreEvent, WatchBatch};
 use weft_subnet::{LeaseAttrs, NetworkConfig, SubnetKey};
 
 const PREFIX: &str = "/coreos.com/network";

@@ -140,3 +140,24 @@ fn version_flag() {
     assert_eq!(code, 0);
     assert!(out.contains("weftd"), "{out}");
 }
+
+#[test]
+fn a_fatal_error_is_printed_once_with_its_cause() {
+    let (code, out) = weftd(
+        &[
+            "--etcd-endpoints=http://127.0.0.1:9",
+            "--etcd-cafile=/nonexistent/weft-ca.pem",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    let fatal: Vec<&str> = out.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(fatal.len(), 1, "{out}");
+    assert!(
+        fatal[0].ends_with(
+            "cannot read etcd TLS file /nonexistent/weft-ca.pem: No such file or directory \
+             (os error 2)"
+        ),
+        "{out}"
+    );
+}

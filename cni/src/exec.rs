@@ -19,8 +19,8 @@ pub enum ExecError {
     NoPaths,
     #[error("failed to find plugin {plugin:?} in path [{}]", .paths.join(" "))]
     NotFound { plugin: String, paths: Vec<String> },
-    #[error("failed to run {}: {source}", .path.display())]
-    Spawn { path: PathBuf, source: io::Error },
+    #[error("failed to run {}: {cause}", .path.display())]
+    Spawn { path: PathBuf, cause: io::Error },
     /// The delegate ran and exited non-zero.
     #[error("{0}")]
     Failed(Failure),
@@ -96,9 +96,9 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, ExecError> 
 /// There is no timeout: the runtime that called weft bounds the whole operation, and
 /// killing a delegate half-way through ADD would leave more behind than letting it finish.
 pub fn run(path: &Path, command: &str, stdin: &[u8]) -> Result<Vec<u8>, ExecError> {
-    let spawn_err = |source| ExecError::Spawn {
+    let spawn_err = |cause| ExecError::Spawn {
         path: path.to_owned(),
-        source,
+        cause,
     };
     // libcni retries "text file busy" (a plugin binary being replaced right now).
     let mut attempts = 0;

@@ -20,6 +20,20 @@ pub enum DatastoreEvent {
     },
 }
 
+/// What a subnet manager's watch delivers (etcd's lease watch, or the Kubernetes Node
+/// tracker).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchBatch {
+    /// A full listing (at start, after a compaction or a reconnect that lost history).
+    Snapshot(Vec<Lease>),
+    Events(Vec<DatastoreEvent>),
+    /// The datastore went back in time (restored from a snapshot, or restarted empty):
+    /// a fresh Snapshot follows. The text says what showed it.
+    StoreReset(String),
+    /// The network config key was written (`Some(value)`) or deleted (`None`).
+    Config(Option<String>),
+}
+
 /// A change in the set of peer leases.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeaseEvent {
@@ -68,10 +82,6 @@ impl LeaseWatcher {
             .collect()
     }
 
-    pub fn own(&self) -> Option<SubnetKey> {
-        self.own
-    }
-
     /// Known peer leases, ordered by subnet.
     pub fn peers(&self) -> impl Iterator<Item = &Lease> {
         self.peers.values()
@@ -79,6 +89,16 @@ impl LeaseWatcher {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Applies a watch batch: a snapshot replaces the known set, events update it.
+    /// Control messages (a store reset, a config write) change no lease: `None`.
+    pub fn ingest(&mut self, batch: WatchBatch) -> Option<Changes> {
+        match batch {
+            WatchBatch::Snapshot(leases) => Some(self.reset(leases)),
+            WatchBatch::Events(events) => Some(self.apply(events)),
+            WatchBatch::StoreReset(_) | WatchBatch::Config(_) => None,
+        }
     }
 
     /// Replaces the known set with a full listing.

@@ -35,12 +35,12 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use weft_subnet::etcd::WatchBatch;
 use weft_subnet::kube::{
     AnnotationKeys, ClusterNetworks, KubeSubnetManager, NodeNameSource, OwnNode, RetryPolicy,
     TrackerOutput,
 };
 use weft_subnet::watch::DatastoreEvent;
+use weft_subnet::watch::WatchBatch;
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
 
 type ResponseBody = BoxBody<Bytes, Infallible>;

@@ -1,8 +1,11 @@
 //! Reads the state of weft's objects from the kernel and applies operations, over
-//! rtnetlink. Every operation is idempotent ("replace"), and deleting something that is
-//! already gone counts as success, so a half-applied pass is simply finished by the next.
+//! rtnetlink. Every operation but device creation is idempotent ("replace"), and
+//! deleting something that is already gone counts as success, so a half-applied pass is
+//! simply finished by the next. `CreateLink` is an add: the diff only asks for it when
+//! the device is absent, and a device that appeared meanwhile fails it with EEXIST,
+//! which the next pass, seeing the device, resolves.
 
-use super::KernelError;
+use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
     Desired, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink, ObservedRoute, Route,
@@ -20,7 +23,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
+    RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::{HashMap, HashSet};
@@ -31,7 +34,6 @@ const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
-const MAIN_TABLE: u32 = 254;
 
 /// A netlink connection for observing and changing weft's kernel objects.
 #[derive(Debug, Clone)]
@@ -39,16 +41,12 @@ pub struct Kernel {
     handle: Handle,
 }
 
-fn netlink(op: &'static str) -> impl Fn(rtnetlink::Error) -> KernelError {
-    move |source| KernelError::Netlink { op, source }
-}
-
 impl Kernel {
     /// Opens a netlink connection in the current network namespace.
     pub fn connect() -> Result<Kernel, KernelError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
-        tokio::spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel {
+            handle: super::connect()?,
+        })
     }
 
     async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {
@@ -534,14 +532,6 @@ fn vxlan_attrs(infos: &[InfoVxlan]) -> VxlanAttrs {
     attrs
 }
 
-fn route_address(address: &RouteAddress) -> Option<IpAddr> {
-    match address {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
 /// A main-table route that matters to a pass.
 enum SeenRoute {
     Ours(ObservedRoute),
@@ -557,15 +547,7 @@ fn classify_route(
     ours: &HashMap<u32, String>,
     desired: &Desired,
 ) -> Option<SeenRoute> {
-    let table = message
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(message.header.table));
-    if table != MAIN_TABLE {
+    if route_table(message) != MAIN_TABLE {
         return None;
     }
     let mut destination = None;

@@ -1,12 +1,12 @@
 //! Reads the host's interfaces, addresses and main-table routes as plain values, so that
 //! interface selection can be a pure function over a snapshot.
 
-use super::KernelError;
+use super::{KernelError, MAIN_TABLE, connect, netlink, route_address, route_table};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::{IpVersion, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One address on a link.
@@ -51,27 +51,12 @@ pub struct HostSnapshot {
     pub routes: Vec<HostRoute>,
 }
 
-const MAIN_TABLE: u32 = 254;
-
-fn connect() -> Result<Handle, KernelError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
-    tokio::spawn(connection);
-    Ok(handle)
-}
-
 /// Reads links, addresses and main-table routes of the current network namespace.
 pub async fn read_host() -> Result<HostSnapshot, KernelError> {
     let handle = connect()?;
     let mut links = Vec::new();
     let mut stream = handle.link().get().execute();
-    while let Some(message) = stream
-        .try_next()
-        .await
-        .map_err(|source| KernelError::Netlink {
-            op: "dump links",
-            source,
-        })?
-    {
+    while let Some(message) = stream.try_next().await.map_err(netlink("dump links"))? {
         let mut link = HostLink {
             index: message.header.index,
             name: String::new(),
@@ -90,14 +75,7 @@ pub async fn read_host() -> Result<HostSnapshot, KernelError> {
         links.push(link);
     }
     let mut stream = handle.address().get().execute();
-    while let Some(message) = stream
-        .try_next()
-        .await
-        .map_err(|source| KernelError::Netlink {
-            op: "dump addresses",
-            source,
-        })?
-    {
+    while let Some(message) = stream.try_next().await.map_err(netlink("dump addresses"))? {
         let mut ip = None;
         let mut local = None;
         let mut flags = AddressFlags::from_bits_retain(u32::from(message.header.flags.bits()));
@@ -131,15 +109,7 @@ pub async fn read_host() -> Result<HostSnapshot, KernelError> {
             IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
         };
         let mut stream = handle.route().get(request).execute();
-        while let Some(message) =
-            stream
-                .try_next()
-                .await
-                .map_err(|source| KernelError::Netlink {
-                    op: "dump routes",
-                    source,
-                })?
-        {
+        while let Some(message) = stream.try_next().await.map_err(netlink("dump routes"))? {
             if route_table(&message) == MAIN_TABLE {
                 routes.push(host_route(&message));
             }
@@ -164,29 +134,10 @@ pub async fn route_to(destination: IpAddr) -> Result<Option<HostRoute>, KernelEr
         Ok(message) => Ok(message.as_ref().map(host_route)),
         // ENETUNREACH and friends: there is simply no route.
         Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
-        Err(source) => Err(KernelError::Netlink {
+        Err(cause) => Err(KernelError::Netlink {
             op: "route get",
-            source,
+            cause,
         }),
-    }
-}
-
-fn route_table(message: &RouteMessage) -> u32 {
-    message
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(message.header.table))
-}
-
-fn route_address(address: &RouteAddress) -> Option<IpAddr> {
-    match address {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
     }
 }
 

@@ -18,7 +18,7 @@ pub use crate::backoff::Backoff;
 use crate::alloc::{self, Action, Claimant, CreateReason, OutOfSubnets};
 use crate::config::{ConfigError, NetworkConfig};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::watch::DatastoreEvent;
+use crate::watch::{DatastoreEvent, WatchBatch};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
@@ -77,20 +77,20 @@ impl EtcdOptions {
 /// A failed etcd operation.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("cannot read etcd TLS file {path}: {source}")]
+    #[error("cannot read etcd TLS file {path}: {cause}")]
     TlsFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot connect to etcd at {endpoints}: {source}")]
+    #[error("cannot connect to etcd at {endpoints}: {cause}")]
     Connect {
         endpoints: String,
-        source: etcd_client::Error,
+        cause: etcd_client::Error,
     },
-    #[error("etcd {op} failed: {source}")]
+    #[error("etcd {op} failed: {cause}")]
     Request {
         op: &'static str,
-        source: etcd_client::Error,
+        cause: etcd_client::Error,
     },
     #[error("etcd {op} timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },
@@ -103,8 +103,8 @@ pub enum ConfigFetchError {
         "flannel config not found in etcd store at {key}. Did you create your config using etcdv3 API?"
     )]
     NotFound { key: String },
-    #[error("invalid network config in etcd key {key}: {source}")]
-    Invalid { key: String, source: ConfigError },
+    #[error("invalid network config in etcd key {key}: {cause}")]
+    Invalid { key: String, cause: ConfigError },
     #[error(transparent)]
     Etcd(#[from] EtcdError),
 }
@@ -128,19 +128,6 @@ pub enum RenewOutcome {
     Lost {
         current: Option<Lease>,
     },
-}
-
-/// What the lease watch delivers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WatchBatch {
-    /// A full listing (at start, after a compaction or a reconnect that lost history).
-    Snapshot(Vec<Lease>),
-    Events(Vec<DatastoreEvent>),
-    /// The datastore went back in time (restored from a snapshot, or restarted empty):
-    /// a fresh Snapshot follows. The text says what showed it.
-    StoreReset(String),
-    /// The network config key was written (`Some(value)`) or deleted (`None`).
-    Config(Option<String>),
 }
 
 /// Where the store was when a response was sent: enough to notice that etcd went back
@@ -218,12 +205,12 @@ impl EtcdSubnetManager {
         .await
         .map_err(|_| EtcdError::Connect {
             endpoints: endpoints.clone(),
-            source: etcd_client::Error::InvalidArgs(format!(
+            cause: etcd_client::Error::InvalidArgs(format!(
                 "no answer within {:?}",
                 options.request_timeout
             )),
         })?
-        .map_err(|source| EtcdError::Connect { endpoints, source })?;
+        .map_err(|cause| EtcdError::Connect { endpoints, cause })?;
         Ok(EtcdSubnetManager {
             client,
             prefix: options.prefix.trim_end_matches('/').to_string(),
@@ -251,7 +238,7 @@ impl EtcdSubnetManager {
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, EtcdError> {
         match tokio::time::timeout(self.timeout, request).await {
-            Ok(result) => result.map_err(|source| EtcdError::Request { op, source }),
+            Ok(result) => result.map_err(|cause| EtcdError::Request { op, cause }),
             Err(_) => Err(EtcdError::Timeout {
                 op,
                 after: self.timeout,
@@ -269,7 +256,7 @@ impl EtcdSubnetManager {
             return Err(ConfigFetchError::NotFound { key });
         };
         let text = String::from_utf8_lossy(kv.value());
-        NetworkConfig::parse(&text).map_err(|source| ConfigFetchError::Invalid { key, source })
+        NetworkConfig::parse(&text).map_err(|cause| ConfigFetchError::Invalid { key, cause })
     }
 
     /// Lists all well-formed leases and the store revision of the listing.
@@ -743,9 +730,9 @@ struct WatchCursor<'a> {
 
 fn tls_options(files: &TlsFiles) -> Result<Option<TlsOptions>, EtcdError> {
     let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| EtcdError::TlsFile {
+        std::fs::read(path).map_err(|cause| EtcdError::TlsFile {
             path: path.clone(),
-            source,
+            cause,
         })
     };
     let mut tls = None;

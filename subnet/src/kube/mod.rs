@@ -40,11 +40,10 @@ use tracing::{debug, error, info, warn};
 /// A failed step against the API server, naming what was attempted.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("cannot read kubeconfig {path}: {source}")]
+    #[error("cannot read kubeconfig {path}: {cause}")]
     Kubeconfig {
         path: String,
-        #[source]
-        source: ::kube::config::KubeconfigError,
+        cause: ::kube::config::KubeconfigError,
     },
     #[error("--kube-api-url={0:?}: not a URL")]
     ApiUrl(String),
@@ -52,27 +51,23 @@ pub enum KubeError {
         "no Kubernetes API to talk to: not running in a pod ({0}) and neither \
          --kubeconfig-file nor --kube-api-url is set"
     )]
-    NotInCluster(#[source] ::kube::config::InClusterError),
+    NotInCluster(::kube::config::InClusterError),
     #[error("cannot build the Kubernetes client: {0}")]
-    Client(#[source] ::kube::Error),
+    Client(::kube::Error),
     #[error("env variables POD_NAME and POD_NAMESPACE must be set")]
     NoNodeName,
     #[error("pod {namespace}/{name} has no spec.nodeName")]
     PodNotScheduled { namespace: String, name: String },
     #[error("node {0:?} does not exist in the Kubernetes API (yet)")]
     NodeNotFound(String),
-    #[error("{what}: {source}")]
-    Api {
-        what: String,
-        #[source]
-        source: ::kube::Error,
-    },
+    #[error("{what}: {cause}")]
+    Api { what: String, cause: ::kube::Error },
 }
 
 impl KubeError {
     fn api(what: impl Into<String>) -> impl FnOnce(::kube::Error) -> KubeError {
         let what = what.into();
-        move |source| KubeError::Api { what, source }
+        move |cause| KubeError::Api { what, cause }
     }
 }
 
@@ -89,9 +84,9 @@ pub async fn client(api_url: &str, kubeconfig_file: &str) -> Result<Client, Kube
         ),
     };
     let mut config = if !kubeconfig_file.is_empty() {
-        let kubeconfig_error = |source| KubeError::Kubeconfig {
+        let kubeconfig_error = |cause| KubeError::Kubeconfig {
             path: kubeconfig_file.to_string(),
-            source,
+            cause,
         };
         let kubeconfig =
             Kubeconfig::read_from(Path::new(kubeconfig_file)).map_err(kubeconfig_error)?;

@@ -10,9 +10,9 @@
 
 use super::annotations::AnnotationKeys;
 use super::node::{self, ClusterNetworks, NodeError};
-use crate::etcd::WatchBatch;
 use crate::lease::Lease;
 use crate::watch::DatastoreEvent;
+use crate::watch::WatchBatch;
 use ::kube::runtime::watcher::Event;
 use k8s_openapi::api::core::v1::Node;
 use std::collections::{BTreeMap, BTreeSet};
