@@ -267,29 +267,102 @@ impl Datapath {
     }
 
     /// Whether a kernel notification concerns weft's objects (and so needs a pass).
-    /// Additions weft makes itself are not interesting; deletions and foreign changes are.
     pub fn is_relevant(&self, event: &KernelEvent) -> bool {
-        let ours = |index: &u32| self.device_indices.contains(index);
-        match event {
-            KernelEvent::Link { index, name, .. } => {
-                ours(index) || name.as_deref().is_some_and(|n| self.backend.owns_device(n))
-            }
-            KernelEvent::Address { index } => ours(index),
-            KernelEvent::Route {
-                oif,
-                protocol,
-                deleted,
-            } => {
-                let on_ours = oif.is_some_and(|i| ours(&i));
-                let by_us = *protocol == weft_backend::ROUTE_PROTOCOL;
-                if *deleted {
-                    on_ours || by_us
-                } else {
-                    on_ours && !by_us
-                }
-            }
-            KernelEvent::Neighbour { ifindex, deleted } => *deleted && ours(ifindex),
-            KernelEvent::Overrun => true,
+        is_relevant(event, &self.device_indices, |name| {
+            self.backend.owns_device(name)
+        })
+    }
+}
+
+/// Whether `event` concerns weft's objects: its devices (by index, or by name for a
+/// device that is new or re-created), routes through them or marked with weft's protocol.
+/// Additions weft makes itself are not interesting; deletions and foreign changes are.
+fn is_relevant(
+    event: &KernelEvent,
+    device_indices: &HashSet<u32>,
+    owns_device: impl Fn(&str) -> bool,
+) -> bool {
+    let ours = |index: &u32| device_indices.contains(index);
+    match event {
+        KernelEvent::Link { index, name, .. } => {
+            ours(index) || name.as_deref().is_some_and(owns_device)
         }
+        KernelEvent::Address { index } => ours(index),
+        KernelEvent::Route {
+            oif,
+            protocol,
+            deleted,
+        } => {
+            let on_ours = oif.is_some_and(|i| ours(&i));
+            let by_us = *protocol == weft_backend::ROUTE_PROTOCOL;
+            if *deleted {
+                on_ours || by_us
+            } else {
+                on_ours && !by_us
+            }
+        }
+        KernelEvent::Neighbour { ifindex, deleted } => *deleted && ours(ifindex),
+        KernelEvent::Overrun => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_backend::ROUTE_PROTOCOL;
+
+    fn relevant(event: KernelEvent) -> bool {
+        let devices = HashSet::from([7]);
+        is_relevant(&event, &devices, |name| name == "flannel.1")
+    }
+
+    fn route(oif: Option<u32>, protocol: u8, deleted: bool) -> KernelEvent {
+        KernelEvent::Route {
+            oif,
+            protocol,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn changes_to_weft_devices_start_a_pass() {
+        let link = |index, name: Option<&str>| KernelEvent::Link {
+            index,
+            name: name.map(String::from),
+            deleted: true,
+        };
+        assert!(relevant(link(7, None)), "our device by index");
+        assert!(
+            relevant(link(9, Some("flannel.1"))),
+            "our device re-created"
+        );
+        assert!(!relevant(link(9, Some("eth0"))), "someone else's device");
+        assert!(relevant(KernelEvent::Address { index: 7 }));
+        assert!(!relevant(KernelEvent::Address { index: 2 }));
+        assert!(relevant(KernelEvent::Overrun), "lost notifications");
+    }
+
+    #[test]
+    fn route_notifications_matter_when_weft_did_not_cause_them() {
+        // weft's own route deleted (by an admin), wherever it went.
+        assert!(relevant(route(Some(2), ROUTE_PROTOCOL, true)));
+        assert!(
+            relevant(route(Some(7), 3, true)),
+            "a route through flannel.1 deleted"
+        );
+        // A route someone else added through weft's device.
+        assert!(relevant(route(Some(7), 4, false)));
+        // weft's own additions, and other people's routes elsewhere: nothing to do.
+        assert!(!relevant(route(Some(7), ROUTE_PROTOCOL, false)));
+        assert!(!relevant(route(Some(2), 4, true)));
+        assert!(!relevant(route(None, 4, false)));
+    }
+
+    #[test]
+    fn only_deleted_entries_on_weft_devices_matter() {
+        let neigh = |ifindex, deleted| KernelEvent::Neighbour { ifindex, deleted };
+        assert!(relevant(neigh(7, true)));
+        assert!(!relevant(neigh(7, false)), "weft's own replace");
+        assert!(!relevant(neigh(2, true)), "another device's entry");
     }
 }

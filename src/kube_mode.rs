@@ -12,12 +12,13 @@
 //! added later, a Node re-created by the kubelet) or its condition is reset, they are
 //! published again.
 
+use crate::bring_up::{self, BackendSpec};
 use crate::cli::Cli;
 use crate::health::Readiness;
 use crate::iface::IfaceRequest;
-use crate::node_state::{NodeState, TICK};
-use crate::run::{self, IMPLEMENTED_BACKENDS};
+use crate::node_state::{NodeState, log_peer_events};
 use crate::shutdown::Shutdown;
+use crate::triggers::{Triggers, sleep_until};
 use anyhow::{Context, bail};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +29,7 @@ use weft_subnet::kube::{
     self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeSubnetManager, NodeNameSource,
     OwnNode, RetryPolicy, TrackerOutput, node,
 };
-use weft_subnet::watch::LeaseWatcher;
-use weft_subnet::watch::WatchBatch;
+use weft_subnet::watch::{LeaseWatcher, WatchBatch};
 use weft_subnet::{LeaseAttrs, NetworkConfig};
 
 /// How soon a failed re-publish of this node's annotations is retried.
@@ -82,11 +82,11 @@ pub async fn run(
         Err(e) => error!("{e}; ignoring it"),
     }
     request.node_ips = node::internal_ips(&own_node);
-    let (host, external) = run::choose_interface(request, &config).await?;
-    run::check_network(&config, &host, &external)?;
+    let (host, external) = bring_up::choose_interface(request, &config).await?;
+    bring_up::check_network(&config, &host, &external)?;
     let published = node::published_backend_data(&own_node, &keys);
-    let (datapath, mut kernel_events) =
-        run::build_datapath(&config, &external, &host, published).await?;
+    let (datapath, kernel_events) =
+        bring_up::build_datapath(&config, &external, &host, published).await?;
     let attrs = datapath
         .backend
         .lease_attrs(external.ext_addr, external.ext_v6_addr);
@@ -96,8 +96,16 @@ pub async fn run(
         return Ok(());
     };
     info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
-    run::check_own_subnet(&lease.key, &datapath)?;
-    let mut state = NodeState::new(cli, config, lease.key, readiness.clone(), datapath);
+    bring_up::check_own_subnet(&lease.key, &datapath)?;
+    let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
+    let mut state = NodeState::new(
+        cli,
+        config,
+        lease.key,
+        readiness.clone(),
+        datapath,
+        triggers,
+    );
     readiness.set_not_ready("waiting for the first Node listing");
 
     let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
@@ -140,9 +148,6 @@ pub async fn run(
         }
     }
 
-    let mut tick = tokio::time::interval(TICK);
-    let mut reconcile = tokio::time::interval(Duration::from_secs(cli.reconcile_interval.max(1)));
-    let mut converge_at: Option<Instant> = None;
     loop {
         let republish_at = own.republish_at;
         tokio::select! {
@@ -159,30 +164,17 @@ pub async fn run(
                 }
                 // This Node's own updates (kubelet heartbeats) change nothing to program.
                 if peers_changed {
-                    converge_at = Some(Instant::now());
+                    state.peers_changed(&watcher);
                 }
             }
-            event = kernel_events.recv() => {
-                let Some(event) = event else { bail!("netlink notifications stopped unexpectedly") };
-                state.on_kernel_event(&event, &mut converge_at);
-            }
-            () = run::sleep_until(converge_at) => {
-                converge_at = None;
-                state.converge().await;
-            }
-            () = run::sleep_until(republish_at) => {
+            () = sleep_until(republish_at) => {
                 own.republish_at = None;
                 match manager.get_node().await {
                     Ok(node) => own.reassert(&node).await,
                     Err(e) => own.retry_later(&e.to_string()),
                 }
             }
-            _ = reconcile.tick() => state.converge().await,
-            _ = tick.tick() => {
-                if !state.env_written {
-                    state.write_subnet_env();
-                }
-            }
+            trigger = state.next_trigger() => state.on_trigger(trigger?).await,
         }
     }
     watch_task.abort();
@@ -198,18 +190,8 @@ fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
     let config = RawConfig::parse(&text)
         .and_then(|raw| raw.for_kube())
         .with_context(|| format!("error parsing subnet config ({})", path.display()))?;
-    if !IMPLEMENTED_BACKENDS.contains(&config.backend.kind) {
-        bail!(
-            "{}: backend type {} is not implemented in this weftd build (implemented: {})",
-            path.display(),
-            config.backend.kind,
-            IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")
-        );
-    }
-    if config.backend.kind == weft_subnet::BackendType::Vxlan {
-        weft_backend::vxlan::VxlanConfig::for_network(&config)
-            .with_context(|| format!("{}: vxlan backend config", path.display()))?;
-    }
+    BackendSpec::from_config(&config)
+        .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))?;
     Ok(config)
 }
 
@@ -236,13 +218,10 @@ impl OwnState<'_> {
         let mut changed = false;
         if let Some(batch) = output.batch {
             changed = true;
-            let changes = match batch {
-                WatchBatch::Snapshot(leases) => watcher.reset(leases),
-                WatchBatch::Events(events) => watcher.apply(events),
-                // The Node tracker produces neither.
-                WatchBatch::StoreReset(_) | WatchBatch::Config(_) => return changed,
+            let Some(changes) = watcher.ingest(batch) else {
+                return changed;
             };
-            run::log_peer_events(&changes.peers);
+            log_peer_events(&changes.peers);
             // A peer under this node's own key was already reported as a conflict by the
             // tracker; the lease watcher keeps it out of the peer set.
             state.set_peers(watcher);
@@ -327,7 +306,7 @@ impl OwnState<'_> {
             "this node's podCIDR changed; pods created before keep addresses from the old \
              one and must be recreated"
         );
-        run::log_peer_events(&watcher.set_own(Some(key)));
+        log_peer_events(&watcher.set_own(Some(key)));
         state.set_own(key);
         state.set_peers(watcher);
         state.write_subnet_env();

@@ -1,18 +1,25 @@
 //! weftd, the node daemon: wiring of the subnet manager, the backend, subnet.env and the
-//! health server. Each module has one job; `run` holds the startup order (etcd mode in
-//! `run`, Kubernetes mode in `kube_mode`).
+//! health server. Each module has one job: `daemon` checks flags, serves health and picks
+//! the mode; `etcd_mode` and `kube_mode` each hold their datastore's startup order and
+//! event source (neither imports the other); `bring_up` chooses the interface and builds
+//! the datapath; `node_state` and `triggers` are what both modes share once a subnet is
+//! held.
 
+pub mod bring_up;
 pub mod cli;
+pub mod daemon;
 pub mod datapath;
+pub mod etcd_mode;
 pub mod health;
 pub mod host_check;
 pub mod iface;
 pub mod kube_mode;
 pub mod logging;
 pub mod node_state;
-pub mod run;
+pub mod own_lease;
 pub mod shutdown;
 pub mod subnet_file;
+pub mod triggers;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -34,7 +41,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::run(cli)) {
+    match runtime.block_on(daemon::run(cli)) {
         Ok(()) => {
             tracing::info!("Exiting cleanly...");
             ExitCode::SUCCESS

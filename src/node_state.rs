@@ -1,23 +1,17 @@
-//! What both subnet managers share once a node holds a subnet: the datapath, subnet.env
-//! and readiness (ready = subnet held, datapath programmed, subnet.env written).
+//! What both subnet managers share once a node holds a subnet: the datapath, subnet.env,
+//! readiness (ready = subnet held, datapath programmed, subnet.env written), the shared
+//! triggers of the event loop, and the log lines about peers.
 
 use crate::datapath::Datapath;
 use crate::health::Readiness;
 use crate::subnet_file::{self, SubnetEnv};
+use crate::triggers::{TICK, Trigger, Triggers};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 use weft_backend::kernel::KernelEvent;
-use weft_subnet::watch::LeaseWatcher;
+use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
 use weft_subnet::{NetworkConfig, SubnetKey};
-
-/// Quiet period after a kernel notification before a reconcile pass, so a burst of
-/// notifications (an admin script, a device deletion) costs one pass.
-const DEBOUNCE: Duration = Duration::from_millis(20);
-
-/// Period of the housekeeping tick (retrying a failed subnet.env write).
-pub const TICK: Duration = Duration::from_secs(5);
 
 /// See the module docs.
 #[derive(Debug)]
@@ -32,6 +26,7 @@ pub struct NodeState {
     pub datapath: Datapath,
     /// Whether the last reconcile pass applied everything.
     pub datapath_ok: bool,
+    pub triggers: Triggers,
 }
 
 impl NodeState {
@@ -42,6 +37,7 @@ impl NodeState {
         own: SubnetKey,
         readiness: Arc<Readiness>,
         datapath: Datapath,
+        triggers: Triggers,
     ) -> NodeState {
         let mut state = NodeState {
             subnet_file: cli.subnet_file.clone(),
@@ -52,6 +48,7 @@ impl NodeState {
             env_written: false,
             datapath,
             datapath_ok: true,
+            triggers,
         };
         state.set_own(own);
         state
@@ -125,14 +122,65 @@ impl NodeState {
         self.update_readiness();
     }
 
+    /// The peer set changed: a pass as soon as the loop is free, and the sweep pass of a
+    /// datastore grace period (if one is running) when it ends.
+    pub fn peers_changed(&mut self, watcher: &LeaseWatcher) {
+        self.set_peers(watcher);
+        self.triggers.converge_now();
+        self.triggers.sweep_at(self.datapath.removals_held_until());
+    }
+
+    /// The next shared trigger; an error when kernel notifications stopped.
+    pub async fn next_trigger(&mut self) -> anyhow::Result<Trigger> {
+        self.triggers
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("netlink notifications stopped unexpectedly"))
+    }
+
+    pub async fn on_trigger(&mut self, trigger: Trigger) {
+        match trigger {
+            Trigger::Kernel(event) => self.on_kernel_event(&event),
+            Trigger::Converge | Trigger::Sweep | Trigger::Reconcile => self.converge().await,
+            Trigger::Tick => {
+                if !self.env_written {
+                    self.write_subnet_env();
+                }
+            }
+        }
+    }
+
     /// Schedules a pass for a kernel change to weft's objects (debounced), or at once
     /// after a notification overrun (changes may have been missed).
-    pub fn on_kernel_event(&self, event: &KernelEvent, converge_at: &mut Option<Instant>) {
+    fn on_kernel_event(&mut self, event: &KernelEvent) {
         if self.datapath.is_relevant(event) {
             debug!(?event, "kernel change to weft's objects");
-            converge_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+            self.triggers.converge_soon();
         } else if *event == KernelEvent::Overrun {
-            *converge_at = Some(Instant::now());
+            self.triggers.converge_now();
         }
+    }
+}
+
+/// Logs peer changes: one line each for small batches, a summary for large ones.
+pub fn log_peer_events(events: &[LeaseEvent]) {
+    let verbose = events.len() <= 50;
+    for event in events {
+        let (what, lease) = match event {
+            LeaseEvent::Added(lease) => ("peer added", lease),
+            LeaseEvent::Removed(lease) => ("peer removed", lease),
+        };
+        if verbose {
+            info!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, backend = ?lease.attrs.backend_type, "{what}");
+        } else {
+            debug!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, "{what}");
+        }
+    }
+    if !verbose {
+        let added = events
+            .iter()
+            .filter(|e| matches!(e, LeaseEvent::Added(_)))
+            .count();
+        info!(added, removed = events.len() - added, "peers changed");
     }
 }

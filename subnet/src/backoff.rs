@@ -1,6 +1,38 @@
-//! Exponential backoff with jitter, for reconnect and retry loops.
+//! Exponential backoff with jitter, for reconnect and retry loops, and the one retry
+//! step both subnet managers use: they, not the daemon, decide what is retried.
 
 use std::time::Duration;
+use tracing::warn;
+
+/// Retry pacing of a manager's startup steps (shortened in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn backoff(self) -> Backoff {
+        Backoff::new(self.initial, self.max)
+    }
+}
+
+/// Logs `problem`, hands it to `report` (readiness), and sleeps the next delay.
+pub async fn retry_later(problem: &str, backoff: &mut Backoff, report: &mut dyn FnMut(&str)) {
+    let delay = backoff.next_delay();
+    warn!("{problem}; retrying in {delay:?}");
+    report(problem);
+    tokio::time::sleep(delay).await;
+}
 
 /// Doubles from `initial` up to `max`; each delay is randomised in [delay/2, delay] so
 /// a fleet of nodes does not reconnect in lockstep after an etcd restart.

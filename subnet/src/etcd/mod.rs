@@ -13,6 +13,8 @@
 //!   expirations are never used, and this keeps a 5,000-node listing one request;
 //! - a malformed lease or a key that is not a subnet is logged once and skipped.
 
+mod retrying;
+
 pub use crate::backoff::Backoff;
 
 use crate::alloc::{self, Action, Claimant, CreateReason, OutOfSubnets};

@@ -20,7 +20,8 @@ pub use annotations::{AnnotationKeys, PrefixError};
 pub use node::{ClusterNetworks, NodeError};
 pub use tracker::{NodeTracker, Notice, OwnNode, TrackerOutput};
 
-use crate::backoff::Backoff;
+pub use crate::backoff::RetryPolicy;
+use crate::backoff::{Backoff, retry_later};
 use crate::lease::{Lease, LeaseAttrs};
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -174,22 +175,6 @@ pub struct Published {
     pub patched: Option<BTreeMap<String, String>>,
     /// Operator mistakes found on the way (a malformed overwrite annotation).
     pub problems: Vec<String>,
-}
-
-/// Retry pacing of the startup steps (shortened in tests).
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(10),
-        }
-    }
 }
 
 /// The Kubernetes side of one node; see the module docs.
@@ -418,12 +403,4 @@ impl KubeSubnetManager {
 enum AcquireStep {
     Node(NodeError),
     Api(KubeError),
-}
-
-/// Logs `problem`, hands it to `report` (for readiness) and sleeps the next backoff delay.
-async fn retry_later(problem: &str, backoff: &mut Backoff, report: &mut dyn FnMut(&str)) {
-    let delay = backoff.next_delay();
-    warn!("{problem}; retrying in {delay:?}");
-    report(problem);
-    tokio::time::sleep(delay).await;
 }

@@ -1,0 +1,199 @@
+//! Bring-up shared by both modes: the external interface, the checks against the host's
+//! networks, and the backend with its datapath, built from one [`BackendSpec`] (the only
+//! place that decides whether this build can run a config's backend).
+
+use crate::datapath::{Datapath, Surroundings};
+use crate::host_check;
+use crate::iface::{self, ExternalInterface, IfaceRequest};
+use anyhow::{Context, bail};
+use serde_json::Value;
+use std::net::IpAddr;
+use tokio::sync::mpsc;
+use tracing::info;
+use weft_backend::backend::{AllocBackend, Backend, VxlanBackend};
+use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
+use weft_backend::mac::{self, Mac};
+use weft_backend::vxlan::{self, VxlanConfig};
+use weft_subnet::config::BackendType;
+use weft_subnet::family::{Family, Net};
+use weft_subnet::{NetworkConfig, SubnetKey};
+
+/// The backend a config asks for, parsed and checked once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSpec {
+    Vxlan(VxlanConfig),
+    Alloc,
+}
+
+/// Backends this build of weftd can run.
+pub const IMPLEMENTED_BACKENDS: [BackendType; 2] = [BackendType::Vxlan, BackendType::Alloc];
+
+impl BackendSpec {
+    /// The backend of `config`, or why this build cannot run it.
+    pub fn from_config(config: &NetworkConfig) -> Result<BackendSpec, String> {
+        match config.backend.kind {
+            BackendType::Vxlan => VxlanConfig::for_network(config)
+                .map(BackendSpec::Vxlan)
+                .map_err(|e| e.to_string()),
+            BackendType::Alloc => Ok(BackendSpec::Alloc),
+            other => Err(format!(
+                "backend type {other} is not implemented in this weftd build (implemented: {})",
+                IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")
+            )),
+        }
+    }
+}
+
+/// Reads the host, resolves `--iface-can-reach` and chooses the external interface.
+pub async fn choose_interface(
+    request: IfaceRequest,
+    config: &NetworkConfig,
+) -> anyhow::Result<(HostSnapshot, ExternalInterface)> {
+    let host = weft_backend::kernel::read_host()
+        .await
+        .context("cannot read the host's interfaces")?;
+    let request = resolve_can_reach(request, config).await?;
+    let external =
+        iface::select(&host, &request).context("cannot choose the external interface")?;
+    info!(
+        interface = %external.name,
+        address = %or_none(external.iface_addr),
+        address_v6 = %or_none(external.iface_v6_addr),
+        public_ip = %or_none(external.ext_addr),
+        public_ipv6 = %or_none(external.ext_v6_addr),
+        "using interface {}: {}", external.name, external.reason
+    );
+    Ok((host, external))
+}
+
+/// Refuses a cluster network that overlaps the host's networks (see [`host_check`]).
+pub fn check_network(
+    config: &NetworkConfig,
+    host: &HostSnapshot,
+    external: &ExternalInterface,
+) -> anyhow::Result<()> {
+    let connected = host_check::connected_networks(host, |name| name.starts_with("flannel"));
+    host_check::check_network(config, &connected, &external.name).map_err(anyhow::Error::msg)
+}
+
+/// Refuses an own subnet that overlaps a network of the host (see [`host_check`]).
+pub fn check_own_subnet(own: &SubnetKey, datapath: &Datapath) -> anyhow::Result<()> {
+    host_check::check_own_subnet(own, &datapath.surroundings().host_networks)
+        .map_err(anyhow::Error::msg)
+}
+
+/// Backend data (v4, v6) this node published before.
+pub type PublishedData = (Option<Value>, Option<Value>);
+
+/// The backend for `config` on `external`, its datapath, and the kernel notifications
+/// that trigger reconcile passes.
+pub async fn build_datapath(
+    config: &NetworkConfig,
+    external: &ExternalInterface,
+    host: &HostSnapshot,
+    published: PublishedData,
+) -> anyhow::Result<(Datapath, mpsc::UnboundedReceiver<KernelEvent>)> {
+    let kernel = Kernel::connect().context("cannot open netlink")?;
+    let backend: Box<dyn Backend> = match BackendSpec::from_config(config) {
+        Ok(BackendSpec::Vxlan(config)) => {
+            let node = vxlan_node(&config, external, host, &kernel, published).await?;
+            Box::new(VxlanBackend { config, node })
+        }
+        Ok(BackendSpec::Alloc) => Box::new(AllocBackend { mtu: external.mtu }),
+        Err(problem) => bail!("{problem}"),
+    };
+    let surroundings = Surroundings {
+        network_v4: config.ipv4.map(|p| p.network),
+        network_v6: config.ipv6.map(|p| p.network),
+        public_ips: [
+            external.ext_addr.map(IpAddr::V4),
+            external.ext_v6_addr.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        host_networks: host_check::connected_networks(host, |name| backend.owns_device(name)),
+    };
+    let kernel_events =
+        weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
+    Ok((Datapath::new(backend, kernel, surroundings), kernel_events))
+}
+
+/// This node's vxlan side. The VTEP MACs survive restarts and device re-creation: an
+/// existing device keeps its MAC; without one, the MAC this node published before (in
+/// its etcd lease or its Node's `backend-data` annotation) is reused, so peers' entries
+/// stay valid; else a random one.
+async fn vxlan_node(
+    config: &VxlanConfig,
+    external: &ExternalInterface,
+    host: &HostSnapshot,
+    kernel: &Kernel,
+    published: PublishedData,
+) -> anyhow::Result<vxlan::Node> {
+    let mut macs = [mac::random(), mac::random()];
+    for (slot, family) in [(0, Family::V4), (1, Family::V6)] {
+        let name = config.device_name(family);
+        let from_published = match family {
+            Family::V4 => vxlan::vtep_mac(published.0.as_ref()),
+            Family::V6 => vxlan::vtep_mac(published.1.as_ref()),
+        };
+        let existing: Option<Mac> = kernel
+            .link(&name)
+            .await
+            .context("cannot read vxlan devices")?
+            .map(|(_, m)| m);
+        let (mac, source) = match (existing, from_published) {
+            (Some(m), _) => (m, "the existing device"),
+            (None, Some(m)) => (m, "what this node published before"),
+            (None, None) => (macs[slot], "newly generated"),
+        };
+        macs[slot] = mac;
+        if (family == Family::V4 && external.iface_addr.is_some())
+            || (family == Family::V6 && external.iface_v6_addr.is_some())
+        {
+            info!(device = %name, mac = %mac::format(&mac), "VTEP MAC from {source}");
+        }
+    }
+    let connected = host
+        .links
+        .iter()
+        .filter(|l| l.index == external.index)
+        .flat_map(|l| l.addresses.iter())
+        .map(|a| Net::new_masked(a.ip, a.prefix))
+        .collect();
+    Ok(vxlan::Node {
+        own: SubnetKey {
+            ipv4: None,
+            ipv6: None,
+        },
+        external_index: external.index,
+        external_name: external.name.clone(),
+        external_mtu: external.mtu,
+        local_v4: external.iface_addr.map(IpAddr::V4),
+        local_v6: external.iface_v6_addr.map(IpAddr::V6),
+        connected,
+        mac_v4: macs[0],
+        mac_v6: macs[1],
+    })
+}
+
+/// Fills in the families from the config and asks the kernel for the `--iface-can-reach`
+/// route.
+async fn resolve_can_reach(
+    mut request: IfaceRequest,
+    config: &NetworkConfig,
+) -> anyhow::Result<IfaceRequest> {
+    request.ipv4 = config.ipv4.is_some();
+    request.ipv6 = config.ipv6.is_some();
+    if let Some((target, _)) = request.can_reach {
+        let route = weft_backend::kernel::route_to(target)
+            .await
+            .context("route lookup for --iface-can-reach")?;
+        request.can_reach = Some((target, route));
+    }
+    Ok(request)
+}
+
+fn or_none<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}

@@ -1,0 +1,107 @@
+//! The daemon's entry: flag checks, the health server, and the choice of mode (etcd or
+//! Kubernetes). Each mode owns its datastore's startup order and event source; both
+//! share the bring-up (`bring_up`) and what follows once a subnet is held (`node_state`).
+
+use crate::cli::Cli;
+use crate::health::{self, Readiness};
+use crate::iface::IfaceRequest;
+use crate::shutdown::Shutdown;
+use anyhow::{Context, bail};
+use regex::Regex;
+use std::net::{IpAddr, SocketAddr};
+use tracing::{info, warn};
+
+/// Runs weftd until SIGTERM or SIGINT.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    info!("CLI flags config: {}", describe_flags(&cli));
+    if !(1..=1439).contains(&cli.subnet_lease_renew_margin) {
+        bail!(
+            "--subnet-lease-renew-margin={}: must be between 1 and 1439 minutes",
+            cli.subnet_lease_renew_margin
+        );
+    }
+    if cli.ip_masq {
+        warn!(
+            "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true is \
+             written as asked, so the CNI plugin will not masquerade either"
+        );
+    }
+    if cli.ip_blackhole_route {
+        warn!("--ip-blackhole-route is not implemented yet and is ignored");
+    }
+    let request = iface_request(&cli)?;
+    let shutdown = Shutdown::install()?;
+    let readiness = Readiness::new("starting: no network config yet");
+    if cli.healthz_port > 0 {
+        let ip: IpAddr = cli
+            .healthz_ip
+            .parse()
+            .with_context(|| format!("--healthz-ip={}: not an IP address", cli.healthz_ip))?;
+        let (bound, serve) = health::bind(SocketAddr::new(ip, cli.healthz_port), readiness.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for health checks on {ip}:{}",
+                    cli.healthz_port
+                )
+            })?;
+        info!(address = %bound, "serving /healthz and /readyz");
+        tokio::spawn(serve);
+    }
+    if cli.kube_subnet_mgr {
+        crate::kube_mode::run(&cli, request, shutdown, readiness).await
+    } else {
+        crate::etcd_mode::run(&cli, request, shutdown, readiness).await
+    }
+}
+
+fn iface_request(cli: &Cli) -> anyhow::Result<IfaceRequest> {
+    let mut regexes = Vec::new();
+    for text in &cli.iface_regex {
+        regexes
+            .push(Regex::new(text).with_context(|| {
+                format!("--iface-regex={text}: not a valid regular expression")
+            })?);
+    }
+    let public_ip = match cli.public_ip.as_str() {
+        "" => None,
+        text => Some(
+            text.parse()
+                .with_context(|| format!("--public-ip={text}: not an IPv4 address"))?,
+        ),
+    };
+    let public_ipv6 = match cli.public_ipv6.as_str() {
+        "" => None,
+        text => Some(
+            text.parse()
+                .with_context(|| format!("--public-ipv6={text}: not an IPv6 address"))?,
+        ),
+    };
+    let can_reach = match cli.iface_can_reach.as_str() {
+        "" => None,
+        text => {
+            let ip: IpAddr = text
+                .parse()
+                .with_context(|| format!("--iface-can-reach={text}: not an IP address"))?;
+            Some((ip, None))
+        }
+    };
+    Ok(IfaceRequest {
+        ifaces: cli.iface.clone(),
+        iface_regexes: regexes,
+        can_reach,
+        public_ip,
+        public_ipv6,
+        node_ips: Vec::new(),
+        ipv4: true,
+        ipv6: false,
+    })
+}
+
+fn describe_flags(cli: &Cli) -> String {
+    let mut shown = cli.clone();
+    if !shown.etcd_password.is_empty() {
+        shown.etcd_password = "<redacted>".into();
+    }
+    format!("{shown:?}")
+}

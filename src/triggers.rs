@@ -1,0 +1,138 @@
+//! The triggers both modes share once a node holds a subnet: kernel notifications about
+//! weft's objects (debounced), a pass soon after a lease change, the pass that sweeps
+//! once a datastore grace period is over, the reconcile timer, and the housekeeping tick.
+//! Each mode's event loop then selects over shutdown, its own datastore, and these.
+
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{Interval, MissedTickBehavior};
+use weft_backend::kernel::KernelEvent;
+
+/// Quiet period after a kernel notification before a reconcile pass, so a burst of
+/// notifications (an admin script, a device deletion) costs one pass.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Period of the housekeeping tick (retrying a failed subnet.env write).
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// What woke the node up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// A kernel notification (the node decides whether it concerns weft).
+    Kernel(KernelEvent),
+    /// A pass scheduled by a lease change or a relevant kernel notification.
+    Converge,
+    /// The datastore grace period is over: a pass that may remove entries again.
+    Sweep,
+    /// The periodic full pass (`--reconcile-interval`).
+    Reconcile,
+    /// Housekeeping: retry a failed subnet.env write.
+    Tick,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Triggers {
+    kernel_events: UnboundedReceiver<KernelEvent>,
+    reconcile: Interval,
+    tick: Interval,
+    converge_at: Option<Instant>,
+    sweep_at: Option<Instant>,
+}
+
+impl Triggers {
+    pub fn new(kernel_events: UnboundedReceiver<KernelEvent>, reconcile_every: Duration) -> Self {
+        let mut reconcile = tokio::time::interval(reconcile_every.max(Duration::from_secs(1)));
+        // A pass that overran its period is not followed by a burst of catch-up passes.
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Triggers {
+            kernel_events,
+            reconcile,
+            tick,
+            converge_at: None,
+            sweep_at: None,
+        }
+    }
+
+    /// A pass as soon as the loop is free (after a lease batch, or a notification overrun).
+    pub fn converge_now(&mut self) {
+        self.converge_at = Some(Instant::now());
+    }
+
+    /// A pass after the debounce delay, unless one is already scheduled.
+    pub fn converge_soon(&mut self) {
+        self.converge_at
+            .get_or_insert_with(|| Instant::now() + DEBOUNCE);
+    }
+
+    /// A pass at `at` (the end of a datastore grace period), replacing any earlier one.
+    pub fn sweep_at(&mut self, at: Option<Instant>) {
+        self.sweep_at = at;
+    }
+
+    /// The next trigger; `None` when the kernel notifications stopped (fatal).
+    pub async fn next(&mut self) -> Option<Trigger> {
+        tokio::select! {
+            event = self.kernel_events.recv() => event.map(Trigger::Kernel),
+            () = sleep_until(self.converge_at) => {
+                self.converge_at = None;
+                Some(Trigger::Converge)
+            }
+            () = sleep_until(self.sweep_at) => {
+                self.sweep_at = None;
+                Some(Trigger::Sweep)
+            }
+            _ = self.reconcile.tick() => Some(Trigger::Reconcile),
+            _ = self.tick.tick() => Some(Trigger::Tick),
+        }
+    }
+}
+
+/// Sleeps until `at`; forever when there is nothing scheduled.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn scheduled_passes_fire_in_order_and_once() {
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut t = Triggers::new(rx, Duration::from_secs(3600));
+        // Both intervals fire at once on creation.
+        assert!(matches!(
+            t.next().await,
+            Some(Trigger::Reconcile | Trigger::Tick)
+        ));
+        assert!(matches!(
+            t.next().await,
+            Some(Trigger::Reconcile | Trigger::Tick)
+        ));
+        t.converge_soon();
+        t.converge_soon(); // debounced: still one pass
+        t.sweep_at(Some(Instant::now() + Duration::from_secs(2)));
+        assert_eq!(t.next().await, Some(Trigger::Converge));
+        assert_eq!(t.next().await, Some(Trigger::Sweep));
+        // Then only the housekeeping tick remains.
+        assert_eq!(t.next().await, Some(Trigger::Tick));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kernel_events_pass_through_and_their_end_is_reported() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut t = Triggers::new(rx, Duration::from_secs(3600));
+        let _ = t.next().await;
+        let _ = t.next().await;
+        tx.send(KernelEvent::Overrun).unwrap();
+        assert_eq!(t.next().await, Some(Trigger::Kernel(KernelEvent::Overrun)));
+        drop(tx);
+        assert_eq!(t.next().await, None);
+    }
+}
