@@ -161,60 +161,13 @@ impl Datapath {
     /// returned and retried by the next pass).
     pub async fn converge(&mut self) -> Result<Pass, weft_backend::kernel::KernelError> {
         let started = Instant::now();
-        let admitted = self.admitted_peers();
-        let (mut desired, skipped) = self.backend.desired_state(&mut admitted.iter());
-        for skip in skipped {
-            if self.reported.insert((skip.key, skip.reason.clone())) {
-                warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
-            }
-        }
-        // Forget peers that are gone, so the memory is bounded and a returning peer with
-        // the same problem is reported again.
-        let peers = &self.peers;
-        self.reported.retain(|(key, _)| peers.contains_key(key));
+        let desired = self.desired();
         let observed = self.kernel.observe(&desired).await?;
-        let conflicts = desired.withdraw_foreign(&observed);
-        let wanted: HashSet<(Net, String)> = conflicts
-            .iter()
-            .map(|(route, foreign)| (route.destination, foreign.clone()))
-            .collect();
-        for (route, foreign) in &conflicts {
-            if !self
-                .reported_conflicts
-                .contains(&(route.destination, foreign.clone()))
-            {
-                warn!(
-                    subnet = %route.destination,
-                    "not installing the route for peer subnet {}: the foreign route `{foreign}` \
-                     is there, and weft never replaces a route it does not own",
-                    route.destination
-                );
-            }
-        }
-        self.reported_conflicts = wanted;
+        let mut desired = desired;
+        self.withdraw_foreign(&mut desired, &observed);
         self.device_indices = observed.links.iter().map(|l| l.index).collect();
         let mut ops = diff::diff(&desired, &observed);
-        if let Some(until) = self.removals_held_until {
-            if Instant::now() < until {
-                let before = ops.len();
-                ops.retain(|op| {
-                    !matches!(
-                        op,
-                        diff::Op::DelRoute(_) | diff::Op::DelNeighbour(_) | diff::Op::DelFdb(_)
-                    )
-                });
-                if ops.len() < before {
-                    info!(
-                        held = before - ops.len(),
-                        "keeping entries of peers missing from the datastore until the grace \
-                         period ends"
-                    );
-                }
-            } else {
-                self.removals_held_until = None;
-                info!("datastore grace period over: entries of peers still missing are removed");
-            }
-        }
+        self.apply_hold(&mut ops);
         for op in &ops {
             match op {
                 diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),
@@ -240,20 +193,7 @@ impl Datapath {
             elapsed_us = started.elapsed().as_micros() as u64,
             "reconcile pass"
         );
-        let devices_changed = ops
-            .iter()
-            .any(|op| matches!(op, diff::Op::CreateLink(_) | diff::Op::DeleteLink { .. }));
-        if devices_changed {
-            // A (re)created device has a new index; read just the links, not a full
-            // observation, so a pass at thousands of peers is not dumped twice.
-            let mut indices = HashSet::new();
-            for name in desired.device_names() {
-                if let Ok(Some((index, _))) = self.kernel.link(name).await {
-                    indices.insert(index);
-                }
-            }
-            self.device_indices = indices;
-        }
+        self.refresh_device_indices(&desired, &ops).await;
         if !ops.is_empty() {
             info!(
                 changes = pass.changes,
@@ -264,6 +204,91 @@ impl Datapath {
             );
         }
         Ok(pass)
+    }
+
+    /// The backend's desired state for the admitted peers; skipped peers logged once.
+    fn desired(&mut self) -> weft_backend::desired::Desired {
+        let admitted = self.admitted_peers();
+        let (desired, skipped) = self.backend.desired_state(&mut admitted.iter());
+        for skip in skipped {
+            if self.reported.insert((skip.key, skip.reason.clone())) {
+                warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
+            }
+        }
+        // Forget peers that are gone, so the memory is bounded and a returning peer with
+        // the same problem is reported again.
+        let peers = &self.peers;
+        self.reported.retain(|(key, _)| peers.contains_key(key));
+        desired
+    }
+
+    /// Drops desired routes that a foreign route occupies; each conflict logged once
+    /// while it lasts.
+    fn withdraw_foreign(
+        &mut self,
+        desired: &mut weft_backend::desired::Desired,
+        observed: &weft_backend::desired::Observed,
+    ) {
+        let conflicts = desired.withdraw_foreign(observed);
+        let current: HashSet<(Net, String)> = conflicts
+            .into_iter()
+            .map(|(route, foreign)| (route.destination, foreign))
+            .collect();
+        for (destination, foreign) in current.difference(&self.reported_conflicts) {
+            warn!(
+                subnet = %destination,
+                "not installing the route for peer subnet {destination}: the foreign route \
+                 `{foreign}` is there, and weft never replaces a route it does not own"
+            );
+        }
+        self.reported_conflicts = current;
+    }
+
+    /// During a datastore grace period, removes the removals from `ops`.
+    fn apply_hold(&mut self, ops: &mut Vec<diff::Op>) {
+        let Some(until) = self.removals_held_until else {
+            return;
+        };
+        if Instant::now() >= until {
+            self.removals_held_until = None;
+            info!("datastore grace period over: entries of peers still missing are removed");
+            return;
+        }
+        let before = ops.len();
+        ops.retain(|op| {
+            !matches!(
+                op,
+                diff::Op::DelRoute(_) | diff::Op::DelNeighbour(_) | diff::Op::DelFdb(_)
+            )
+        });
+        if ops.len() < before {
+            info!(
+                held = before - ops.len(),
+                "keeping entries of peers missing from the datastore until the grace period ends"
+            );
+        }
+    }
+
+    /// A (re)created device has a new index; read just the links, not a full
+    /// observation, so a pass at thousands of peers is not dumped twice.
+    async fn refresh_device_indices(
+        &mut self,
+        desired: &weft_backend::desired::Desired,
+        ops: &[diff::Op],
+    ) {
+        let devices_changed = ops
+            .iter()
+            .any(|op| matches!(op, diff::Op::CreateLink(_) | diff::Op::DeleteLink { .. }));
+        if !devices_changed {
+            return;
+        }
+        let mut indices = HashSet::new();
+        for name in desired.device_names() {
+            if let Ok(Some((index, _))) = self.kernel.link(name).await {
+                indices.insert(index);
+            }
+        }
+        self.device_indices = indices;
     }
 
     /// Whether a kernel notification concerns weft's objects (and so needs a pass).

@@ -61,26 +61,9 @@ async fn start<'a>(
         }
         None => debug!(file = %cli.subnet_file.display(), "no previous subnet"),
     }
-    let options = etcd_options(cli);
-    let Some(manager) = shutdown
-        .until(EtcdSubnetManager::connect_retrying(&options))
-        .await
-    else {
+    let Some((manager, config)) = connect(cli, shutdown, readiness).await? else {
         return Ok(None);
     };
-    let manager = Arc::new(manager?);
-    let runnable = |config: &NetworkConfig| {
-        BackendSpec::from_config(config)
-            .map(|_| ())
-            .map_err(|problem| format!("{problem}; fix the Backend in {}", manager.config_key()))
-    };
-    let mut report = |problem: &str| readiness.set_not_ready(problem.to_string());
-    let fetching = manager.network_config_retrying(&runnable, &mut report);
-    let Some(config) = shutdown.until(fetching).await else {
-        return Ok(None);
-    };
-    info!(config = %config.summary(), "network config");
-
     let (host, external) = bring_up::choose_interface(request, &config).await?;
     bring_up::check_network(&config, &host, &external)?;
     // Only vxlan reuses what was published (its VTEP MACs): no listing for other backends.
@@ -127,6 +110,35 @@ async fn start<'a>(
         ));
     }
     Ok(Some(node))
+}
+
+/// Connects to etcd and reads the network config (both retried until they work);
+/// `None` when shut down meanwhile.
+async fn connect(
+    cli: &Cli,
+    shutdown: &mut Shutdown,
+    readiness: &Readiness,
+) -> anyhow::Result<Option<(Arc<EtcdSubnetManager>, NetworkConfig)>> {
+    let options = etcd_options(cli);
+    let Some(manager) = shutdown
+        .until(EtcdSubnetManager::connect_retrying(&options))
+        .await
+    else {
+        return Ok(None);
+    };
+    let manager = Arc::new(manager?);
+    let runnable = |config: &NetworkConfig| {
+        BackendSpec::from_config(config)
+            .map(|_| ())
+            .map_err(|problem| format!("{problem}; fix the Backend in {}", manager.config_key()))
+    };
+    let mut report = |problem: &str| readiness.set_not_ready(problem.to_string());
+    let fetching = manager.network_config_retrying(&runnable, &mut report);
+    let Some(config) = shutdown.until(fetching).await else {
+        return Ok(None);
+    };
+    info!(config = %config.summary(), "network config");
+    Ok(Some((manager, config)))
 }
 
 /// Whether the lease named by the previous subnet.env is missing from etcd (then the

@@ -20,6 +20,7 @@ use crate::node_state::{NodeState, log_peer_events};
 use crate::shutdown::Shutdown;
 use crate::triggers::{Triggers, sleep_until};
 use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -35,12 +36,34 @@ use weft_subnet::{LeaseAttrs, NetworkConfig};
 /// How soon a failed re-publish of this node's annotations is retried.
 const REPUBLISH_RETRY: Duration = Duration::from_secs(5);
 
+/// Runs Kubernetes mode until shutdown.
 pub async fn run(
     cli: &Cli,
-    mut request: IfaceRequest,
+    request: IfaceRequest,
     mut shutdown: Shutdown,
     readiness: Arc<Readiness>,
 ) -> anyhow::Result<()> {
+    let Some(mut node) = start(cli, request, &mut shutdown, &readiness).await? else {
+        return Ok(());
+    };
+    let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
+    let watch_manager = node.manager.clone();
+    let watch_task = tokio::spawn(async move { watch_manager.watch_nodes(sink).await });
+    let result = node.run(&mut outputs, &mut shutdown).await;
+    watch_task.abort();
+    if result.is_ok() {
+        info!("shutting down; the annotations, subnet.env and the datapath are left in place");
+    }
+    result
+}
+
+/// Startup up to a held podCIDR; `None` when shut down meanwhile.
+async fn start<'a>(
+    cli: &'a Cli,
+    mut request: IfaceRequest,
+    shutdown: &mut Shutdown,
+    readiness: &Arc<Readiness>,
+) -> anyhow::Result<Option<KubeNode<'a>>> {
     let config = read_config(cli)?;
     info!(config = %config.summary(), "network config");
     let keys = AnnotationKeys::new(&cli.kube_annotation_prefix)?;
@@ -53,16 +76,51 @@ pub async fn run(
     let names = NodeNameSource::from_env();
     let resolving = names.resolve_retrying(&client, RetryPolicy::default(), &mut report);
     let Some(node_name) = shutdown.until(resolving).await else {
-        return Ok(());
+        return Ok(None);
     };
     let node_name = node_name?;
     info!(node = %node_name, "Kubernetes subnet manager for node {node_name}");
     let manager = KubeSubnetManager::new(client, node_name.clone(), keys.clone(), networks);
 
     let Some(own_node) = shutdown.until(manager.wait_for_node(&mut report)).await else {
-        return Ok(());
+        return Ok(None);
     };
-    match node::node_public_ips(&own_node, &keys) {
+    addresses_from_node(&own_node, &keys, &mut request);
+    let (host, external) = bring_up::choose_interface(request, &config).await?;
+    bring_up::check_network(&config, &host, &external)?;
+    let published = node::published_backend_data(&own_node, &keys);
+    let (datapath, kernel_events) =
+        bring_up::build_datapath(&config, &external, &host, published).await?;
+    let attrs = datapath
+        .backend
+        .lease_attrs(external.ext_addr, external.ext_v6_addr);
+
+    readiness.set_not_ready(format!("no podCIDR from node {node_name} yet"));
+    let Some(lease) = shutdown.until(manager.acquire(&attrs, &mut report)).await else {
+        return Ok(None);
+    };
+    info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
+    bring_up::check_own_subnet(&lease.key, &datapath)?;
+    let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
+    let readiness = readiness.clone();
+    let state = NodeState::new(cli, config, lease.key, readiness, datapath, triggers);
+    state
+        .readiness
+        .set_not_ready("waiting for the first Node listing");
+    Ok(Some(KubeNode {
+        cli,
+        manager,
+        attrs,
+        republish_at: None,
+        problems: Vec::new(),
+        state,
+        watcher: LeaseWatcher::new(Some(lease.key)),
+    }))
+}
+
+/// The Node's `node-public-ip(v6)` annotations and InternalIPs, for choosing the interface.
+fn addresses_from_node(own_node: &Node, keys: &AnnotationKeys, request: &mut IfaceRequest) {
+    match node::node_public_ips(own_node, keys) {
         Ok((v4, v6)) => {
             if let Some(ip) = v4 {
                 info!(
@@ -81,105 +139,7 @@ pub async fn run(
         }
         Err(e) => error!("{e}; ignoring it"),
     }
-    request.node_ips = node::internal_ips(&own_node);
-    let (host, external) = bring_up::choose_interface(request, &config).await?;
-    bring_up::check_network(&config, &host, &external)?;
-    let published = node::published_backend_data(&own_node, &keys);
-    let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published).await?;
-    let attrs = datapath
-        .backend
-        .lease_attrs(external.ext_addr, external.ext_v6_addr);
-
-    readiness.set_not_ready(format!("no podCIDR from node {node_name} yet"));
-    let Some(lease) = shutdown.until(manager.acquire(&attrs, &mut report)).await else {
-        return Ok(());
-    };
-    info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
-    bring_up::check_own_subnet(&lease.key, &datapath)?;
-    let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
-    let mut state = NodeState::new(
-        cli,
-        config,
-        lease.key,
-        readiness.clone(),
-        datapath,
-        triggers,
-    );
-    readiness.set_not_ready("waiting for the first Node listing");
-
-    let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
-    let watch_manager = manager.clone();
-    let watch_task = tokio::spawn(async move { watch_manager.watch_nodes(sink).await });
-    let mut own = OwnState {
-        cli,
-        manager: &manager,
-        attrs,
-        republish_at: None,
-        problems: Vec::new(),
-    };
-    let mut watcher = LeaseWatcher::new(Some(lease.key));
-    // Program the datapath only once the peers are known (see etcd mode).
-    loop {
-        let Some(output) = shutdown.until(outputs.recv()).await else {
-            watch_task.abort();
-            return Ok(());
-        };
-        let Some(output) = output else {
-            bail!("the Node watch stopped unexpectedly")
-        };
-        let snapshot = matches!(output.batch, Some(WatchBatch::Snapshot(_)));
-        own.apply(output, &mut watcher, &mut state);
-        if snapshot {
-            break;
-        }
-    }
-    state.converge().await;
-    state.write_subnet_env();
-    if cli.set_node_network_unavailable {
-        let mut report = |problem: &str| warn!("{problem}");
-        if shutdown
-            .until(manager.complete(&mut report))
-            .await
-            .is_none()
-        {
-            watch_task.abort();
-            return Ok(());
-        }
-    }
-
-    loop {
-        let republish_at = own.republish_at;
-        tokio::select! {
-            () = shutdown.wait() => break,
-            output = outputs.recv() => {
-                let Some(output) = output else { bail!("the Node watch stopped unexpectedly") };
-                let mut pending = vec![output];
-                while let Ok(more) = outputs.try_recv() {
-                    pending.push(more);
-                }
-                let mut peers_changed = false;
-                for output in pending {
-                    peers_changed |= own.apply(output, &mut watcher, &mut state);
-                }
-                // This Node's own updates (kubelet heartbeats) change nothing to program.
-                if peers_changed {
-                    state.peers_changed(&watcher);
-                }
-            }
-            () = sleep_until(republish_at) => {
-                own.republish_at = None;
-                match manager.get_node().await {
-                    Ok(node) => own.reassert(&node).await,
-                    Err(e) => own.retry_later(&e.to_string()),
-                }
-            }
-            trigger = state.next_trigger() => state.on_trigger(trigger?).await,
-        }
-    }
-    watch_task.abort();
-    info!("shutting down; the annotations, subnet.env and the datapath are left in place");
-    Ok(())
+    request.node_ips = node::internal_ips(own_node);
 }
 
 /// net-conf.json, parsed as flannel's kube mode does (not validated), with its messages.
@@ -195,40 +155,103 @@ fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
     Ok(config)
 }
 
-/// This node's side of the watch: peers into the lease watcher, and its own Node kept
+/// This node in Kubernetes mode: the peers from the Node watch, and its own Node kept
 /// carrying what this node publishes.
-struct OwnState<'a> {
+struct KubeNode<'a> {
     cli: &'a Cli,
-    manager: &'a KubeSubnetManager,
+    manager: KubeSubnetManager,
     attrs: LeaseAttrs,
     republish_at: Option<Instant>,
     /// Operator mistakes on this Node (a malformed overwrite) last reported.
     problems: Vec<String>,
+    state: NodeState,
+    watcher: LeaseWatcher,
 }
 
-impl OwnState<'_> {
+impl KubeNode<'_> {
+    /// The event loop: the first listing programs the datapath, then every tracker
+    /// output, the re-publish timer and the shared triggers.
+    async fn run(
+        &mut self,
+        outputs: &mut mpsc::Receiver<TrackerOutput>,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<()> {
+        // Program the datapath only once the peers are known (see etcd mode).
+        loop {
+            let Some(output) = shutdown.until(outputs.recv()).await else {
+                return Ok(());
+            };
+            let Some(output) = output else {
+                bail!("the Node watch stopped unexpectedly")
+            };
+            let snapshot = matches!(output.batch, Some(WatchBatch::Snapshot(_)));
+            self.apply(output);
+            if snapshot {
+                break;
+            }
+        }
+        self.state.converge().await;
+        self.state.write_subnet_env();
+        if self.cli.set_node_network_unavailable {
+            let mut report = |problem: &str| warn!("{problem}");
+            if shutdown
+                .until(self.manager.complete(&mut report))
+                .await
+                .is_none()
+            {
+                return Ok(());
+            }
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => return Ok(()),
+                output = outputs.recv() => {
+                    let Some(output) = output else { bail!("the Node watch stopped unexpectedly") };
+                    let mut pending = vec![output];
+                    while let Ok(more) = outputs.try_recv() {
+                        pending.push(more);
+                    }
+                    let mut peers_changed = false;
+                    for output in pending {
+                        peers_changed |= self.apply(output);
+                    }
+                    // This Node's own updates (kubelet heartbeats) change nothing to program.
+                    if peers_changed {
+                        self.state.peers_changed(&self.watcher);
+                    }
+                }
+                () = sleep_until(self.republish_at) => self.republish().await,
+                trigger = self.state.next_trigger() => self.state.on_trigger(trigger?).await,
+            }
+        }
+    }
+
+    /// Publishes this node's annotations and condition again (one GET and PATCH).
+    async fn republish(&mut self) {
+        self.republish_at = None;
+        match self.manager.get_node().await {
+            Ok(node) => self.reassert(&node).await,
+            Err(e) => self.retry_later(&e.to_string()),
+        }
+    }
+
     /// Applies one tracker output; returns whether the datapath's input changed (peers,
     /// or this node's subnet).
-    fn apply(
-        &mut self,
-        output: TrackerOutput,
-        watcher: &mut LeaseWatcher,
-        state: &mut NodeState,
-    ) -> bool {
+    fn apply(&mut self, output: TrackerOutput) -> bool {
         let mut changed = false;
         if let Some(batch) = output.batch {
             changed = true;
-            let Some(changes) = watcher.ingest(batch) else {
+            let Some(changes) = self.watcher.ingest(batch) else {
                 return changed;
             };
             log_peer_events(&changes.peers);
             // A peer under this node's own key was already reported as a conflict by the
             // tracker; the lease watcher keeps it out of the peer set.
-            state.set_peers(watcher);
+            self.state.set_peers(&self.watcher);
         }
         match output.own {
             Some(OwnNode::Present(node)) => {
-                changed |= self.check_pod_cidr(&node, watcher, state);
+                changed |= self.check_pod_cidr(&node);
                 if self.drifted(&node) {
                     // Re-publish from the event loop, not from here: one GET + PATCH.
                     self.republish_at.get_or_insert_with(Instant::now);
@@ -246,7 +269,7 @@ impl OwnState<'_> {
 
     /// Whether the Node lacks what this node publishes (annotations or condition).
     /// Reports operator mistakes on the Node when they change.
-    fn drifted(&mut self, node: &k8s_openapi::api::core::v1::Node) -> bool {
+    fn drifted(&mut self, node: &Node) -> bool {
         let current = node::annotations(node);
         let (wanted, problems) = self.manager.keys().published(&self.attrs, &current);
         if problems != self.problems {
@@ -259,7 +282,7 @@ impl OwnState<'_> {
             || (self.cli.set_node_network_unavailable && !node::network_marked_available(node))
     }
 
-    async fn reassert(&mut self, node: &k8s_openapi::api::core::v1::Node) {
+    async fn reassert(&mut self, node: &Node) {
         match self.manager.publish(node, &self.attrs).await {
             Ok(published) => {
                 if let Some(changes) = published.patched {
@@ -284,12 +307,8 @@ impl OwnState<'_> {
     /// A Node re-created with another podCIDR: adopt it, as etcd mode adopts a
     /// re-acquired subnet, and say loudly what it means for existing pods. Returns
     /// whether the subnet changed.
-    fn check_pod_cidr(
-        &self,
-        node: &k8s_openapi::api::core::v1::Node,
-        watcher: &mut LeaseWatcher,
-        state: &mut NodeState,
-    ) -> bool {
+    fn check_pod_cidr(&mut self, node: &Node) -> bool {
+        let (watcher, state) = (&mut self.watcher, &mut self.state);
         let key = match node::pod_subnets(node, self.manager.networks()) {
             Ok(key) => key,
             Err(e) => {
