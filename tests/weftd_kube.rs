@@ -7,147 +7,16 @@
 
 mod support;
 
+use support::kube_cluster::{KubeCluster, PREFIX, PROPAGATION};
+
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::time::Duration;
 use support::kernel_state::{fdb_entries, neighbours, peer_routes};
-use support::kube_api::{FakeApiServer, node_json};
-use support::netns::{UNDERLAY_GATEWAY, Underlay, run_in};
-use support::pods::{Pod, add_pod, ping, tcp_source_seen};
-use support::weftd::Weftd;
-use support::{unique, wait_for};
+use support::kube_api::node_json;
+use support::pods::{add_pod, ping, tcp_source_seen};
+use support::wait_for;
 
-const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-const PREFIX: &str = "flannel.alpha.coreos.com/";
 const LIMIT: Duration = Duration::from_secs(30);
-/// Watch delivery plus one reconcile pass; generous for loaded CI machines.
-const PROPAGATION: Duration = Duration::from_secs(10);
-
-/// Field order is drop order: pods, weftd processes, the API server, then namespaces.
-struct KubeCluster {
-    pods: Vec<Pod>,
-    nodes: Vec<Weftd>,
-    api: FakeApiServer,
-    underlay: Underlay,
-    dir: tempfile::TempDir,
-}
-
-impl KubeCluster {
-    /// `hosts` node namespaces and the API server; no Node objects, no weftd yet.
-    fn new(hosts: usize) -> KubeCluster {
-        let underlay = Underlay::new(&unique("wk"), hosts);
-        for host in &underlay.hosts {
-            vagrant_nat(&host.ns);
-        }
-        let listener = run_in(&underlay.ns.name, || {
-            std::net::TcpListener::bind(format!("{UNDERLAY_GATEWAY}:0")).expect("bind")
-        });
-        let api = FakeApiServer::start(listener);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("net-conf.json"), NET_CONF).unwrap();
-        KubeCluster {
-            pods: Vec::new(),
-            nodes: Vec::new(),
-            api,
-            underlay,
-            dir,
-        }
-    }
-
-    fn node_name(&self, host: usize) -> String {
-        self.underlay.hosts[host].ns.name.clone()
-    }
-
-    fn node_dir(&self, host: usize) -> PathBuf {
-        self.dir.path().join(format!("node{host}"))
-    }
-
-    /// The Node object the kubelet would register: podCIDR and InternalIP.
-    fn register(&self, host: usize, pod_cidrs: &[&str]) {
-        let ip = &self.underlay.hosts[host].ip;
-        self.api
-            .create_node(node_json(&self.node_name(host), pod_cidrs, ip));
-    }
-
-    fn start(&mut self, host: usize, env: &[(&str, &str)]) -> usize {
-        let conf = format!(
-            "--net-config-path={}",
-            self.dir.path().join("net-conf.json").display()
-        );
-        let url = format!("--kube-api-url={}", self.api.url());
-        let node_name = self.node_name(host);
-        let mut env = env.to_vec();
-        if !env.iter().any(|(k, _)| k.starts_with("POD_")) {
-            env.push(("NODE_NAME", &node_name));
-        }
-        let weftd = Weftd::start_with_env(
-            &self.underlay.hosts[host].ns.name,
-            &self.node_dir(host),
-            &[
-                "--kube-subnet-mgr",
-                &url,
-                &conf,
-                "--healthz-port=8081",
-                "--reconcile-interval=30",
-            ],
-            &env,
-        );
-        self.nodes.push(weftd);
-        self.nodes.len() - 1
-    }
-
-    fn readyz(&self, host: usize) -> (u16, String) {
-        self.underlay.hosts[host]
-            .ns
-            .http_get("http://127.0.0.1:8081/readyz")
-            .unwrap_or((0, String::new()))
-    }
-
-    fn annotation(&self, host: usize, suffix: &str) -> Option<String> {
-        let node = self.api.node(&self.node_name(host))?;
-        node["metadata"]["annotations"][format!("{PREFIX}{suffix}")]
-            .as_str()
-            .map(String::from)
-    }
-
-    fn routes_to(&self, host: usize) -> Vec<String> {
-        peer_routes(&self.underlay.hosts[host].ns)
-            .into_iter()
-            .map(|(dst, _, _)| dst)
-            .collect()
-    }
-
-    fn wait_routes(&self, host: usize, wanted: &[&str]) {
-        self.wait_routes_within(host, wanted, PROPAGATION);
-    }
-
-    fn wait_routes_within(&self, host: usize, wanted: &[&str], limit: Duration) {
-        let mut wanted: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
-        wanted.sort();
-        let found = support::wait_for_result("routes", limit, || {
-            (self.routes_to(host) == wanted).then_some(())
-        });
-        assert!(
-            found.is_some(),
-            "node {host} routes {:?}, wanted {wanted:?}; log:\n{}",
-            self.routes_to(host),
-            self.nodes[host].log()
-        );
-    }
-}
-
-/// What a Vagrant VM looks like: a NAT interface with 10.0.2.15 and the default route.
-fn vagrant_nat(ns: &support::netns::Netns) {
-    ns.ip(&[
-        "link", "add", "nat0", "type", "veth", "peer", "name", "nat1",
-    ]);
-    ns.ip(&["addr", "add", "10.0.2.15/24", "dev", "nat0"]);
-    ns.ip(&["link", "set", "nat0", "up"]);
-    ns.ip(&["link", "set", "nat1", "up"]);
-    ns.ip(&[
-        "route", "replace", "default", "via", "10.0.2.2", "dev", "nat0",
-    ]);
-}
 
 /// A running three-node cluster with one pod per node. Node 3 finds its name through
 /// POD_NAME/POD_NAMESPACE and a GET of its pod, as in a DaemonSet without NODE_NAME.

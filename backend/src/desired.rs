@@ -120,12 +120,15 @@ pub struct ObservedLink {
     pub addresses: Vec<(IpAddr, u8)>,
 }
 
-/// A route found in the main table.
+/// A route weft owns, found in the main table: marked with weft's route protocol, or
+/// through one of weft's devices (the overlay's, e.g. installed by flannel before weft
+/// took the node over).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedRoute {
     pub route: Route,
-    /// Marked with weft's route protocol, or through one of weft's devices.
-    pub owned: bool,
+    /// Carries weft's route protocol (91). An unmarked route that weft wants is
+    /// re-marked in place (adopted), so later repairs and sweeps treat it as weft's.
+    pub marked: bool,
 }
 
 /// A route weft does not own (connected, static, another daemon's) on a prefix weft

@@ -195,8 +195,14 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
         .iter()
         .filter(|r| !on_fresh(&r.route.device))
         .collect();
-    // Indexed, so a steady-state pass over thousands of peers stays linear.
-    let live_set: HashSet<&Route> = live_routes.iter().map(|r| &r.route).collect();
+    // Indexed, so a steady-state pass over thousands of peers stays linear. Only marked
+    // routes count as in place: a wanted route without weft's mark (flannel's, on a
+    // node weft took over) is replaced by the same route with the mark, atomically.
+    let live_set: HashSet<&Route> = live_routes
+        .iter()
+        .filter(|r| r.marked)
+        .map(|r| &r.route)
+        .collect();
     for route in desired.routes.values() {
         if !live_set.contains(route) {
             ops.push(Op::ReplaceRoute(route.clone()));
@@ -206,7 +212,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
         let route = &observed_route.route;
         // Ours, and nothing wants this prefix any more. A wanted prefix with a different
         // path was rewritten in place by the replace above.
-        if observed_route.owned && !desired.routes.contains_key(&route.destination) {
+        if !desired.routes.contains_key(&route.destination) {
             ops.push(Op::DelRoute(route.clone()));
         }
     }
@@ -393,7 +399,7 @@ mod tests {
                 .values()
                 .map(|r| ObservedRoute {
                     route: r.clone(),
-                    owned: true,
+                    marked: true,
                 })
                 .collect(),
             foreign_routes: Vec::new(),
@@ -554,6 +560,33 @@ mod tests {
     }
 
     #[test]
+    fn an_unmarked_route_on_weft_s_device_is_adopted_in_place_and_swept_later() {
+        // flannel's route for peer 2 (no route protocol mark) on a node weft took over.
+        let desired = desired_with_peers(&[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+        let mut observed = converged(&desired);
+        for r in &mut observed.routes {
+            r.marked = false;
+        }
+        let ops = diff(&desired, &observed);
+        let replaced: Vec<String> = ops
+            .iter()
+            .map(|op| match op {
+                Op::ReplaceRoute(r) => r.destination.to_string(),
+                other => panic!("only re-marking replaces, got {other}"),
+            })
+            .collect();
+        assert_eq!(replaced, ["10.244.2.0/24", "10.244.3.0/24"]);
+        // Once peer 3 leaves, its unmarked route is swept like weft's own.
+        let only_2 = desired_with_peers(&[(2, "198.18.0.12")]);
+        let ops = diff(&only_2, &observed);
+        assert!(
+            ops.iter()
+                .any(|op| matches!(op, Op::DelRoute(r) if r.destination == net("10.244.3.0/24"))),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
     fn stale_owned_route_from_a_vanished_peer_is_swept() {
         let desired = desired_with_peers(&[(2, "198.18.0.12")]);
         let mut observed = converged(&desired);
@@ -565,7 +598,7 @@ mod tests {
         };
         observed.routes.push(ObservedRoute {
             route: stale.clone(),
-            owned: true,
+            marked: true,
         });
         assert_eq!(diff(&desired, &observed), vec![Op::DelRoute(stale)]);
     }
@@ -668,7 +701,7 @@ mod tests {
         let mut observed = converged(&direct);
         observed.routes = vec![ObservedRoute {
             route: direct.routes.values().next().unwrap().clone(),
-            owned: true,
+            marked: true,
         }];
         let ops = diff(&vxlan, &observed);
         assert!(

@@ -4,8 +4,10 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod flannel_like;
 pub mod kernel_state;
 pub mod kube_api;
+pub mod kube_cluster;
 pub mod netns;
 pub mod pods;
 pub mod vxlan;

@@ -329,7 +329,9 @@ impl Kernel {
                 self.delete_neighbour(message, "delete fdb entry").await
             }
             Op::ReplaceRoute(r) => {
-                let message = route_message(r, index(&r.device)?).ok_or_else(|| mixed_family(r))?;
+                let message =
+                    route_message(r, index(&r.device)?, RouteProtocol::from(ROUTE_PROTOCOL))
+                        .ok_or_else(|| mixed_family(r))?;
                 self.handle
                     .route()
                     .add(message)
@@ -343,7 +345,11 @@ impl Kernel {
                 let Ok(i) = index(&r.device) else {
                     return Ok(());
                 };
-                let message = route_message(r, i).ok_or_else(|| mixed_family(r))?;
+                // Any protocol: an adopted route may still carry its installer's (flannel's
+                // boot); the kernel deletes only a route with this exact destination,
+                // gateway and device.
+                let message =
+                    route_message(r, i, RouteProtocol::Unspec).ok_or_else(|| mixed_family(r))?;
                 gone_is_fine(
                     self.handle
                         .route()
@@ -439,7 +445,7 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
 
 /// The netlink message for a route; `None` for a gateway of the other family (never
 /// produced by `desired_state`, and never sent: an empty message would mean a default route).
-fn route_message(route: &Route, oif: u32) -> Option<RouteMessage> {
+fn route_message(route: &Route, oif: u32, protocol: RouteProtocol) -> Option<RouteMessage> {
     let prefix = route.destination.prefix;
     let mut message = match (route.destination.ip(), route.gateway) {
         (IpAddr::V4(dst), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
@@ -452,7 +458,7 @@ fn route_message(route: &Route, oif: u32) -> Option<RouteMessage> {
             .build(),
         _ => return None,
     };
-    message.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    message.header.protocol = protocol;
     message.header.kind = RouteType::Unicast;
     message.attributes.push(RouteAttribute::Oif(oif));
     if route.onlink {
@@ -594,6 +600,7 @@ fn classify_route(
     // Kernel routes of our own devices (e.g. IPv6 link-local) have no gateway: not ours to manage.
     let gateway = gateway?;
     let oif = oif?;
+    let marked = message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL);
     Some(SeenRoute::Ours(ObservedRoute {
         route: Route {
             destination,
@@ -604,7 +611,7 @@ fn classify_route(
                 .unwrap_or_else(|| format!("ifindex {oif}")),
             onlink: message.header.flags.contains(RouteFlags::Onlink),
         },
-        owned: true,
+        marked,
     }))
 }
 
