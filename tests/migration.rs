@@ -128,3 +128,83 @@ fn etcd_nodes_move_from_flannel_to_weft_and_back_without_losing_a_packet() {
     assert_eq!(route_protocols(&c.underlay.hosts[0].ns), ["boot"]);
     assert!(ping(&pods[1].ns, &pods[0].ip, 2));
 }
+
+#[test]
+fn kube_nodes_move_from_flannel_to_weft_and_back_without_losing_a_packet() {
+    use support::kube_api::node_json;
+    use support::kube_cluster::KubeCluster;
+    let mut c = KubeCluster::new(3);
+    let flannel: Vec<FlannelNode> = (0..3)
+        .map(|i| FlannelNode::new(i as u8, &c.underlay.hosts[i].ip))
+        .collect();
+    // The Nodes as flannel left them: podCIDR, InternalIP, flannel's annotations.
+    for (i, node) in flannel.iter().enumerate() {
+        let mut object = node_json(&c.node_name(i), &[&node.subnet], &node.public_ip);
+        object["metadata"]["annotations"] = node.annotations();
+        c.api.create_node(object);
+        node.write_subnet_env(&c.node_dir(i).join("subnet.env"));
+        let peers: Vec<&FlannelNode> = flannel.iter().filter(|p| *p != node).collect();
+        node.program(&c.underlay.hosts[i].ns, &peers);
+    }
+    for i in 0..3 {
+        let ns = &c.underlay.hosts[i].ns;
+        let pod = add_pod(ns, &format!("{}-p", ns.name), &c.node_dir(i));
+        c.pods.push(pod);
+    }
+    assert!(
+        ping(&c.pods[0].ns, &c.pods[1].ip, 2),
+        "flannel-like cluster works"
+    );
+
+    let pings: Vec<FastPing> = [(0, 1), (1, 2), (2, 0)]
+        .iter()
+        .map(|&(a, b)| FastPing::start(&c.pods[a].ns, &c.pods[b].ip))
+        .collect();
+    for i in 0..3 {
+        let n = c.start(i, &[]);
+        c.nodes[n].wait_log("weftd is ready", LIMIT);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    no_loss(pings);
+    for (i, node) in flannel.iter().enumerate() {
+        // The annotations flannel published are weft's as they are: same MAC, no patch.
+        let object = c.api.node(&c.node_name(i)).unwrap();
+        for (key, value) in node.annotations().as_object().unwrap() {
+            assert_eq!(
+                &object["metadata"]["annotations"][key], value,
+                "node {i}: {key}"
+            );
+        }
+        assert_eq!(
+            route_protocols(&c.underlay.hosts[i].ns),
+            ["91", "91"],
+            "node {i}"
+        );
+    }
+    for node in &c.nodes {
+        // Nothing to patch: flannel's annotations already say what weft would publish.
+        assert!(
+            node.log()
+                .contains("this node's annotations are up to date")
+        );
+        assert!(!node.log().contains("published this node's annotations"));
+    }
+
+    // A peer leaves: its Node is deleted; its entries go everywhere.
+    assert!(c.nodes[2].terminate().success());
+    c.api.delete_node(&c.node_name(2));
+    for host in 0..2 {
+        entries_gone(&c.underlay.hosts[host].ns, &flannel[2]);
+    }
+
+    // The way back for node 0.
+    let pings = vec![
+        FastPing::start(&c.pods[0].ns, &c.pods[1].ip),
+        FastPing::start(&c.pods[1].ns, &c.pods[0].ip),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(c.nodes[0].terminate().success());
+    flannel[0].program(&c.underlay.hosts[0].ns, &[&flannel[1]]);
+    std::thread::sleep(Duration::from_secs(2));
+    no_loss(pings);
+}
