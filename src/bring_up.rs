@@ -10,7 +10,8 @@ use serde_json::Value;
 use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tracing::info;
-use weft_backend::backend::{AllocBackend, Backend, VxlanBackend};
+use weft_backend::backend::{AllocBackend, Backend, HostGwBackend, VxlanBackend};
+use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
 use weft_backend::vxlan::{self, VxlanConfig};
@@ -22,11 +23,13 @@ use weft_subnet::{NetworkConfig, SubnetKey};
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendSpec {
     Vxlan(VxlanConfig),
+    HostGw,
     Alloc,
 }
 
 /// Backends this build of weftd can run.
-pub const IMPLEMENTED_BACKENDS: [BackendType; 2] = [BackendType::Vxlan, BackendType::Alloc];
+pub const IMPLEMENTED_BACKENDS: [BackendType; 3] =
+    [BackendType::Vxlan, BackendType::HostGw, BackendType::Alloc];
 
 impl BackendSpec {
     /// The backend of `config`, or why this build cannot run it.
@@ -35,6 +38,7 @@ impl BackendSpec {
             BackendType::Vxlan => VxlanConfig::for_network(config)
                 .map(BackendSpec::Vxlan)
                 .map_err(|e| e.to_string()),
+            BackendType::HostGw => Ok(BackendSpec::HostGw),
             BackendType::Alloc => Ok(BackendSpec::Alloc),
             other => Err(format!(
                 "backend type {other} is not implemented in this weftd build (implemented: {})",
@@ -99,6 +103,7 @@ pub async fn build_datapath(
             let node = vxlan_node(&config, external, host, &kernel, published).await?;
             Box::new(VxlanBackend { config, node })
         }
+        Ok(BackendSpec::HostGw) => Box::new(host_gw_backend(external, host)?),
         Ok(BackendSpec::Alloc) => Box::new(AllocBackend { mtu: external.mtu }),
         Err(problem) => bail!("{problem}"),
     };
@@ -117,6 +122,47 @@ pub async fn build_datapath(
     let kernel_events =
         weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
     Ok((Datapath::new(backend, kernel, surroundings), kernel_events))
+}
+
+/// This node's host-gw side, after flannel's NAT check: routes go via the public IP, so
+/// it must be the interface's own address.
+fn host_gw_backend(
+    external: &ExternalInterface,
+    host: &HostSnapshot,
+) -> anyhow::Result<HostGwBackend> {
+    let differs =
+        |public: Option<IpAddr>, iface: Option<IpAddr>| public.is_some() && public != iface;
+    if differs(
+        external.ext_addr.map(IpAddr::V4),
+        external.iface_addr.map(IpAddr::V4),
+    ) || differs(
+        external.ext_v6_addr.map(IpAddr::V6),
+        external.iface_v6_addr.map(IpAddr::V6),
+    ) {
+        bail!("{}", hostgw::NAT_MESSAGE);
+    }
+    Ok(HostGwBackend {
+        node: hostgw::Node {
+            own: SubnetKey {
+                ipv4: None,
+                ipv6: None,
+            },
+            external_name: external.name.clone(),
+            external_mtu: external.mtu,
+            connected: connected_to(external, host),
+        },
+    })
+}
+
+/// Networks directly connected to the external interface (host-gw routes and vxlan
+/// DirectRouting need the peer on one of them).
+fn connected_to(external: &ExternalInterface, host: &HostSnapshot) -> Vec<Net> {
+    host.links
+        .iter()
+        .filter(|l| l.index == external.index)
+        .flat_map(|l| l.addresses.iter())
+        .map(|a| Net::new_masked(a.ip, a.prefix))
+        .collect()
 }
 
 /// This node's vxlan side. The VTEP MACs survive restarts and device re-creation: an
@@ -154,13 +200,7 @@ async fn vxlan_node(
             info!(device = %name, mac = %mac::format(&mac), "VTEP MAC from {source}");
         }
     }
-    let connected = host
-        .links
-        .iter()
-        .filter(|l| l.index == external.index)
-        .flat_map(|l| l.addresses.iter())
-        .map(|a| Net::new_masked(a.ip, a.prefix))
-        .collect();
+    let connected = connected_to(external, host);
     Ok(vxlan::Node {
         own: SubnetKey {
             ipv4: None,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
     long_about = "weftd leases a pod subnet for this node from etcd (or the Kubernetes API), \
                   programs the datapath and writes subnet.env for the CNI plugin. Flags are \
                   flannel's; each can also be set with FLANNELD_<FLAG_NAME>. Backends \
-                  implemented: vxlan, alloc."
+                  implemented: vxlan, host-gw, alloc."
 )]
 pub struct Cli {
     /// Comma-separated etcd endpoints.

@@ -26,9 +26,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
              written as asked, so the CNI plugin will not masquerade either"
         );
     }
-    if cli.ip_blackhole_route {
-        warn!("--ip-blackhole-route is not implemented yet and is ignored");
-    }
     let request = iface_request(&cli)?;
     let shutdown = Shutdown::install()?;
     let readiness = Readiness::new("starting: no network config yet");

@@ -56,6 +56,8 @@ pub struct Datapath {
     device_indices: HashSet<u32>,
     /// Until then, passes add and repair but remove no peer entries (see [`Self::hold_removals`]).
     removals_held_until: Option<Instant>,
+    /// `--ip-blackhole-route`: a blackhole route for this node's own subnets.
+    blackhole_own: bool,
 }
 
 impl Datapath {
@@ -72,7 +74,15 @@ impl Datapath {
             rejections: BTreeMap::new(),
             device_indices: HashSet::new(),
             removals_held_until: None,
+            blackhole_own: false,
         }
+    }
+
+    /// Keeps a blackhole route for this node's own subnets (`--ip-blackhole-route`), so
+    /// traffic to pod addresses that do not exist (yet) is dropped here rather than sent
+    /// out by the default route.
+    pub fn set_blackhole_own(&mut self, enabled: bool) {
+        self.blackhole_own = enabled;
     }
 
     /// Until `until`, passes remove no peer route, neighbour or FDB entry. The peer set
@@ -209,7 +219,12 @@ impl Datapath {
     /// The backend's desired state for the admitted peers; skipped peers logged once.
     fn desired(&mut self) -> weft_backend::desired::Desired {
         let admitted = self.admitted_peers();
-        let (desired, skipped) = self.backend.desired_state(&mut admitted.iter());
+        let (mut desired, skipped) = self.backend.desired_state(&mut admitted.iter());
+        if let (true, Some(own)) = (self.blackhole_own, self.own) {
+            desired
+                .blackholes
+                .extend([own.ipv4, own.ipv6].into_iter().flatten());
+        }
         for skip in skipped {
             if self.reported.insert((skip.key, skip.reason.clone())) {
                 warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);

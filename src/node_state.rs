@@ -50,6 +50,7 @@ impl NodeState {
             datapath_ok: true,
             triggers,
         };
+        state.datapath.set_blackhole_own(cli.ip_blackhole_route);
         state.set_own(own);
         state
     }

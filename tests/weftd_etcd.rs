@@ -143,10 +143,10 @@ fn etcd_down_at_start_then_bad_config_then_recovery() {
     c.etcd.etcdctl(&[
         "put",
         CONFIG_KEY,
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
     ]);
     c.nodes[0].wait_log(
-        "backend type host-gw is not implemented in this weftd build",
+        "backend type wireguard is not implemented in this weftd build",
         LIMIT,
     );
 

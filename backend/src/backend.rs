@@ -3,6 +3,7 @@
 //! the daemon's reconcile loop applies their desired state through the kernel boundary.
 
 use crate::desired::Desired;
+use crate::hostgw;
 use crate::mac::Mac;
 use crate::vxlan::{self, VxlanConfig};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -113,5 +114,33 @@ impl Backend for VxlanBackend {
         let v4 = vxlan::vtep_mac(peer.attrs.backend_data.as_ref()).map(|m| (Family::V4, m));
         let v6 = vxlan::vtep_mac(peer.attrs.backend_v6_data.as_ref()).map(|m| (Family::V6, m));
         v4.into_iter().chain(v6).collect()
+    }
+}
+
+/// The host-gw backend (see [`hostgw`]).
+#[derive(Debug, Clone)]
+pub struct HostGwBackend {
+    pub node: hostgw::Node,
+}
+
+impl Backend for HostGwBackend {
+    fn set_own(&mut self, own: SubnetKey) {
+        self.node.own = own;
+    }
+
+    fn lease_attrs(&self, public_v4: Option<Ipv4Addr>, public_v6: Option<Ipv6Addr>) -> LeaseAttrs {
+        self.node.lease_attrs(public_v4, public_v6)
+    }
+
+    fn pod_mtu(&self) -> u32 {
+        self.node.external_mtu
+    }
+
+    fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>) {
+        hostgw::desired_state(&self.node, peers)
+    }
+
+    fn owns_device(&self, _name: &str) -> bool {
+        false
     }
 }

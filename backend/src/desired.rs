@@ -4,7 +4,7 @@
 //! with a new index, and the same desired state still describes it.
 
 use crate::mac::Mac;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use weft_subnet::family::Net;
 
@@ -62,6 +62,22 @@ pub struct Desired {
     pub routes: BTreeMap<Net, Route>,
     pub neighbours: BTreeMap<(String, IpAddr), Neighbour>,
     pub fdb: BTreeMap<(String, Mac), Fdb>,
+    /// Blackhole routes (`--ip-blackhole-route`: the node's own subnets), installed at
+    /// the lowest preference so they never shadow a real route to the same prefix.
+    pub blackholes: BTreeSet<Net>,
+}
+
+/// The metric of weft's blackhole routes: the lowest preference, so the CNI bridge's
+/// connected route (or anything else) to the same prefix always wins while it exists.
+pub const BLACKHOLE_METRIC: u32 = u32::MAX;
+
+/// Whether `name` is a device name weft's vxlan backend uses (`flannel.<VNI>`,
+/// `flannel-v6.<VNI>`).
+pub fn is_vxlan_device_name(name: &str) -> bool {
+    let vni = name
+        .strip_prefix("flannel-v6.")
+        .or_else(|| name.strip_prefix("flannel."));
+    vni.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Desired {
@@ -149,4 +165,9 @@ pub struct Observed {
     pub foreign_routes: Vec<ForeignRoute>,
     pub neighbours: Vec<Neighbour>,
     pub fdb: Vec<Fdb>,
+    /// vxlan devices named like weft's that nothing wants now: left by another backend
+    /// or VNI this node ran before (removed, with their entries).
+    pub stray_devices: Vec<String>,
+    /// weft's blackhole routes (marked with its route protocol).
+    pub blackholes: Vec<Net>,
 }

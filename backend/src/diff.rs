@@ -5,7 +5,9 @@
 //! 2. neighbour and FDB entries, before the routes that use them (otherwise the kernel
 //!    would try to resolve the gateway while the route exists without its entries);
 //! 3. routes;
-//! 4. stale routes, and only then stale neighbour and FDB entries.
+//! 4. stale routes, and only then stale neighbour and FDB entries;
+//! 5. blackhole routes; last, weft's devices that nothing wants any more (another
+//!    backend's or VNI's), once the routes that replace theirs are in place.
 
 use crate::desired::{Desired, Device, Fdb, Neighbour, Observed, ObservedLink, Route, VxlanLink};
 use crate::mac::{self, Mac};
@@ -43,6 +45,8 @@ pub enum Op {
     DelFdb(Fdb),
     ReplaceRoute(Route),
     DelRoute(Route),
+    ReplaceBlackhole(Net),
+    DelBlackhole(Net),
 }
 
 impl std::fmt::Display for Op {
@@ -97,6 +101,8 @@ impl std::fmt::Display for Op {
             ),
             Op::ReplaceRoute(r) => write!(f, "route replace {}", describe_route(r)),
             Op::DelRoute(r) => write!(f, "route del {}", describe_route(r)),
+            Op::ReplaceBlackhole(n) => write!(f, "route replace blackhole {n}"),
+            Op::DelBlackhole(n) => write!(f, "route del blackhole {n}"),
         }
     }
 }
@@ -238,6 +244,27 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
         let ours = our_devices.contains(fdb.device.as_str()) && !on_fresh(&fdb.device);
         if ours && !desired.fdb.contains_key(&(fdb.device.clone(), fdb.mac)) {
             ops.push(Op::DelFdb(fdb.clone()));
+        }
+    }
+    let observed_blackholes: HashSet<&Net> = observed.blackholes.iter().collect();
+    for net in &desired.blackholes {
+        if !observed_blackholes.contains(net) {
+            ops.push(Op::ReplaceBlackhole(*net));
+        }
+    }
+    for net in &observed.blackholes {
+        if !desired.blackholes.contains(net) {
+            ops.push(Op::DelBlackhole(*net));
+        }
+    }
+    for name in &observed.stray_devices {
+        if !our_devices.contains(name.as_str()) {
+            ops.push(Op::DeleteLink {
+                name: name.clone(),
+                reason: "no backend of this node uses it any more (left by another backend \
+                         or VNI)"
+                    .into(),
+            });
         }
     }
     ops
@@ -405,6 +432,8 @@ mod tests {
             foreign_routes: Vec::new(),
             neighbours: desired.neighbours.values().cloned().collect(),
             fdb: desired.fdb.values().cloned().collect(),
+            stray_devices: Vec::new(),
+            blackholes: desired.blackholes.iter().copied().collect(),
         }
     }
 
@@ -584,6 +613,33 @@ mod tests {
                 .any(|op| matches!(op, Op::DelRoute(r) if r.destination == net("10.244.3.0/24"))),
             "{ops:?}"
         );
+    }
+
+    #[test]
+    fn blackholes_are_added_and_removed_and_stray_devices_deleted_last() {
+        let mut desired = desired_with_peers(&[(2, "198.18.0.12")]);
+        let mut observed = converged(&desired);
+        desired.blackholes.insert(net("10.244.1.0/24"));
+        observed.blackholes.push(net("10.244.9.0/24"));
+        observed.stray_devices.push("flannel.7".into());
+        let ops = diff(&desired, &observed);
+        assert_eq!(
+            ops,
+            vec![
+                Op::ReplaceBlackhole(net("10.244.1.0/24")),
+                Op::DelBlackhole(net("10.244.9.0/24")),
+                Op::DeleteLink {
+                    name: "flannel.7".into(),
+                    reason: "no backend of this node uses it any more (left by another \
+                             backend or VNI)"
+                        .into()
+                },
+            ]
+        );
+        assert!(crate::desired::is_vxlan_device_name("flannel.1"));
+        assert!(crate::desired::is_vxlan_device_name("flannel-v6.4096"));
+        assert!(!crate::desired::is_vxlan_device_name("flannel.x"));
+        assert!(!crate::desired::is_vxlan_device_name("flannel0"));
     }
 
     #[test]

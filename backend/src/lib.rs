@@ -5,10 +5,12 @@
 //! the [`desired::Observed`] state of the objects weft owns, and the pure [`diff::diff`]
 //! turns the gap into [`diff::Op`]s applied in a safe order.
 
+pub mod adjacency;
 pub mod admission;
 pub mod backend;
 pub mod desired;
 pub mod diff;
+pub mod hostgw;
 pub mod kernel;
 pub mod mac;
 pub mod vxlan;

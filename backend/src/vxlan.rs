@@ -287,11 +287,7 @@ pub fn desired_state<'a>(
                 });
                 continue;
             }
-            if config.direct_routing
-                && node.connected.iter().any(|n| {
-                    n.family == family && n.contains(weft_subnet::family::to_u128(public_ip))
-                })
-            {
+            if config.direct_routing && crate::adjacency::on_link(&node.connected, public_ip) {
                 desired.add_route(Route {
                     destination: subnet,
                     gateway: public_ip,

@@ -8,8 +8,8 @@
 use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
-    Desired, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink, ObservedRoute, Route,
-    VxlanAttrs, VxlanLink,
+    BLACKHOLE_METRIC, Desired, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink, ObservedRoute,
+    Route, VxlanAttrs, VxlanLink, is_vxlan_device_name,
 };
 use crate::diff::Op;
 use crate::mac::{self, Mac};
@@ -85,6 +85,8 @@ impl Kernel {
             };
             if wanted.contains(name) {
                 observed.links.push(observed_link(link, name));
+            } else if is_vxlan_device_name(name) && observed_link(link, name).vxlan.is_some() {
+                observed.stray_devices.push(name.to_string());
             }
         }
         let ours: HashMap<u32, String> = observed
@@ -137,6 +139,7 @@ impl Kernel {
                 match classify_route(&message, &names, &ours, desired) {
                     Some(SeenRoute::Ours(route)) => observed.routes.push(route),
                     Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
+                    Some(SeenRoute::Blackhole(net)) => observed.blackholes.push(net),
                     None => {}
                 }
             }
@@ -340,6 +343,22 @@ impl Kernel {
                     .await
                     .map_err(netlink("replace route"))
             }
+            Op::ReplaceBlackhole(net) => self
+                .handle
+                .route()
+                .add(blackhole_message(*net))
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("replace blackhole route")),
+            Op::DelBlackhole(net) => gone_is_fine(
+                self.handle
+                    .route()
+                    .del(blackhole_message(*net))
+                    .execute()
+                    .await
+                    .map_err(netlink("delete blackhole route")),
+            ),
             Op::DelRoute(r) => {
                 // The device may already be gone (and the route with it).
                 let Ok(i) = index(&r.device) else {
@@ -443,6 +462,25 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
+/// weft's blackhole route for `net`: marked, at the lowest preference.
+fn blackhole_message(net: Net) -> RouteMessage {
+    let mut message = match net.ip() {
+        IpAddr::V4(dst) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, net.prefix)
+            .build(),
+        IpAddr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, net.prefix)
+            .build(),
+    };
+    message.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    message.header.kind = RouteType::BlackHole;
+    message.header.scope = rtnetlink::packet_route::route::RouteScope::Universe;
+    message
+        .attributes
+        .push(RouteAttribute::Priority(BLACKHOLE_METRIC));
+    message
+}
+
 /// The netlink message for a route; `None` for a gateway of the other family (never
 /// produced by `desired_state`, and never sent: an empty message would mean a default route).
 fn route_message(route: &Route, oif: u32, protocol: RouteProtocol) -> Option<RouteMessage> {
@@ -542,6 +580,8 @@ fn vxlan_attrs(infos: &[InfoVxlan]) -> VxlanAttrs {
 enum SeenRoute {
     Ours(ObservedRoute),
     Foreign(ForeignRoute),
+    /// One of weft's blackhole routes.
+    Blackhole(Net),
 }
 
 /// Sorts a dumped route: weft's own (marked with its protocol, or through its devices:
@@ -579,6 +619,10 @@ fn classify_route(
             0,
         ),
     };
+    let marked = message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL);
+    if message.header.kind == RouteType::BlackHole && marked {
+        return Some(SeenRoute::Blackhole(destination));
+    }
     let owned = message.header.kind == RouteType::Unicast
         && (message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
             || oif.is_some_and(|i| ours.contains_key(&i)));
@@ -600,7 +644,6 @@ fn classify_route(
     // Kernel routes of our own devices (e.g. IPv6 link-local) have no gateway: not ours to manage.
     let gateway = gateway?;
     let oif = oif?;
-    let marked = message.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL);
     Some(SeenRoute::Ours(ObservedRoute {
         route: Route {
             destination,
