@@ -408,3 +408,38 @@ fn hostile_node_annotations_are_rejected() {
         }
     }
 }
+
+#[test]
+fn host_gw_in_kube_mode_publishes_flannels_annotations_and_routes_pods() {
+    let mut c = KubeCluster::new(2);
+    std::fs::write(
+        c.dir.path().join("net-conf.json"),
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    )
+    .unwrap();
+    for host in 0..2 {
+        c.register(host, &[&format!("10.244.{}.0/24", host + 1)]);
+        c.start(host, &[]);
+    }
+    for host in 0..2 {
+        c.nodes[host].wait_log("weftd is ready", LIMIT);
+        assert_eq!(
+            c.annotation(host, "backend-type").as_deref(),
+            Some("host-gw")
+        );
+        assert_eq!(c.annotation(host, "backend-data").as_deref(), Some("null"));
+        let ns = &c.underlay.hosts[host].ns;
+        let name = format!("{}-p", ns.name);
+        let pod = add_pod(ns, &name, &c.node_dir(host));
+        c.pods.push(pod);
+    }
+    let ns0 = &c.underlay.hosts[0].ns;
+    wait_for("the host-gw route", PROPAGATION, || {
+        let route = ns0.ip(&["route", "show", "10.244.2.0/24"]);
+        route
+            .contains(&format!("via {} dev eth0 proto 91", c.underlay.hosts[1].ip))
+            .then_some(())
+    });
+    assert!(ping(&c.pods[0].ns, &c.pods[1].ip, 2));
+    assert!(ping(&c.pods[1].ns, &c.pods[0].ip, 2));
+}
