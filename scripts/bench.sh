@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Datapath benchmarks (release build): convergence latency from an etcd lease write to
-# the route in another node's kernel, and weftd at 5,000 peers. Needs root. Prints the
+# the route in another node's kernel, weftd at 5,000 peers, and host-gw throughput
+# against hand-written routes. Needs root. Prints the
 # BENCH lines that docs/benchmarks.md reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The throughput benchmark needs iperf3 (not needed by the test suite).
+command -v iperf3 >/dev/null || { apt-get update -qq && apt-get install -y -qq iperf3 >/dev/null; }
 cargo test --release --locked --workspace --no-run >/dev/null 2>&1 || cargo test --release --locked --workspace --no-run
 cargo test --release --locked --test bench_datapath -- --ignored --nocapture --test-threads=1 2>&1 | grep -oE "BENCH.*|test result.*|panicked.*"

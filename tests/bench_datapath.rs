@@ -264,3 +264,115 @@ fn scale_5000_peers() {
         cpu_per_pass_ms
     );
 }
+
+/// iperf3 from `client` to `server_ip` (served in `server`) for 5 s: Gbit/s received.
+fn iperf_gbits(
+    server: &support::netns::Netns,
+    server_ip: &str,
+    client: &support::netns::Netns,
+) -> f64 {
+    let mut daemon = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            server_ip,
+            "-p",
+            "5201",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 (apt-get install iperf3)");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client.exec(&[
+        "iperf3", "-c", server_ip, "-p", "5201", "-t", "5", "-O", "1", "-J",
+    ]);
+    let _ = daemon.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+/// (c) host-gw pod-to-pod throughput with weft's routes, side by side with the same
+/// routes written by hand (weftd stopped), alternating, three pairs.
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn hostgw_throughput_against_hand_written_routes() {
+    use support::pods::add_pod;
+    let mut c = Cluster::new(2, true);
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    ]);
+    for host in 0..2 {
+        c.start(host, &[]);
+    }
+    let mut pods = Vec::new();
+    for host in 0..2 {
+        c.nodes[host].wait_log("weftd is ready", Duration::from_secs(30));
+        let ns = &c.underlay.hosts[host].ns;
+        pods.push(add_pod(ns, &format!("{}-p", ns.name), &c.node_dir(host)));
+    }
+    // Each node's route to the other's subnet, as weft wrote it.
+    let routes: Vec<String> = (0..2)
+        .map(|h| {
+            let ns = &c.underlay.hosts[h].ns;
+            wait_for("the peer route", Duration::from_secs(30), || {
+                let r = ns.ip(&["route", "show", "proto", "91"]);
+                (!r.trim().is_empty()).then_some(r)
+            })
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+        })
+        .collect();
+    let mut ratios = Vec::new();
+    for round in 0..3 {
+        let weft = iperf_gbits(&pods[1].ns, &pods[1].ip, &pods[0].ns);
+        for host in 0..2 {
+            assert!(c.nodes[host].terminate().success());
+        }
+        c.nodes.clear();
+        for (h, route) in routes.iter().enumerate() {
+            // Same route, by hand: `ip route replace <dst> via <peer> dev eth0` (proto boot).
+            let fields: Vec<&str> = route.split_whitespace().take(5).collect();
+            let mut args = vec!["route", "replace"];
+            args.extend(fields);
+            c.underlay.hosts[h].ns.ip(&args);
+        }
+        let hand = iperf_gbits(&pods[1].ns, &pods[1].ip, &pods[0].ns);
+        for (h, route) in routes.iter().enumerate() {
+            let dst = route.split_whitespace().next().unwrap();
+            c.underlay.hosts[h].ns.ip(&["route", "del", dst]);
+        }
+        for host in 0..2 {
+            c.start(host, &[]);
+        }
+        for host in 0..2 {
+            c.nodes[host].wait_log("weftd is ready", Duration::from_secs(30));
+            let ns = &c.underlay.hosts[host].ns;
+            wait_for("weft's route back", Duration::from_secs(30), || {
+                (!ns.ip(&["route", "show", "proto", "91"]).trim().is_empty()).then_some(())
+            });
+        }
+        println!(
+            "BENCH hostgw round {round}: weft {weft:.2} Gbit/s, hand-written {hand:.2} Gbit/s, ratio {:.3}",
+            weft / hand
+        );
+        ratios.push(weft / hand);
+    }
+    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "BENCH hostgw throughput ratio weft/hand-written: median {:.3} (min {:.3}, max {:.3})",
+        ratios[1], ratios[0], ratios[2]
+    );
+}
