@@ -39,8 +39,16 @@ if [ "${1:-}" = --inner ]; then
     mount --rbind /dev "$M/dev"
     mount -t tmpfs -o mode=0755 tmpfs "$M/run"
     mkdir -p "$M/run/netns" "$M/run/lock"
+    # The host's network setup, as a machine on this network would have it: its resolver,
+    # its hostname (sudo looks it up) and its site-local CA certificates (an HTTPS proxy's;
+    # the ca-certificates package, which setup.sh installs, picks them up).
     cp /etc/resolv.conf "$M/etc/resolv.conf"
-    grep -q "$(hostname)" "$M/etc/hosts" || echo "127.0.1.1 $(hostname)" >>"$M/etc/hosts"
+    [ -e "$M/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$M/etc/hosts"
+    grep -qw "$(hostname)" "$M/etc/hosts" || printf '127.0.1.1\t%s\n' "$(hostname)" >>"$M/etc/hosts"
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        mkdir -p "$M/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$M/usr/local/share/ca-certificates/"
+    fi
 
     in_root() { chroot "$M" /usr/bin/env -i PATH=$SYSTEM_PATH LANG=C.UTF-8 "$@"; }
     if [ "$AS_USER" = true ]; then
