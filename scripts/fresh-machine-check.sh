@@ -66,6 +66,7 @@ if [ "${1:-}" = --inner ]; then
     fi
     mkdir -p "$M$HOMEDIR/.rustup" "$M$HOMEDIR/.cargo/bin" "$M$HOMEDIR/weft"
     chown "$OWNER" "$M$HOMEDIR/.cargo"
+    chown -R "$OWNER" "$RUN/weft"
     for pair in "$RUSTUP_DIR:$HOMEDIR/.rustup" "$CARGO_BIN_DIR:$HOMEDIR/.cargo/bin"; do
         mount --bind "${pair%%:*}" "$M${pair#*:}"
         mount -o remount,bind,ro "$M${pair#*:}"
@@ -77,8 +78,9 @@ if [ "${1:-}" = --inner ]; then
     done
     mount --bind "$RUN/weft" "$M$HOMEDIR/weft"
 
-    echo "== mounts in the private namespace:"
-    grep -F " $M" /proc/mounts | awk '{print "   " $2 " (" $3 ")"}' | sed "s|$M|<root>|"
+    echo "== mounted in the private namespace (gone when it ends):"
+    grep -F " $M" /proc/mounts | sed "s| $M| <root>|" |
+        awk '$2 !~ "^<root>/(sys|dev)/" { split($4, o, ","); printf "   %s (%s, %s)\n", $2, $3, o[1] }'
     : >"$RUN/logs/summary"
     for command in ./scripts/demo.sh ./scripts/test.sh; do
         echo
@@ -86,7 +88,7 @@ if [ "${1:-}" = --inner ]; then
         start=$(date +%s.%N)
         set +e
         if [ "$AS_USER" = true ]; then
-            chroot --userspec=dev:dev "$M" /usr/bin/env -i HOME=/home/dev USER=dev LOGNAME=dev \
+            chroot --userspec="$OWNER" "$M" /usr/bin/env -i HOME=/home/dev USER=dev LOGNAME=dev \
                 PATH=/home/dev/.cargo/bin:$USER_PATH LANG=C.UTF-8 TERM=dumb \
                 /bin/bash -c "cd ~/weft && $command" </dev/null 2>&1 | tee "$RUN/logs/${command##*/}.log"
         else
@@ -189,7 +191,6 @@ COMMIT=$(git rev-parse HEAD)
 git clone -q --no-hardlinks "$(pwd)" "$RUN/weft"
 git -C "$RUN/weft" checkout -q --detach "$COMMIT"
 [ -z "$(git status --porcelain)" ] || echo "   note: uncommitted changes are not checked (the clone is of HEAD)"
-[ "$AS_USER" = true ] && chown -R 1000:1000 "$RUN/weft" # user dev, the first user the run adds
 echo "== fresh clone of $(git rev-parse --short HEAD) ($(git log -1 --format=%s | cut -c1-60))"
 
 export RUN BASE AS_USER MODE RUSTUP_DIR CARGO_BIN_DIR SYSTEM_PATH USER_PATH
