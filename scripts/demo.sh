@@ -5,9 +5,13 @@
 # cleans up. `--keep` leaves everything running until you press Enter.
 #
 # Only namespaces named wd-* are created; the host's interfaces and routes are untouched.
+# Needs root: as another user it re-runs itself through sudo. It installs what is missing
+# (scripts/setup.sh) and builds weftd and the CNI plugin first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+. scripts/common.sh
+become_root scripts/demo.sh "$@"
+./scripts/setup.sh demo
 
 KEEP=false
 [ "${1:-}" = "--keep" ] && KEEP=true
@@ -27,10 +31,12 @@ cleanup() { remove_namespaces; rm -rf "$WORK"; }
 # Leftovers of an interrupted earlier run.
 remove_namespaces
 
-echo "== building weftd and the CNI plugin"
-cargo build --locked --bins 2>&1 | tail -1
-WEFTD=$(pwd)/target/debug/weftd
-CNI=$(pwd)/target/debug/weft
+# Every binary this script runs comes from this one build line; tests/scripts.rs checks
+# that the line builds each target/debug/<name> used below.
+echo "== building weftd and the CNI plugin (the first build takes a few minutes)"
+as_builder cargo build --quiet --locked --workspace --bins
+WEFTD=$TARGET_DIR/debug/weftd
+CNI=$TARGET_DIR/debug/weft
 
 echo "== underlay: bridge br0 198.18.0.1/24 in namespace ${PREFIX}-ul"
 ip netns add ${PREFIX}-ul
