@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod health;
 pub mod iface;
 pub mod kube_mode;
+pub mod log_limit;
 pub mod logging;
 pub mod node_state;
 pub mod run;
