@@ -10,6 +10,9 @@ use clap::{ArgAction, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// flannel's default `--iptables-resync`, in seconds.
+pub const DEFAULT_IPTABLES_RESYNC: u32 = 5;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "weftd",
@@ -135,7 +138,7 @@ pub struct Cli {
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub iptables_forward_rules: bool,
     /// Resync period for iptables rules, in seconds.
-    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5)]
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = DEFAULT_IPTABLES_RESYNC)]
     pub iptables_resync: u32,
     /// Maintain a blackhole route for this node's subnet.
     #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", action = ArgAction::Set, num_args = 0..=1,
@@ -174,6 +177,43 @@ impl Cli {
     /// a usage message on errors, as flannel does.
     pub fn parse_flannel_style(args: Vec<OsString>) -> Cli {
         Cli::parse_from(normalize_args(args))
+    }
+
+    /// The warnings to log at startup, one per flag that asks for something this build
+    /// does not do yet (nothing is silently ignored). A flag is named when its value asks
+    /// for work: `--iptables-forward-rules` by default (flannel's default is true), the
+    /// others only when set away from their default.
+    pub fn unimplemented_flag_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.ip_masq {
+            warnings.push(
+                "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true \
+                 is written as asked, so the CNI plugin will not masquerade either"
+                    .to_string(),
+            );
+        }
+        if self.ip_masq_fully_random_disable {
+            warnings.push(
+                "--ip-masq-fully-random-disable is ignored: weftd installs no masquerade \
+                 rules yet"
+                    .to_string(),
+            );
+        }
+        if self.iptables_forward_rules {
+            warnings.push(
+                "--iptables-forward-rules (default true): weftd does not add FORWARD accept \
+                 rules for the pod network yet; if the FORWARD policy is DROP, allow the pod \
+                 network yourself, or pass --iptables-forward-rules=false to silence this"
+                    .to_string(),
+            );
+        }
+        if self.iptables_resync != DEFAULT_IPTABLES_RESYNC {
+            warnings.push(format!(
+                "--iptables-resync={} is ignored: weftd manages no iptables rules yet",
+                self.iptables_resync
+            ));
+        }
+        warnings
     }
 
     /// As [`Cli::parse_flannel_style`], but returns the error instead of exiting.
@@ -275,6 +315,41 @@ mod tests {
         assert_eq!(
             normalized,
             ["weftd", "-v", "3", "--public-ip", "-5", "--", "-iface"]
+        );
+    }
+
+    #[test]
+    fn defaults_warn_only_about_the_missing_forward_rules() {
+        assert_eq!(
+            parse(&[]).unimplemented_flag_warnings(),
+            [
+                "--iptables-forward-rules (default true): weftd does not add FORWARD accept \
+                 rules for the pod network yet; if the FORWARD policy is DROP, allow the pod \
+                 network yourself, or pass --iptables-forward-rules=false to silence this"
+            ]
+        );
+        let quiet = parse(&["--iptables-forward-rules=false", "--iptables-resync=5"]);
+        assert_eq!(quiet.unimplemented_flag_warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_unimplemented_flag_is_named_in_its_warning() {
+        let cli = parse(&[
+            "--ip-masq",
+            "--ip-masq-fully-random-disable",
+            "--iptables-forward-rules=false",
+            "-iptables-resync=30",
+            "--ip-blackhole-route",
+        ]);
+        assert_eq!(
+            cli.unimplemented_flag_warnings(),
+            [
+                "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true \
+                 is written as asked, so the CNI plugin will not masquerade either",
+                "--ip-masq-fully-random-disable is ignored: weftd installs no masquerade \
+                 rules yet",
+                "--iptables-resync=30 is ignored: weftd manages no iptables rules yet",
+            ]
         );
     }
 

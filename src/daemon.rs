@@ -20,11 +20,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.subnet_lease_renew_margin
         );
     }
-    if cli.ip_masq {
-        warn!(
-            "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true is \
-             written as asked, so the CNI plugin will not masquerade either"
-        );
+    for warning in cli.unimplemented_flag_warnings() {
+        warn!("{warning}");
     }
     let request = iface_request(&cli)?;
     let shutdown = Shutdown::install()?;

@@ -14,6 +14,7 @@ pub mod health;
 pub mod host_check;
 pub mod iface;
 pub mod kube_mode;
+pub mod log_limit;
 pub mod logging;
 pub mod node_state;
 pub mod own_lease;

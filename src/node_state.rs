@@ -4,10 +4,12 @@
 
 use crate::datapath::Datapath;
 use crate::health::Readiness;
+use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
 use crate::subnet_file::{self, SubnetEnv};
 use crate::triggers::{TICK, Trigger, Triggers};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 use tracing::{debug, error, info, warn};
 use weft_backend::kernel::KernelEvent;
 use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
@@ -23,6 +25,8 @@ pub struct NodeState {
     pub own: SubnetKey,
     pub readiness: Arc<Readiness>,
     pub env_written: bool,
+    /// Keeps a lasting subnet.env write failure from logging on every tick.
+    env_write_log: LogLimiter,
     pub datapath: Datapath,
     /// Whether the last reconcile pass applied everything.
     pub datapath_ok: bool,
@@ -46,6 +50,7 @@ impl NodeState {
             own,
             readiness,
             env_written: false,
+            env_write_log: LogLimiter::new(REMINDER_PERIOD),
             datapath,
             datapath_ok: true,
             triggers,
@@ -72,18 +77,41 @@ impl NodeState {
         self.datapath.set_own(own);
     }
 
+    /// Writes subnet.env; on failure marks the node not ready with the reason. Called again
+    /// on every [`TICK`] until it works. Logged: the first failure and any change of the
+    /// error, a reminder every [`REMINDER_PERIOD`] while it lasts, and the recovery.
     pub fn write_subnet_env(&mut self) {
         let path = &self.subnet_file;
+        let now = Instant::now();
         match subnet_file::write_atomic(path, &self.subnet_env().render()) {
             Ok(()) => {
-                info!(file = %path.display(), subnet = %self.own, "wrote subnet.env");
+                match self.env_write_log.success(now) {
+                    Some(failing_for) => info!(
+                        file = %path.display(),
+                        subnet = %self.own,
+                        "wrote subnet.env again after failing for {:?}",
+                        whole_seconds(failing_for)
+                    ),
+                    None => info!(file = %path.display(), subnet = %self.own, "wrote subnet.env"),
+                }
                 self.env_written = true;
                 self.update_readiness();
             }
             Err(e) => {
                 self.env_written = false;
                 let reason = format!("cannot write {}: {e}", path.display());
-                error!("{reason}; retrying in {TICK:?}");
+                match self.env_write_log.failure(&reason, now) {
+                    Verdict::New => error!("{reason}; retrying every {TICK:?}"),
+                    Verdict::Reminder {
+                        failing_for,
+                        unlogged,
+                    } => error!(
+                        "{reason}; still failing after {:?} ({unlogged} retries not logged); \
+                         retrying every {TICK:?}",
+                        whole_seconds(failing_for)
+                    ),
+                    Verdict::Quiet => debug!("{reason}; retrying every {TICK:?}"),
+                }
                 self.readiness.set_not_ready(reason);
             }
         }

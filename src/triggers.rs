@@ -12,7 +12,8 @@ use weft_backend::kernel::KernelEvent;
 /// notifications (an admin script, a device deletion) costs one pass.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
-/// Period of the housekeeping tick (retrying a failed subnet.env write).
+/// Period of the housekeeping tick (retrying a failed subnet.env write). The retry runs
+/// on every tick; its log line is rate-limited by `LogLimiter`.
 pub const TICK: Duration = Duration::from_secs(5);
 
 /// What woke the node up.
