@@ -282,10 +282,7 @@ async fn watch_delivers_snapshot_added_removed_and_expired() {
         r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
     )
     .await;
-    let m = std::sync::Arc::new(manager(&etcd).await);
-    let (tx, mut rx) = mpsc::channel(16);
-    let watcher = m.clone();
-    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let (mut rx, task) = watch_all(&etcd).await;
     let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
         panic!("snapshot first")
     };
@@ -410,10 +407,7 @@ async fn watch_from_a_compacted_revision_relists() {
 async fn watch_recovers_after_etcd_restarts() {
     let mut etcd = EtcdServer::start();
     config(&etcd, CONFIG).await;
-    let m = std::sync::Arc::new(manager(&etcd).await);
-    let (tx, mut rx) = mpsc::channel(16);
-    let watcher = m.clone();
-    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let (mut rx, task) = watch_all(&etcd).await;
     assert!(matches!(next_batch(&mut rx).await, WatchBatch::Snapshot(_)));
     etcd.restart();
     put(
@@ -606,6 +600,14 @@ async fn a_create_race_on_one_subnet_has_one_winner() {
     assert!(etcd.client().await.txn(check).await.unwrap().succeeded());
 }
 
+/// A manager's lease watch from the start: its batches and its task.
+async fn watch_all(etcd: &EtcdServer) -> (mpsc::Receiver<WatchBatch>, tokio::task::JoinHandle<()>) {
+    let m = std::sync::Arc::new(manager(etcd).await);
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move { m.watch_leases(tx).await });
+    (rx, task)
+}
+
 /// Waits for the first batch that is not a plain event batch (a reset or a snapshot).
 async fn next_non_event(rx: &mut mpsc::Receiver<WatchBatch>) -> WatchBatch {
     for _ in 0..50 {
@@ -629,10 +631,7 @@ async fn watch_notices_an_emptied_etcd_and_relists() {
         )
         .await;
     }
-    let m = std::sync::Arc::new(manager(&etcd).await);
-    let (tx, mut rx) = mpsc::channel(16);
-    let watcher = m.clone();
-    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let (mut rx, task) = watch_all(&etcd).await;
     let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
         panic!("snapshot first")
     };
@@ -687,10 +686,7 @@ async fn watch_notices_a_restored_snapshot_and_relists() {
         )
         .await;
     }
-    let m = std::sync::Arc::new(manager(&etcd).await);
-    let (tx, mut rx) = mpsc::channel(16);
-    let watcher = m.clone();
-    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let (mut rx, task) = watch_all(&etcd).await;
     let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
         panic!("snapshot first")
     };
@@ -722,10 +718,7 @@ async fn watch_notices_a_restored_snapshot_and_relists() {
 async fn watch_reports_config_writes() {
     let etcd = EtcdServer::start();
     config(&etcd, CONFIG).await;
-    let m = std::sync::Arc::new(manager(&etcd).await);
-    let (tx, mut rx) = mpsc::channel(16);
-    let watcher = m.clone();
-    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let (mut rx, task) = watch_all(&etcd).await;
     assert!(matches!(next_batch(&mut rx).await, WatchBatch::Snapshot(_)));
     let changed = r#"{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan"}}"#;
     put(&etcd, &format!("{PREFIX}/config"), changed).await;
