@@ -39,7 +39,7 @@ pub fn number_from(bits: &mut Bits) -> Number {
             let f = match bits.below(3) {
                 0 => bits.pick(FLOATS),
                 1 => bits.below(141) as f64,
-                _ => f64::from_bits(bits.next()),
+                _ => f64::from_bits(bits.word()),
             };
             // NaN and infinities are not JSON; 0 stands in for them.
             Number::from_f64(f).unwrap_or_else(|| Number::from(0))
@@ -58,8 +58,8 @@ pub fn integer_from(bits: &mut Bits) -> Number {
             n if n >= 0 => Number::from(u64::try_from(n).unwrap_or(u64::MAX)),
             n => Number::from(i64::try_from(n).unwrap_or(i64::MIN)),
         },
-        2 => Number::from(bits.next() as i64),
-        _ => Number::from(bits.next()),
+        2 => Number::from(bits.word() as i64),
+        _ => Number::from(bits.word()),
     }
 }
 
@@ -163,7 +163,7 @@ impl Builder {
     fn scalar(&mut self) -> Value {
         match self.bits.below(6) {
             0 => Value::Null,
-            1 => Value::Bool(self.bits.next() & 1 == 0),
+            1 => Value::Bool(self.bits.word() & 1 == 0),
             2 | 3 => Value::Number(match self.numbers {
                 Numbers::Any => number_from(&mut self.bits),
                 Numbers::Integers => integer_from(&mut self.bits),
@@ -177,7 +177,7 @@ impl Builder {
             return text::string_from(&mut self.bits);
         }
         let field = self.bits.pick(self.fields);
-        text::recase(field, self.bits.next())
+        text::recase(field, self.bits.word())
     }
 }
 
@@ -263,10 +263,7 @@ fn replace_nth(value: &mut Value, n: &mut usize, replacement: &mut Option<Value>
 pub fn bytes(valid: Vec<Value>, fields: &'static [&'static str]) -> BoxedStrategy<Vec<u8>> {
     let documents = documents(valid, fields);
     prop_oneof![
-        1 => (any::<u64>(), 0..256usize).prop_map(|(seed, len)| {
-            let mut bits = Bits::new(seed);
-            (0..len).map(|_| bits.next() as u8).collect()
-        }),
+        1 => text::bytes(),
         4 => documents.clone().prop_map(|doc| doc.to_string().into_bytes()),
         1 => damaged(documents),
     ]

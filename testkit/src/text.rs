@@ -26,7 +26,7 @@ impl Bits {
         Bits(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn word(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -36,7 +36,7 @@ impl Bits {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.word() % n as u64) as usize
     }
 
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
@@ -60,13 +60,13 @@ pub fn unicode_from(bits: &mut Bits, len: usize) -> String {
 }
 
 fn any_char(bits: &mut Bits) -> char {
-    char::from_u32((bits.next() % 0x11_0000) as u32).unwrap_or('\u{fffd}')
+    char::from_u32((bits.word() % 0x11_0000) as u32).unwrap_or('\u{fffd}')
 }
 
 /// `len` characters, half of them lowercase ASCII letters and half [`TRICKY`].
 pub fn long_from(bits: &mut Bits, len: usize) -> String {
     build(bits, len, |b| {
-        if b.next() & 1 == 0 {
+        if b.word() & 1 == 0 {
             char::from(b'a' + (b.below(26) as u8))
         } else {
             b.pick(TRICKY)
@@ -119,6 +119,16 @@ pub fn string() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// Any bytes, 0..256 of them (not necessarily UTF-8).
+pub fn bytes() -> BoxedStrategy<Vec<u8>> {
+    (any::<u64>(), 0..256usize)
+        .prop_map(|(seed, len)| {
+            let mut bits = Bits::new(seed);
+            (0..len).map(|_| bits.word() as u8).collect()
+        })
+        .boxed()
+}
+
 /// A word from `words` with each letter's case chosen at random, for parsers that match
 /// keys case-insensitively (as Go's `encoding/json` does).
 pub fn any_case(words: &'static [&'static str]) -> BoxedStrategy<String> {
@@ -145,7 +155,7 @@ pub fn recase(word: &str, bits: u64) -> String {
 /// (`10.244.x.y`, `fd10::...`), IPv4-mapped IPv6, and near misses (octets out of range or
 /// with leading zeros, too few or too many of them, zones, upper-case hex).
 pub fn ip_from(bits: &mut Bits) -> String {
-    let n = u128::from(bits.next()) << 64 | u128::from(bits.next());
+    let n = u128::from(bits.word()) << 64 | u128::from(bits.word());
     match bits.below(7) {
         0 => Ipv4Addr::from(n as u32).to_string(),
         1 => Ipv6Addr::from(n).to_string(),
@@ -235,8 +245,8 @@ mod tests {
     fn bits_are_deterministic_and_spread() {
         let mut a = Bits::new(7);
         let mut b = Bits::new(7);
-        let first: Vec<u64> = (0..4).map(|_| a.next()).collect();
-        assert_eq!(first, (0..4).map(|_| b.next()).collect::<Vec<_>>());
+        let first: Vec<u64> = (0..4).map(|_| a.word()).collect();
+        assert_eq!(first, (0..4).map(|_| b.word()).collect::<Vec<_>>());
         let mut picks = [0u32; 4];
         for _ in 0..400 {
             picks[a.below(4)] += 1;
