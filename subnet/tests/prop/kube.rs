@@ -1,6 +1,7 @@
 //! Node objects from the Kubernetes API (annotations, podCIDRs) and the annotation
 //! prefix from the command line.
 
+use super::net;
 use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -99,17 +100,13 @@ fn node() -> impl Strategy<Value = Node> {
 fn networks() -> impl Strategy<Value = ClusterNetworks> {
     let v4: Net = "10.244.0.0/16".parse().unwrap_or_else(|e| panic!("{e}"));
     let v6: Net = "fd10::/56".parse().unwrap_or_else(|e| panic!("{e}"));
-    let any_net = |text: BoxedStrategy<String>| text.prop_filter_map("a CIDR", |t| t.parse().ok());
     prop_oneof![
         4 => select(vec![
             ClusterNetworks { ipv4: Some(v4), ipv6: None },
             ClusterNetworks { ipv4: Some(v4), ipv6: Some(v6) },
             ClusterNetworks { ipv4: None, ipv6: Some(v6) },
         ]),
-        1 => (
-            prop::option::of(any_net(text::address())),
-            prop::option::of(any_net(text::address())),
-        )
+        1 => (prop::option::of(net(false)), prop::option::of(net(true)))
             .prop_map(|(ipv4, ipv6)| ClusterNetworks { ipv4, ipv6 }),
     ]
 }

@@ -1,9 +1,9 @@
 //! Lease values (`LeaseAttrs` JSON) and subnet keys.
 
+use super::net;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use weft_subnet::family::Net;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_subnet::{LeaseAttrs, SubnetKey};
 use weft_testkit::{check, json, outcome, text};
 
@@ -82,18 +82,6 @@ fn prop_lease_value_round_trips() {
         prop_assert_eq!(LeaseAttrs::from_json(attrs.to_json().as_bytes()), Ok(attrs));
         Ok("ok")
     });
-}
-
-fn net(v6: bool) -> impl Strategy<Value = Net> {
-    let width: u8 = if v6 { 128 } else { 32 };
-    (any::<u128>(), 0..=width).prop_map(move |(bits, prefix)| {
-        let ip = if v6 {
-            IpAddr::V6(Ipv6Addr::from(bits))
-        } else {
-            IpAddr::V4(Ipv4Addr::from(bits as u32))
-        };
-        Net::new_masked(ip, prefix)
-    })
 }
 
 /// Any subnet key: IPv4, IPv6 or both.
