@@ -183,8 +183,10 @@ impl Builder {
 
 /// One of the `valid` documents (objects; at least one) with one change: the value at
 /// any position (a top-level field, or anything nested in it) replaced by any value; a
-/// top-level field removed; or a top-level field repeated later under its name in another
-/// letter case with any value (Go's decoder, and so weft's parsers, let the later win).
+/// top-level field removed; or a top-level field given again under its name in another
+/// letter case with any value. Where serde_json keeps insertion order (`preserve_order`,
+/// as weft-subnet builds it) the copy comes after the original, and Go's decoder, like
+/// weft's parsers, lets the later one win.
 pub fn near(valid: Vec<Value>, fields: &'static [&'static str]) -> BoxedStrategy<Value> {
     (
         select(valid),
