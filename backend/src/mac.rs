@@ -17,7 +17,8 @@ pub fn parse(text: &str) -> Option<Mac> {
     let mut parts = text.split(':');
     for byte in &mut mac {
         let part = parts.next()?;
-        if part.len() != 2 {
+        // Two hex digits exactly: `from_str_radix` alone would also take a sign ("+a").
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         *byte = u8::from_str_radix(part, 16).ok()?;
@@ -51,6 +52,8 @@ mod tests {
             "0a:58:0a:f4:01:00:00",
             "0a:58:0a:f4:01:0",
             "zz:58:0a:f4:01:00",
+            "0a:00:a0:a0:+a:a0",
+            "+0:58:0a:f4:01:00",
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }

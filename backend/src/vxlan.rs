@@ -18,6 +18,7 @@ use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
 use weft_subnet::family::{Family, Net};
+use weft_subnet::text::describe;
 use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
@@ -74,7 +75,7 @@ impl VxlanConfig {
                 other => Err(VxlanConfigError {
                     field,
                     expected: "a number",
-                    got: other.to_string(),
+                    got: describe(other),
                 }),
             };
             let boolean = |field: &'static str| match value {
@@ -82,7 +83,7 @@ impl VxlanConfig {
                 other => Err(VxlanConfigError {
                     field,
                     expected: "true or false",
-                    got: other.to_string(),
+                    got: describe(other),
                 }),
             };
             match key.to_ascii_lowercase().as_str() {

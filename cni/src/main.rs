@@ -44,6 +44,8 @@ mod exec;
 mod gojson;
 mod netconf;
 mod plugin;
+#[cfg(test)]
+mod proptests;
 mod store;
 mod subnet_env;
 

@@ -33,6 +33,13 @@ impl Fields {
         serde_json::from_slice(bytes)
     }
 
+    /// The key/value pairs in document order, repeated keys included (the property tests
+    /// rebuild a document from them).
+    #[cfg(test)]
+    pub fn entries(&self) -> &[(String, Value)] {
+        &self.0
+    }
+
     /// The values given for `key`, matched as Go does (ASCII case-insensitively), in
     /// document order.
     fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Value> + 'a {

@@ -11,6 +11,7 @@
 //! - a field of the wrong JSON type names the field and the value.
 
 use crate::family::{self, Family, Net};
+use crate::text::describe;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
 
@@ -484,16 +485,6 @@ fn pool(
     })
 }
 
-/// A short description of a JSON value for error messages.
-fn describe(value: &Value) -> String {
-    let text = value.to_string();
-    if text.len() > 64 {
-        format!("{}...", &text[..61])
-    } else {
-        text
-    }
-}
-
 /// A string field that may be absent, null or empty (all meaning "unset"), parsed by
 /// `parse` into a value of the right family; errors name the field and the value.
 fn typed_string_field<T>(
@@ -646,6 +637,39 @@ mod tests {
         let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"type":"Host-GW"}}"#)
             .unwrap();
         assert_eq!(cfg.backend.kind, BackendType::HostGw);
+    }
+
+    /// A field of the wrong type holding non-ASCII text: the quoted value is 66 characters
+    /// (70 bytes), so it is clipped, and byte 61 falls inside the first 'é' (cutting there
+    /// used to panic).
+    #[test]
+    fn non_ascii_values_in_errors_do_not_panic() {
+        let a58 = "a".repeat(58);
+        let text = format!(r#"{{"Network":["{a58}\u00e9\u00e9\u00e9\u00e9"]}}"#);
+        assert_eq!(
+            NetworkConfig::parse(&text).unwrap_err().to_string(),
+            format!(r#"net-conf.json field Network: expected a CIDR string, got ["{a58}é..."#)
+        );
+        let text = format!(r#"["{}"]"#, "é".repeat(70));
+        assert_eq!(
+            RawConfig::parse(&text).unwrap_err().to_string(),
+            format!(
+                r#"net-conf.json must be a JSON object, got ["{}..."#,
+                "é".repeat(59)
+            )
+        );
+        let text = format!(r#"{{"Backend":{{"Type":["{}"]}}}}"#, "€".repeat(70));
+        assert_eq!(
+            RawConfig::parse(&text)
+                .unwrap()
+                .backend_config()
+                .unwrap_err()
+                .to_string(),
+            format!(
+                r#"net-conf.json field Backend.Type: expected a string, got ["{}..."#,
+                "€".repeat(59)
+            )
+        );
     }
 
     #[test]

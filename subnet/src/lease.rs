@@ -1,6 +1,7 @@
 //! Leases: the subnet key format and the LeaseAttrs JSON, byte-compatible with flannel.
 
 use crate::family::{Family, Net};
+use crate::text::describe;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
@@ -133,7 +134,7 @@ impl LeaseAttrs {
     pub fn from_json(bytes: &[u8]) -> Result<LeaseAttrs, AttrsError> {
         let object = match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => map,
-            Ok(other) => return Err(AttrsError::NotAnObject(truncate(&other.to_string()))),
+            Ok(other) => return Err(AttrsError::NotAnObject(describe(&other))),
             Err(e) => return Err(AttrsError::NotAnObject(e.to_string())),
         };
         let mut attrs = LeaseAttrs::default();
@@ -150,10 +151,7 @@ impl LeaseAttrs {
                         other => {
                             return Err(AttrsError::Field {
                                 field: "PublicIP",
-                                detail: format!(
-                                    "expected a string, got {}",
-                                    truncate(&other.to_string())
-                                ),
+                                detail: format!("expected a string, got {}", describe(other)),
                             });
                         }
                     }
@@ -170,7 +168,7 @@ impl LeaseAttrs {
                                 field: "PublicIPv6",
                                 detail: format!(
                                     "expected a string or null, got {}",
-                                    truncate(&other.to_string())
+                                    describe(other)
                                 ),
                             });
                         }
@@ -183,10 +181,7 @@ impl LeaseAttrs {
                         other => {
                             return Err(AttrsError::Field {
                                 field: "BackendType",
-                                detail: format!(
-                                    "expected a string, got {}",
-                                    truncate(&other.to_string())
-                                ),
+                                detail: format!("expected a string, got {}", describe(other)),
                             });
                         }
                     }
@@ -227,14 +222,6 @@ impl LeaseAttrs {
         }
         out.push('}');
         out
-    }
-}
-
-fn truncate(text: &str) -> String {
-    if text.len() > 64 {
-        format!("{}...", &text[..61])
-    } else {
-        text.to_string()
     }
 }
 
@@ -331,5 +318,42 @@ mod tests {
         let err = LeaseAttrs::from_json(b"[1]").unwrap_err();
         assert_eq!(err.to_string(), "lease value is not a JSON object: [1]");
         assert!(LeaseAttrs::from_json(b"{garbage").is_err());
+    }
+
+    /// The lease value from the issue: its quoted array is 66 characters (70 bytes), so it
+    /// is clipped, and byte 61 falls inside the first 'é' (cutting there used to panic).
+    #[test]
+    fn non_ascii_values_in_errors_do_not_panic() {
+        let text = format!(
+            r#"{{"PublicIP":["{}\u00e9\u00e9\u00e9\u00e9"],"BackendType":"vxlan"}}"#,
+            "a".repeat(58)
+        );
+        let err = LeaseAttrs::from_json(text.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                r#"lease value field PublicIP: expected a string, got ["{}é..."#,
+                "a".repeat(58)
+            )
+        );
+        // Longer values are clipped to 64 characters, between characters.
+        let text = format!(r#"{{"BackendType":{{"k":"{}"}}}}"#, "é".repeat(100));
+        let err = LeaseAttrs::from_json(text.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                r#"lease value field BackendType: expected a string, got {{"k":"{}..."#,
+                "é".repeat(55)
+            )
+        );
+        let text = format!(r#"["{}"]"#, "€".repeat(70));
+        let err = LeaseAttrs::from_json(text.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                r#"lease value is not a JSON object: ["{}..."#,
+                "€".repeat(59)
+            )
+        );
     }
 }
