@@ -51,6 +51,9 @@ if ! "$python" -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
+# Running pip as root into a directory of our own is intended here.
+export PIP_ROOT_USER_ACTION=ignore
+
 work=$(mktemp -d "$dir/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
