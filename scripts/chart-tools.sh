@@ -51,8 +51,9 @@ if ! "$python" -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
-# Running pip as root into a directory of our own is intended here.
-export PIP_ROOT_USER_ACTION=ignore
+# Running pip as root into a directory of our own (--target) is intended here; it never
+# touches the system's site-packages, so Debian's externally-managed guard does not apply.
+export PIP_ROOT_USER_ACTION=ignore PIP_BREAK_SYSTEM_PACKAGES=1
 
 work=$(mktemp -d "$dir/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
