@@ -36,12 +36,18 @@
 //! - **Spec 1.1.0 (GC, STATUS) is not offered**: flannel's library lists 1.1.0 but
 //!   implements neither command; weft lists up to 1.0.0.
 //! - **Error texts for malformed JSON** come from serde, not from Go.
+//!
+//! The binary has one more job, outside the CNI protocol: `weft install` (module
+//! `install`) copies itself and a conflist onto the node, for the chart's init containers.
+//! It runs only when `CNI_COMMAND` is unset and the first argument is exactly `install`,
+//! so a runtime can never trigger it.
 
 mod cidr;
 mod cni;
 mod delegate;
 mod exec;
 mod gojson;
+mod install;
 mod netconf;
 mod plugin;
 #[cfg(test)]
@@ -53,6 +59,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if install::requested(&args, std::env::var_os("CNI_COMMAND")) {
+        return ExitCode::from(install::main(&args[2..]));
+    }
     let response = cni::run(
         &|name| std::env::var(name).ok(),
         &mut std::io::stdin().lock(),

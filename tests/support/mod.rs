@@ -2,7 +2,9 @@
 //! real weftd binary. Everything it creates is removed on drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod cluster;
+pub mod container;
 pub mod etcd;
 pub mod flannel_like;
 pub mod kernel_state;

@@ -21,19 +21,26 @@ impl Weftd {
     pub fn start_with_env(netns: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Weftd {
         std::fs::create_dir_all(dir).expect("weftd dir");
         let subnet_file = dir.join("subnet.env");
-        let log_file = dir.join("weftd.log");
-        let log_start = std::fs::metadata(&log_file).map_or(0, |m| m.len() as usize);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_file)
-            .expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weftd")])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weftd")])
             .arg(format!("--subnet-file={}", subnet_file.display()))
             .args(args)
             .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(cmd, &dir.join("weftd.log"), subnet_file)
+    }
+
+    /// Starts weftd as `cmd` says (e.g. in a container's root, see `container`), its
+    /// output appended to `log_file`; `subnet_file` is where, seen from the test, it
+    /// writes subnet.env.
+    pub fn spawn(mut cmd: Command, log_file: &Path, subnet_file: PathBuf) -> Weftd {
+        let log_start = std::fs::metadata(log_file).map_or(0, |m| m.len() as usize);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .expect("log");
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -41,7 +48,7 @@ impl Weftd {
             .expect("cannot start weftd");
         Weftd {
             child: Some(child),
-            log_file,
+            log_file: log_file.to_owned(),
             log_start,
             subnet_file,
         }
