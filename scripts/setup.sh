@@ -47,6 +47,7 @@ checks=(
     "openssl|have openssl|openssl"                      # tests (TLS certificates)
     "sysctl and kill|have sysctl kill|procps"           # demo, tests
     "prlimit, setpriv|have prlimit setpriv|util-linux"  # tests, scripts
+    "python3 with pip|python3 -m pip --version|python3 python3-pip" # tests (chart tools, metrics parser)
 )
 
 missing() {
