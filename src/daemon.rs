@@ -20,12 +20,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.subnet_lease_renew_margin
         );
     }
-    if cli.ip_masq {
-        warn!(
-            "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true is \
-             written as asked, so the CNI plugin will not masquerade either"
-        );
-    }
     if cli.ip_blackhole_route {
         warn!("--ip-blackhole-route is not implemented yet and is ignored");
     }

@@ -1,0 +1,215 @@
+//! End to end: flannel's traffic rules installed by the weftd binary (etcd mode, vxlan),
+//! seen from packets. Pods are created through the CNI plugin; "the internet" is a
+//! namespace behind the underlay gateway. Masquerade rewrites only traffic that leaves
+//! the cluster network; without `--ip-masq` nothing is rewritten; a node whose FORWARD
+//! policy is DROP still forwards pod traffic with the forward rules, and not without.
+//! Rules deleted by an admin are repaired by the `--iptables-resync` check.
+
+mod support;
+
+use std::time::Duration;
+use support::netns::{INTERNET_HOST, Netns, internet};
+use support::pods::{ping, tcp_source_seen, udp_source_seen};
+use support::rules::{
+    flannel_forward, flannel_lines, flannel_masq, flannel_save, nft_table, run_ok,
+};
+use support::unique;
+use support::vxlan::{LIMIT, VXLAN_CONFIG, VxlanCluster, cluster_with, published};
+use support::wait_for;
+
+const NETWORK: &str = "10.244.0.0/16";
+
+/// Bound for a repair by the 1 s resync (generous: the machine is shared).
+const REPAIR: Duration = Duration::from_secs(10);
+
+/// Node `host`'s subnet, as published in etcd.
+fn own_subnet(v: &VxlanCluster, host: usize) -> String {
+    let ip = &v.c.underlay.hosts[host].ip;
+    published(&v.c)
+        .into_iter()
+        .find(|l| &l.2 == ip)
+        .map(|l| l.1)
+        .expect("the node's lease")
+}
+
+fn internet_ns(v: &VxlanCluster) -> Netns {
+    internet(&v.c.underlay, &unique("wi-net"))
+}
+
+#[test]
+fn masquerade_rewrites_only_traffic_that_leaves_the_cluster() {
+    let v = cluster_with(2, VXLAN_CONFIG, &["--ip-masq", "--iptables-resync=1"]);
+    let net = internet_ns(&v);
+    let node0 = &v.c.underlay.hosts[0];
+    let env = std::fs::read_to_string(&v.c.nodes[0].subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+
+    // Pod → internet: arrives with the node's address, and gets answers.
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9001).as_deref(),
+        Some(node0.ip.as_str())
+    );
+    assert!(ping(&v.pods[0].ns, INTERNET_HOST, 2), "pod → internet");
+    // Pod → pod on another node keeps the pod address.
+    assert_eq!(
+        tcp_source_seen(&v.pods[1].ns, &v.pods[1].ip, &v.pods[0].ns, 7001),
+        v.pods[0].ip
+    );
+
+    // The rules are flannel's, for this node's subnet.
+    let p = own_subnet(&v, 0);
+    let want = flannel_save(
+        &flannel_forward(NETWORK),
+        &flannel_masq(NETWORK, &p, "224.0.0.0/4", true),
+    );
+    assert_eq!(flannel_lines(&node0.ns, "iptables-save"), want);
+
+    // An admin flushes the chain: repaired by the next check, pods masqueraded again.
+    run_ok(
+        &node0.ns,
+        &["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"],
+    );
+    wait_for("FLANNEL-POSTRTG refilled", REPAIR, || {
+        (flannel_lines(&node0.ns, "iptables-save") == want).then_some(())
+    });
+    v.c.nodes[0].wait_log(
+        "traffic rules: set iptables nat/FLANNEL-POSTRTG (IPv4)",
+        LIMIT,
+    );
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9002).as_deref(),
+        Some(node0.ip.as_str())
+    );
+}
+
+#[test]
+fn without_ip_masq_nothing_is_rewritten() {
+    let v = cluster_with(2, VXLAN_CONFIG, &[]);
+    let net = internet_ns(&v);
+    let node0 = &v.c.underlay.hosts[0];
+    let env = std::fs::read_to_string(&v.c.nodes[0].subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=false\n"), "{env}");
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9003).as_deref(),
+        Some(v.pods[0].ip.as_str()),
+        "the internet sees the pod's own address"
+    );
+    assert_eq!(
+        tcp_source_seen(&v.pods[1].ns, &v.pods[1].ip, &v.pods[0].ns, 7003),
+        v.pods[0].ip
+    );
+    // Only the forward rules (on by default).
+    assert_eq!(
+        flannel_lines(&node0.ns, "iptables-save"),
+        flannel_forward(NETWORK)
+    );
+}
+
+#[test]
+fn forward_rules_carry_pod_traffic_through_a_drop_policy() {
+    let mut v = cluster_with(2, VXLAN_CONFIG, &["--iptables-resync=1"]);
+    // Docker's default on a node: FORWARD policy DROP.
+    for host in &v.c.underlay.hosts {
+        run_ok(&host.ns, &["iptables", "-P", "FORWARD", "DROP"]);
+    }
+    assert!(
+        ping(&v.pods[0].ns, &v.pods[1].ip, 2),
+        "pod → pod across nodes with FORWARD DROP and the forward rules"
+    );
+    assert!(ping(&v.pods[1].ns, &v.pods[0].ip, 2), "and back");
+
+    // The chain removed by an admin: the check puts it back.
+    let node0 = v.c.underlay.hosts[0].ns.name.clone();
+    let ns0 = &v.c.underlay.hosts[0].ns;
+    run_ok(ns0, &["iptables", "-F", "FLANNEL-FWD"]);
+    wait_for("FLANNEL-FWD refilled", REPAIR, || {
+        (flannel_lines(ns0, "iptables-save") == flannel_forward(NETWORK)).then_some(())
+    });
+    assert!(ping(&v.pods[0].ns, &v.pods[1].ip, 2), "after the repair");
+
+    // Restarted with --iptables-forward-rules=false: weftd removes flannel's chain, and
+    // the DROP policy stops pod traffic between nodes.
+    for host in 0..2 {
+        assert!(v.c.nodes[host].terminate().success());
+    }
+    for host in 0..2 {
+        let n = v.c.start(
+            host,
+            &["--reconcile-interval=30", "--iptables-forward-rules=false"],
+        );
+        v.c.nodes[n].wait_log("weftd is ready", LIMIT);
+    }
+    for host in &v.c.underlay.hosts {
+        assert!(
+            flannel_lines(&host.ns, "iptables-save").is_empty(),
+            "FLANNEL-FWD left in {}",
+            host.ns.name
+        );
+    }
+    assert!(
+        !ping(&v.pods[0].ns, &v.pods[1].ip, 2),
+        "pod traffic crossed {node0} although FORWARD is DROP and there are no forward rules"
+    );
+}
+
+const NFT_CONFIG: &str =
+    r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+
+#[test]
+fn nftables_mode_masquerades_repairs_and_removes_iptables_leftovers() {
+    let v = cluster_with(2, NFT_CONFIG, &["--ip-masq", "--iptables-resync=1"]);
+    let net = internet_ns(&v);
+    let node0 = &v.c.underlay.hosts[0];
+    let p = own_subnet(&v, 0);
+
+    let table = nft_table(&node0.ns, "ip", "flannel-ipv4").expect("flannel-ipv4");
+    for rule in [
+        format!("ip saddr {p} ip daddr {NETWORK} return"),
+        format!("ip saddr {NETWORK} ip daddr != 224.0.0.0/4 masquerade fully-random"),
+        format!("ip saddr {NETWORK} accept"),
+    ] {
+        assert!(table.contains(&rule), "{rule} missing from\n{table}");
+    }
+    assert!(flannel_lines(&node0.ns, "iptables-save").is_empty());
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9004).as_deref(),
+        Some(node0.ip.as_str())
+    );
+    assert_eq!(
+        tcp_source_seen(&v.pods[1].ns, &v.pods[1].ip, &v.pods[0].ns, 7004),
+        v.pods[0].ip
+    );
+
+    // An admin deletes the table: recreated by the next check.
+    run_ok(&node0.ns, &["nft", "delete", "table", "ip", "flannel-ipv4"]);
+    wait_for("flannel-ipv4 recreated", REPAIR, || {
+        (nft_table(&node0.ns, "ip", "flannel-ipv4").as_deref() == Some(table.as_str()))
+            .then_some(())
+    });
+
+    // flannel's iptables chains (say, from a run in iptables mode) are removed.
+    run_ok(
+        &node0.ns,
+        &["iptables", "-t", "nat", "-N", "FLANNEL-POSTRTG"],
+    );
+    run_ok(
+        &node0.ns,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-j",
+            "FLANNEL-POSTRTG",
+        ],
+    );
+    wait_for("iptables leftovers removed", REPAIR, || {
+        let save = node0.ns.exec(&["iptables-save", "-t", "nat"]);
+        (!String::from_utf8_lossy(&save.stdout).contains("FLANNEL")).then_some(())
+    });
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9005).as_deref(),
+        Some(node0.ip.as_str())
+    );
+}
