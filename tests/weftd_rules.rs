@@ -8,6 +8,7 @@
 mod support;
 
 use std::time::Duration;
+use support::cluster::{CONFIG_KEY, Cluster};
 use support::netns::{INTERNET_HOST, Netns, internet};
 use support::pods::{ping, tcp_source_seen, udp_source_seen};
 use support::rules::{
@@ -211,5 +212,52 @@ fn nftables_mode_masquerades_repairs_and_removes_iptables_leftovers() {
     assert_eq!(
         udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9005).as_deref(),
         Some(node0.ip.as_str())
+    );
+}
+
+#[test]
+fn rules_that_cannot_be_installed_keep_the_node_unready_until_fixed() {
+    let mut c = Cluster::new(1, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, VXLAN_CONFIG]);
+    let ns = &c.underlay.hosts[0].ns;
+    // iptables-nft's nat table holding a native nftables rule iptables cannot read.
+    run_ok(ns, &["nft", "add", "table", "ip", "nat"]);
+    run_ok(
+        ns,
+        &[
+            "nft",
+            "add chain ip nat POSTROUTING { type nat hook postrouting priority 100; }",
+        ],
+    );
+    run_ok(
+        ns,
+        &[
+            "nft",
+            "add rule ip nat POSTROUTING tcp dport { 1, 2 } masquerade",
+        ],
+    );
+    let n = c.start(0, &["--ip-masq", "--iptables-resync=1"]);
+    let body = wait_for("/readyz to name the traffic rules", LIMIT, || {
+        let (code, body) = c.readyz(0);
+        (code == 503 && body.contains("cannot install the traffic rules")).then_some(body)
+    });
+    assert!(body.contains("cannot read the nat table"), "{body}");
+    c.nodes[n].wait_log("cannot install the traffic rules, retrying", LIMIT);
+    c.nodes[n].wait_subnet_env(LIMIT);
+
+    // The foreign rule goes: the next check installs the rules and the node is ready.
+    run_ok(
+        &c.underlay.hosts[0].ns,
+        &["nft", "delete", "table", "ip", "nat"],
+    );
+    wait_for("ready once the rules are in", LIMIT, || {
+        (c.readyz(0).0 == 200).then_some(())
+    });
+    let lines = flannel_lines(&c.underlay.hosts[0].ns, "iptables-save");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("-j MASQUERADE --random-fully")),
+        "{lines:?}"
     );
 }

@@ -303,6 +303,20 @@ impl Firewall {
             };
             let wanted = |id: &ChainId| render::iptables_rules(spec, family, id, tools.modern());
             let saved = run(save, &[], None, report).await?;
+            let ours: Vec<&str> = CHAINS
+                .iter()
+                .filter(|id| wanted(id).is_some())
+                .map(|id| id.table)
+                .collect();
+            if let Some(table) = iptables::incompatible_tables(&saved)
+                .into_iter()
+                .find(|t| ours.contains(&t.as_str()))
+            {
+                return Err(RulesError::Incompatible {
+                    table,
+                    family: family_name(family),
+                });
+            }
             let mut tables = Vec::new();
             let mut changed = Vec::new();
             for id in CHAINS {

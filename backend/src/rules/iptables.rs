@@ -78,6 +78,20 @@ fn jumps_to(rule: &str, chain: &str) -> bool {
     false
 }
 
+/// Tables iptables-nft reports it cannot read ("# Table `nat' is incompatible, use 'nft'
+/// tool."): they hold nftables rules iptables does not understand, so flannel's chains
+/// there can neither be read nor safely rewritten.
+pub fn incompatible_tables(save: &str) -> Vec<String> {
+    save.lines()
+        .filter(|l| l.starts_with('#') && l.contains("is incompatible"))
+        .filter_map(|l| {
+            let start = l.find('`')? + 1;
+            let end = start + l[start..].find('\'')?;
+            Some(l[start..end].to_string())
+        })
+        .collect()
+}
+
 /// Whether `observed` needs a change: it is neither what is wanted nor what iptables
 /// printed right after weft last applied the same rules (`reference`, for an iptables
 /// that prints a rule differently from flannel's text).
@@ -263,6 +277,13 @@ COMMIT
         printed.rules[0] = printed.rules[0].replace("-s ", "--source ");
         assert!(needs_change(&wanted, &printed, None));
         assert!(!needs_change(&wanted, &printed, Some(&printed)));
+    }
+
+    #[test]
+    fn incompatible_tables_are_named() {
+        let save = "# Table `nat' is incompatible, use 'nft' tool.\n*filter\nCOMMIT\n";
+        assert_eq!(incompatible_tables(save), ["nat"]);
+        assert!(incompatible_tables(SAVED).is_empty());
     }
 
     #[test]

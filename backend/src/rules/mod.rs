@@ -50,6 +50,11 @@ pub enum RulesError {
         status: String,
         stderr: String,
     },
+    #[error(
+        "iptables cannot read the {table} table ({family}): it holds nftables rules iptables \
+         does not understand; remove them or set EnableNFTables"
+    )]
+    Incompatible { table: String, family: &'static str },
     #[error("the rules are still wrong after applying them: {0}")]
     NotApplied(String),
 }
