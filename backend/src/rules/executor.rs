@@ -74,18 +74,100 @@ pub fn parse_version(text: &str) -> Option<((u32, u32, u32), IptablesVariant)> {
 struct IptablesTools {
     variant: IptablesVariant,
     version: (u32, u32, u32),
-    /// (save, restore) per family, IPv4 first.
-    tools: [Option<(PathBuf, PathBuf)>; 2],
+    /// The tools per family, IPv4 first.
+    tools: [Option<FamilyTools>; 2],
+}
+
+#[derive(Debug, Clone)]
+struct FamilyTools {
+    binary: PathBuf,
+    save: PathBuf,
+    restore: PathBuf,
 }
 
 impl IptablesTools {
-    fn for_family(&self, family: Family) -> Option<&(PathBuf, PathBuf)> {
+    fn for_family(&self, family: Family) -> Option<&FamilyTools> {
         self.tools[index(family)].as_ref()
     }
 
     /// flannel's rule: `--random-fully` and `--wait` from iptables 1.6.2 on.
     fn modern(&self) -> bool {
         self.version >= (1, 6, 2)
+    }
+
+    fn restore_args(&self) -> Vec<&'static str> {
+        if self.modern() {
+            vec!["--noflush", "--wait"]
+        } else {
+            vec!["--noflush"]
+        }
+    }
+}
+
+/// Reads flannel's chains `ids` of one family. iptables-nft lists each chain and its
+/// built-in chain (`-S`: it fetches only those chains, a few ms however large the
+/// table; `iptables-save` reads the whole ruleset, ~85 ms with 5,000 kube-proxy rules);
+/// a chain that is not wanted and absent costs one listing. iptables-legacy reads all
+/// tables with one `iptables-save` (it fetches whole tables whatever is asked, and
+/// `iptables-save` does not take the xtables lock that `-S` would).
+async fn read_chains(
+    variant: IptablesVariant,
+    tools: &FamilyTools,
+    ids: &[(ChainId, bool)],
+    report: &mut CheckReport,
+) -> Result<Vec<ChainState>, RulesError> {
+    if variant == IptablesVariant::Legacy {
+        let saved = run(&tools.save, &[], None, report).await?;
+        return Ok(ids
+            .iter()
+            .map(|(id, _)| iptables::observe(&saved, id))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for (id, wanted) in ids {
+        let list = |chain: &'static str| ["-t", id.table, "-S", chain];
+        let hook = if *wanted {
+            Some(list_hook(tools, id, report).await?)
+        } else {
+            None
+        };
+        // A chain that does not exist fails to list.
+        let chain = run(&tools.binary, &list(id.chain), None, report).await.ok();
+        let hook = match (hook, &chain) {
+            (Some(hook), _) => Some(hook),
+            (None, Some(_)) => Some(list_hook(tools, id, report).await?),
+            (None, None) => None,
+        };
+        out.push(iptables::observe_listings(
+            id,
+            hook.as_deref(),
+            chain.as_deref(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `iptables -t TABLE -S HOOK`; a table iptables cannot read is reported as such.
+async fn list_hook(
+    tools: &FamilyTools,
+    id: &ChainId,
+    report: &mut CheckReport,
+) -> Result<String, RulesError> {
+    match run(
+        &tools.binary,
+        &["-t", id.table, "-S", id.hook],
+        None,
+        report,
+    )
+    .await
+    {
+        Err(RulesError::Failed { stderr, .. }) if stderr.contains("incompatible") => {
+            Err(RulesError::Incompatible {
+                table: id.table.to_string(),
+                family: "",
+            })
+        }
+        other => other,
     }
 }
 
@@ -267,19 +349,24 @@ impl Firewall {
                 );
                 continue;
             };
-            let base6 = base.replacen("iptables", "ip6tables", 1);
-            let v6 = match (
-                self.find(&format!("{base6}-save")),
-                self.find(&format!("{base6}-restore")),
-            ) {
-                (Some(save), Some(restore)) => Some((save, restore)),
-                _ => None,
+            let family_tools = |base: &str| {
+                Some(FamilyTools {
+                    binary: self.find(base)?,
+                    save: self.find(&format!("{base}-save"))?,
+                    restore: self.find(&format!("{base}-restore"))?,
+                })
             };
-            debug!(binary = %binary.display(), ?version, ?variant, "using iptables");
+            let v4 = FamilyTools {
+                binary,
+                save,
+                restore,
+            };
+            let v6 = family_tools(&base.replacen("iptables", "ip6tables", 1));
+            debug!(binary = %v4.binary.display(), ?version, ?variant, "using iptables");
             self.iptables = Some(IptablesTools {
                 variant,
                 version,
-                tools: [Some((save, restore)), v6],
+                tools: [Some(v4), v6],
             });
             break;
         }
@@ -298,63 +385,55 @@ impl Firewall {
             if spec.nets(family).is_none() {
                 continue;
             }
-            let Some((save, restore)) = tools.for_family(family) else {
+            let Some(family_tools) = tools.for_family(family) else {
                 return Err(RulesError::NoIptables(self.search_text()));
             };
-            let wanted = |id: &ChainId| render::iptables_rules(spec, family, id, tools.modern());
-            let saved = run(save, &[], None, report).await?;
-            let ours: Vec<&str> = CHAINS
+            let rules: Vec<(ChainId, Option<Vec<String>>)> = CHAINS
                 .iter()
-                .filter(|id| wanted(id).is_some())
-                .map(|id| id.table)
+                .map(|id| {
+                    let rules = render::iptables_rules(spec, family, id, tools.modern());
+                    (*id, rules)
+                })
                 .collect();
-            if let Some(table) = iptables::incompatible_tables(&saved)
-                .into_iter()
-                .find(|t| ours.contains(&t.as_str()))
-            {
-                return Err(RulesError::Incompatible {
-                    table,
-                    family: family_name(family),
-                });
-            }
+            let ids: Vec<(ChainId, bool)> =
+                rules.iter().map(|(id, r)| (*id, r.is_some())).collect();
+            let observed = read_chains(tools.variant, family_tools, &ids, report)
+                .await
+                .map_err(|e| with_family(e, family))?;
             let mut tables = Vec::new();
             let mut changed = Vec::new();
-            for id in CHAINS {
-                let rules = wanted(&id);
-                let want = ChainState::wanted(&id, rules.as_deref());
-                let observed = iptables::observe(&saved, &id);
+            for ((id, rules), observed) in rules.iter().zip(&observed) {
+                let want = ChainState::wanted(id, rules.as_deref());
                 let printed = self
                     .iptables_printed
                     .get(&(family, id.chain))
                     .filter(|(w, _)| *w == want)
                     .map(|(_, printed)| printed);
-                if iptables::needs_change(&want, &observed, printed) {
+                if iptables::needs_change(&want, observed, printed) {
                     tables.push((
                         id.table,
-                        iptables::restore_lines(&id, rules.as_deref(), &observed),
+                        iptables::restore_lines(id, rules.as_deref(), observed),
                     ));
-                    changed.push(id);
+                    changed.push((*id, rules.clone(), want));
                 }
             }
             if changed.is_empty() {
                 continue;
             }
-            let mut args = vec!["--noflush"];
-            if tools.modern() {
-                args.push("--wait");
-            }
+            let input = iptables::restore_input(&tables);
             run(
-                restore,
-                &args,
-                Some(&iptables::restore_input(&tables)),
+                &family_tools.restore,
+                &tools.restore_args(),
+                Some(&input),
                 report,
             )
             .await?;
-            let after = run(save, &[], None, report).await?;
-            for id in changed {
-                let rules = wanted(&id);
-                let want = ChainState::wanted(&id, rules.as_deref());
-                let printed = iptables::observe(&after, &id);
+            let ids: Vec<(ChainId, bool)> = changed
+                .iter()
+                .map(|(id, rules, _)| (*id, rules.is_some()))
+                .collect();
+            let after = read_chains(tools.variant, family_tools, &ids, report).await?;
+            for ((id, _, want), printed) in changed.into_iter().zip(after) {
                 if printed != want {
                     // Same shape, different spelling: this iptables prints a rule
                     // differently from flannel's text. Compare with its own printing.
@@ -397,28 +476,30 @@ impl Firewall {
             return;
         };
         for family in FAMILIES {
-            let Some((save, restore)) = tools.for_family(family) else {
+            let Some(family_tools) = tools.for_family(family) else {
                 continue;
             };
             let result = async {
-                let saved = run(save, &[], None, report).await?;
+                let ids: Vec<(ChainId, bool)> = CHAINS.iter().map(|id| (*id, false)).collect();
+                let observed = read_chains(tools.variant, family_tools, &ids, report).await?;
                 let mut tables = Vec::new();
                 let mut removed = Vec::new();
-                for id in CHAINS {
-                    let observed = iptables::observe(&saved, &id);
-                    let lines = iptables::restore_lines(&id, None, &observed);
+                for (id, observed) in CHAINS.iter().zip(&observed) {
+                    let lines = iptables::restore_lines(id, None, observed);
                     if !lines.is_empty() {
                         tables.push((id.table, lines));
-                        removed.push(id);
+                        removed.push(*id);
                     }
                 }
                 if !removed.is_empty() {
-                    let mut args = vec!["--noflush"];
-                    if tools.modern() {
-                        args.push("--wait");
-                    }
                     let input = iptables::restore_input(&tables);
-                    run(restore, &args, Some(&input), report).await?;
+                    run(
+                        &family_tools.restore,
+                        &tools.restore_args(),
+                        Some(&input),
+                        report,
+                    )
+                    .await?;
                 }
                 Ok::<_, RulesError>(removed)
             }
@@ -539,10 +620,15 @@ impl Firewall {
     async fn remove_nft_leftovers(&mut self, report: &mut CheckReport) {
         for family in FAMILIES {
             let (keyword, name) = render::nft_table(family);
+            // Asked first: a delete of a missing table is an aborted nftables
+            // transaction, which costs the kernel milliseconds (an RCU grace period).
             let result = match self.netlink.as_mut() {
-                Some(socket) => socket
-                    .delete_table(nfproto(family), name)
-                    .map_err(|e| format!("cannot delete nftables table {keyword} {name}: {e}")),
+                Some(socket) => match socket.table_exists(nfproto(family), name) {
+                    Ok(false) => Ok(false),
+                    _ => socket
+                        .delete_table(nfproto(family), name)
+                        .map_err(|e| format!("cannot delete nftables table {keyword} {name}: {e}")),
+                },
                 None => match self.nft.clone() {
                     Some(nft) => {
                         let exists = run(&nft, &["list", "table", keyword, name], None, report)
@@ -568,6 +654,17 @@ impl Firewall {
                 Err(e) => report.cleanup_errors.push(e),
             }
         }
+    }
+}
+
+/// Names the family in an error that could not know it.
+fn with_family(error: RulesError, family: Family) -> RulesError {
+    match error {
+        RulesError::Incompatible { table, .. } => RulesError::Incompatible {
+            table,
+            family: family_name(family),
+        },
+        other => other,
     }
 }
 

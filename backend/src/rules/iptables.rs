@@ -78,18 +78,19 @@ fn jumps_to(rule: &str, chain: &str) -> bool {
     false
 }
 
-/// Tables iptables-nft reports it cannot read ("# Table `nat' is incompatible, use 'nft'
-/// tool."): they hold nftables rules iptables does not understand, so flannel's chains
-/// there can neither be read nor safely rewritten.
-pub fn incompatible_tables(save: &str) -> Vec<String> {
-    save.lines()
-        .filter(|l| l.starts_with('#') && l.contains("is incompatible"))
-        .filter_map(|l| {
-            let start = l.find('`')? + 1;
-            let end = start + l[start..].find('\'')?;
-            Some(l[start..end].to_string())
-        })
-        .collect()
+/// The state of `id` from `iptables -t TABLE -S` listings of its built-in chain and of
+/// the chain itself (`None`: not listed, or the chain does not exist).
+pub fn observe_listings(id: &ChainId, hook: Option<&str>, chain: Option<&str>) -> ChainState {
+    let mut save = format!("*{}\n", id.table);
+    for line in hook.into_iter().chain(chain).flat_map(str::lines) {
+        if let Some(name) = line.strip_prefix("-N ") {
+            save.push_str(&format!(":{} - [0:0]\n", name.trim()));
+        } else if line.starts_with("-A ") {
+            save.push_str(line);
+            save.push('\n');
+        }
+    }
+    observe(&save, id)
 }
 
 /// Whether `observed` needs a change: it is neither what is wanted nor what iptables
@@ -280,10 +281,18 @@ COMMIT
     }
 
     #[test]
-    fn incompatible_tables_are_named() {
-        let save = "# Table `nat' is incompatible, use 'nft' tool.\n*filter\nCOMMIT\n";
-        assert_eq!(incompatible_tables(save), ["nat"]);
-        assert!(incompatible_tables(SAVED).is_empty());
+    fn listings_read_like_save_output() {
+        let hook = "-P FORWARD DROP\n-A FORWARD -i eth9 -j ACCEPT\n-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n";
+        let chain = "-N FLANNEL-FWD\n-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n";
+        assert_eq!(
+            observe_listings(&FWD, Some(hook), Some(chain)),
+            ChainState::wanted(&FWD, Some(&rules()))
+        );
+        // Absent chain, not listed hook: nothing.
+        assert_eq!(observe_listings(&FWD, None, None), ChainState::default());
+        // Hook listed, chain missing: no chain, and no jump to it.
+        let state = observe_listings(&FWD, Some("-P FORWARD ACCEPT\n"), None);
+        assert_eq!(state, ChainState::default());
     }
 
     #[test]
