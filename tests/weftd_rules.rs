@@ -12,7 +12,7 @@ use support::cluster::{CONFIG_KEY, Cluster};
 use support::netns::{INTERNET_HOST, Netns, internet};
 use support::pods::{ping, tcp_source_seen, udp_source_seen};
 use support::rules::{
-    flannel_forward, flannel_lines, flannel_masq, flannel_save, nft_table, run_ok,
+    Tools, flannel_forward, flannel_lines, flannel_masq, flannel_save, nft_table, run_ok, tool_dir,
 };
 use support::unique;
 use support::vxlan::{LIMIT, VXLAN_CONFIG, VxlanCluster, cluster_with, published};
@@ -259,5 +259,77 @@ fn rules_that_cannot_be_installed_keep_the_node_unready_until_fixed() {
             .iter()
             .any(|l| l.contains("-j MASQUERADE --random-fully")),
         "{lines:?}"
+    );
+}
+
+/// A legacy-iptables host where something else holds the xtables lock: weftd waits for
+/// it (`iptables-restore --wait`) instead of failing, and installs the rules once the
+/// lock is free. The lock file is the test's own (`XTABLES_LOCKFILE`), not the host's.
+#[test]
+fn a_legacy_host_waits_for_the_xtables_lock() {
+    let mut c = Cluster::new(1, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, VXLAN_CONFIG]);
+    let tools = tool_dir(Tools::LegacyAsDefault);
+    let lock = c.dir.path().join("xtables.lock");
+    // Held by this test (flock, as iptables takes it) until released below.
+    let holder = std::fs::File::create(&lock).unwrap();
+    holder.lock().expect("take the test's xtables lock");
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", tools.path().display());
+    let lock_text = lock.display().to_string();
+    let n = c.start_with_env(
+        0,
+        &["--ip-masq", "--iptables-resync=1"],
+        &[
+            ("PATH", path.as_str()),
+            ("XTABLES_LOCKFILE", lock_text.as_str()),
+        ],
+    );
+    // weftd's iptables-restore is waiting for the lock (it shows up as a process in
+    // the node's namespace), and the node is not ready meanwhile.
+    let node = c.underlay.hosts[0].ns.name.clone();
+    wait_for("iptables-restore waiting for the lock", LIMIT, || {
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", &node])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .any(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.starts_with("iptables-resto"))
+            })
+            .then_some(())
+    });
+    assert_eq!(c.readyz(0).0, 503);
+    holder.unlock().expect("release the lock");
+    wait_for("ready once the lock is free", LIMIT, || {
+        (c.readyz(0).0 == 200).then_some(())
+    });
+    let ns = &c.underlay.hosts[0].ns;
+    let p = {
+        let env = std::fs::read_to_string(&c.nodes[n].subnet_file).unwrap();
+        let subnet = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .expect("FLANNEL_SUBNET")
+            .to_string();
+        // 10.244.X.1/24 -> 10.244.X.0/24
+        let (ip, len) = subnet.split_once('/').unwrap();
+        let (head, _) = ip.rsplit_once('.').unwrap();
+        format!("{head}.0/{len}")
+    };
+    assert_eq!(
+        flannel_lines(ns, "iptables-legacy-save"),
+        flannel_save(
+            &flannel_forward(NETWORK),
+            &flannel_masq(NETWORK, &p, "224.0.0.0/4", true)
+        )
+    );
+    assert!(flannel_lines(ns, "iptables-nft-save").is_empty());
+    assert_eq!(
+        c.nodes[n].log_count("cannot install the traffic rules"),
+        0,
+        "{}",
+        c.nodes[n].log()
     );
 }

@@ -15,6 +15,8 @@ pub enum Tools {
     NftOnly,
     /// `iptables-nft*` (as `iptables*`) and `nft`.
     Both,
+    /// `iptables-legacy*` as `iptables*` (a host whose default iptables is legacy).
+    LegacyAsDefault,
 }
 
 /// A directory of symlinks to the system's tools, standing for a host that has only
@@ -43,6 +45,7 @@ pub fn tool_dir(tools: Tools) -> tempfile::TempDir {
             xtables("nft", &mut links, true);
             links.push(("nft".into(), "nft".into()));
         }
+        Tools::LegacyAsDefault => xtables("legacy", &mut links, true),
     }
     for (name, real) in links {
         let target = Path::new("/usr/sbin").join(&real);
