@@ -62,6 +62,14 @@ impl NodeState {
         datapath: Datapath,
         mut triggers: Triggers,
     ) -> NodeState {
+        for path in
+            traffic_rules::missing_br_netfilter(&config, |p| std::path::Path::new(p).exists())
+        {
+            warn!(
+                "{path} is missing (br_netfilter not loaded): bridged pod traffic bypasses \
+                 iptables; flannel refuses to start here, weftd goes on"
+            );
+        }
         let spec = traffic_rules::rule_spec(cli, &config, own);
         let (rules, outcomes) = TrafficRules::start(spec, Firewall::from_env());
         triggers.with_rules(Duration::from_secs(cli.iptables_resync.into()), outcomes);

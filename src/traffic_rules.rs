@@ -70,6 +70,32 @@ pub fn rule_spec(cli: &crate::cli::Cli, config: &NetworkConfig, own: SubnetKey) 
     }
 }
 
+/// The br_netfilter switches flannel requires at startup (flannel.md §2 step 11) that
+/// this host lacks: without them bridged pod-to-pod traffic bypasses iptables (kube-proxy,
+/// network policies). Not needed in nftables mode, as in flannel.
+pub fn missing_br_netfilter(
+    config: &NetworkConfig,
+    exists: impl Fn(&str) -> bool,
+) -> Vec<&'static str> {
+    if config.enable_nftables {
+        return Vec::new();
+    }
+    [
+        (
+            config.ipv4.is_some(),
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        ),
+        (
+            config.ipv6.is_some(),
+            "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+        ),
+    ]
+    .into_iter()
+    .filter(|(wanted, path)| *wanted && !exists(path))
+    .map(|(_, path)| path)
+    .collect()
+}
+
 fn family_nets(pool: Option<SubnetPool>, own: Option<Net>) -> Option<FamilyNets> {
     Some(FamilyNets {
         network: pool?.network,
@@ -93,5 +119,67 @@ async fn run(
             () = wake.notified() => {}
             changed = spec.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn cli(args: &[&str]) -> crate::cli::Cli {
+        let mut all = vec![OsString::from("weftd")];
+        all.extend(args.iter().map(OsString::from));
+        crate::cli::Cli::try_parse_flannel_style(all).unwrap()
+    }
+
+    fn key(v4: Option<&str>, v6: Option<&str>) -> SubnetKey {
+        SubnetKey {
+            ipv4: v4.map(|s| s.parse().unwrap()),
+            ipv6: v6.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_spec_follows_flags_config_and_subnets() {
+        let config = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","EnableNFTables":true}"#,
+        )
+        .unwrap();
+        let own = key(Some("10.244.3.0/24"), Some("fd00:10:0:3::/64"));
+        let spec = rule_spec(&cli(&[]), &config, own);
+        // flannel's defaults: no masquerade, forward rules on, fully random allowed.
+        assert!(!spec.masquerade && spec.forward && spec.fully_random && spec.nftables);
+        assert_eq!(spec.v4.unwrap().own.to_string(), "10.244.3.0/24");
+        assert_eq!(spec.v6.unwrap().network.to_string(), "fd00:10::/48");
+        let spec = rule_spec(
+            &cli(&[
+                "--ip-masq",
+                "--ip-masq-fully-random-disable",
+                "--iptables-forward-rules=false",
+            ]),
+            &config,
+            key(Some("10.244.3.0/24"), None),
+        );
+        assert!(spec.masquerade && !spec.fully_random && !spec.forward);
+        assert!(spec.v6.is_none(), "no v6 rules without a v6 subnet");
+    }
+
+    #[test]
+    fn br_netfilter_is_required_per_family_and_not_with_nftables() {
+        let v4 = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let dual = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
+        )
+        .unwrap();
+        let nft =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).unwrap();
+        assert_eq!(
+            missing_br_netfilter(&v4, |_| false),
+            ["/proc/sys/net/bridge/bridge-nf-call-iptables"]
+        );
+        assert_eq!(missing_br_netfilter(&dual, |_| false).len(), 2);
+        assert!(missing_br_netfilter(&dual, |_| true).is_empty());
+        assert!(missing_br_netfilter(&nft, |_| false).is_empty());
     }
 }
