@@ -134,8 +134,13 @@ fn iptables_nft_rules_are_flannels_and_repaired_with_no_process_when_unchanged()
     assert_eq!(flannel_lines(&ns, "iptables-nft-save"), want_v4(true));
     assert_eq!(flannel_lines(&ns, "ip6tables-nft-save"), want_v6());
 
-    // A change elsewhere in nftables costs a read, not a repair.
+    // A change elsewhere in nftables costs a read (`iptables -S` of each chain and its
+    // hook: 4 processes per family), not a repair.
+    let fw = settle(&ns, fw, &spec);
     run_ok(&ns, &["iptables-nft", "-t", "nat", "-N", "SOMEONE-ELSE"]);
+    let (fw, report) = check(&ns, fw, &spec);
+    assert!(report.read && report.repaired.is_empty(), "{report:?}");
+    assert_eq!(report.processes, 8, "{report:?}");
     let fw = settle(&ns, fw, &spec);
 
     // --ip-masq turned off: the chain and its jump are removed; --random-fully disabled.
@@ -300,6 +305,16 @@ fn nftables_mode_needs_nft_and_iptables_mode_needs_iptables() {
             fw.check(&spec).await.map(|_| ()).unwrap_err().to_string()
         });
         assert!(error.contains(want), "{error}");
+    }
+    // Neither masquerade nor forward rules: no tool needed in either mode.
+    for (dir, nftables) in [(&only_nft, false), (&only_iptables, true)] {
+        let spec = RuleSpec {
+            masquerade: false,
+            forward: false,
+            ..spec(nftables, false)
+        };
+        let (_, report) = check(&ns, firewall(dir), &spec);
+        assert!(report.repaired.is_empty(), "{report:?}");
     }
 }
 

@@ -378,23 +378,26 @@ impl Firewall {
         spec: &RuleSpec,
         report: &mut CheckReport,
     ) -> Result<(), RulesError> {
-        let Some(tools) = self.iptables.clone() else {
-            return Err(RulesError::NoIptables(self.search_text()));
-        };
         for family in FAMILIES {
             if spec.nets(family).is_none() {
                 continue;
             }
-            let Some(family_tools) = tools.for_family(family) else {
-                return Err(RulesError::NoIptables(self.search_text()));
-            };
+            let modern = self.iptables.as_ref().is_none_or(IptablesTools::modern);
             let rules: Vec<(ChainId, Option<Vec<String>>)> = CHAINS
                 .iter()
-                .map(|id| {
-                    let rules = render::iptables_rules(spec, family, id, tools.modern());
-                    (*id, rules)
-                })
+                .map(|id| (*id, render::iptables_rules(spec, family, id, modern)))
                 .collect();
+            let family_tools = self.iptables.as_ref().and_then(|t| t.for_family(family));
+            let (Some(tools), Some(family_tools)) = (self.iptables.clone(), family_tools.cloned())
+            else {
+                // Without iptables there is nothing to read; that is only a problem when
+                // rules are wanted.
+                if rules.iter().any(|(_, r)| r.is_some()) {
+                    return Err(RulesError::NoIptables(self.search_text()));
+                }
+                continue;
+            };
+            let family_tools = &family_tools;
             let ids: Vec<(ChainId, bool)> =
                 rules.iter().map(|(id, r)| (*id, r.is_some())).collect();
             let observed = read_chains(tools.variant, family_tools, &ids, report)
@@ -523,8 +526,15 @@ impl Firewall {
         spec: &RuleSpec,
         report: &mut CheckReport,
     ) -> Result<(), RulesError> {
-        let Some(nft) = self.nft.clone() else {
-            return Err(RulesError::NoNft(self.search_text()));
+        let wanted = FAMILIES
+            .iter()
+            .any(|f| render::nft_table_block(spec, *f, false).is_some());
+        let nft = match self.nft.clone() {
+            Some(nft) => nft,
+            // Without nft no table of flannel's can have been made here by this host's
+            // tools; without rules wanted there is nothing to do.
+            None if !wanted => return Ok(()),
+            None => return Err(RulesError::NoNft(self.search_text())),
         };
         let fully_random = spec.masquerade && spec.fully_random && {
             if self.nft_fully_random.is_none() {

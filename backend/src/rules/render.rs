@@ -145,10 +145,11 @@ pub fn nft_table(family: Family) -> (&'static str, &'static str) {
 }
 
 /// The nftables table `spec` wants for `family` (an `nft -f` block); `None` when it
-/// should not exist (iptables mode, or a family the cluster does not have).
+/// should not exist (iptables mode, a family the cluster does not have, or neither
+/// masquerade nor forward rules: flannel would create the table empty).
 /// `fully_random` says whether nftables supports it.
 pub fn nft_table_block(spec: &RuleSpec, family: Family, fully_random: bool) -> Option<String> {
-    if !spec.nftables {
+    if !spec.nftables || !(spec.masquerade || spec.forward) {
         return None;
     }
     let FamilyNets { network: n, own: p } = spec.nets(family)?;
@@ -384,15 +385,12 @@ mod tests {
         assert_eq!(nft_table_block(&s, Family::V4, false).unwrap(), plain);
         s.fully_random = false;
         assert_eq!(nft_table_block(&s, Family::V4, true).unwrap(), plain);
-        // Each chain only with its flag; the table itself always (as flannel).
+        // Each chain only with its flag; no empty table (flannel would create one).
         s.forward = false;
         let masq_only = nft_table_block(&s, Family::V4, true).unwrap();
         assert!(masq_only.contains("chain postrtg") && !masq_only.contains("chain forward"));
         s.masquerade = false;
-        assert_eq!(
-            nft_table_block(&s, Family::V4, true).unwrap(),
-            "table ip flannel-ipv4 {\n\tcomment \"rules for flannel-ipv4\"\n}\n"
-        );
+        assert_eq!(nft_table_block(&s, Family::V4, true), None);
     }
 
     #[test]
