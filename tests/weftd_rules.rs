@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 use support::cluster::{CONFIG_KEY, Cluster};
-use support::netns::{INTERNET_HOST, Netns, internet};
+use support::netns::{INTERNET_HOST, INTERNET_HOST_V6, Netns, internet};
 use support::pods::{ping, tcp_source_seen, udp_source_seen};
 use support::rules::{
     Tools, flannel_forward, flannel_lines, flannel_masq, flannel_save, nft_table, run_ok, tool_dir,
@@ -150,6 +150,47 @@ fn forward_rules_carry_pod_traffic_through_a_drop_policy() {
     assert!(
         !ping(&v.pods[0].ns, &v.pods[1].ip, 2),
         "pod traffic crossed {node0} although FORWARD is DROP and there are no forward rules"
+    );
+}
+
+#[test]
+fn dual_stack_masquerade_covers_both_families() {
+    let v = cluster_with(
+        2,
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        &["--ip-masq"],
+    );
+    let net = internet_ns(&v);
+    let node0 = &v.c.underlay.hosts[0];
+    let pod = &v.pods[0];
+    let pod6 = pod.ipv6().expect("the pod has an IPv6 address").to_string();
+    // IPv6 addresses are usable once duplicate address detection is done (bounded).
+    wait_for("the pod reaching the internet over IPv6", LIMIT, || {
+        ping(&pod.ns, INTERNET_HOST_V6, 1).then_some(())
+    });
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST_V6, &pod.ns, 9006).as_deref(),
+        Some("fd00:198:18::11"),
+        "IPv6 leaves with the node's address"
+    );
+    assert_eq!(
+        udp_source_seen(&net, INTERNET_HOST, &pod.ns, 9007).as_deref(),
+        Some(node0.ip.as_str())
+    );
+    // Pod to pod over IPv6 keeps the pod's address.
+    let peer6 = v.pods[1].ipv6().expect("peer IPv6").to_string();
+    wait_for("IPv6 pod to pod", LIMIT, || {
+        ping(&pod.ns, &peer6, 1).then_some(())
+    });
+    assert_eq!(tcp_source_seen(&v.pods[1].ns, &peer6, &pod.ns, 7006), pod6);
+    // ip6tables holds flannel's rules for the v6 network.
+    let lines = flannel_lines(&node0.ns, "ip6tables-save");
+    assert!(
+        lines.contains(
+            &r#"-A FLANNEL-POSTRTG -s fc00::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#
+                .to_string()
+        ),
+        "{lines:?}"
     );
 }
 

@@ -156,8 +156,9 @@ impl Underlay {
     }
 }
 
-/// The stand-in for the internet: a namespace holding [`INTERNET_HOST`] (203.0.113.1/24),
-/// reached from the nodes through the underlay gateway, which routes between the two.
+/// The stand-in for the internet: a namespace holding [`INTERNET_HOST`] (203.0.113.1/24)
+/// and [`INTERNET_HOST_V6`] (2001:db8:113::1/64), reached from the nodes through the
+/// underlay gateway, which routes between the two.
 /// Replies to pod addresses have no way back (the gateway knows no pod network), as on a
 /// real network: only masqueraded traffic gets answers.
 pub fn internet(underlay: &Underlay, name: &str) -> Netns {
@@ -173,6 +174,7 @@ pub fn internet(underlay: &Underlay, name: &str) -> Netns {
     // for (a host whose rp_filter default is strict would).
     for sysctl in [
         "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.br0.rp_filter=0",
     ] {
@@ -182,8 +184,28 @@ pub fn internet(underlay: &Underlay, name: &str) -> Netns {
     net.ip(&["addr", "add", &format!("{INTERNET_HOST}/24"), "dev", "eth0"]);
     net.ip(&["link", "set", "eth0", "up"]);
     net.ip(&["route", "add", "default", "via", "203.0.113.254"]);
+    underlay.ns.ip(&[
+        "addr",
+        "add",
+        "2001:db8:113::fe/64",
+        "dev",
+        "inet0",
+        "nodad",
+    ]);
+    net.ip(&[
+        "addr",
+        "add",
+        &format!("{INTERNET_HOST_V6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    net.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::fe"]);
     net
 }
+
+/// The IPv6 address of the [`internet`] host.
+pub const INTERNET_HOST_V6: &str = "2001:db8:113::1";
 
 /// The address of the [`internet`] host.
 pub const INTERNET_HOST: &str = "203.0.113.1";

@@ -191,7 +191,12 @@ pub fn udp_source_seen(
     let client_ns = client.name.clone();
     let sender = std::thread::spawn(move || {
         super::netns::run_in(&client_ns, move || {
-            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("client socket");
+            let any = if address.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = std::net::UdpSocket::bind(any).expect("client socket");
             for _ in 0..10 {
                 let _ = socket.send_to(b"weft", address);
                 std::thread::sleep(std::time::Duration::from_millis(100));
