@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing weft needs on Debian (bookworm): etcd, protoc (for
-# etcd-client's build), the CNI plugins, iproute2 and curl. Idempotent; needs root.
+# etcd-client's build), the CNI plugins, iproute2, curl, iptables and nftables (nftables
+# is only recommended by iptables, and recommends are not installed). Idempotent; needs
+# root.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -8,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(etcd-server etcd-client protobuf-compiler containernetworking-plugins iproute2 iputils-ping curl openssl ca-certificates gcc libc6-dev)
+packages=(etcd-server etcd-client protobuf-compiler containernetworking-plugins iproute2 iputils-ping curl openssl ca-certificates gcc libc6-dev iptables nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
