@@ -48,6 +48,8 @@ checks=(
     "sysctl and kill|have sysctl kill|procps"           # demo, tests
     "prlimit, setpriv|have prlimit setpriv|util-linux"  # tests, scripts
     "python3 with pip|python3 -m pip --version|python3 python3-pip" # tests (chart tools, metrics parser)
+    "iptables, iptables-legacy, iptables-nft|have iptables iptables-legacy iptables-nft|iptables" # traffic rules, tests
+    "nft|have nft|nftables"                             # traffic rules (nftables mode), tests
 )
 
 missing() {

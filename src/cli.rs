@@ -179,43 +179,6 @@ impl Cli {
         Cli::parse_from(normalize_args(args))
     }
 
-    /// The warnings to log at startup, one per flag that asks for something this build
-    /// does not do yet (nothing is silently ignored). A flag is named when its value asks
-    /// for work: `--iptables-forward-rules` by default (flannel's default is true), the
-    /// others only when set away from their default.
-    pub fn unimplemented_flag_warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if self.ip_masq {
-            warnings.push(
-                "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true \
-                 is written as asked, so the CNI plugin will not masquerade either"
-                    .to_string(),
-            );
-        }
-        if self.ip_masq_fully_random_disable {
-            warnings.push(
-                "--ip-masq-fully-random-disable is ignored: weftd installs no masquerade \
-                 rules yet"
-                    .to_string(),
-            );
-        }
-        if self.iptables_forward_rules {
-            warnings.push(
-                "--iptables-forward-rules (default true): weftd does not add FORWARD accept \
-                 rules for the pod network yet; if the FORWARD policy is DROP, allow the pod \
-                 network yourself, or pass --iptables-forward-rules=false to silence this"
-                    .to_string(),
-            );
-        }
-        if self.iptables_resync != DEFAULT_IPTABLES_RESYNC {
-            warnings.push(format!(
-                "--iptables-resync={} is ignored: weftd manages no iptables rules yet",
-                self.iptables_resync
-            ));
-        }
-        warnings
-    }
-
     /// As [`Cli::parse_flannel_style`], but returns the error instead of exiting.
     pub fn try_parse_flannel_style(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(normalize_args(args))
@@ -315,41 +278,6 @@ mod tests {
         assert_eq!(
             normalized,
             ["weftd", "-v", "3", "--public-ip", "-5", "--", "-iface"]
-        );
-    }
-
-    #[test]
-    fn defaults_warn_only_about_the_missing_forward_rules() {
-        assert_eq!(
-            parse(&[]).unimplemented_flag_warnings(),
-            [
-                "--iptables-forward-rules (default true): weftd does not add FORWARD accept \
-                 rules for the pod network yet; if the FORWARD policy is DROP, allow the pod \
-                 network yourself, or pass --iptables-forward-rules=false to silence this"
-            ]
-        );
-        let quiet = parse(&["--iptables-forward-rules=false", "--iptables-resync=5"]);
-        assert_eq!(quiet.unimplemented_flag_warnings(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn every_unimplemented_flag_is_named_in_its_warning() {
-        let cli = parse(&[
-            "--ip-masq",
-            "--ip-masq-fully-random-disable",
-            "--iptables-forward-rules=false",
-            "-iptables-resync=30",
-            "--ip-blackhole-route",
-        ]);
-        assert_eq!(
-            cli.unimplemented_flag_warnings(),
-            [
-                "--ip-masq: weftd does not install masquerade rules yet; FLANNEL_IPMASQ=true \
-                 is written as asked, so the CNI plugin will not masquerade either",
-                "--ip-masq-fully-random-disable is ignored: weftd installs no masquerade \
-                 rules yet",
-                "--iptables-resync=30 is ignored: weftd manages no iptables rules yet",
-            ]
         );
     }
 

@@ -9,7 +9,7 @@ use crate::shutdown::Shutdown;
 use anyhow::{Context, bail};
 use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Runs weftd until SIGTERM or SIGINT.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -19,9 +19,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "--subnet-lease-renew-margin={}: must be between 1 and 1439 minutes",
             cli.subnet_lease_renew_margin
         );
-    }
-    for warning in cli.unimplemented_flag_warnings() {
-        warn!("{warning}");
     }
     let request = iface_request(&cli)?;
     let shutdown = Shutdown::install()?;

@@ -20,6 +20,7 @@ pub mod node_state;
 pub mod own_lease;
 pub mod shutdown;
 pub mod subnet_file;
+pub mod traffic_rules;
 pub mod triggers;
 
 use std::ffi::OsString;

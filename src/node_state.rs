@@ -1,17 +1,20 @@
-//! What both subnet managers share once a node holds a subnet: the datapath, subnet.env,
-//! readiness (ready = subnet held, datapath programmed, subnet.env written), the shared
-//! triggers of the event loop, and the log lines about peers.
+//! What both subnet managers share once a node holds a subnet: the datapath, the traffic
+//! rules, subnet.env, readiness (ready = subnet held, datapath programmed, traffic rules
+//! in place, subnet.env written), the shared triggers of the event loop, and the log
+//! lines about peers.
 
 use crate::datapath::Datapath;
 use crate::health::Readiness;
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
 use crate::subnet_file::{self, SubnetEnv};
+use crate::traffic_rules::{self, Outcome, TrafficRules};
 use crate::triggers::{TICK, Trigger, Triggers};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 use weft_backend::kernel::KernelEvent;
+use weft_backend::rules::Firewall;
 use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
 use weft_subnet::{NetworkConfig, SubnetKey};
 
@@ -31,7 +34,26 @@ pub struct NodeState {
     /// Whether the last reconcile pass applied everything.
     pub datapath_ok: bool,
     pub triggers: Triggers,
+    pub rules: TrafficRules,
+    pub rules_status: RulesStatus,
 }
+
+/// How the last traffic-rules check went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RulesStatus {
+    /// No check has finished yet.
+    NotChecked,
+    InPlace,
+    /// The last check failed; `logged` is when that was last logged (rate limit).
+    Failed {
+        reason: String,
+        logged: Instant,
+    },
+}
+
+/// A failing traffic-rules check is logged when its reason changes, else at most this
+/// often.
+const RULES_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl NodeState {
     /// A node that holds `own` and has not written subnet.env yet.
@@ -41,8 +63,19 @@ impl NodeState {
         own: SubnetKey,
         readiness: Arc<Readiness>,
         datapath: Datapath,
-        triggers: Triggers,
+        mut triggers: Triggers,
     ) -> NodeState {
+        for path in
+            traffic_rules::missing_br_netfilter(&config, |p| std::path::Path::new(p).exists())
+        {
+            warn!(
+                "{path} is missing (br_netfilter not loaded): bridged pod traffic bypasses \
+                 iptables; flannel refuses to start here, weftd goes on"
+            );
+        }
+        let spec = traffic_rules::rule_spec(cli, &config, own);
+        let (rules, outcomes) = TrafficRules::start(spec, Firewall::from_env());
+        triggers.with_rules(Duration::from_secs(cli.iptables_resync.into()), outcomes);
         let mut state = NodeState {
             subnet_file: cli.subnet_file.clone(),
             ip_masq: cli.ip_masq,
@@ -54,6 +87,8 @@ impl NodeState {
             datapath,
             datapath_ok: true,
             triggers,
+            rules,
+            rules_status: RulesStatus::NotChecked,
         };
         state.datapath.set_blackhole_own(cli.ip_blackhole_route);
         state.set_own(own);
@@ -75,6 +110,7 @@ impl NodeState {
     pub fn set_own(&mut self, own: SubnetKey) {
         self.own = own;
         self.datapath.set_own(own);
+        self.rules.set_own(&self.config, own);
     }
 
     /// Writes subnet.env; on failure marks the node not ready with the reason. Called again
@@ -118,7 +154,7 @@ impl NodeState {
     }
 
     /// Ready when the subnet is held (callers mark re-acquisition), the datapath is
-    /// programmed and subnet.env is written.
+    /// programmed, the traffic rules are in place and subnet.env is written.
     pub fn update_readiness(&mut self) {
         let was_ready = self.readiness.get().is_ok();
         if !self.env_written {
@@ -128,6 +164,19 @@ impl NodeState {
             self.readiness
                 .set_not_ready("the datapath is not fully programmed yet (see the log)");
             return;
+        }
+        match &self.rules_status {
+            RulesStatus::NotChecked => {
+                self.readiness
+                    .set_not_ready("the traffic rules are not checked yet");
+                return;
+            }
+            RulesStatus::Failed { reason, .. } => {
+                self.readiness
+                    .set_not_ready(format!("cannot install the traffic rules: {reason}"));
+                return;
+            }
+            RulesStatus::InPlace => {}
         }
         self.readiness.set_ready();
         if !was_ready {
@@ -156,6 +205,7 @@ impl NodeState {
     pub fn peers_changed(&mut self, watcher: &LeaseWatcher) {
         self.set_peers(watcher);
         self.triggers.converge_now();
+        self.rules.check_now();
         self.triggers.sweep_at(self.datapath.removals_held_until());
     }
 
@@ -176,7 +226,46 @@ impl NodeState {
                     self.write_subnet_env();
                 }
             }
+            Trigger::RulesCheck => self.rules.check_now(),
+            Trigger::RulesChecked(outcome) => self.rules_checked(outcome),
         }
+    }
+
+    /// Logs what a traffic-rules check did (failures rate-limited) and updates readiness.
+    fn rules_checked(&mut self, outcome: Outcome) {
+        match outcome {
+            Ok(report) => {
+                for change in &report.repaired {
+                    info!("traffic rules: {change}");
+                }
+                for problem in &report.cleanup_errors {
+                    debug!("traffic rules: cannot remove a leftover (ignored): {problem}");
+                }
+                if report.read {
+                    debug!(processes = report.processes, "traffic rules read");
+                }
+                if self.rules_status != RulesStatus::InPlace {
+                    info!("traffic rules in place");
+                }
+                self.rules_status = RulesStatus::InPlace;
+            }
+            Err(reason) => {
+                let now = Instant::now();
+                let logged = match &self.rules_status {
+                    RulesStatus::Failed { reason: r, logged }
+                        if *r == reason && now.duration_since(*logged) < RULES_LOG_EVERY =>
+                    {
+                        *logged
+                    }
+                    _ => {
+                        warn!("cannot install the traffic rules, retrying: {reason}");
+                        now
+                    }
+                };
+                self.rules_status = RulesStatus::Failed { reason, logged };
+            }
+        }
+        self.update_readiness();
     }
 
     /// Schedules a pass for a kernel change to weft's objects (debounced), or at once

@@ -1,8 +1,10 @@
 //! The triggers both modes share once a node holds a subnet: kernel notifications about
 //! weft's objects (debounced), a pass soon after a lease change, the pass that sweeps
-//! once a datastore grace period is over, the reconcile timer, and the housekeeping tick.
+//! once a datastore grace period is over, the reconcile timer, the housekeeping tick,
+//! and the traffic rules' timer (`--iptables-resync`) and check outcomes.
 //! Each mode's event loop then selects over shutdown, its own datastore, and these.
 
+use crate::traffic_rules::Outcome;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -29,6 +31,10 @@ pub enum Trigger {
     Reconcile,
     /// Housekeeping: retry a failed subnet.env write.
     Tick,
+    /// Time for a traffic-rules check (`--iptables-resync`).
+    RulesCheck,
+    /// A traffic-rules check finished.
+    RulesChecked(Outcome),
 }
 
 /// See the module docs.
@@ -39,6 +45,8 @@ pub struct Triggers {
     tick: Interval,
     converge_at: Option<Instant>,
     sweep_at: Option<Instant>,
+    rules_check: Option<Interval>,
+    rules_outcomes: Option<UnboundedReceiver<Outcome>>,
 }
 
 impl Triggers {
@@ -54,7 +62,19 @@ impl Triggers {
             tick,
             converge_at: None,
             sweep_at: None,
+            rules_check: None,
+            rules_outcomes: None,
         }
+    }
+
+    /// Adds the traffic rules: a check every `every` (the first after one period: the
+    /// rules task checks at start by itself) and the outcomes of the checks.
+    pub fn with_rules(&mut self, every: Duration, outcomes: UnboundedReceiver<Outcome>) {
+        let every = every.max(Duration::from_secs(1));
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.rules_check = Some(check);
+        self.rules_outcomes = Some(outcomes);
     }
 
     /// A pass as soon as the loop is free (after a lease batch, or a notification overrun).
@@ -87,7 +107,30 @@ impl Triggers {
             }
             _ = self.reconcile.tick() => Some(Trigger::Reconcile),
             _ = self.tick.tick() => Some(Trigger::Tick),
+            () = tick_if_some(self.rules_check.as_mut()) => Some(Trigger::RulesCheck),
+            outcome = recv_if_some(self.rules_outcomes.as_mut()) => Some(Trigger::RulesChecked(outcome)),
         }
+    }
+}
+
+/// The next tick of `interval`; forever without one.
+async fn tick_if_some(interval: Option<&mut Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next message; forever without a receiver or once its sender is gone.
+async fn recv_if_some<T>(receiver: Option<&mut UnboundedReceiver<T>>) -> T {
+    match receiver {
+        Some(receiver) => match receiver.recv().await {
+            Some(value) => value,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -135,5 +178,36 @@ mod tests {
         assert_eq!(t.next().await, Some(Trigger::Kernel(KernelEvent::Overrun)));
         drop(tx);
         assert_eq!(t.next().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rules_checks_every_period_and_outcomes_pass_through() {
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut t = Triggers::new(rx, Duration::from_secs(3600));
+        let _ = t.next().await;
+        let _ = t.next().await;
+        let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
+        t.with_rules(Duration::from_secs(5), outcomes_rx);
+        let start = tokio::time::Instant::now();
+        // Not at once (the task checks at start by itself), then every 5 s, before the
+        // 5 s housekeeping tick that is due at the same time.
+        let first = t.next().await;
+        assert!(matches!(first, Some(Trigger::RulesCheck | Trigger::Tick)));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        outcomes_tx.send(Err("no iptables".into())).unwrap();
+        let mut seen = vec![first];
+        for _ in 0..2 {
+            seen.push(t.next().await);
+        }
+        assert!(seen.contains(&Some(Trigger::RulesChecked(Err("no iptables".into())))));
+        assert!(seen.contains(&Some(Trigger::RulesCheck)));
+        // A dropped task is not an error: no more outcomes, the timer goes on.
+        drop(outcomes_tx);
+        for _ in 0..4 {
+            assert!(matches!(
+                t.next().await,
+                Some(Trigger::RulesCheck | Trigger::Tick)
+            ));
+        }
     }
 }

@@ -137,32 +137,6 @@ fn kube_mode_static_errors_name_the_bad_value() {
 /// Flags weftd accepts but does not act on yet are named in a startup warning, before
 /// anything can fail (here: the deliberately bad --healthz-ip).
 #[test]
-fn unimplemented_flags_are_warned_about_at_startup() {
-    let (code, out) = weftd(
-        &[
-            "-iptables-resync=30",
-            "--healthz-port=1",
-            "--healthz-ip=nope",
-        ],
-        &[],
-    );
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("--iptables-resync=30 is ignored: weftd manages no iptables rules yet"),
-        "{out}"
-    );
-    assert!(
-        out.contains("--iptables-forward-rules (default true): weftd does not add FORWARD"),
-        "the default asks for forward rules: {out}"
-    );
-    let (_, out) = weftd(
-        &["--healthz-port=1", "--healthz-ip=nope"],
-        &[("FLANNELD_IPTABLES_FORWARD_RULES", "false")],
-    );
-    assert!(!out.contains("--iptables"), "nothing asked for: {out}");
-}
-
-#[test]
 fn version_flag() {
     let (code, out) = weftd(&["--version"], &[]);
     assert_eq!(code, 0);

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod hostgw;
 pub mod kernel;
 pub mod mac;
+pub mod rules;
 pub mod vxlan;
 
 /// The route protocol number weft marks its routes with (`ip route ... proto 91`), so

@@ -156,6 +156,60 @@ impl Underlay {
     }
 }
 
+/// The stand-in for the internet: a namespace holding [`INTERNET_HOST`] (203.0.113.1/24)
+/// and [`INTERNET_HOST_V6`] (2001:db8:113::1/64), reached from the nodes through the
+/// underlay gateway, which routes between the two.
+/// Replies to pod addresses have no way back (the gateway knows no pod network), as on a
+/// real network: only masqueraded traffic gets answers.
+pub fn internet(underlay: &Underlay, name: &str) -> Netns {
+    let net = Netns::new(name);
+    underlay.ns.ip(&[
+        "link", "add", "inet0", "type", "veth", "peer", "name", "eth0", "netns", name,
+    ]);
+    underlay
+        .ns
+        .ip(&["addr", "add", "203.0.113.254/24", "dev", "inet0"]);
+    underlay.ns.ip(&["link", "set", "inet0", "up"]);
+    // The gateway routes, and does not drop pod-sourced packets it has no route back
+    // for (a host whose rp_filter default is strict would).
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.br0.rp_filter=0",
+    ] {
+        let set = underlay.ns.exec(&["sysctl", "-qw", sysctl]);
+        assert!(set.status.success(), "cannot set {sysctl} in the underlay");
+    }
+    net.ip(&["addr", "add", &format!("{INTERNET_HOST}/24"), "dev", "eth0"]);
+    net.ip(&["link", "set", "eth0", "up"]);
+    net.ip(&["route", "add", "default", "via", "203.0.113.254"]);
+    underlay.ns.ip(&[
+        "addr",
+        "add",
+        "2001:db8:113::fe/64",
+        "dev",
+        "inet0",
+        "nodad",
+    ]);
+    net.ip(&[
+        "addr",
+        "add",
+        &format!("{INTERNET_HOST_V6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    net.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::fe"]);
+    net
+}
+
+/// The IPv6 address of the [`internet`] host.
+pub const INTERNET_HOST_V6: &str = "2001:db8:113::1";
+
+/// The address of the [`internet`] host.
+pub const INTERNET_HOST: &str = "203.0.113.1";
+
 /// Runs `body` on a fresh thread that has entered `netns`, with a single-threaded tokio
 /// runtime, so netlink sockets it opens live in that namespace. The test's other threads
 /// stay where they are.

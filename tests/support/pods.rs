@@ -42,8 +42,8 @@ fn cni(node: &Netns, command: &str, pod: &str, node_dir: &Path) -> Result<String
         "type": "flannel",
         "subnetFile": node_dir.join("subnet.env"),
         "dataDir": node_dir.join("cni-data"),
-        // weftd does not masquerade yet; keep the bridge plugin from doing it either,
-        // so pod-to-pod traffic keeps its source address.
+        // weftd masquerades (--ip-masq) or nothing does: keep the bridge plugin from it,
+        // as flannel's CNI plugin does when FLANNEL_IPMASQ=true.
         "delegate": {"hairpinMode": true, "isDefaultGateway": true, "ipMasq": false},
         "ipam": {"dataDir": node_dir.join("ipam")},
     });
@@ -156,4 +156,54 @@ pub fn tcp_source_seen(server: &Netns, server_ip: &str, client: &Netns, port: u1
             .expect("connect across nodes");
     });
     accept.join().expect("accept thread")
+}
+
+/// Sends UDP datagrams from `client` to `server_ip:port` in `server` (10, 100 ms apart)
+/// and returns the source address the first one arrived with; `None` if none arrived
+/// within 5 s. Needs no reply, so it also sees traffic that cannot be answered.
+pub fn udp_source_seen(
+    server: &Netns,
+    server_ip: &str,
+    client: &Netns,
+    port: u16,
+) -> Option<String> {
+    let ip: std::net::IpAddr = server_ip.parse().expect("server IP");
+    let address = std::net::SocketAddr::new(ip, port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener_ns = server.name.clone();
+    let receive = std::thread::spawn(move || {
+        super::netns::run_in(&listener_ns, move || {
+            let socket = std::net::UdpSocket::bind(address).expect("bind UDP");
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 64];
+            socket
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(_, from)| from.ip().to_string())
+        })
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("UDP listener ready");
+    let client_ns = client.name.clone();
+    let sender = std::thread::spawn(move || {
+        super::netns::run_in(&client_ns, move || {
+            let any = if address.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = std::net::UdpSocket::bind(any).expect("client socket");
+            for _ in 0..10 {
+                let _ = socket.send_to(b"weft", address);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    });
+    let seen = receive.join().expect("receive thread");
+    sender.join().expect("send thread");
+    seen
 }

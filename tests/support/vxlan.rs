@@ -17,10 +17,17 @@ pub struct VxlanCluster {
 }
 
 pub fn cluster(nodes: usize) -> VxlanCluster {
+    cluster_with(nodes, VXLAN_CONFIG, &[])
+}
+
+/// [`cluster`] with another net-conf and extra weftd flags.
+pub fn cluster_with(nodes: usize, config: &str, extra: &[&str]) -> VxlanCluster {
     let mut c = Cluster::new(nodes, true);
-    c.etcd.etcdctl(&["put", CONFIG_KEY, VXLAN_CONFIG]);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, config]);
+    let mut args = vec!["--reconcile-interval=30"];
+    args.extend_from_slice(extra);
     for host in 0..nodes {
-        c.start(host, &["--reconcile-interval=30"]);
+        c.start(host, &args);
     }
     let mut pods = Vec::new();
     for host in 0..nodes {
