@@ -31,6 +31,8 @@ c_compiler() {
 }
 have() { local c; for c in "$@"; do type -P "$c" >/dev/null || return 1; done; }
 cni_plugins() { [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ]; }
+# Quiet: a check's output would be taken for a missing entry.
+python_pip() { python3 -m pip --version >/dev/null 2>&1; }
 
 # What | how to check | Debian package. Who uses it is in the comment.
 checks=(
@@ -47,7 +49,7 @@ checks=(
     "openssl|have openssl|openssl"                      # tests (TLS certificates)
     "sysctl and kill|have sysctl kill|procps"           # demo, tests
     "prlimit, setpriv|have prlimit setpriv|util-linux"  # tests, scripts
-    "python3 with pip|python3 -m pip --version|python3 python3-pip" # tests (chart tools, metrics parser)
+    "python3 with pip|python_pip|python3 python3-pip" # tests (chart tools, metrics parser)
     "iptables, iptables-legacy, iptables-nft|have iptables iptables-legacy iptables-nft|iptables" # traffic rules, tests
     "nft|have nft|nftables"                             # traffic rules (nftables mode), tests
 )
