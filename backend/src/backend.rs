@@ -10,12 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_subnet::family::Family;
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
 
-/// A peer lease that could not be programmed, and why (the caller logs it once).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub key: SubnetKey,
-    pub reason: String,
-}
+pub use crate::desired::Skipped;
 
 /// A datapath backend (flannel's backend types; weft implements vxlan and alloc).
 pub trait Backend: std::fmt::Debug + Send {

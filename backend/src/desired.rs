@@ -6,6 +6,7 @@
 use crate::mac::Mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use weft_subnet::SubnetKey;
 use weft_subnet::family::Net;
 
 /// A vxlan device as weft wants it.
@@ -170,4 +171,11 @@ pub struct Observed {
     pub stray_devices: Vec<String>,
     /// weft's blackhole routes (marked with its route protocol).
     pub blackholes: Vec<Net>,
+}
+
+/// A peer lease that could not be programmed, and why (the caller logs it once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub key: SubnetKey,
+    pub reason: String,
 }

@@ -8,8 +8,7 @@
 //! level-triggered reconcile rather than flannel's 10 s route check.
 
 use crate::adjacency;
-use crate::backend::Skipped;
-use crate::desired::{Desired, Route};
+use crate::desired::{Desired, Route, Skipped};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};

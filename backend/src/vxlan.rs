@@ -12,8 +12,7 @@
 //! both families, too much for an IPv6 underlay), and the device's local address is the
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
-use crate::backend::Skipped;
-use crate::desired::{Desired, Device, Fdb, Neighbour, Route, VxlanLink};
+use crate::desired::{Desired, Device, Fdb, Neighbour, Route, Skipped, VxlanLink};
 use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
