@@ -86,7 +86,10 @@ export VAGRANT_CHECKPOINT_DISABLE=1
 export WEFT_VAGRANT_OFFLINE=$CACHE WEFT_BIN_DIR=$BIN_DIR WEFT_VAGRANT_NODES=$NODES WEFT_BACKEND=vxlan
 virsh() { command virsh -q -c qemu:///system "$@"; }
 in_ns() { ip netns exec "$NS" "$@"; }
+# vagrant always runs inside the namespace, where the libvirt networks are: it reaches the
+# VMs over the management network from there (from the host it would use the host's route).
 vagrant() { in_ns /usr/bin/vagrant "$@"; }
+vagrant_within() { in_ns timeout "$1" /usr/bin/vagrant "${@:2}"; } # vagrant_within SECONDS ARGS...
 
 WATCHDOG=
 cleanup() {
@@ -95,7 +98,7 @@ cleanup() {
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     say "cleanup"
     if [ -S /run/libvirt/libvirt-sock ] && [ -s "$RUN/libvirtd.pid" ]; then
-        [ -d "$RUN/dotvagrant" ] && timeout 300 vagrant destroy -f >"$RUN/destroy.log" 2>&1 || true
+        [ -d "$RUN/dotvagrant" ] && vagrant_within 300 destroy -f >"$RUN/destroy.log" 2>&1 || true
         local dom net
         for dom in $(virsh list --all --name 2>/dev/null | grep -E '^vagrant_weft' || true); do
             virsh destroy "$dom" >/dev/null 2>&1 || true
@@ -151,7 +154,7 @@ fi
 # ---- VMs ------------------------------------------------------------------------------
 say "vagrant up: $NODES VMs (TCG)"
 T_UP=$(date +%s)
-if ! timeout 1200 vagrant up --provider=libvirt >"$RUN/up.log" 2>&1; then
+if ! vagrant_within 1200 up --provider=libvirt >"$RUN/up.log" 2>&1; then
     tail -30 "$RUN/up.log"
     check "vagrant up ($NODES VMs)" false
     exit 1
@@ -303,7 +306,7 @@ for backend in vxlan host-gw; do
     say "== backend $backend"
     if [ "$backend" != vxlan ]; then
         # The VM halted by the previous round comes back (weftd starts at boot).
-        timeout 600 vagrant up "weft$LAST" >>"$RUN/up.log" 2>&1 || { check "weft$LAST back up" false; exit 1; }
+        vagrant_within 600 up "weft$LAST" >>"$RUN/up.log" 2>&1 || { check "weft$LAST back up" false; exit 1; }
         etcdctl put /coreos.com/network/config "'{\"Network\":\"10.244.0.0/16\",\"Backend\":{\"Type\":\"$backend\"}}'" >/dev/null
         for n in $ALL; do restart_weftd "$n"; done
     else
