@@ -141,7 +141,14 @@ ip netns add "$NS"
 ip -n "$NS" link set lo up
 say "starting virtlogd and libvirtd (libvirtd in namespace $NS)"
 /usr/sbin/virtlogd -d -p "$RUN/virtlogd.pid"
-in_ns /usr/sbin/libvirtd -d -p "$RUN/libvirtd.pid"
+# Machine-specific: /dev/kvm here is kvm_pvm and runs no normal guest. libvirt sees it
+# accessible, finds at probing that QEMU cannot use it, and so discards its QEMU
+# capabilities cache on every call (minutes per `vagrant up` step under TCG). In a
+# private mount namespace that dies with libvirtd, a root-only file hides it.
+: >"$RUN/no-kvm"
+chmod 600 "$RUN/no-kvm"
+in_ns unshare --mount --propagation private sh -c \
+    '[ -e /dev/kvm ] && mount --bind "$1" /dev/kvm; exec /usr/sbin/libvirtd -d -p "$2"' _ "$RUN/no-kvm" "$RUN/libvirtd.pid"
 for _ in $(seq 1 100); do virsh version >/dev/null 2>&1 && break; sleep 0.1; done
 # libvirt's own "default" network (NAT on 192.168.122.0/24) is never started.
 mkdir -p "$CACHE/pool"
