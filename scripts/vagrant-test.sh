@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The multi-VM tier: weft on real virtual machines with Vagrant and vagrant-libvirt.
-# Optional and slow (about 10-15 minutes on 2 cores without KVM); not part of
+# Optional and slow (about 20 minutes on 2 shared cores without KVM); not part of
 # scripts/test.sh or CI. Needs root.
 #
 #   scripts/vagrant-test.sh
@@ -314,6 +314,7 @@ for backend in vxlan host-gw; do
     if [ "$backend" != vxlan ]; then
         # The VM halted by the previous round comes back (weftd starts at boot).
         vagrant_within 600 up "weft$LAST" >>"$RUN/up.log" 2>&1 || { check "weft$LAST back up" false; exit 1; }
+        in_ns ssh "${SSH_OPTS[@]}" -O exit "weft$LAST" >/dev/null 2>&1 || true # its old shared connection
         etcdctl put /coreos.com/network/config "'{\"Network\":\"10.244.0.0/16\",\"Backend\":{\"Type\":\"$backend\"}}'" >/dev/null
         for n in $ALL; do restart_weftd "$n"; done
     else
