@@ -144,11 +144,15 @@ say "starting virtlogd and libvirtd (libvirtd in namespace $NS)"
 # Machine-specific: /dev/kvm here is kvm_pvm and runs no normal guest. libvirt sees it
 # accessible, finds at probing that QEMU cannot use it, and so discards its QEMU
 # capabilities cache on every call (minutes per `vagrant up` step under TCG). In a
-# private mount namespace that dies with libvirtd, a root-only file hides it.
+# private mount namespace that dies with libvirtd, a root-only file hides it; there, too,
+# libvirtd reads a qemu.conf without per-VM /dev namespaces (which would try to move that
+# bind mount). The host's files are not changed.
 : >"$RUN/no-kvm"
 chmod 600 "$RUN/no-kvm"
+{ cat /etc/libvirt/qemu.conf; echo 'namespaces = [ ]'; } >"$RUN/qemu.conf"
 in_ns unshare --mount --propagation private sh -c \
-    '[ -e /dev/kvm ] && mount --bind "$1" /dev/kvm; exec /usr/sbin/libvirtd -d -p "$2"' _ "$RUN/no-kvm" "$RUN/libvirtd.pid"
+    'if [ -e /dev/kvm ]; then mount --bind "$1" /dev/kvm; mount --bind "$2" /etc/libvirt/qemu.conf; fi
+     exec /usr/sbin/libvirtd -d -p "$3"' _ "$RUN/no-kvm" "$RUN/qemu.conf" "$RUN/libvirtd.pid"
 for _ in $(seq 1 100); do virsh version >/dev/null 2>&1 && break; sleep 0.1; done
 # libvirt's own "default" network (NAT on 192.168.122.0/24) is never started.
 mkdir -p "$CACHE/pool"
