@@ -218,7 +218,7 @@ async fn vxlan_node(
 }
 
 /// Fills in the families from the config and asks the kernel for the `--iface-can-reach`
-/// route.
+/// route and the route to the first etcd endpoint.
 async fn resolve_can_reach(
     mut request: IfaceRequest,
     config: &NetworkConfig,
@@ -230,6 +230,11 @@ async fn resolve_can_reach(
             .await
             .context("route lookup for --iface-can-reach")?;
         request.can_reach = Some((target, route));
+    }
+    if let Some((target, _)) = request.etcd_reach {
+        // Only a preference: without a route the default route decides, as in flannel.
+        let route = weft_backend::kernel::route_to(target).await.ok().flatten();
+        request.etcd_reach = Some((target, route));
     }
     Ok(request)
 }

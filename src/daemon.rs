@@ -84,6 +84,11 @@ fn iface_request(cli: &Cli) -> anyhow::Result<IfaceRequest> {
         public_ip,
         public_ipv6,
         node_ips: Vec::new(),
+        etcd_reach: if cli.kube_subnet_mgr {
+            None
+        } else {
+            crate::iface::etcd_endpoint_ip(&cli.etcd_endpoints).map(|ip| (ip, None))
+        },
         ipv4: true,
         ipv6: false,
     })

@@ -4,13 +4,17 @@
 //! Order (first match wins): each `--iface` (an address or a name), each `--iface-regex`
 //! (over addresses, then names), `--iface-can-reach` (the kernel's route to that address).
 //! With none of them: the interface owning `--public-ip` (or `--public-ipv6`), else (kube
-//! mode) the interface owning the Node's `InternalIP`, else the interface of the default
-//! route; in dual-stack the v4 and v6 default routes must leave through the same interface.
+//! mode) the interface owning the Node's `InternalIP`, else (etcd mode) the interface
+//! that owns or reaches the first etcd endpoint's address, else the interface of the
+//! default route; in dual-stack the v4 and v6 default routes must leave through the same
+//! interface.
 //!
 //! The `InternalIP` step is weft's: on Vagrant VMs every node has the NAT address
 //! 10.0.2.15 on the default-route interface, flannel picks it, and all nodes advertise
 //! the same public IP. The kubelet's InternalIP is the address the cluster knows the
-//! node by.
+//! node by. The etcd-endpoint step is weft's for the same reason in etcd mode: the nodes
+//! reach etcd over the network they share (a Vagrant private network), not over the NAT
+//! interface; a loopback endpoint (etcd on the node itself) is skipped.
 
 use regex::Regex;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,6 +31,9 @@ pub struct IfaceRequest {
     pub public_ipv6: Option<Ipv6Addr>,
     /// The Node's `InternalIP` addresses (kube mode): preferred over the default route.
     pub node_ips: Vec<IpAddr>,
+    /// The first etcd endpoint's address (etcd mode, when it is an IP literal) and the
+    /// kernel's route to it: preferred over the default route.
+    pub etcd_reach: Option<(IpAddr, Option<HostRoute>)>,
     pub ipv4: bool,
     pub ipv6: bool,
 }
@@ -227,6 +234,30 @@ fn select_implicit<'a>(
     if let Some((link, ip)) = node_ip {
         return Ok((link, Some(ip), format!("it has the Node's InternalIP {ip}")));
     }
+    if let Some((target, route)) = request
+        .etcd_reach
+        .as_ref()
+        .filter(|(t, _)| wanted_family(&t))
+    {
+        if let Some(link) = owner_of(host, *target).filter(|l| !l.loopback) {
+            let reason = format!("it has the etcd endpoint's address {target}");
+            return Ok((link, Some(*target), reason));
+        }
+        let via = route.as_ref().and_then(|route| {
+            let index = route.output_interface?;
+            let link = host
+                .links
+                .iter()
+                .find(|l| l.index == index && !l.loopback)?;
+            Some((link, route.preferred_source))
+        });
+        if let Some((link, source)) = via {
+            let source =
+                source.filter(|ip| owner_of(host, *ip).map(|l| l.index) == Some(link.index));
+            let reason = format!("the kernel routes the etcd endpoint {target} through it");
+            return Ok((link, source, reason));
+        }
+    }
     let default_link = |v6: bool| {
         host.routes
             .iter()
@@ -254,6 +285,26 @@ fn select_implicit<'a>(
         }
         (None, None) => Err(IfaceError::NoDefaultRoute { family: "IPv4" }),
     }
+}
+
+/// The host of the first endpoint of `--etcd-endpoints` when it is an IP address
+/// (`http://10.0.0.1:2379,...` -> 10.0.0.1; `https://[fd00::1]:2379` -> fd00::1).
+pub fn etcd_endpoint_ip(endpoints: &str) -> Option<IpAddr> {
+    let first = endpoints.split(',').next()?.trim();
+    let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        return bracketed.split(']').next()?.parse().ok();
+    }
+    if let Ok(ip) = authority.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    authority
+        .rsplit_once(':')
+        .and_then(|(host, _)| host.parse().ok())
 }
 
 fn owner_of(host: &HostSnapshot, ip: IpAddr) -> Option<&HostLink> {
@@ -367,6 +418,108 @@ mod tests {
             ipv4: true,
             ..IfaceRequest::default()
         }
+    }
+
+    fn route_via(oif: u32, source: &str) -> HostRoute {
+        HostRoute {
+            ipv6: source.contains(':'),
+            destination: None,
+            gateway: None,
+            output_interface: Some(oif),
+            preferred_source: Some(source.parse().unwrap()),
+        }
+    }
+
+    fn etcd_at(ip: &str, route: Option<HostRoute>) -> IfaceRequest {
+        IfaceRequest {
+            etcd_reach: Some((ip.parse().unwrap(), route)),
+            ..v4()
+        }
+    }
+
+    #[test]
+    fn the_etcd_endpoint_beats_the_default_route() {
+        // Another VM runs etcd on the private network: eth1, not the NAT eth0.
+        let ext = select(
+            &vagrant(),
+            &etcd_at("198.18.1.12", Some(route_via(3, "198.18.1.11"))),
+        )
+        .unwrap();
+        assert_eq!(
+            (ext.name.as_str(), ext.ext_addr),
+            ("eth1", Some("198.18.1.11".parse().unwrap()))
+        );
+        assert_eq!(
+            ext.reason,
+            "the kernel routes the etcd endpoint 198.18.1.12 through it"
+        );
+        // This VM runs etcd on its private address: the kernel's route is `local ... dev lo`,
+        // the owner of the address wins.
+        let ext = select(
+            &vagrant(),
+            &etcd_at("198.18.1.11", Some(route_via(1, "198.18.1.11"))),
+        )
+        .unwrap();
+        assert_eq!(
+            (ext.name.as_str(), ext.ext_addr),
+            ("eth1", Some("198.18.1.11".parse().unwrap()))
+        );
+        assert_eq!(ext.reason, "it has the etcd endpoint's address 198.18.1.11");
+    }
+
+    #[test]
+    fn a_loopback_or_unreachable_etcd_endpoint_falls_back_to_the_default_route() {
+        for request in [
+            etcd_at("127.0.0.1", Some(route_via(1, "127.0.0.1"))),
+            etcd_at("203.0.113.9", None),
+            etcd_at("fd00::9", Some(route_via(3, "fd00::11"))), // not the family in use
+        ] {
+            let ext = select(&vagrant(), &request).unwrap();
+            assert_eq!(ext.name, "eth0", "{request:?}");
+            assert_eq!(ext.reason, "it carries the default route");
+        }
+        // Reached through the default route's interface: same answer as flannel.
+        let ext = select(
+            &vagrant(),
+            &etcd_at("203.0.113.9", Some(route_via(2, "10.0.2.15"))),
+        )
+        .unwrap();
+        assert_eq!(
+            (ext.name.as_str(), ext.ext_addr),
+            ("eth0", Some("10.0.2.15".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn explicit_flags_and_the_public_ip_beat_the_etcd_endpoint() {
+        let mut request = etcd_at("198.18.1.12", Some(route_via(3, "198.18.1.11")));
+        request.ifaces = vec!["eth0".into()];
+        assert_eq!(select(&vagrant(), &request).unwrap().name, "eth0");
+        let mut request = etcd_at("198.18.1.12", Some(route_via(3, "198.18.1.11")));
+        request.public_ip = Some("10.0.2.15".parse().unwrap());
+        assert_eq!(select(&vagrant(), &request).unwrap().name, "eth0");
+    }
+
+    #[test]
+    fn etcd_endpoint_ip_parsing() {
+        let ip = |s: &str| etcd_endpoint_ip(s).map(|ip| ip.to_string());
+        assert_eq!(
+            ip("http://192.168.56.11:2379").as_deref(),
+            Some("192.168.56.11")
+        );
+        assert_eq!(
+            ip("https://10.0.0.1:2379,https://10.0.0.2:2379").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(ip("http://[fd00::1]:2379").as_deref(), Some("fd00::1"));
+        assert_eq!(ip("10.0.0.3:2379").as_deref(), Some("10.0.0.3"));
+        assert_eq!(ip("http://10.0.0.4").as_deref(), Some("10.0.0.4"));
+        assert_eq!(
+            ip("http://user:pw@10.0.0.5:2379/").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(ip("http://etcd.example:2379"), None);
+        assert_eq!(ip(""), None);
     }
 
     #[test]
