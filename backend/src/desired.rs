@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use weft_subnet::family::Net;
 
 /// A vxlan device as weft wants it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VxlanLink {
     pub name: String,
     pub vni: u32,
