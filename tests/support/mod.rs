@@ -10,6 +10,7 @@ pub mod kube_api;
 pub mod kube_cluster;
 pub mod netns;
 pub mod pods;
+pub mod prometheus;
 pub mod vxlan;
 pub mod weftd;
 

@@ -17,10 +17,18 @@ pub struct VxlanCluster {
 }
 
 pub fn cluster(nodes: usize) -> VxlanCluster {
+    cluster_with_flags(nodes, |_| Vec::new())
+}
+
+/// As [`cluster`], with extra flags per node (after `--reconcile-interval=30`).
+pub fn cluster_with_flags(nodes: usize, flags: impl Fn(usize) -> Vec<String>) -> VxlanCluster {
     let mut c = Cluster::new(nodes, true);
     c.etcd.etcdctl(&["put", CONFIG_KEY, VXLAN_CONFIG]);
     for host in 0..nodes {
-        c.start(host, &["--reconcile-interval=30"]);
+        let mut args = vec!["--reconcile-interval=30".to_string()];
+        args.extend(flags(host));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.start(host, &args);
     }
     let mut pods = Vec::new();
     for host in 0..nodes {
