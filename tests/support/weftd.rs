@@ -28,8 +28,11 @@ impl Weftd {
             .append(true)
             .open(&log_file)
             .expect("log");
+        // Benchmarks may compare against another build (scripts/bench.sh --baseline).
+        let binary = std::env::var("WEFT_BENCH_WEFTD")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string());
         let child = Command::new("ip")
-            .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weftd")])
+            .args(["netns", "exec", netns, &binary])
             .arg(format!("--subnet-file={}", subnet_file.display()))
             .args(args)
             .env("RUST_LOG", "debug")
