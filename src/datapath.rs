@@ -9,7 +9,7 @@
 //! or broken lease never reaches the backend, and desired routes whose prefix a foreign
 //! route occupies are withdrawn rather than installed over it. Both are logged once.
 
-use crate::drift::{self, ChangeKind, EntryKey, EntryState, PassCounts, Tracker};
+use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use crate::state_view::{EntryView, PeerView, Verdict};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -379,8 +379,10 @@ impl Datapath {
     }
 
     /// One peer: its desired entries (recomputed from its lease), their state as of the
-    /// last pass, and its verdict.
-    pub fn peer_view(&self, lease: &Lease, now: SystemTime) -> PeerView {
+    /// last pass, and its verdict; the entries' descriptions only with `detail` (a
+    /// summary of thousands of peers needs the verdicts alone).
+    pub fn peer_view(&self, lease: &Lease, now: SystemTime, detail: bool) -> PeerView {
+        let describe = |text: &dyn Fn() -> String| if detail { text() } else { String::new() };
         let mut view = PeerView {
             key: lease.key,
             public_ip: lease.attrs.public_ip.to_string(),
@@ -414,9 +416,11 @@ impl Datapath {
                 .map(|(_, foreign)| foreign.clone());
             view.entries.push(EntryView {
                 kind: ChangeKind::Route,
-                desired: drift::describe_route(route),
-                state: self.tracker.entry_state(
-                    &EntryKey::route(route.destination),
+                desired: describe(&|| drift::describe_route(route)),
+                state: self.tracker.entry_state_of(
+                    ChangeKind::Route,
+                    "",
+                    EntryId::Net(route.destination),
                     drift::route_value(route),
                 ),
                 withdrawn_by,
@@ -425,20 +429,26 @@ impl Datapath {
         for n in want.neighbours.values() {
             view.entries.push(EntryView {
                 kind: ChangeKind::Neighbour,
-                desired: drift::describe_neighbour(n),
-                state: self
-                    .tracker
-                    .entry_state(&EntryKey::neighbour(n), drift::neighbour_value(n)),
+                desired: describe(&|| drift::describe_neighbour(n)),
+                state: self.tracker.entry_state_of(
+                    ChangeKind::Neighbour,
+                    &n.device,
+                    EntryId::Ip(n.ip),
+                    drift::neighbour_value(n),
+                ),
                 withdrawn_by: None,
             });
         }
         for e in want.fdb.values() {
             view.entries.push(EntryView {
                 kind: ChangeKind::Fdb,
-                desired: drift::describe_fdb(e),
-                state: self
-                    .tracker
-                    .entry_state(&EntryKey::fdb(e), drift::fdb_value(e)),
+                desired: describe(&|| drift::describe_fdb(e)),
+                state: self.tracker.entry_state_of(
+                    ChangeKind::Fdb,
+                    &e.device,
+                    EntryId::Mac(e.mac),
+                    drift::fdb_value(e),
+                ),
                 withdrawn_by: None,
             });
         }

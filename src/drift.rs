@@ -506,11 +506,28 @@ impl Tracker {
 
     /// The state of a desired entry (`value` as from [`route_value`] and friends).
     pub fn entry_state(&self, key: &EntryKey, value: u64) -> EntryState {
+        self.entry_state_of(key.kind, &key.device, key.id, value)
+    }
+
+    /// As [`Self::entry_state`], without building a key unless there are records (a
+    /// `/debug/state` request asks this for every entry of every peer).
+    pub fn entry_state_of(
+        &self,
+        kind: ChangeKind,
+        device: &str,
+        id: EntryId,
+        value: u64,
+    ) -> EntryState {
         let in_kernel = self
             .model
             .as_ref()
-            .is_some_and(|m| m.get(key.hash64()) == Some(value));
-        match self.records.get(key) {
+            .is_some_and(|m| m.get(key_hash(kind, device, id)) == Some(value));
+        let record = if self.records.is_empty() {
+            None
+        } else {
+            self.records.get(&EntryKey::new(kind, device, id))
+        };
+        match record {
             Some(Record {
                 at,
                 found,

@@ -219,13 +219,13 @@ impl NodeState {
         let mut matching = 0;
         let mut peers = Vec::new();
         for lease in self.datapath.peers() {
-            let view = self.datapath.peer_view(lease, now);
-            *summary.entry(view.verdict).or_insert(0) += 1;
-            if !query.matches(view.verdict) {
+            let verdict = self.datapath.peer_view(lease, now, false).verdict;
+            *summary.entry(verdict).or_insert(0) += 1;
+            if !query.matches(verdict) {
                 continue;
             }
             if matching >= query.offset && peers.len() < query.limit {
-                peers.push(view);
+                peers.push(self.datapath.peer_view(lease, now, true));
             }
             matching += 1;
         }
