@@ -246,11 +246,21 @@ fn effect(op: &Op) -> (EntryKey, Action) {
     }
 }
 
-/// Every entry of `desired` as (key hash, value hash), sorted by key.
-fn desired_hashes(desired: &Desired) -> Vec<(u64, u64)> {
+/// Every entry of `desired` as (key hash, value hash), sorted by key, into `out`.
+fn desired_hashes(desired: &Desired, out: &mut Vec<(u64, u64)>) {
     use ChangeKind as K;
-    let mut out =
-        Vec::with_capacity(desired.routes.len() + desired.neighbours.len() + desired.fdb.len() + 8);
+    out.clear();
+    let wanted = desired.routes.len()
+        + desired.neighbours.len()
+        + desired.fdb.len()
+        + desired.blackholes.len()
+        + 2 * desired.devices.len();
+    // Room for what this pass wants (held or failed removals may add a few); a buffer
+    // far larger than needed (after many peers left) is given back.
+    if out.capacity() > 2 * wanted + 64 {
+        *out = Vec::new();
+    }
+    out.reserve_exact(wanted);
     for device in &desired.devices {
         let name = &device.link.name;
         out.push((
@@ -285,7 +295,6 @@ fn desired_hashes(desired: &Desired) -> Vec<(u64, u64)> {
     }
     out.sort_unstable();
     out.dedup_by_key(|(key, _)| *key);
-    out
 }
 
 /// What the kernel held after the previous pass, as (key hash, value hash) sorted by key.
@@ -481,9 +490,10 @@ impl Tracker {
     }
 
     fn rebuild(&mut self, desired: &Desired, held: &[Op], failed: Vec<(EntryKey, Action)>) {
-        let mut model = KernelModel {
-            entries: desired_hashes(desired),
-        };
+        // The old model's buffer is reused: the causes are already decided, and at 5,000
+        // peers a second buffer would be 240 KiB more at every rebuild.
+        let mut model = self.model.take().unwrap_or_default();
+        desired_hashes(desired, &mut model.entries);
         self.records
             .retain(|key, _| model.get(key.hash64()).is_some());
         // Still in the kernel: removals held for the grace period, and failed removals.
@@ -499,7 +509,6 @@ impl Tracker {
                 Action::Install(_) | Action::Adjust => model.remove(key.hash64()),
             }
         }
-        model.entries.shrink_to_fit();
         self.model = Some(model);
         self.model_generation = self.generation;
     }
@@ -730,7 +739,14 @@ mod tests {
         let key = EntryKey::route(a.destination);
         assert_eq!(t.entry_state(&key, route_value(&a)), EntryState::Ok);
         // A steady pass: nothing to do, nothing counted, the model is not rebuilt.
-        let steady = t.record_pass(&want, &observed(&[a.clone()]), &[], &[], &[], T0);
+        let steady = t.record_pass(
+            &want,
+            &observed(std::slice::from_ref(&a)),
+            &[],
+            &[],
+            &[],
+            T0,
+        );
         assert_eq!(steady, PassCounts::default());
         assert_eq!(steady.repairs(), 0);
         // `ip route del`: the next pass re-adds it: exactly one repair.
@@ -770,7 +786,14 @@ mod tests {
             Op::ReplaceNeighbour(na2.clone()),
             Op::ReplaceRoute(b.clone()),
         ];
-        let pass = t.record_pass(&two, &observed(&[a.clone()]), &ops, &[], &[], T0);
+        let pass = t.record_pass(
+            &two,
+            &observed(std::slice::from_ref(&a)),
+            &ops,
+            &[],
+            &[],
+            T0,
+        );
         assert_eq!(
             pass.applied,
             counts(&[
@@ -883,7 +906,7 @@ mod tests {
         t.inputs_changed();
         t.record_pass(
             &Desired::default(),
-            &observed(&[a.clone()]),
+            &observed(std::slice::from_ref(&a)),
             &[Op::DelRoute(a)],
             &[],
             &[],

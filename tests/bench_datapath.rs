@@ -312,14 +312,20 @@ fn observability_cost(netns: &str, pid: u32) -> Vec<String> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let rss_before = status_kb(pid, "VmRSS:");
     let hwm_before = status_kb(pid, "VmHWM:");
+    let split = format!(
+        "RssAnon {} kB, RssFile {} kB",
+        status_kb(pid, "RssAnon:"),
+        status_kb(pid, "RssFile:")
+    );
     let (scrapes, answer) = timed_gets(netns, "/metrics", 200);
     if !answer.starts_with("HTTP/1.1 200") {
         return vec![format!(
-            "observability: this weftd does not serve /metrics; RSS {rss_before} kB"
+            "observability: this weftd does not serve /metrics; VmRSS {rss_before} kB ({split})"
         )];
     }
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     let series = body.lines().filter(|l| !l.starts_with('#')).count();
+    let rss_scraped = status_kb(pid, "VmRSS:");
     let (pages, _) = timed_gets(netns, "/debug/state?limit=100", 20);
     let (problems, _) = timed_gets(netns, "/debug/state?only=problems", 20);
     let rss_after = status_kb(pid, "VmRSS:");
@@ -345,8 +351,11 @@ fn observability_cost(netns: &str, pid: u32) -> Vec<String> {
             summary(&problems)
         ),
         format!(
-            "RSS around the requests: VmRSS {rss_before} -> {rss_after} kB ({:+} kB), VmHWM {hwm_before} -> {hwm_after} kB",
-            rss_after as i64 - rss_before as i64
+            "RSS around the requests: VmRSS {rss_before} kB before ({split}), {rss_scraped} kB \
+             after 200 scrapes ({:+} kB), {rss_after} kB after 40 state pages ({:+} kB); VmHWM \
+             {hwm_before} -> {hwm_after} kB",
+            rss_scraped as i64 - rss_before as i64,
+            rss_after as i64 - rss_scraped as i64
         ),
     ]
 }
