@@ -28,7 +28,8 @@ pub const DEFAULT_IPTABLES_RESYNC: u32 = 5;
     long_about = "weftd leases a pod subnet for this node from etcd (or the Kubernetes API), \
                   programs the datapath and writes subnet.env for the CNI plugin. Flags are \
                   flannel's; each can also be set with FLANNELD_<FLAG_NAME>. Backends \
-                  implemented: vxlan, host-gw, alloc."
+                  implemented: vxlan, host-gw, alloc. `weftd status` shows a running \
+                  weftd's state (see `weftd status --help`)."
 )]
 pub struct Cli {
     /// Comma-separated etcd endpoints.

@@ -26,6 +26,7 @@ const MAX_ANSWER: u64 = 32 * 1024 * 1024;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "weftd status",
+    bin_name = "weftd status",
     about = "Shows this node's lease, backend and, per peer, the kernel entries weftd wants \
              and what it found (from a running weftd's /debug/state)"
 )]
