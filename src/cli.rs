@@ -10,6 +10,13 @@ use clap::{ArgAction, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// flannel's default `--iptables-resync`, in seconds.
 pub const DEFAULT_IPTABLES_RESYNC: u32 = 5;
 
@@ -21,7 +28,8 @@ pub const DEFAULT_IPTABLES_RESYNC: u32 = 5;
     long_about = "weftd leases a pod subnet for this node from etcd (or the Kubernetes API), \
                   programs the datapath and writes subnet.env for the CNI plugin. Flags are \
                   flannel's; each can also be set with FLANNELD_<FLAG_NAME>. Backends \
-                  implemented: vxlan, host-gw, alloc."
+                  implemented: vxlan, host-gw, alloc. `weftd status` shows a running \
+                  weftd's state (see `weftd status --help`)."
 )]
 pub struct Cli {
     /// Comma-separated etcd endpoints.
@@ -156,6 +164,10 @@ pub struct Cli {
           num_args = 0..=1, require_equals = true, default_value = "true",
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub set_node_network_unavailable: bool,
+    /// weft extension: log format, `text` (human-readable, the default) or `json` (one
+    /// object per line, for log shippers).
+    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Log verbosity (klog style): 0 info, 1-3 debug, 4+ trace. RUST_LOG overrides it.
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     pub v: u8,
@@ -240,6 +252,8 @@ mod tests {
         assert!(cli.iptables_forward_rules && !cli.ip_masq && !cli.kube_subnet_mgr);
         assert_eq!((cli.healthz_ip.as_str(), cli.healthz_port), ("0.0.0.0", 0));
         assert_eq!(cli.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(parse(&["-log-format=json"]).log_format, LogFormat::Json);
     }
 
     #[test]

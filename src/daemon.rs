@@ -3,12 +3,16 @@
 //! share the bring-up (`bring_up`) and what follows once a subnet is held (`node_state`).
 
 use crate::cli::Cli;
-use crate::health::{self, Readiness};
+use crate::health::{self, Endpoints, Readiness};
 use crate::iface::IfaceRequest;
+use crate::metrics::{Metrics, SubnetManager};
+use crate::node_state::Reporting;
 use crate::shutdown::Shutdown;
+use crate::state_view;
 use anyhow::{Context, bail};
 use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use tracing::info;
 
 /// Runs weftd until SIGTERM or SIGINT.
@@ -23,12 +27,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let request = iface_request(&cli)?;
     let shutdown = Shutdown::install()?;
     let readiness = Readiness::new("starting: no network config yet");
+    let manager = if cli.kube_subnet_mgr {
+        SubnetManager::Kube
+    } else {
+        SubnetManager::Etcd
+    };
+    let metrics = Arc::new(Metrics::new(manager, readiness.clone()));
+    let (state, state_inbox) = state_view::channel();
     if cli.healthz_port > 0 {
         let ip: IpAddr = cli
             .healthz_ip
             .parse()
             .with_context(|| format!("--healthz-ip={}: not an IP address", cli.healthz_ip))?;
-        let (bound, serve) = health::bind(SocketAddr::new(ip, cli.healthz_port), readiness.clone())
+        let endpoints = Endpoints {
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            state,
+        };
+        let (bound, serve) = health::bind(SocketAddr::new(ip, cli.healthz_port), endpoints)
             .await
             .with_context(|| {
                 format!(
@@ -36,13 +52,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     cli.healthz_port
                 )
             })?;
-        info!(address = %bound, "serving /healthz and /readyz");
+        info!(address = %bound, "serving /healthz and /readyz, and /metrics and /debug/state");
         tokio::spawn(serve);
     }
-    if cli.kube_subnet_mgr {
-        crate::kube_mode::run(&cli, request, shutdown, readiness).await
-    } else {
-        crate::etcd_mode::run(&cli, request, shutdown, readiness).await
+    let reporting = Reporting {
+        metrics,
+        state_inbox,
+    };
+    match manager {
+        SubnetManager::Kube => {
+            crate::kube_mode::run(&cli, request, shutdown, readiness, reporting).await
+        }
+        SubnetManager::Etcd => {
+            crate::etcd_mode::run(&cli, request, shutdown, readiness, reporting).await
+        }
     }
 }
 

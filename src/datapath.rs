@@ -9,15 +9,17 @@
 //! or broken lease never reaches the backend, and desired routes whose prefix a foreign
 //! route occupies are withdrawn rather than installed over it. Both are logged once.
 
+use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
+use crate::state_view::{EntryView, PeerView, Verdict};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
 use weft_backend::admission::{Admission, Identity, RejectKind};
-use weft_backend::backend::Backend;
+use weft_backend::backend::{Backend, SkipKind};
 use weft_backend::diff;
 use weft_backend::kernel::{Kernel, KernelEvent};
-use weft_subnet::family::Net;
+use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, SubnetKey};
 
 /// The outcome of one reconcile pass.
@@ -25,6 +27,22 @@ use weft_subnet::{Lease, SubnetKey};
 pub struct Pass {
     pub changes: usize,
     pub failures: Vec<String>,
+    /// The changes by kind and cause, and the failed ones by kind.
+    pub counts: PassCounts,
+    /// Peers newly rejected by admission in this pass (each peer and reason once).
+    pub new_rejections: Vec<RejectKind>,
+}
+
+/// The peers as of the last pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Peer leases known (every remote lease, programmed or not).
+    pub leases: usize,
+    /// Peers with a route, by family.
+    pub programmed_v4: usize,
+    pub programmed_v6: usize,
+    /// Peers not programmed, by reason label (skip kinds and admission rules).
+    pub skipped: BTreeMap<&'static str, usize>,
 }
 
 /// What peers are checked against, besides this node's subnet (see [`Identity`]).
@@ -52,6 +70,14 @@ pub struct Datapath {
     reported_conflicts: HashSet<(Net, String)>,
     /// Peers rejected by admission since start, by rule (each peer and reason once).
     pub rejections: BTreeMap<RejectKind, u64>,
+    /// Rejections first reported since the last pass, for its metrics.
+    new_rejections: Vec<RejectKind>,
+    /// The last pass's rejected and skipped peers, for the state view and the metrics.
+    last_rejected: BTreeMap<SubnetKey, (RejectKind, String)>,
+    last_skipped: BTreeMap<SubnetKey, Vec<(SkipKind, String)>>,
+    /// Causes of changes, and the state of each entry as of the last pass.
+    tracker: Tracker,
+    stats: PeerStats,
     /// Indices of weft's devices as last observed, to filter kernel notifications.
     device_indices: HashSet<u32>,
     /// Until then, passes add and repair but remove no peer entries (see [`Self::hold_removals`]).
@@ -72,6 +98,11 @@ impl Datapath {
             reported: HashSet::new(),
             reported_conflicts: HashSet::new(),
             rejections: BTreeMap::new(),
+            new_rejections: Vec::new(),
+            last_rejected: BTreeMap::new(),
+            last_skipped: BTreeMap::new(),
+            tracker: Tracker::default(),
+            stats: PeerStats::default(),
             device_indices: HashSet::new(),
             removals_held_until: None,
             blackhole_own: false,
@@ -83,6 +114,7 @@ impl Datapath {
     /// out by the default route.
     pub fn set_blackhole_own(&mut self, enabled: bool) {
         self.blackhole_own = enabled;
+        self.tracker.inputs_changed();
     }
 
     /// Until `until`, passes remove no peer route, neighbour or FDB entry. The peer set
@@ -106,6 +138,7 @@ impl Datapath {
     pub fn set_own(&mut self, own: SubnetKey) {
         self.own = Some(own);
         self.backend.set_own(own);
+        self.tracker.inputs_changed();
     }
 
     /// Who this node is, for admission. Host networks inside the own subnet (the CNI
@@ -145,12 +178,16 @@ impl Datapath {
             .admission
             .admit(&identity, self.peers.values(), &macs_of);
         let admitted: Vec<Lease> = admitted.into_iter().cloned().collect();
+        self.last_rejected.clear();
         for rejection in rejected {
+            self.last_rejected
+                .insert(rejection.key, (rejection.kind, rejection.reason.clone()));
             if self
                 .reported
                 .insert((rejection.key, rejection.reason.clone()))
             {
                 *self.rejections.entry(rejection.kind).or_default() += 1;
+                self.new_rejections.push(rejection.kind);
                 warn!(
                     subnet = %rejection.key,
                     rule = rejection.kind.label(),
@@ -165,6 +202,12 @@ impl Datapath {
     /// Replaces the peer set (the full set of remote leases).
     pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = &'a Lease>) {
         self.peers = peers.into_iter().map(|l| (l.key, l.clone())).collect();
+        self.tracker.inputs_changed();
+    }
+
+    /// The peers as of the last pass.
+    pub fn stats(&self) -> &PeerStats {
+        &self.stats
     }
 
     /// One reconcile pass: observe, diff, apply (every op is tried; failures are
@@ -177,7 +220,7 @@ impl Datapath {
         self.withdraw_foreign(&mut desired, &observed);
         self.device_indices = observed.links.iter().map(|l| l.index).collect();
         let mut ops = diff::diff(&desired, &observed);
-        self.apply_hold(&mut ops);
+        let held = self.apply_hold(&mut ops);
         for op in &ops {
             match op {
                 diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),
@@ -186,12 +229,27 @@ impl Datapath {
         }
         let observed_in = started.elapsed();
         let failures = self.kernel.apply(&ops).await;
+        let failures: Vec<(diff::Op, String)> = failures
+            .into_iter()
+            .map(|(op, e)| (op, e.to_string()))
+            .collect();
+        let counts = self.tracker.record_pass(
+            &desired,
+            &observed,
+            &ops,
+            &failures,
+            &held,
+            SystemTime::now(),
+        );
+        self.stats = self.peer_stats(&desired);
         let pass = Pass {
             changes: ops.len() - failures.len(),
             failures: failures
                 .iter()
                 .map(|(op, e)| format!("{op}: {e}"))
                 .collect(),
+            counts,
+            new_rejections: std::mem::take(&mut self.new_rejections),
         };
         for failure in &pass.failures {
             warn!("datapath change failed (retried on the next pass): {failure}");
@@ -225,10 +283,15 @@ impl Datapath {
                 .blackholes
                 .extend([own.ipv4, own.ipv6].into_iter().flatten());
         }
+        self.last_skipped.clear();
         for skip in skipped {
             if self.reported.insert((skip.key, skip.reason.clone())) {
                 warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
             }
+            self.last_skipped
+                .entry(skip.key)
+                .or_default()
+                .push((skip.kind, skip.reason));
         }
         // Forget peers that are gone, so the memory is bounded and a returning peer with
         // the same problem is reported again.
@@ -259,29 +322,150 @@ impl Datapath {
         self.reported_conflicts = current;
     }
 
-    /// During a datastore grace period, removes the removals from `ops`.
-    fn apply_hold(&mut self, ops: &mut Vec<diff::Op>) {
+    /// During a datastore grace period, takes the removals out of `ops` and returns them.
+    fn apply_hold(&mut self, ops: &mut Vec<diff::Op>) -> Vec<diff::Op> {
         let Some(until) = self.removals_held_until else {
-            return;
+            return Vec::new();
         };
         if Instant::now() >= until {
             self.removals_held_until = None;
             info!("datastore grace period over: entries of peers still missing are removed");
-            return;
+            return Vec::new();
         }
-        let before = ops.len();
-        ops.retain(|op| {
-            !matches!(
-                op,
-                diff::Op::DelRoute(_) | diff::Op::DelNeighbour(_) | diff::Op::DelFdb(_)
-            )
-        });
-        if ops.len() < before {
+        let (held, kept): (Vec<diff::Op>, Vec<diff::Op>) =
+            std::mem::take(ops).into_iter().partition(|op| {
+                matches!(
+                    op,
+                    diff::Op::DelRoute(_) | diff::Op::DelNeighbour(_) | diff::Op::DelFdb(_)
+                )
+            });
+        *ops = kept;
+        if !held.is_empty() {
             info!(
-                held = before - ops.len(),
+                held = held.len(),
                 "keeping entries of peers missing from the datastore until the grace period ends"
             );
         }
+        held
+    }
+
+    /// Peer counts for the metrics, from the pass's desired state.
+    fn peer_stats(&self, desired: &weft_backend::desired::Desired) -> PeerStats {
+        let mut stats = PeerStats {
+            leases: self.peers.len(),
+            ..PeerStats::default()
+        };
+        for net in desired.routes.keys() {
+            match net.family {
+                Family::V4 => stats.programmed_v4 += 1,
+                Family::V6 => stats.programmed_v6 += 1,
+            }
+        }
+        for (kind, _) in self.last_rejected.values() {
+            *stats.skipped.entry(kind.label()).or_default() += 1;
+        }
+        for reasons in self.last_skipped.values() {
+            let kinds: HashSet<SkipKind> = reasons.iter().map(|(k, _)| *k).collect();
+            for kind in kinds {
+                *stats.skipped.entry(kind.label()).or_default() += 1;
+            }
+        }
+        stats
+    }
+
+    /// Every peer lease, in subnet order.
+    pub fn peers(&self) -> impl Iterator<Item = &Lease> {
+        self.peers.values()
+    }
+
+    /// One peer: its desired entries (recomputed from its lease), their state as of the
+    /// last pass, and its verdict; the entries' descriptions only with `detail` (a
+    /// summary of thousands of peers needs the verdicts alone).
+    pub fn peer_view(&self, lease: &Lease, now: SystemTime, detail: bool) -> PeerView {
+        let describe = |text: &dyn Fn() -> String| if detail { text() } else { String::new() };
+        let mut view = PeerView {
+            key: lease.key,
+            public_ip: lease.attrs.public_ip.to_string(),
+            backend_type: lease.attrs.backend_type.clone(),
+            verdict: Verdict::Ok,
+            why: Vec::new(),
+            entries: Vec::new(),
+            last_repair: None,
+        };
+        if let Some(v6) = lease.attrs.public_ipv6 {
+            view.public_ip = if lease.attrs.public_ip.is_unspecified() {
+                v6.to_string()
+            } else {
+                format!("{},{v6}", lease.attrs.public_ip)
+            };
+        }
+        if let Some((kind, reason)) = self.last_rejected.get(&lease.key) {
+            view.verdict = Verdict::Rejected;
+            view.why.push(format!("{}: {reason}", kind.label()));
+            return view;
+        }
+        if !self.backend.programs_peers() {
+            return view;
+        }
+        let (want, skipped) = self.backend.desired_state(&mut std::iter::once(lease));
+        for route in want.routes.values() {
+            let withdrawn_by = self
+                .reported_conflicts
+                .iter()
+                .find(|(net, _)| *net == route.destination)
+                .map(|(_, foreign)| foreign.clone());
+            view.entries.push(EntryView {
+                kind: ChangeKind::Route,
+                desired: describe(&|| drift::describe_route(route)),
+                state: self.tracker.entry_state_of(
+                    ChangeKind::Route,
+                    "",
+                    EntryId::Net(route.destination),
+                    drift::route_value(route),
+                ),
+                withdrawn_by,
+            });
+        }
+        for n in want.neighbours.values() {
+            view.entries.push(EntryView {
+                kind: ChangeKind::Neighbour,
+                desired: describe(&|| drift::describe_neighbour(n)),
+                state: self.tracker.entry_state_of(
+                    ChangeKind::Neighbour,
+                    &n.device,
+                    EntryId::Ip(n.ip),
+                    drift::neighbour_value(n),
+                ),
+                withdrawn_by: None,
+            });
+        }
+        for e in want.fdb.values() {
+            view.entries.push(EntryView {
+                kind: ChangeKind::Fdb,
+                desired: describe(&|| drift::describe_fdb(e)),
+                state: self.tracker.entry_state_of(
+                    ChangeKind::Fdb,
+                    &e.device,
+                    EntryId::Mac(e.mac),
+                    drift::fdb_value(e),
+                ),
+                withdrawn_by: None,
+            });
+        }
+        view.last_repair = view
+            .entries
+            .iter()
+            .filter_map(|e| match e.state {
+                EntryState::Repaired { at, .. } => Some(at),
+                _ => None,
+            })
+            .max();
+        view.verdict = PeerView::verdict_of(&view.entries, now);
+        if !skipped.is_empty() {
+            view.verdict = Verdict::Skipped;
+            view.why = skipped.into_iter().map(|s| s.reason).collect();
+        }
+        view
     }
 
     /// A (re)created device has a new index; read just the links, not a full

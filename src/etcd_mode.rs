@@ -11,11 +11,12 @@ use crate::bring_up::{self, BackendSpec, PublishedData};
 use crate::cli::Cli;
 use crate::health::Readiness;
 use crate::iface::{ExternalInterface, IfaceRequest};
-use crate::node_state::{NodeState, log_peer_events};
+use crate::metrics::Renewal;
+use crate::node_state::{NodeState, Reporting, log_peer_events};
 use crate::own_lease::{Next, OwnLease};
 use crate::shutdown::Shutdown;
 use crate::subnet_file;
-use crate::triggers::{Triggers, sleep_until};
+use crate::triggers::{PassTrigger, Triggers, sleep_until};
 use anyhow::bail;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,9 @@ pub async fn run(
     request: IfaceRequest,
     mut shutdown: Shutdown,
     readiness: Arc<Readiness>,
+    reporting: Reporting,
 ) -> anyhow::Result<()> {
-    let Some(mut node) = start(cli, request, &mut shutdown, &readiness).await? else {
+    let Some(mut node) = start(cli, request, &mut shutdown, &readiness, reporting).await? else {
         return Ok(());
     };
     let (sink, mut batches) = mpsc::channel(64);
@@ -53,6 +55,7 @@ async fn start<'a>(
     request: IfaceRequest,
     shutdown: &mut Shutdown,
     readiness: &Arc<Readiness>,
+    reporting: Reporting,
 ) -> anyhow::Result<Option<EtcdNode<'a>>> {
     let previous = subnet_file::read_previous(&cli.subnet_file);
     match previous {
@@ -61,7 +64,8 @@ async fn start<'a>(
         }
         None => debug!(file = %cli.subnet_file.display(), "no previous subnet"),
     }
-    let Some((manager, config)) = connect(cli, shutdown, readiness).await? else {
+    let observer: weft_subnet::observer::Observer = reporting.metrics.clone();
+    let Some((manager, config)) = connect(cli, shutdown, readiness, observer).await? else {
         return Ok(None);
     };
     let (host, external) = bring_up::choose_interface(request, &config).await?;
@@ -88,7 +92,15 @@ async fn start<'a>(
     bring_up::check_own_subnet(&lease.key, &datapath)?;
     let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
     let key = lease.key;
-    let state = NodeState::new(cli, config, key, readiness.clone(), datapath, triggers);
+    let state = NodeState::new(
+        cli,
+        config,
+        key,
+        readiness.clone(),
+        datapath,
+        triggers,
+        reporting,
+    );
     let own = OwnLease::new(
         lease,
         attrs,
@@ -103,6 +115,7 @@ async fn start<'a>(
         watcher: LeaseWatcher::new(Some(key)),
         reported_config: None,
     };
+    node.lease_changed();
     if let Some(previous) = own_missing {
         node.hold_removals(&format!(
             "this node's lease {previous} from subnet.env is not in etcd (expired, deleted, \
@@ -118,6 +131,7 @@ async fn connect(
     cli: &Cli,
     shutdown: &mut Shutdown,
     readiness: &Readiness,
+    observer: weft_subnet::observer::Observer,
 ) -> anyhow::Result<Option<(Arc<EtcdSubnetManager>, NetworkConfig)>> {
     let options = etcd_options(cli);
     let Some(manager) = shutdown
@@ -126,7 +140,7 @@ async fn connect(
     else {
         return Ok(None);
     };
-    let manager = Arc::new(manager?);
+    let manager = Arc::new(manager?.with_observer(observer));
     let runnable = |config: &NetworkConfig| {
         BackendSpec::from_config(config)
             .map(|_| ())
@@ -188,7 +202,7 @@ impl EtcdNode<'_> {
         };
         self.on_batch(first, shutdown).await;
         self.state.set_peers(&self.watcher);
-        self.state.converge().await;
+        self.state.converge(PassTrigger::Startup).await;
         self.state.write_subnet_env();
         loop {
             tokio::select! {
@@ -222,10 +236,12 @@ impl EtcdNode<'_> {
             return;
         };
         log_peer_events(&changes.peers);
-        if let Some(change) = changes.own
-            && self.own.observe(change) == Next::Reacquire
-        {
-            self.reacquire(shutdown).await;
+        if let Some(change) = changes.own {
+            let next = self.own.observe(change);
+            self.lease_changed();
+            if next == Next::Reacquire {
+                self.reacquire(shutdown).await;
+            }
         }
     }
 
@@ -284,11 +300,17 @@ impl EtcdNode<'_> {
         let next = match self.manager.renew_lease(&self.own.lease).await {
             Ok(RenewOutcome::Renewed(lease)) => {
                 debug!(subnet = %lease.key, etcd_lease = lease.etcd_lease, "lease renewed");
+                self.state.metrics.record_renewal(Renewal::Renewed);
                 self.own.renewed(lease);
+                self.lease_changed();
                 Next::Nothing
             }
-            Ok(RenewOutcome::Lost { current }) => self.own.renew_lost(current),
+            Ok(RenewOutcome::Lost { current }) => {
+                self.state.metrics.record_renewal(Renewal::Lost);
+                self.own.renew_lost(current)
+            }
             Err(e) => {
+                self.state.metrics.record_renewal(Renewal::Failed);
                 let retry = self.own.renew_failed();
                 warn!("cannot renew the lease, retrying in {retry:?}: {e}");
                 Next::Nothing
@@ -297,6 +319,14 @@ impl EtcdNode<'_> {
         if next == Next::Reacquire {
             self.reacquire(shutdown).await;
         }
+    }
+
+    /// The own lease's expiry, for `/debug/state` and the metrics.
+    fn lease_changed(&mut self) {
+        self.state.lease_expiry = self.own.lease.expiration;
+        self.state
+            .metrics
+            .set_lease_expiry(self.own.lease.expiration);
     }
 
     /// Re-acquires a lease, preferring the same subnet.
@@ -312,6 +342,7 @@ impl EtcdNode<'_> {
             return;
         };
         self.own.acquired(acquired);
+        self.lease_changed();
         log_lease("lease re-acquired", &self.own.lease);
         let new = self.own.lease.key;
         self.state.set_own(new);
@@ -327,7 +358,7 @@ impl EtcdNode<'_> {
         );
         log_peer_events(&self.watcher.set_own(Some(new)));
         self.state.set_peers(&self.watcher);
-        self.state.converge().await;
+        self.state.converge(PassTrigger::SubnetChange).await;
         self.state.write_subnet_env();
     }
 }

@@ -1,6 +1,8 @@
 //! Health endpoints: `/healthz` (the process is alive) and `/readyz` (this node holds a
 //! lease, the datapath is programmed and subnet.env is written). Readiness is truthful:
-//! it turns false again, with the reason in the body, when the lease is lost.
+//! it turns false again, with the reason in the body, when the lease is lost. The same
+//! server answers `/metrics` (Prometheus text format, see `metrics`) and `/debug/state`
+//! (JSON, see `state_view`).
 //!
 //! ## Limits
 //! The port listens on `--healthz-ip`, 0.0.0.0 by default as in flannel, so anyone who
@@ -27,6 +29,8 @@
 //!   a core. Errors are logged through a [`LogLimiter`]: once, on change, every 30 s.
 
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict};
+use crate::metrics::{self, Metrics};
+use crate::state_view::{self, StateClient, StateQuery, Unavailable};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -97,21 +101,29 @@ fn fd_soft_limit() -> Option<u64> {
         .map(|(soft, _)| soft)
 }
 
+/// What the endpoints answer from.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub state: StateClient,
+}
+
 /// Binds the health server; the returned future serves until dropped.
 pub async fn bind(
     address: SocketAddr,
-    readiness: Arc<Readiness>,
+    endpoints: Endpoints,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     let cap = connection_cap(fd_soft_limit());
     debug!(max_connections = cap, "health server limits");
-    Ok((bound, serve(listener, readiness, cap)))
+    Ok((bound, serve(listener, endpoints, cap)))
 }
 
 /// The accept loop: admits up to `cap` connections, closes the rest at once, and backs off
 /// on accept errors.
-async fn serve(listener: TcpListener, readiness: Arc<Readiness>, cap: usize) {
+async fn serve(listener: TcpListener, endpoints: Endpoints, cap: usize) {
     let slots = Arc::new(Semaphore::new(cap));
     let mut backoff = Backoff::new(ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX);
     let mut accept_errors = LogLimiter::new(REMINDER_PERIOD);
@@ -134,19 +146,19 @@ async fn serve(listener: TcpListener, readiness: Arc<Readiness>, cap: usize) {
             log_rejection(&mut rejections, cap);
             continue;
         };
-        let readiness = readiness.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
-            serve_connection(stream, readiness).await;
+            serve_connection(stream, endpoints).await;
             drop(slot);
         });
     }
 }
 
 /// Serves one request on `stream` within the limits of the module docs.
-async fn serve_connection(stream: TcpStream, readiness: Arc<Readiness>) {
+async fn serve_connection(stream: TcpStream, endpoints: Endpoints) {
     let service = hyper::service::service_fn(move |request| {
-        let response = respond(&request, &readiness);
-        async move { Ok::<_, std::convert::Infallible>(response) }
+        let endpoints = endpoints.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(&request, &endpoints).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -185,20 +197,52 @@ fn log_rejection(limiter: &mut LogLimiter, cap: usize) {
     }
 }
 
-fn respond<B>(request: &Request<B>, readiness: &Readiness) -> Response<Full<Bytes>> {
-    let (status, body) = match request.uri().path() {
-        "/healthz" => (StatusCode::OK, "weftd is running\n".to_string()),
-        "/readyz" => match readiness.get() {
-            Ok(()) => (StatusCode::OK, "weftd is ready\n".to_string()),
+async fn respond<B>(request: &Request<B>, endpoints: &Endpoints) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
+    let (status, content_type, body) = match request.uri().path() {
+        "/healthz" => (StatusCode::OK, TEXT, "weftd is running\n".to_string()),
+        "/readyz" => match endpoints.readiness.get() {
+            Ok(()) => (StatusCode::OK, TEXT, "weftd is ready\n".to_string()),
             Err(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
                 format!("weftd is not ready yet: {reason}\n"),
             ),
         },
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+        "/metrics" => (
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            endpoints.metrics.encode(),
+        ),
+        "/debug/state" => match StateQuery::parse(request.uri().query()) {
+            Err(problem) => (StatusCode::BAD_REQUEST, TEXT, format!("{problem}\n")),
+            Ok(query) => match endpoints.state.ask(query).await {
+                Ok(state) => (StatusCode::OK, JSON, format!("{state:#}\n")),
+                Err(Unavailable::Starting) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    JSON,
+                    format!(
+                        "{:#}\n",
+                        state_view::starting_json(&endpoints.readiness.get())
+                    ),
+                ),
+                Err(Unavailable::Busy) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "busy answering another /debug/state request; try again\n".to_string(),
+                ),
+            },
+        },
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
     response
 }
 
@@ -207,20 +251,83 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn readiness_reports_reason() {
+    fn endpoints(readiness: Arc<Readiness>) -> (Endpoints, state_view::StateInbox) {
+        let metrics = Arc::new(Metrics::new(
+            crate::metrics::SubnetManager::Etcd,
+            readiness.clone(),
+        ));
+        let (state, inbox) = state_view::channel();
+        let endpoints = Endpoints {
+            readiness,
+            metrics,
+            state,
+        };
+        (endpoints, inbox)
+    }
+
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn readiness_reports_reason() {
         let readiness = Readiness::new("no lease yet");
+        let (endpoints, _inbox) = endpoints(readiness.clone());
         let request = Request::get("/readyz").body(()).unwrap();
         assert_eq!(
-            respond(&request, &readiness).status(),
+            respond(&request, &endpoints).await.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         readiness.set_ready();
-        assert_eq!(respond(&request, &readiness).status(), StatusCode::OK);
+        assert_eq!(respond(&request, &endpoints).await.status(), StatusCode::OK);
         readiness.set_not_ready("lease lost");
         assert_eq!(readiness.get(), Err("lease lost".to_string()));
         let request = Request::get("/healthz").body(()).unwrap();
-        assert_eq!(respond(&request, &readiness).status(), StatusCode::OK);
+        assert_eq!(respond(&request, &endpoints).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_and_state_are_served_with_their_content_types() {
+        let readiness = Readiness::new("no lease yet");
+        let (endpoints, mut inbox) = endpoints(readiness.clone());
+        let response = respond(&Request::get("/metrics").body(()).unwrap(), &endpoints).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[hyper::header::CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert!(body(response).await.contains("\nweft_ready 0\n"));
+        // Before a subnet is held: 503 with the reason, as JSON.
+        let state = Request::get("/debug/state").body(()).unwrap();
+        let response = respond(&state, &endpoints).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body(response)
+                .await
+                .contains("\"not_ready_reason\": \"no lease yet\"")
+        );
+        // Then the event loop answers the page asked for.
+        inbox.start_serving();
+        tokio::spawn(async move {
+            let request = inbox.requests.recv().await.unwrap();
+            let page = serde_json::json!({ "offset": request.query.offset });
+            let _ = request.reply.send(page);
+        });
+        let state = Request::get("/debug/state?offset=7").body(()).unwrap();
+        let response = respond(&state, &endpoints).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[hyper::header::CONTENT_TYPE],
+            "application/json"
+        );
+        assert!(body(response).await.contains("\"offset\": 7"));
+        let bad = Request::get("/debug/state?limit=all").body(()).unwrap();
+        assert_eq!(
+            respond(&bad, &endpoints).await.status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]
@@ -251,7 +358,9 @@ mod tests {
         let readiness = Readiness::new("no lease yet");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, readiness.clone(), cap));
+        // The inbox is dropped: /debug/state answers "starting" here.
+        let (endpoints, _) = endpoints(readiness.clone());
+        tokio::spawn(serve(listener, endpoints, cap));
         (address, readiness)
     }
 

@@ -16,9 +16,9 @@ use crate::bring_up::{self, BackendSpec};
 use crate::cli::Cli;
 use crate::health::Readiness;
 use crate::iface::IfaceRequest;
-use crate::node_state::{NodeState, log_peer_events};
+use crate::node_state::{NodeState, Reporting, log_peer_events};
 use crate::shutdown::Shutdown;
-use crate::triggers::{Triggers, sleep_until};
+use crate::triggers::{PassTrigger, Triggers, sleep_until};
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Node;
 use std::sync::Arc;
@@ -42,8 +42,9 @@ pub async fn run(
     request: IfaceRequest,
     mut shutdown: Shutdown,
     readiness: Arc<Readiness>,
+    reporting: Reporting,
 ) -> anyhow::Result<()> {
-    let Some(mut node) = start(cli, request, &mut shutdown, &readiness).await? else {
+    let Some(mut node) = start(cli, request, &mut shutdown, &readiness, reporting).await? else {
         return Ok(());
     };
     let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
@@ -63,6 +64,7 @@ async fn start<'a>(
     mut request: IfaceRequest,
     shutdown: &mut Shutdown,
     readiness: &Arc<Readiness>,
+    reporting: Reporting,
 ) -> anyhow::Result<Option<KubeNode<'a>>> {
     let config = read_config(cli)?;
     info!(config = %config.summary(), "network config");
@@ -80,7 +82,8 @@ async fn start<'a>(
     };
     let node_name = node_name?;
     info!(node = %node_name, "Kubernetes subnet manager for node {node_name}");
-    let manager = KubeSubnetManager::new(client, node_name.clone(), keys.clone(), networks);
+    let manager = KubeSubnetManager::new(client, node_name.clone(), keys.clone(), networks)
+        .with_observer(reporting.metrics.clone());
 
     let Some(own_node) = shutdown.until(manager.wait_for_node(&mut report)).await else {
         return Ok(None);
@@ -103,7 +106,9 @@ async fn start<'a>(
     bring_up::check_own_subnet(&lease.key, &datapath)?;
     let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
     let readiness = readiness.clone();
-    let state = NodeState::new(cli, config, lease.key, readiness, datapath, triggers);
+    let state = NodeState::new(
+        cli, config, lease.key, readiness, datapath, triggers, reporting,
+    );
     state
         .readiness
         .set_not_ready("waiting for the first Node listing");
@@ -190,7 +195,7 @@ impl KubeNode<'_> {
                 break;
             }
         }
-        self.state.converge().await;
+        self.state.converge(PassTrigger::Startup).await;
         self.state.write_subnet_env();
         if self.cli.set_node_network_unavailable {
             let mut report = |problem: &str| warn!("{problem}");

@@ -9,6 +9,7 @@ pub mod bring_up;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
+pub mod drift;
 pub mod etcd_mode;
 pub mod health;
 pub mod host_check;
@@ -16,9 +17,12 @@ pub mod iface;
 pub mod kube_mode;
 pub mod log_limit;
 pub mod logging;
+pub mod metrics;
 pub mod node_state;
 pub mod own_lease;
 pub mod shutdown;
+pub mod state_view;
+pub mod status;
 pub mod subnet_file;
 pub mod traffic_rules;
 pub mod triggers;
@@ -27,10 +31,15 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 /// Parses the command line (flannel's flags, `-flag` or `--flag`, and `FLANNELD_*`), sets
-/// up logging and runs the daemon until SIGTERM/SIGINT.
+/// up logging and runs the daemon until SIGTERM/SIGINT; or, as `weftd status ...`, prints
+/// a running weftd's state (see `status`).
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    // `weftd status` is a client of a running weftd; every other first argument is a flag.
+    if args.get(1).is_some_and(|a| a == "status") {
+        return status::run(args);
+    }
     let cli = cli::Cli::parse_flannel_style(args);
-    logging::init(cli.v);
+    logging::init(cli.v, cli.log_format);
     // One thread: weftd waits on etcd and netlink, it does not compute; a single thread
     // keeps its memory small and its behaviour easy to reason about.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -4,19 +4,29 @@
 //! lines about peers.
 
 use crate::datapath::Datapath;
+use crate::drift::Cause;
 use crate::health::Readiness;
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
+use crate::metrics::Metrics;
+use crate::state_view::{self, LastPass, NodeView, StateInbox, StateRequest, StateView};
 use crate::subnet_file::{self, SubnetEnv};
 use crate::traffic_rules::{self, Outcome, TrafficRules};
-use crate::triggers::{TICK, Trigger, Triggers};
+use crate::triggers::{PassTrigger, TICK, Trigger, Triggers};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
 use weft_backend::kernel::KernelEvent;
 use weft_backend::rules::Firewall;
 use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
 use weft_subnet::{NetworkConfig, SubnetKey};
+
+/// Where the node reports: the metrics, and the channel `/debug/state` asks through.
+#[derive(Debug)]
+pub struct Reporting {
+    pub metrics: Arc<Metrics>,
+    pub state_inbox: StateInbox,
+}
 
 /// See the module docs.
 #[derive(Debug)]
@@ -36,6 +46,17 @@ pub struct NodeState {
     pub triggers: Triggers,
     pub rules: TrafficRules,
     pub rules_status: RulesStatus,
+    /// This node's subnet changed since the traffic rules were last in place (so a
+    /// rewrite is a node change, not a repair).
+    rules_own_changed: bool,
+    /// Whether a traffic-rules check has ever succeeded (until then, rewrites count as
+    /// startup).
+    rules_ever_in_place: bool,
+    pub metrics: Arc<Metrics>,
+    state_inbox: StateInbox,
+    /// When this node's lease expires (etcd mode; `None`: it does not, or Kubernetes).
+    pub lease_expiry: Option<SystemTime>,
+    last_pass: Option<LastPass>,
 }
 
 /// How the last traffic-rules check went.
@@ -64,6 +85,7 @@ impl NodeState {
         readiness: Arc<Readiness>,
         datapath: Datapath,
         mut triggers: Triggers,
+        reporting: Reporting,
     ) -> NodeState {
         for path in
             traffic_rules::missing_br_netfilter(&config, |p| std::path::Path::new(p).exists())
@@ -76,6 +98,8 @@ impl NodeState {
         let spec = traffic_rules::rule_spec(cli, &config, own);
         let (rules, outcomes) = TrafficRules::start(spec, Firewall::from_env());
         triggers.with_rules(Duration::from_secs(cli.iptables_resync.into()), outcomes);
+        reporting.metrics.set_backend(config.backend.kind.name());
+        reporting.state_inbox.start_serving();
         let mut state = NodeState {
             subnet_file: cli.subnet_file.clone(),
             ip_masq: cli.ip_masq,
@@ -89,6 +113,12 @@ impl NodeState {
             triggers,
             rules,
             rules_status: RulesStatus::NotChecked,
+            rules_own_changed: false,
+            rules_ever_in_place: false,
+            metrics: reporting.metrics,
+            state_inbox: reporting.state_inbox,
+            lease_expiry: None,
+            last_pass: None,
         };
         state.datapath.set_blackhole_own(cli.ip_blackhole_route);
         state.set_own(own);
@@ -111,6 +141,7 @@ impl NodeState {
         self.own = own;
         self.datapath.set_own(own);
         self.rules.set_own(&self.config, own);
+        self.rules_own_changed = self.rules_ever_in_place;
     }
 
     /// Writes subnet.env; on failure marks the node not ready with the reason. Called again
@@ -121,6 +152,7 @@ impl NodeState {
         let now = Instant::now();
         match subnet_file::write_atomic(path, &self.subnet_env().render()) {
             Ok(()) => {
+                self.metrics.record_subnet_env_write(true);
                 match self.env_write_log.success(now) {
                     Some(failing_for) => info!(
                         file = %path.display(),
@@ -134,6 +166,7 @@ impl NodeState {
                 self.update_readiness();
             }
             Err(e) => {
+                self.metrics.record_subnet_env_write(false);
                 self.env_written = false;
                 let reason = format!("cannot write {}: {e}", path.display());
                 match self.env_write_log.failure(&reason, now) {
@@ -188,10 +221,24 @@ impl NodeState {
         self.datapath.set_peers(watcher.peers());
     }
 
-    /// One reconcile pass of the datapath.
-    pub async fn converge(&mut self) {
-        self.datapath_ok = match self.datapath.converge().await {
-            Ok(pass) => pass.failures.is_empty(),
+    /// One reconcile pass of the datapath, counted as run for `trigger`.
+    pub async fn converge(&mut self, trigger: PassTrigger) {
+        let started = Instant::now();
+        let result = self.datapath.converge().await;
+        let duration = started.elapsed();
+        self.metrics
+            .record_pass(trigger, duration, &result, self.datapath.stats());
+        self.datapath_ok = match &result {
+            Ok(pass) => {
+                self.last_pass = Some(LastPass {
+                    at: SystemTime::now(),
+                    trigger: trigger.label(),
+                    changes: pass.changes as u64,
+                    failed: pass.failures.len() as u64,
+                    duration,
+                });
+                pass.failures.is_empty()
+            }
             Err(e) => {
                 warn!("cannot read the datapath state, retrying on the next pass: {e}");
                 false
@@ -204,23 +251,67 @@ impl NodeState {
     /// datastore grace period (if one is running) when it ends.
     pub fn peers_changed(&mut self, watcher: &LeaseWatcher) {
         self.set_peers(watcher);
-        self.triggers.converge_now();
+        self.triggers.converge_now(PassTrigger::LeaseChange);
         self.rules.check_now();
         self.triggers.sweep_at(self.datapath.removals_held_until());
     }
 
-    /// The next shared trigger; an error when kernel notifications stopped.
+    /// The next shared trigger; an error when kernel notifications stopped. `/debug/state`
+    /// requests are answered meanwhile.
     pub async fn next_trigger(&mut self) -> anyhow::Result<Trigger> {
-        self.triggers
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("netlink notifications stopped unexpectedly"))
+        loop {
+            tokio::select! {
+                trigger = self.triggers.next() => {
+                    return trigger.ok_or_else(|| {
+                        anyhow::anyhow!("netlink notifications stopped unexpectedly")
+                    });
+                }
+                Some(request) = self.state_inbox.requests.recv() => self.answer(request),
+            }
+        }
+    }
+
+    /// Answers a `/debug/state` request with a page of the view.
+    fn answer(&self, request: StateRequest) {
+        let now = SystemTime::now();
+        let query = request.query;
+        let mut summary = std::collections::BTreeMap::new();
+        let mut matching = 0;
+        let mut peers = Vec::new();
+        for lease in self.datapath.peers() {
+            let verdict = self.datapath.peer_view(lease, now, false).verdict;
+            *summary.entry(verdict).or_insert(0) += 1;
+            if !query.matches(verdict) {
+                continue;
+            }
+            if matching >= query.offset && peers.len() < query.limit {
+                peers.push(self.datapath.peer_view(lease, now, true));
+            }
+            matching += 1;
+        }
+        let view = StateView {
+            node: NodeView {
+                subnet: self.own,
+                backend: self.config.backend.kind.name().to_string(),
+                subnet_manager: self.metrics.subnet_manager().label().to_string(),
+                lease_expires: self.lease_expiry,
+                ready: self.readiness.get(),
+                last_pass: self.last_pass.clone(),
+            },
+            summary: summary.into_iter().collect(),
+            query,
+            matching,
+            peers,
+        };
+        let _ = request.reply.send(state_view::render_json(&view, now));
     }
 
     pub async fn on_trigger(&mut self, trigger: Trigger) {
         match trigger {
             Trigger::Kernel(event) => self.on_kernel_event(&event),
-            Trigger::Converge | Trigger::Sweep | Trigger::Reconcile => self.converge().await,
+            Trigger::Converge(why) => self.converge(why).await,
+            Trigger::Sweep => self.converge(PassTrigger::GraceEnd).await,
+            Trigger::Reconcile => self.converge(PassTrigger::Timer).await,
             Trigger::Tick => {
                 if !self.env_written {
                     self.write_subnet_env();
@@ -233,8 +324,17 @@ impl NodeState {
 
     /// Logs what a traffic-rules check did (failures rate-limited) and updates readiness.
     fn rules_checked(&mut self, outcome: Outcome) {
+        let cause = match (self.rules_ever_in_place, self.rules_own_changed) {
+            (false, _) => Cause::Startup,
+            (true, true) => Cause::NodeChange,
+            (true, false) => Cause::DriftRepair,
+        };
+        let counted = outcome.as_ref().map(|r| r.repaired.len()).map_err(|_| ());
+        self.metrics.record_rules_check(counted, cause);
         match outcome {
             Ok(report) => {
+                self.rules_own_changed = false;
+                self.rules_ever_in_place = true;
                 for change in &report.repaired {
                     info!("traffic rules: {change}");
                 }
@@ -273,9 +373,9 @@ impl NodeState {
     fn on_kernel_event(&mut self, event: &KernelEvent) {
         if self.datapath.is_relevant(event) {
             debug!(?event, "kernel change to weft's objects");
-            self.triggers.converge_soon();
+            self.triggers.converge_soon(PassTrigger::KernelEvent);
         } else if *event == KernelEvent::Overrun {
-            self.triggers.converge_now();
+            self.triggers.converge_now(PassTrigger::KernelEvent);
         }
     }
 }

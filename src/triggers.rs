@@ -18,13 +18,53 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// on every tick; its log line is rate-limited by `LogLimiter`.
 pub const TICK: Duration = Duration::from_secs(5);
 
+/// Why a reconcile pass runs; bounded, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PassTrigger {
+    /// The first pass, once the first lease listing is in.
+    Startup,
+    /// The peer set changed.
+    LeaseChange,
+    /// A kernel notification about weft's objects (or lost notifications).
+    KernelEvent,
+    /// The periodic pass (`--reconcile-interval`).
+    Timer,
+    /// A datastore grace period ended: the pass that removes entries again.
+    GraceEnd,
+    /// This node's own subnet changed (re-acquired, or a new podCIDR).
+    SubnetChange,
+}
+
+impl PassTrigger {
+    pub const ALL: [PassTrigger; 6] = [
+        PassTrigger::Startup,
+        PassTrigger::LeaseChange,
+        PassTrigger::KernelEvent,
+        PassTrigger::Timer,
+        PassTrigger::GraceEnd,
+        PassTrigger::SubnetChange,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PassTrigger::Startup => "startup",
+            PassTrigger::LeaseChange => "lease_change",
+            PassTrigger::KernelEvent => "kernel_event",
+            PassTrigger::Timer => "timer",
+            PassTrigger::GraceEnd => "grace_end",
+            PassTrigger::SubnetChange => "subnet_change",
+        }
+    }
+}
+
 /// What woke the node up.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     /// A kernel notification (the node decides whether it concerns weft).
     Kernel(KernelEvent),
-    /// A pass scheduled by a lease change or a relevant kernel notification.
-    Converge,
+    /// A pass scheduled by a lease change or a relevant kernel notification (a lease
+    /// change wins when both are waiting: it is the one that changes the desired state).
+    Converge(PassTrigger),
     /// The datastore grace period is over: a pass that may remove entries again.
     Sweep,
     /// The periodic full pass (`--reconcile-interval`).
@@ -44,6 +84,7 @@ pub struct Triggers {
     reconcile: Interval,
     tick: Interval,
     converge_at: Option<Instant>,
+    converge_why: PassTrigger,
     sweep_at: Option<Instant>,
     rules_check: Option<Interval>,
     rules_outcomes: Option<UnboundedReceiver<Outcome>>,
@@ -61,6 +102,7 @@ impl Triggers {
             reconcile,
             tick,
             converge_at: None,
+            converge_why: PassTrigger::KernelEvent,
             sweep_at: None,
             rules_check: None,
             rules_outcomes: None,
@@ -78,14 +120,22 @@ impl Triggers {
     }
 
     /// A pass as soon as the loop is free (after a lease batch, or a notification overrun).
-    pub fn converge_now(&mut self) {
+    pub fn converge_now(&mut self, why: PassTrigger) {
+        self.note(why);
         self.converge_at = Some(Instant::now());
     }
 
     /// A pass after the debounce delay, unless one is already scheduled.
-    pub fn converge_soon(&mut self) {
+    pub fn converge_soon(&mut self, why: PassTrigger) {
+        self.note(why);
         self.converge_at
             .get_or_insert_with(|| Instant::now() + DEBOUNCE);
+    }
+
+    fn note(&mut self, why: PassTrigger) {
+        if self.converge_at.is_none() || why == PassTrigger::LeaseChange {
+            self.converge_why = why;
+        }
     }
 
     /// A pass at `at` (the end of a datastore grace period), replacing any earlier one.
@@ -99,7 +149,7 @@ impl Triggers {
             event = self.kernel_events.recv() => event.map(Trigger::Kernel),
             () = sleep_until(self.converge_at) => {
                 self.converge_at = None;
-                Some(Trigger::Converge)
+                Some(Trigger::Converge(self.converge_why))
             }
             () = sleep_until(self.sweep_at) => {
                 self.sweep_at = None;
@@ -159,13 +209,36 @@ mod tests {
             t.next().await,
             Some(Trigger::Reconcile | Trigger::Tick)
         ));
-        t.converge_soon();
-        t.converge_soon(); // debounced: still one pass
+        t.converge_soon(PassTrigger::KernelEvent);
+        t.converge_soon(PassTrigger::LeaseChange); // debounced: still one pass
+        t.converge_soon(PassTrigger::KernelEvent);
         t.sweep_at(Some(Instant::now() + Duration::from_secs(2)));
-        assert_eq!(t.next().await, Some(Trigger::Converge));
+        // A lease change waiting with a kernel event is what the pass is counted as.
+        assert_eq!(
+            t.next().await,
+            Some(Trigger::Converge(PassTrigger::LeaseChange))
+        );
         assert_eq!(t.next().await, Some(Trigger::Sweep));
         // Then only the housekeeping tick remains.
         assert_eq!(t.next().await, Some(Trigger::Tick));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_pass_is_counted_as_what_scheduled_it() {
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut t = Triggers::new(rx, Duration::from_secs(3600));
+        let _ = t.next().await;
+        let _ = t.next().await;
+        t.converge_now(PassTrigger::LeaseChange);
+        assert_eq!(
+            t.next().await,
+            Some(Trigger::Converge(PassTrigger::LeaseChange))
+        );
+        t.converge_soon(PassTrigger::KernelEvent);
+        assert_eq!(
+            t.next().await,
+            Some(Trigger::Converge(PassTrigger::KernelEvent))
+        );
     }
 
     #[tokio::test(start_paused = true)]

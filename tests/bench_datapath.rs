@@ -5,7 +5,9 @@
 //! (a) convergence: a peer lease written to etcd until its route is in another node's
 //!     kernel (seen through a netlink route notification), p50/p99 over 200 events;
 //! (b) scale: weftd started against 5,000 peer leases (15,000 kernel entries): time to
-//!     ready, peak RSS, and the cost of a steady-state reconcile pass.
+//!     ready, peak RSS, the cost of a steady-state reconcile pass, and the cost of
+//!     observability there: the time of a `/metrics` scrape and of a `/debug/state` page
+//!     (measured from inside the node's namespace), and weftd's RSS before and after.
 
 mod support;
 
@@ -245,6 +247,7 @@ fn scale_5000_peers() {
         .find(|l| l.starts_with("VmHWM:"))
         .unwrap_or("VmHWM: ?")
         .to_string();
+    let observability = observability_cost(&c.underlay.hosts[0].ns.name, pid);
     println!(
         "BENCH scale {PEERS} peers: ready {:.2} s after start; {routes} routes, {fdb} fdb, {neigh} neighbours",
         ready.as_secs_f64()
@@ -263,6 +266,98 @@ fn scale_5000_peers() {
         pass_us.len(),
         cpu_per_pass_ms
     );
+    for line in observability {
+        println!("BENCH scale {line}");
+    }
+}
+
+/// A field of /proc/<pid>/status, in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// GETs `path` from weftd's health port 200 times from inside `netns` (one connection
+/// each, as Prometheus does); returns the sorted wall times and the last answer.
+fn timed_gets(netns: &str, path: &'static str, count: usize) -> (Vec<Duration>, String) {
+    use std::io::{Read, Write};
+    support::netns::run_in(netns, move || {
+        let mut times = Vec::with_capacity(count);
+        let mut last = String::new();
+        for _ in 0..count {
+            let start = Instant::now();
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:8081").unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).unwrap();
+            times.push(start.elapsed());
+            last = String::from_utf8_lossy(&answer).into_owned();
+        }
+        times.sort();
+        (times, last)
+    })
+}
+
+/// The cost of /metrics and /debug/state at this scale, as BENCH lines: scrape and page
+/// times (p50/p99/max), and weftd's RSS before and after (VmRSS, VmHWM).
+fn observability_cost(netns: &str, pid: u32) -> Vec<String> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let rss_before = status_kb(pid, "VmRSS:");
+    let hwm_before = status_kb(pid, "VmHWM:");
+    let split = format!(
+        "RssAnon {} kB, RssFile {} kB",
+        status_kb(pid, "RssAnon:"),
+        status_kb(pid, "RssFile:")
+    );
+    let (scrapes, answer) = timed_gets(netns, "/metrics", 200);
+    if !answer.starts_with("HTTP/1.1 200") {
+        return vec![format!(
+            "observability: this weftd does not serve /metrics; VmRSS {rss_before} kB ({split})"
+        )];
+    }
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let series = body.lines().filter(|l| !l.starts_with('#')).count();
+    let rss_scraped = status_kb(pid, "VmRSS:");
+    let (pages, _) = timed_gets(netns, "/debug/state?limit=100", 20);
+    let (problems, _) = timed_gets(netns, "/debug/state?only=problems", 20);
+    let rss_after = status_kb(pid, "VmRSS:");
+    let hwm_after = status_kb(pid, "VmHWM:");
+    let summary = |times: &[Duration]| {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {}",
+            ms(percentile(times, 0.5)),
+            ms(percentile(times, 0.99)),
+            ms(*times.last().unwrap()),
+            times.len()
+        )
+    };
+    vec![
+        format!(
+            "/metrics scrape ({} bytes, {series} series): {}",
+            body.len(),
+            summary(&scrapes)
+        ),
+        format!("/debug/state page of 100 peers: {}", summary(&pages)),
+        format!(
+            "/debug/state only=problems (all 5,000 peers judged): {}",
+            summary(&problems)
+        ),
+        format!(
+            "RSS around the requests: VmRSS {rss_before} kB before ({split}), {rss_scraped} kB \
+             after 200 scrapes ({:+} kB), {rss_after} kB after 40 state pages ({:+} kB); VmHWM \
+             {hwm_before} -> {hwm_after} kB",
+            rss_scraped as i64 - rss_before as i64,
+            rss_after as i64 - rss_scraped as i64
+        ),
+    ]
 }
 
 /// iperf3 from `client` to `server_ip` (served in `server`) for 5 s: Gbit/s received.

@@ -149,6 +149,25 @@ fn pods_talk_across_nodes_and_each_node_publishes_flannels_annotations() {
             .any(|r| r.starts_with("GET /api/v1/namespaces/kube-flannel/pods/weft-ds-x")),
         "node 3 resolved its name through its pod: {requests:?}"
     );
+
+    // The metrics speak of the API server: the mode, both peers, the watch in contact.
+    let m = support::prometheus::scrape(&c.underlay.hosts[0].ns);
+    let labels = [("backend", "vxlan"), ("subnet_manager", "kube")];
+    assert_eq!(m.value("weft_build_info", &labels), 1.0);
+    assert_eq!(m.value("weft_peers", &[("family", "ipv4")]), 2.0);
+    assert_eq!(m.value("weft_ready", &[]), 1.0);
+    assert_eq!(m.value("weft_datastore_contact_age_seconds", &[]), 0.0);
+    assert_eq!(
+        m.value(
+            "weft_datastore_errors_total",
+            &[("operation", "watch_nodes")]
+        ),
+        0.0
+    );
+    assert!(
+        !m.types.contains_key("weft_lease_renewals"),
+        "no etcd lease"
+    );
 }
 
 #[test]

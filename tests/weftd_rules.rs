@@ -11,6 +11,7 @@ use std::time::Duration;
 use support::cluster::{CONFIG_KEY, Cluster};
 use support::netns::{INTERNET_HOST, INTERNET_HOST_V6, Netns, internet};
 use support::pods::{ping, tcp_source_seen, udp_source_seen};
+use support::prometheus::{Scrape, scrape};
 use support::rules::{
     Tools, flannel_forward, flannel_lines, flannel_masq, flannel_save, nft_table, run_ok, tool_dir,
 };
@@ -64,6 +65,21 @@ fn masquerade_rewrites_only_traffic_that_leaves_the_cluster() {
         &flannel_masq(NETWORK, &p, "224.0.0.0/4", true),
     );
     assert_eq!(flannel_lines(&node0.ns, "iptables-save"), want);
+    let rule_repairs = |m: &Scrape| {
+        m.value(
+            "weft_datapath_changes_total",
+            &[("kind", "rule"), ("cause", "drift_repair")],
+        )
+    };
+    let before = scrape(&node0.ns);
+    assert_eq!(rule_repairs(&before), 0.0, "a healthy node repairs nothing");
+    assert!(
+        before.value(
+            "weft_datapath_changes_total",
+            &[("kind", "rule"), ("cause", "startup")]
+        ) >= 1.0,
+        "installing the rules counts as startup"
+    );
 
     // An admin flushes the chain: repaired by the next check, pods masqueraded again.
     run_ok(
@@ -77,6 +93,8 @@ fn masquerade_rewrites_only_traffic_that_leaves_the_cluster() {
         "traffic rules: set iptables nat/FLANNEL-POSTRTG (IPv4)",
         LIMIT,
     );
+    // One chain rewritten: one rule repair in /metrics.
+    assert_eq!(rule_repairs(&scrape(&node0.ns)), 1.0);
     assert_eq!(
         udp_source_seen(&net, INTERNET_HOST, &v.pods[0].ns, 9002).as_deref(),
         Some(node0.ip.as_str())

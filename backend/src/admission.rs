@@ -55,6 +55,18 @@ pub enum RejectKind {
 }
 
 impl RejectKind {
+    pub const ALL: [RejectKind; 9] = [
+        RejectKind::OutsideNetwork,
+        RejectKind::WrongPrefixLength,
+        RejectKind::OverlapsOwnSubnet,
+        RejectKind::OverlapsHostNetwork,
+        RejectKind::OverlapsPeer,
+        RejectKind::BadPublicIp,
+        RejectKind::OwnPublicIp,
+        RejectKind::BadVtepMac,
+        RejectKind::VtepMacClaimed,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             RejectKind::OutsideNetwork => "outside_network",

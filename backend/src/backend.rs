@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_subnet::family::Family;
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
 
-pub use crate::desired::Skipped;
+pub use crate::desired::{SkipKind, Skipped};
 
 /// A datapath backend (flannel's backend types; weft implements vxlan and alloc).
 pub trait Backend: std::fmt::Debug + Send {

@@ -10,7 +10,7 @@ use weft_subnet::SubnetKey;
 use weft_subnet::family::Net;
 
 /// A vxlan device as weft wants it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VxlanLink {
     pub name: String,
     pub vni: u32,
@@ -177,5 +177,37 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     pub key: SubnetKey,
+    pub kind: SkipKind,
     pub reason: String,
+}
+
+/// Why a peer was skipped; bounded, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipKind {
+    /// The peer runs another backend type.
+    OtherBackend,
+    /// The peer published no public IP (for a family it has a subnet in).
+    NoPublicIp,
+    /// The peer's BackendData has no valid VTEP MAC (vxlan).
+    NoVtepMac,
+    /// The peer's public IP is not on a directly connected network (host-gw).
+    NotOnLink,
+}
+
+impl SkipKind {
+    pub const ALL: [SkipKind; 4] = [
+        SkipKind::OtherBackend,
+        SkipKind::NoPublicIp,
+        SkipKind::NoVtepMac,
+        SkipKind::NotOnLink,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipKind::OtherBackend => "other_backend",
+            SkipKind::NoPublicIp => "no_public_ip",
+            SkipKind::NoVtepMac => "no_vtep_mac",
+            SkipKind::NotOnLink => "not_on_link",
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! level-triggered reconcile rather than flannel's 10 s route check.
 
 use crate::adjacency;
-use crate::desired::{Desired, Route, Skipped};
+use crate::desired::{Desired, Route, SkipKind, Skipped};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
@@ -56,6 +56,7 @@ pub fn desired_state<'a>(
         if peer.attrs.backend_type != "host-gw" {
             skipped.push(Skipped {
                 key: peer.key,
+                kind: SkipKind::OtherBackend,
                 reason: format!(
                     "its backend type is {:?}, not \"host-gw\"",
                     peer.attrs.backend_type
@@ -76,8 +77,9 @@ pub fn desired_state<'a>(
         for (subnet, public_ip, family) in v4.into_iter().chain(v6) {
             match route_for(node, subnet, public_ip, family) {
                 Ok(route) => desired.add_route(route),
-                Err(reason) => skipped.push(Skipped {
+                Err((kind, reason)) => skipped.push(Skipped {
                     key: peer.key,
+                    kind,
                     reason,
                 }),
             }
@@ -91,16 +93,22 @@ fn route_for(
     subnet: Net,
     public_ip: Option<IpAddr>,
     family: Family,
-) -> Result<Route, String> {
+) -> Result<Route, (SkipKind, String)> {
     let Some(gateway) = public_ip.filter(|ip| !ip.is_unspecified()) else {
-        return Err(format!("it has no {family:?} public IP"));
+        return Err((
+            SkipKind::NoPublicIp,
+            format!("it has no {family:?} public IP"),
+        ));
     };
     if !adjacency::on_link(&node.connected, gateway) {
-        return Err(format!(
-            "its public IP {gateway} is not on a network directly connected to {} ({}): \
+        return Err((
+            SkipKind::NotOnLink,
+            format!(
+                "its public IP {gateway} is not on a network directly connected to {} ({}): \
              host-gw needs every node on one L2 segment, and a route via it could never work",
-            node.external_name,
-            adjacency::describe(&node.connected, family)
+                node.external_name,
+                adjacency::describe(&node.connected, family)
+            ),
         ));
     }
     Ok(Route {
@@ -169,6 +177,7 @@ mod tests {
         let (desired, skipped) = desired_state(&node("10.244.1.0-24"), &peers);
         assert_eq!(routes(&desired), ["10.244.2.0/24 via 198.18.0.12 dev eth0"]);
         assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].kind, SkipKind::NotOnLink);
         assert_eq!(
             skipped[0].reason,
             "its public IP 198.19.7.14 is not on a network directly connected to eth0 \
@@ -215,6 +224,7 @@ mod tests {
         let (desired, skipped) = desired_state(&node("10.244.1.0-24&fc00:0:0:1::-64"), &half);
         assert_eq!(routes(&desired), ["10.244.3.0/24 via 198.18.0.13 dev eth0"]);
         assert_eq!(skipped[0].reason, "it has no V6 public IP");
+        assert_eq!(skipped[0].kind, SkipKind::NoPublicIp);
     }
 
     #[test]
@@ -222,6 +232,7 @@ mod tests {
         let peers = [peer("10.244.2.0-24", "198.18.0.12", None, "vxlan")];
         let (desired, skipped) = desired_state(&node("10.244.1.0-24"), &peers);
         assert!(desired.routes.is_empty());
+        assert_eq!(skipped[0].kind, SkipKind::OtherBackend);
         assert_eq!(
             skipped[0].reason,
             "its backend type is \"vxlan\", not \"host-gw\""

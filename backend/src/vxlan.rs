@@ -12,7 +12,7 @@
 //! both families, too much for an IPv6 underlay), and the device's local address is the
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
-use crate::desired::{Desired, Device, Fdb, Neighbour, Route, Skipped, VxlanLink};
+use crate::desired::{Desired, Device, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink};
 use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
@@ -248,6 +248,7 @@ pub fn desired_state<'a>(
         if peer.attrs.backend_type != "vxlan" {
             skipped.push(Skipped {
                 key: peer.key,
+                kind: SkipKind::OtherBackend,
                 reason: format!(
                     "its backend type is {:?}, not \"vxlan\"",
                     peer.attrs.backend_type
@@ -283,6 +284,7 @@ pub fn desired_state<'a>(
             if public_ip.is_unspecified() {
                 skipped.push(Skipped {
                     key: peer.key,
+                    kind: SkipKind::NoPublicIp,
                     reason: "it has no public IP".into(),
                 });
                 continue;
@@ -299,6 +301,7 @@ pub fn desired_state<'a>(
             let Some(peer_mac) = vtep_mac(data) else {
                 skipped.push(Skipped {
                     key: peer.key,
+                    kind: SkipKind::NoVtepMac,
                     reason: format!("its {family:?} BackendData has no valid VtepMAC"),
                 });
                 continue;
@@ -494,6 +497,10 @@ mod tests {
             "its backend type is \"host-gw\", not \"vxlan\""
         );
         assert_eq!(skipped[1].reason, "its V4 BackendData has no valid VtepMAC");
+        assert_eq!(
+            (skipped[0].kind, skipped[1].kind),
+            (SkipKind::OtherBackend, SkipKind::NoVtepMac)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod family;
 pub mod kube;
 pub mod lease;
+pub mod observer;
 pub mod text;
 pub mod watch;
 

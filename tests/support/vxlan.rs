@@ -22,11 +22,31 @@ pub fn cluster(nodes: usize) -> VxlanCluster {
 
 /// [`cluster`] with another net-conf and extra weftd flags.
 pub fn cluster_with(nodes: usize, config: &str, extra: &[&str]) -> VxlanCluster {
+    cluster_configured(nodes, config, extra, |_| Vec::new())
+}
+
+/// As [`cluster`], with extra flags per node (after `--reconcile-interval=30`).
+pub fn cluster_with_flags(nodes: usize, flags: impl Fn(usize) -> Vec<String>) -> VxlanCluster {
+    cluster_configured(nodes, VXLAN_CONFIG, &[], flags)
+}
+
+fn cluster_configured(
+    nodes: usize,
+    config: &str,
+    extra: &[&str],
+    flags: impl Fn(usize) -> Vec<String>,
+) -> VxlanCluster {
     let mut c = Cluster::new(nodes, true);
     c.etcd.etcdctl(&["put", CONFIG_KEY, config]);
     let mut args = vec!["--reconcile-interval=30"];
     args.extend_from_slice(extra);
     for host in 0..nodes {
+        let own = flags(host);
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(own.iter().map(String::as_str))
+            .collect();
         c.start(host, &args);
     }
     let mut pods = Vec::new();

@@ -21,8 +21,11 @@ impl Weftd {
     pub fn start_with_env(netns: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Weftd {
         std::fs::create_dir_all(dir).expect("weftd dir");
         let subnet_file = dir.join("subnet.env");
+        // Benchmarks may compare against another build (scripts/bench.sh --baseline).
+        let binary = std::env::var("WEFT_BENCH_WEFTD")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string());
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weftd")])
+        cmd.args(["netns", "exec", netns, &binary])
             .arg(format!("--subnet-file={}", subnet_file.display()))
             .args(args)
             .env("RUST_LOG", "debug")

@@ -20,6 +20,7 @@ pub use crate::backoff::Backoff;
 use crate::alloc::{self, Action, Claimant, CreateReason, OutOfSubnets};
 use crate::config::{ConfigError, NetworkConfig};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::observer::{Observer, WatchRestart, unobserved};
 use crate::watch::{DatastoreEvent, WatchBatch};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -175,9 +176,40 @@ impl StorePosition {
     }
 }
 
+/// The etcd operations, as reported to the [`DatastoreObserver`](crate::observer::DatastoreObserver)
+/// (`watch_leases` also covers a broken watch stream).
+pub const OPERATIONS: [&str; 9] = [
+    "get_config",
+    "list_leases",
+    "get_lease",
+    "create_lease",
+    "update_lease",
+    "delete_lease",
+    "grant_lease",
+    "revoke_lease",
+    "watch_leases",
+];
+
+/// The observer label of a request named `op` in error messages ("list leases").
+fn operation_label(op: &'static str) -> &'static str {
+    match op {
+        "get config" => "get_config",
+        "list leases" => "list_leases",
+        "get lease" => "get_lease",
+        "create lease" => "create_lease",
+        "update lease" => "update_lease",
+        "delete lease" => "delete_lease",
+        "grant lease" => "grant_lease",
+        "revoke lease" => "revoke_lease",
+        _ => "watch_leases",
+    }
+}
+
 /// Leases subnets from etcd; see the module docs.
 pub struct EtcdSubnetManager {
     client: Client,
+    /// Hears every contact and failure (metrics); ignores them by default.
+    observer: Observer,
     prefix: String,
     lease_ttl: Duration,
     timeout: Duration,
@@ -215,11 +247,18 @@ impl EtcdSubnetManager {
         .map_err(|cause| EtcdError::Connect { endpoints, cause })?;
         Ok(EtcdSubnetManager {
             client,
+            observer: unobserved(),
             prefix: options.prefix.trim_end_matches('/').to_string(),
             lease_ttl: options.lease_ttl,
             timeout: options.request_timeout,
             warned: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Reports contacts, failed requests and watch restarts to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> EtcdSubnetManager {
+        self.observer = observer;
+        self
     }
 
     pub fn config_key(&self) -> String {
@@ -239,13 +278,18 @@ impl EtcdSubnetManager {
         op: &'static str,
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, EtcdError> {
-        match tokio::time::timeout(self.timeout, request).await {
+        let result = match tokio::time::timeout(self.timeout, request).await {
             Ok(result) => result.map_err(|cause| EtcdError::Request { op, cause }),
             Err(_) => Err(EtcdError::Timeout {
                 op,
                 after: self.timeout,
             }),
+        };
+        match &result {
+            Ok(_) => self.observer.contact(),
+            Err(_) => self.observer.error(operation_label(op)),
         }
+        result
     }
 
     /// Reads and validates `<prefix>/config`.
@@ -590,9 +634,12 @@ impl EtcdSubnetManager {
                 position: &mut position,
                 backoff: &mut backoff,
             };
-            match self.watch_from(start, &sink, &mut cursor).await {
+            let end = self.watch_from(start, &sink, &mut cursor).await;
+            self.observer.watch_open(false);
+            match end {
                 WatchEnd::ReceiverGone => return,
                 WatchEnd::Compacted(compacted) => {
+                    self.observer.watch_restart(WatchRestart::Compacted);
                     info!(
                         from = start,
                         compacted, "watch history was compacted; re-listing leases"
@@ -602,10 +649,12 @@ impl EtcdSubnetManager {
                 WatchEnd::WentBack(reason) => {
                     // A member that lags behind can answer a watch with an older revision
                     // than a read saw; a (linearizable) listing settles it.
+                    self.observer.watch_restart(WatchRestart::WentBack);
                     info!(from = start, "{reason} on the watch; re-listing to check");
                     next_revision = None;
                 }
                 WatchEnd::Failed(reason) => {
+                    self.observer.watch_restart(WatchRestart::Error);
                     let delay = backoff.next_delay();
                     warn!("lease watch interrupted, reconnecting in {delay:?}: {reason}");
                     tokio::time::sleep(delay).await;
@@ -637,6 +686,7 @@ impl EtcdSubnetManager {
             Ok(stream) => stream,
             Err(e) => return WatchEnd::Failed(e.to_string()),
         };
+        self.observer.watch_open(true);
         loop {
             let response = tokio::select! {
                 response = stream.message() => response,
@@ -644,13 +694,21 @@ impl EtcdSubnetManager {
             };
             let response = match response {
                 Ok(Some(response)) => response,
-                Ok(None) => return WatchEnd::Failed("etcd closed the watch stream".into()),
-                Err(e) => return WatchEnd::Failed(e.to_string()),
+                Ok(None) => {
+                    self.observer.error("watch_leases");
+                    return WatchEnd::Failed("etcd closed the watch stream".into());
+                }
+                Err(e) => {
+                    self.observer.error("watch_leases");
+                    return WatchEnd::Failed(e.to_string());
+                }
             };
+            self.observer.contact();
             if response.compact_revision() > 0 {
                 return WatchEnd::Compacted(response.compact_revision());
             }
             if response.canceled() {
+                self.observer.error("watch_leases");
                 return WatchEnd::Failed(format!("watch canceled: {}", response.cancel_reason()));
             }
             if let Some(now) = StorePosition::from_header(response.header()) {

@@ -23,6 +23,7 @@ pub use tracker::{NodeTracker, Notice, OwnNode, TrackerOutput};
 pub use crate::backoff::RetryPolicy;
 use crate::backoff::{Backoff, retry_later};
 use crate::lease::{Lease, LeaseAttrs};
+use crate::observer::{Observer, WatchRestart, unobserved};
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::runtime::WatchStreamExt;
@@ -177,10 +178,15 @@ pub struct Published {
     pub problems: Vec<String>,
 }
 
+/// The API operations, as reported to the [`DatastoreObserver`](crate::observer::DatastoreObserver).
+pub const OPERATIONS: [&str; 3] = ["get_node", "patch_node_status", "watch_nodes"];
+
 /// The Kubernetes side of one node; see the module docs.
 #[derive(Clone)]
 pub struct KubeSubnetManager {
     nodes: Api<Node>,
+    /// Hears every contact and failure (metrics); ignores them by default.
+    observer: Observer,
     node_name: String,
     keys: AnnotationKeys,
     networks: ClusterNetworks,
@@ -205,6 +211,7 @@ impl KubeSubnetManager {
     ) -> KubeSubnetManager {
         KubeSubnetManager {
             nodes: Api::all(client),
+            observer: unobserved(),
             node_name,
             keys,
             networks,
@@ -215,6 +222,21 @@ impl KubeSubnetManager {
     pub fn with_retry(mut self, retry: RetryPolicy) -> KubeSubnetManager {
         self.retry = retry;
         self
+    }
+
+    /// Reports contacts, failed requests and watch restarts to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> KubeSubnetManager {
+        self.observer = observer;
+        self
+    }
+
+    /// Tells the observer how a request named `operation` went.
+    fn observe<T, E>(&self, operation: &'static str, result: Result<T, E>) -> Result<T, E> {
+        match &result {
+            Ok(_) => self.observer.contact(),
+            Err(_) => self.observer.error(operation),
+        }
+        result
     }
 
     pub fn node_name(&self) -> &str {
@@ -231,9 +253,8 @@ impl KubeSubnetManager {
 
     /// One GET of this node.
     pub async fn get_node(&self) -> Result<Node, KubeError> {
-        self.nodes
-            .get_opt(&self.node_name)
-            .await
+        let result = self.nodes.get_opt(&self.node_name).await;
+        self.observe("get_node", result)
             .map_err(KubeError::api(format!(
                 "cannot get node {}",
                 self.node_name
@@ -283,13 +304,15 @@ impl KubeSubnetManager {
     /// write flannel's RBAC grants (`nodes/status: patch`). Real API servers apply the
     /// metadata part there too (the status strategy only resets `spec`).
     async fn patch_status(&self, patch: serde_json::Value, what: &str) -> Result<(), KubeError> {
-        self.nodes
+        let result = self
+            .nodes
             .patch_status(
                 &self.node_name,
                 &PatchParams::default(),
                 &Patch::Strategic(patch),
             )
-            .await
+            .await;
+        self.observe("patch_node_status", result)
             .map_err(KubeError::api(format!(
                 "cannot {what} of node {}",
                 self.node_name
@@ -365,10 +388,22 @@ impl KubeSubnetManager {
         let mut stream = std::pin::pin!(stream);
         let mut failing_since: Option<Instant> = None;
         let mut last_logged: Option<Instant> = None;
+        let mut listed = false;
         while let Some(item) = stream.next().await {
             let event = match item {
-                Ok(event) => event,
+                Ok(event) => {
+                    self.observer.contact();
+                    self.observer.watch_open(true);
+                    // The first listing is the start, not a restart.
+                    if matches!(event, watcher::Event::Init) && std::mem::replace(&mut listed, true)
+                    {
+                        self.observer.watch_restart(WatchRestart::Relist);
+                    }
+                    event
+                }
                 Err(e) => {
+                    self.observer.error("watch_nodes");
+                    self.observer.watch_open(false);
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                         warn!(
