@@ -49,7 +49,11 @@ fn three_nodes_lease_distinct_subnets_restart_and_recover_a_deleted_lease() {
             "{subnet}"
         );
         assert!(subnets.insert(subnet));
-        node.wait_log("using interface eth0: it carries the default route", LIMIT);
+        // No --iface: the interface that reaches the etcd endpoint (the underlay).
+        node.wait_log(
+            "using interface eth0: the kernel routes the etcd endpoint 198.18.0.1 through it",
+            LIMIT,
+        );
         node.wait_log("weftd is ready", LIMIT);
     }
     // etcd holds flannel's exact JSON for each node, keyed by its subnet.
