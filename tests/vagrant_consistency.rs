@@ -9,7 +9,10 @@ use std::path::Path;
 use std::process::Command;
 
 use regex::Regex;
-use serde_json::Value;
+
+#[path = "support/workspace.rs"]
+mod workspace;
+use workspace::Workspace;
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -18,31 +21,7 @@ fn read(relative: &str) -> String {
 
 /// Every binary target of the workspace's members.
 fn workspace_binaries() -> BTreeSet<String> {
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--offline",
-            "--format-version",
-            "1",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run cargo metadata");
-    assert!(output.status.success(), "cargo metadata failed");
-    let meta: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata JSON");
-    let mut bins = BTreeSet::new();
-    for package in meta["packages"].as_array().expect("packages") {
-        for target in package["targets"].as_array().expect("targets") {
-            if target["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "bin"))
-            {
-                bins.insert(target["name"].as_str().expect("name").to_string());
-            }
-        }
-    }
-    bins
+    Workspace::load().binaries()
 }
 
 fn weftd_help() -> String {

@@ -102,6 +102,25 @@ impl IptablesTools {
             vec!["--noflush"]
         }
     }
+
+    /// Applies `tables` (per table, `iptables-restore` lines) in one `--noflush` restore:
+    /// one process, and the kernel applies each table atomically.
+    async fn restore(
+        &self,
+        family_tools: &FamilyTools,
+        tables: &[(&str, Vec<String>)],
+        report: &mut CheckReport,
+    ) -> Result<(), RulesError> {
+        let input = iptables::restore_input(tables);
+        run(
+            &family_tools.restore,
+            &self.restore_args(),
+            Some(&input),
+            report,
+        )
+        .await
+        .map(drop)
+    }
 }
 
 /// Reads flannel's chains `ids` of one family. iptables-nft lists each chain and its
@@ -423,14 +442,7 @@ impl Firewall {
             if changed.is_empty() {
                 continue;
             }
-            let input = iptables::restore_input(&tables);
-            run(
-                &family_tools.restore,
-                &tools.restore_args(),
-                Some(&input),
-                report,
-            )
-            .await?;
+            tools.restore(family_tools, &tables, report).await?;
             let ids: Vec<(ChainId, bool)> = changed
                 .iter()
                 .map(|(id, rules, _)| (*id, rules.is_some()))
@@ -495,14 +507,7 @@ impl Firewall {
                     }
                 }
                 if !removed.is_empty() {
-                    let input = iptables::restore_input(&tables);
-                    run(
-                        &family_tools.restore,
-                        &tools.restore_args(),
-                        Some(&input),
-                        report,
-                    )
-                    .await?;
+                    tools.restore(family_tools, &tables, report).await?;
                 }
                 Ok::<_, RulesError>(removed)
             }
