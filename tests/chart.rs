@@ -1058,7 +1058,7 @@ impl Node<'_> {
             .iter()
             .map(|(path, name)| Mount::ro(built_binary(name), path))
             .collect();
-        // The base image's CA bundle (distroless/cc ships ca-certificates; weftd's
+        // The base image's CA bundle (the image installs ca-certificates; weftd's
         // Kubernetes client loads it). Its C library is the host's /usr (container::command).
         mounts.push(Mount::ro("/etc/ssl/certs", "/etc/ssl/certs"));
         for mount in container["volumeMounts"].as_array().unwrap() {

@@ -2,7 +2,8 @@
 //! test node's network namespace, with its own root filesystem: a tmpfs in a private mount
 //! namespace that holds only
 //! - the host's `/usr` (and the `/bin`, `/lib`, ... links into it), read-only, standing for
-//!   the base image's C library (what distroless/cc carries) and the node's system tools;
+//!   the base image's C library and tools (Debian bookworm-slim with iptables and nftables,
+//!   which the host has too) and the node's system tools;
 //! - `/proc`, `/sys` (the network namespace's) and `/dev`;
 //! - the [`Mount`]s given: the image's files and the pod's volumes at their mountPaths, or a
 //!   node's directories.
@@ -39,7 +40,7 @@ impl Mount {
     }
 }
 
-/// The PATH of distroless and Debian images.
+/// The PATH of Debian images.
 pub const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Builds the root and execs argv[0] in it (`chroot` resolves it inside the root).
