@@ -3,10 +3,11 @@
 //! share the bring-up (`bring_up`) and what follows once a subnet is held (`node_state`).
 
 use crate::cli::Cli;
-use crate::health::{self, Endpoints, Readiness};
+use crate::health::{self, Endpoints};
 use crate::iface::IfaceRequest;
 use crate::metrics::{Metrics, SubnetManager};
 use crate::node_state::Reporting;
+use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::state_view;
 use anyhow::{Context, bail};

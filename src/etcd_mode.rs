@@ -9,11 +9,11 @@
 
 use crate::bring_up::{self, BackendSpec, PublishedData};
 use crate::cli::Cli;
-use crate::health::Readiness;
 use crate::iface::{ExternalInterface, IfaceRequest};
 use crate::metrics::Renewal;
 use crate::node_state::{NodeState, Reporting, log_peer_events};
 use crate::own_lease::{Next, OwnLease};
+use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::subnet_file;
 use crate::triggers::{PassTrigger, Triggers, sleep_until};

@@ -30,13 +30,14 @@
 
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict};
 use crate::metrics::{self, Metrics};
+use crate::readiness::Readiness;
 use crate::state_view::{self, StateClient, StateQuery, Unavailable};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -53,38 +54,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 const READ_BUFFER: usize = 8192;
 const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Whether the node is ready, and if not, why.
-#[derive(Debug)]
-pub struct Readiness {
-    state: Mutex<Result<(), String>>,
-}
-
-impl Readiness {
-    pub fn new(initial_reason: &str) -> Arc<Readiness> {
-        Arc::new(Readiness {
-            state: Mutex::new(Err(initial_reason.to_string())),
-        })
-    }
-
-    pub fn set_ready(&self) {
-        *self.lock() = Ok(());
-    }
-
-    pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.lock() = Err(reason.into());
-    }
-
-    pub fn get(&self) -> Result<(), String> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Result<(), String>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// How many connections the server serves at once, given the soft fd limit (`None`:
 /// unknown): [`MAX_CONNECTIONS`], but never more than a quarter of the limit.

@@ -14,9 +14,9 @@
 
 use crate::bring_up::{self, BackendSpec};
 use crate::cli::Cli;
-use crate::health::Readiness;
 use crate::iface::IfaceRequest;
 use crate::node_state::{NodeState, Reporting, log_peer_events};
+use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::triggers::{PassTrigger, Triggers, sleep_until};
 use anyhow::{Context, bail};

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node_state;
 pub mod own_lease;
+pub mod readiness;
 pub mod shutdown;
 pub mod state_view;
 pub mod status;

@@ -17,7 +17,7 @@
 
 use crate::datapath::{Pass, PeerStats};
 use crate::drift::{Cause, ChangeKind};
-use crate::health::Readiness;
+use crate::readiness::Readiness;
 use crate::triggers::PassTrigger;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

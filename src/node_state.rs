@@ -5,9 +5,9 @@
 
 use crate::datapath::Datapath;
 use crate::drift::Cause;
-use crate::health::Readiness;
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::state_view::{self, LastPass, NodeView, StateInbox, StateRequest, StateView};
 use crate::subnet_file::{self, SubnetEnv};
 use crate::traffic_rules::{self, Outcome, TrafficRules};
