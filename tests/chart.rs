@@ -937,50 +937,8 @@ fn the_containerfile_provides_every_command_the_chart_runs() {
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs `cmd` to completion within `limit`; (success, stdout, stderr).
-fn run_bounded(mut cmd: Command, stdin: &[u8], limit: Duration) -> (bool, String, String) {
-    use std::io::{Read as _, Write as _};
-    use std::process::Stdio;
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.to_vec();
-    std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = out.read_to_string(&mut text);
-        text
-    });
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status.success(),
-        stdout.join().unwrap(),
-        stderr.join().unwrap(),
-    )
+fn run_bounded(cmd: Command, stdin: &[u8], limit: Duration) -> (bool, String, String) {
+    chart::outcome(weft_testkit::process::run_bounded(cmd, stdin, limit))
 }
 
 /// A node: its network namespace (from the underlay) and a directory standing for its

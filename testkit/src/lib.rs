@@ -11,6 +11,9 @@
 //!   valid one with one value replaced, one field dropped or repeated) and bytes (random,
 //!   or a document's text cut or with one byte changed).
 //!
+//! [`process::run_bounded`] runs a real program with a time limit, for the tests that
+//! drive the CNI plugins, helm and `ip`.
+//!
 //! [`check`] runs a property with weft's settings and proves the cases ran; see
 //! `docs/testing.md` for how to run the tests and the longer run.
 //!
@@ -18,6 +21,7 @@
 //! CNI plugin) depends on no other weft crate; it is a dev-dependency only.
 
 pub mod json;
+pub mod process;
 mod runner;
 pub mod text;
 

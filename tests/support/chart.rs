@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Release and namespace of every render (as deploy/weft.yaml is made).
 pub const RELEASE: &str = "weft";
@@ -68,23 +69,16 @@ pub fn tools() -> &'static Tools {
     })
 }
 
-/// Runs `program args` with `stdin`, returning (success, stdout, stderr).
-fn run(mut cmd: Command, stdin: &[u8]) -> (bool, String, String) {
-    use std::io::Write as _;
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let mut pipe = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let output = child.wait_with_output().expect("output");
-    let _ = writer.join();
+/// How long helm or the validator may take (a render is well under a second).
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd` with `stdin`, returning (success, stdout, stderr).
+fn run(cmd: Command, stdin: &[u8]) -> (bool, String, String) {
+    outcome(weft_testkit::process::run_bounded(cmd, stdin, TOOL_LIMIT))
+}
+
+/// (success, stdout, stderr) of a finished process, its output as text.
+pub fn outcome(output: std::process::Output) -> (bool, String, String) {
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
