@@ -272,16 +272,39 @@ async fn next_batch(rx: &mut mpsc::Receiver<WatchBatch>) -> WatchBatch {
         .expect("watch ended")
 }
 
+/// Puts flannel's lease value for a peer without IPv6 at `subnet` ("10.244.9.0-24").
+async fn put_peer(etcd: &EtcdServer, subnet: &str, public_ip: &str) {
+    put(
+        etcd,
+        &format!("{PREFIX}/subnets/{subnet}"),
+        &format!(r#"{{"PublicIP":"{public_ip}","PublicIPv6":null}}"#),
+    )
+    .await;
+}
+
+/// Puts a peer lease for `subnet` ("10.244.9.0-24") and expects the watch to deliver it
+/// as exactly one event: the watch goes on after whatever the test did to it.
+async fn expect_watch_continues(
+    etcd: &EtcdServer,
+    rx: &mut mpsc::Receiver<WatchBatch>,
+    subnet: &str,
+    public_ip: &str,
+) {
+    put_peer(etcd, subnet, public_ip).await;
+    let WatchBatch::Events(events) = next_batch(rx).await else {
+        panic!("expected the put of {subnet} as an event")
+    };
+    assert!(
+        matches!(events.as_slice(), [DatastoreEvent::Put(l)] if l.key.to_string() == subnet),
+        "{events:?}"
+    );
+}
+
 #[tokio::test]
 async fn watch_delivers_snapshot_added_removed_and_expired() {
     let etcd = EtcdServer::start();
     config(&etcd, CONFIG).await;
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.1.0-24"),
-        r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
-    )
-    .await;
+    put_peer(&etcd, "10.244.1.0-24", "198.18.0.11").await;
     let (mut rx, task) = watch_all(&etcd).await;
     let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
         panic!("snapshot first")
@@ -296,12 +319,7 @@ async fn watch_delivers_snapshot_added_removed_and_expired() {
         r#"{"PublicIP":"1.1.1.1"}"#,
     )
     .await;
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.2.0-24"),
-        r#"{"PublicIP":"198.18.0.12","PublicIPv6":null}"#,
-    )
-    .await;
+    put_peer(&etcd, "10.244.2.0-24", "198.18.0.12").await;
     let WatchBatch::Events(events) = next_batch(&mut rx).await else {
         panic!("events")
     };
@@ -366,12 +384,7 @@ async fn watch_from_a_compacted_revision_relists() {
     let m = std::sync::Arc::new(manager(&etcd).await);
     let (_, start) = m.list_leases().await.unwrap();
     for i in 1..=3 {
-        put(
-            &etcd,
-            &format!("{PREFIX}/subnets/10.244.{i}.0-24"),
-            r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
-        )
-        .await;
+        put_peer(&etcd, &format!("10.244.{i}.0-24"), "198.18.0.11").await;
     }
     let mut client = etcd.client().await;
     let current = client
@@ -390,16 +403,7 @@ async fn watch_from_a_compacted_revision_relists() {
     };
     assert_eq!(snapshot.len(), 3);
     // And the watch continues after the re-list.
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.9.0-24"),
-        r#"{"PublicIP":"198.18.0.19","PublicIPv6":null}"#,
-    )
-    .await;
-    let WatchBatch::Events(events) = next_batch(&mut rx).await else {
-        panic!("events")
-    };
-    assert_eq!(events.len(), 1);
+    expect_watch_continues(&etcd, &mut rx, "10.244.9.0-24", "198.18.0.19").await;
     task.abort();
 }
 
@@ -410,12 +414,7 @@ async fn watch_recovers_after_etcd_restarts() {
     let (mut rx, task) = watch_all(&etcd).await;
     assert!(matches!(next_batch(&mut rx).await, WatchBatch::Snapshot(_)));
     etcd.restart();
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.8.0-24"),
-        r#"{"PublicIP":"198.18.0.18","PublicIPv6":null}"#,
-    )
-    .await;
+    put_peer(&etcd, "10.244.8.0-24", "198.18.0.18").await;
     let keys: Vec<String> = loop {
         match next_batch(&mut rx).await {
             WatchBatch::Events(events) => {
@@ -552,12 +551,7 @@ async fn bad_config_in_etcd_is_reported_with_the_key() {
 async fn incompatible_own_lease_is_replaced() {
     let etcd = EtcdServer::start();
     // The node had a /24 under an old config; the network now uses /25s.
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.9.0-24"),
-        r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
-    )
-    .await;
+    put_peer(&etcd, "10.244.9.0-24", "198.18.0.11").await;
     let cfg = config(&etcd, r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#).await;
     let lease = manager(&etcd)
         .await
@@ -624,12 +618,7 @@ async fn watch_notices_an_emptied_etcd_and_relists() {
     let mut etcd = EtcdServer::start();
     config(&etcd, CONFIG).await;
     for i in 1..=3 {
-        put(
-            &etcd,
-            &format!("{PREFIX}/subnets/10.244.{i}.0-24"),
-            r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
-        )
-        .await;
+        put_peer(&etcd, &format!("10.244.{i}.0-24"), "198.18.0.11").await;
     }
     let (mut rx, task) = watch_all(&etcd).await;
     let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
@@ -649,18 +638,7 @@ async fn watch_notices_an_emptied_etcd_and_relists() {
     };
     assert!(snapshot.is_empty(), "{snapshot:?}");
     // New leases are seen again.
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.7.0-24"),
-        r#"{"PublicIP":"198.18.0.17","PublicIPv6":null}"#,
-    )
-    .await;
-    let WatchBatch::Events(events) = next_batch(&mut rx).await else {
-        panic!("events after the reset")
-    };
-    assert!(
-        matches!(events.as_slice(), [DatastoreEvent::Put(l)] if l.key.to_string() == "10.244.7.0-24")
-    );
+    expect_watch_continues(&etcd, &mut rx, "10.244.7.0-24", "198.18.0.17").await;
     task.abort();
 }
 
@@ -668,23 +646,13 @@ async fn watch_notices_an_emptied_etcd_and_relists() {
 async fn watch_notices_a_restored_snapshot_and_relists() {
     let mut etcd = EtcdServer::start();
     config(&etcd, CONFIG).await;
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.1.0-24"),
-        r#"{"PublicIP":"198.18.0.11","PublicIPv6":null}"#,
-    )
-    .await;
+    put_peer(&etcd, "10.244.1.0-24", "198.18.0.11").await;
     let backup = tempfile::tempdir().unwrap();
     let snapshot_file = backup.path().join("backup.db");
     etcd.snapshot_save(&snapshot_file);
     // Written after the backup: lost when it is restored.
     for i in 2..=4 {
-        put(
-            &etcd,
-            &format!("{PREFIX}/subnets/10.244.{i}.0-24"),
-            r#"{"PublicIP":"198.18.0.12","PublicIPv6":null}"#,
-        )
-        .await;
+        put_peer(&etcd, &format!("10.244.{i}.0-24"), "198.18.0.12").await;
     }
     let (mut rx, task) = watch_all(&etcd).await;
     let WatchBatch::Snapshot(snapshot) = next_batch(&mut rx).await else {
@@ -701,16 +669,7 @@ async fn watch_notices_a_restored_snapshot_and_relists() {
     };
     let keys: Vec<String> = snapshot.iter().map(|l| l.key.to_string()).collect();
     assert_eq!(keys, ["10.244.1.0-24"]);
-    put(
-        &etcd,
-        &format!("{PREFIX}/subnets/10.244.9.0-24"),
-        r#"{"PublicIP":"198.18.0.19","PublicIPv6":null}"#,
-    )
-    .await;
-    let WatchBatch::Events(events) = next_batch(&mut rx).await else {
-        panic!("events after the reset")
-    };
-    assert_eq!(events.len(), 1);
+    expect_watch_continues(&etcd, &mut rx, "10.244.9.0-24", "198.18.0.19").await;
     task.abort();
 }
 
