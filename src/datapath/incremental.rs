@@ -85,14 +85,13 @@ impl Datapath {
     pub async fn converge_changes(&mut self) -> Result<Pass, KernelError> {
         let started = Instant::now();
         let step = self.plan_changes();
-        let mut found = Vec::with_capacity(step.lookups.len());
-        if !step.needs_full {
-            let kernel = self.kernel()?;
-            for route in &step.lookups {
-                found.push(kernel.route_at(route, &self.device_indices).await?);
-            }
-        }
+        let found = if step.needs_full {
+            Vec::new()
+        } else {
+            self.look_up(&step.lookups).await
+        };
         let Some(planned) = self.finish_step(step, found) else {
+            debug!("targeted pass: a full pass is needed");
             return self.converge().await;
         };
         let failures = self.apply(&planned.ops).await;
@@ -104,6 +103,23 @@ impl Datapath {
         );
         self.log_pass(&pass, planned.ops.len(), started);
         Ok(pass)
+    }
+
+    /// What the kernel holds at each prefix; a failed lookup answers `Unknown` (a full
+    /// pass then reads everything, and reports the error if the kernel cannot be read).
+    async fn look_up(&self, routes: &[Route]) -> Vec<RouteAt> {
+        let mut found = Vec::with_capacity(routes.len());
+        for route in routes {
+            let at = match self.kernel() {
+                Ok(kernel) => kernel.route_at(route, &self.device_indices).await,
+                Err(e) => Err(e),
+            };
+            found.push(at.unwrap_or_else(|e| {
+                debug!("cannot look up {}: {e}", route.destination);
+                RouteAt::Unknown
+            }));
+        }
+        found
     }
 
     /// Whether the next targeted pass would have to be a full one.
