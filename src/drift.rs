@@ -6,9 +6,11 @@
 //! ## The cause of a change
 //! The tracker keeps a model of what the kernel held after the previous pass (the desired
 //! state, plus entries whose removal was held or failed, minus entries whose installation
-//! failed), as hashes: 16 bytes per entry, rebuilt only when the input changed or a pass
-//! changed something, so a steady pass costs nothing here. A change is then explained by
-//! comparing it with the model:
+//! failed), as hashes: 16 bytes per entry, rebuilt by a full pass only when the input
+//! changed or the pass changed something, so a steady pass costs nothing here. A targeted
+//! pass (the datapath's incremental path) updates it entry by entry from the ops it
+//! applied ([`Tracker::record_ops`]) and reads it to decide what to change
+//! ([`Tracker::model_value`]). A change is then explained by comparing it with the model:
 //! - an entry installed although the model says the kernel already had it as wanted: the
 //!   kernel drifted (an admin deleted a route, a device went down): **drift_repair**;
 //! - installed where the model had another value: **peer_changed** (a peer's MAC or

@@ -201,9 +201,7 @@ impl Datapath {
         }
         let mut planned = Planned::default();
         planned.ops.extend(self.repair_ops());
-        let Some(ops) = self.entry_ops(&step.old, &step.new) else {
-            return None;
-        };
+        let ops = self.entry_ops(&step.old, &step.new)?;
         let removals_held = self
             .removals_held_until
             .is_some_and(|until| Instant::now() < until);
