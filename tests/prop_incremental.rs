@@ -137,6 +137,10 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn datapath(direct_routing: bool) -> Datapath {
+    datapath_in(direct_routing, "10.244.0.0/16")
+}
+
+fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
     let config = VxlanConfig {
         vni: 1,
         port: 0,
@@ -161,7 +165,7 @@ fn datapath(direct_routing: bool) -> Datapath {
         mac_v6: [0x0a, 0x58, 0, 0, 0, 2],
     };
     let surroundings = Surroundings {
-        network_v4: Some("10.244.0.0/16".parse().unwrap()),
+        network_v4: Some(network.parse().unwrap()),
         network_v6: None,
         public_ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))],
         host_networks: vec![("198.18.0.0/24".parse().unwrap(), "eth0".into())],
@@ -390,4 +394,130 @@ fn run(case: Case) -> Result<&'static str, TestCaseError> {
 fn prop_targeted_passes_leave_nothing_for_a_full_pass() {
     let tally = check(case(), run);
     tally.assert_seen(&["targeted", "targeted_with_repairs"]);
+}
+
+/// Not a test: prints what planning costs at 15,000 peers (one peer added: the targeted
+/// pass against a full pass's pure part; no kernel in either). Run with
+/// `cargo test --release --test prop_incremental planning_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn planning_cost_at_15000_peers() {
+    let mut dp = datapath_in(false, "10.0.0.0/8");
+    let mut kernel = kernel(false);
+    let lease_at = |i: u32| {
+        let mut l = lease(&PeerSpec {
+            subnet: 0,
+            ip: 3,
+            mac: 3,
+            vxlan: true,
+            revision: i64::from(i),
+        });
+        let net: Net = format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+            .parse()
+            .unwrap();
+        l.key.ipv4 = Some(net);
+        l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
+        l.attrs.backend_data = Some(serde_json::json!({
+            "VNI": 1,
+            "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
+        }));
+        l
+    };
+    let mut peers: Vec<Lease> = (0..15_000).map(lease_at).collect();
+    dp.set_peers(peers.iter());
+    let started = Instant::now();
+    full_pass(&mut dp, &mut kernel).unwrap();
+    eprintln!(
+        "full pass planning (desired + diff + record), 15,000 peers: {:?}",
+        started.elapsed()
+    );
+    peers.push(lease_at(15_000));
+    let started = Instant::now();
+    dp.set_peers(peers.iter());
+    let set_peers = started.elapsed();
+    let step = dp.plan_changes();
+    let found = step
+        .lookups
+        .iter()
+        .map(|r| route_at(&kernel, r.destination))
+        .collect();
+    let planned = dp.finish_step(step, found).expect("targeted");
+    eprintln!(
+        "targeted planning of 1 new peer at 15,000: {:?} (set_peers {:?}), {} ops",
+        started.elapsed(),
+        set_peers,
+        planned.ops.len()
+    );
+}
+
+#[test]
+#[ignore]
+fn admission_cost_at_15000_peers() {
+    use weft_backend::admission::{Admission, Identity};
+    use weft_backend::backend::Backend;
+    let leases: Vec<Lease> = (0..15_000u32)
+        .map(|i| {
+            let mut l = lease(&PeerSpec {
+                subnet: 0,
+                ip: 3,
+                mac: 3,
+                vxlan: true,
+                revision: i64::from(i),
+            });
+            l.key.ipv4 = Some(format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap());
+            l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
+            l.attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)}));
+            l
+        })
+        .collect();
+    let backend = VxlanBackend {
+        config: VxlanConfig {
+            vni: 1,
+            port: 0,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        },
+        node: vxlan::Node {
+            own: SubnetKey {
+                ipv4: Some(subnet(1)),
+                ipv6: None,
+            },
+            external_index: 2,
+            external_name: "eth0".into(),
+            external_mtu: 1500,
+            local_v4: None,
+            local_v6: None,
+            connected: vec![],
+            mac_v4: OWN_MAC,
+            mac_v6: OWN_MAC,
+        },
+    };
+    let identity = Identity {
+        own: SubnetKey {
+            ipv4: Some(subnet(1)),
+            ipv6: None,
+        },
+        network_v4: Some("10.0.0.0/8".parse().unwrap()),
+        network_v6: None,
+        public_ips: vec![],
+        macs: vec![OWN_MAC],
+        host_networks: vec![],
+    };
+    let mut admission = Admission::default();
+    let macs = |l: &Lease| backend.peer_macs(l);
+    admission.admit(&identity, leases.iter(), &macs);
+    let started = Instant::now();
+    admission.admit(&identity, leases.iter(), &macs);
+    eprintln!("admission with MACs parsed: {:?}", started.elapsed());
+    let started = Instant::now();
+    let nomacs = |_: &Lease| Vec::new();
+    admission.admit(&identity, leases.iter(), &nomacs);
+    eprintln!("admission without MACs: {:?}", started.elapsed());
+    let started = Instant::now();
+    for l in &leases {
+        std::hint::black_box(backend.peer_macs(l));
+    }
+    eprintln!("peer_macs alone: {:?}", started.elapsed());
 }
