@@ -1,24 +1,34 @@
 //! The datapath of this node: what the backend programs and how it converges.
 //!
-//! The datapath keeps the full set of peer leases and, on every trigger (a lease batch, a
-//! kernel notification about one of weft's objects, a timer), runs one reconcile pass:
-//! the backend's desired state, the kernel's observed state, the diff, applied. `alloc`
-//! wants nothing, so its passes only sweep routes weft left marked as its own.
+//! The datapath keeps the full set of peer leases and converges in two ways:
+//! - a **full pass** ([`Datapath::converge`]): the backend's desired state, the kernel's
+//!   observed state, the diff, applied. It runs at startup, on the reconcile timer, after
+//!   lost notifications, at the end of a datastore grace period, when the node itself
+//!   changed, and whenever the targeted path cannot tell what to do. `alloc` wants
+//!   nothing, so its passes only sweep routes weft left marked as its own;
+//! - a **targeted pass** ([`Datapath::converge_changes`], in [`incremental`]): the
+//!   entries of the peers whose lease changed, and the entries kernel notifications
+//!   reported deleted, against the drift tracker's model of the kernel. Its cost is the
+//!   number of changes, not of peers (no dump).
 //!
 //! Peer leases are untrusted: each pass admits them first ([`Admission`]), so a hostile
 //! or broken lease never reaches the backend, and desired routes whose prefix a foreign
 //! route occupies are withdrawn rather than installed over it. Both are logged once.
 
+mod incremental;
+
+pub use incremental::{Planned, Reaction, Step};
+
 use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use crate::state_view::{EntryView, PeerView, Verdict};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
 use weft_backend::admission::{Admission, Identity, RejectKind};
 use weft_backend::backend::{Backend, SkipKind};
 use weft_backend::diff;
-use weft_backend::kernel::{Kernel, KernelEvent};
+use weft_backend::kernel::{Kernel, KernelError, KernelEvent};
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, SubnetKey};
 
@@ -59,7 +69,8 @@ pub struct Surroundings {
 #[derive(Debug)]
 pub struct Datapath {
     pub backend: Box<dyn Backend>,
-    kernel: Kernel,
+    /// `None` for a model datapath ([`Datapath::detached`]): planning only.
+    kernel: Option<Kernel>,
     peers: BTreeMap<SubnetKey, Lease>,
     surroundings: Surroundings,
     own: Option<SubnetKey>,
@@ -78,8 +89,16 @@ pub struct Datapath {
     /// Causes of changes, and the state of each entry as of the last pass.
     tracker: Tracker,
     stats: PeerStats,
-    /// Indices of weft's devices as last observed, to filter kernel notifications.
-    device_indices: HashSet<u32>,
+    /// weft's devices as last observed (index → name), to read kernel notifications.
+    device_indices: HashMap<u32, String>,
+    /// Peers whose lease changed since the last pass, with their lease as of that pass
+    /// (`None`: the peer is new). The targeted path programs exactly these.
+    changed: BTreeMap<SubnetKey, Option<Lease>>,
+    /// Entries of weft's that notifications reported deleted since the last pass.
+    dirty: Vec<incremental::Dirty>,
+    /// The next pass must be a full one (nothing observed yet, the node changed, the last
+    /// pass failed somewhere: only a full pass retries what the model does not show).
+    needs_full: bool,
     /// Until then, passes add and repair but remove no peer entries (see [`Self::hold_removals`]).
     removals_held_until: Option<Instant>,
     /// `--ip-blackhole-route`: a blackhole route for this node's own subnets.
@@ -88,6 +107,20 @@ pub struct Datapath {
 
 impl Datapath {
     pub fn new(backend: Box<dyn Backend>, kernel: Kernel, surroundings: Surroundings) -> Datapath {
+        Datapath::with_kernel(backend, Some(kernel), surroundings)
+    }
+
+    /// A datapath without a kernel: it plans (full and targeted passes) but cannot apply.
+    /// The property tests run it against a model kernel.
+    pub fn detached(backend: Box<dyn Backend>, surroundings: Surroundings) -> Datapath {
+        Datapath::with_kernel(backend, None, surroundings)
+    }
+
+    fn with_kernel(
+        backend: Box<dyn Backend>,
+        kernel: Option<Kernel>,
+        surroundings: Surroundings,
+    ) -> Datapath {
         Datapath {
             backend,
             kernel,
@@ -103,10 +136,19 @@ impl Datapath {
             last_skipped: BTreeMap::new(),
             tracker: Tracker::default(),
             stats: PeerStats::default(),
-            device_indices: HashSet::new(),
+            device_indices: HashMap::new(),
+            changed: BTreeMap::new(),
+            dirty: Vec::new(),
+            needs_full: true,
             removals_held_until: None,
             blackhole_own: false,
         }
+    }
+
+    fn kernel(&self) -> Result<&Kernel, KernelError> {
+        self.kernel
+            .as_ref()
+            .ok_or_else(|| KernelError::Invalid("a detached datapath has no kernel".into()))
     }
 
     /// Keeps a blackhole route for this node's own subnets (`--ip-blackhole-route`), so
@@ -114,6 +156,7 @@ impl Datapath {
     /// out by the default route.
     pub fn set_blackhole_own(&mut self, enabled: bool) {
         self.blackhole_own = enabled;
+        self.needs_full = true;
         self.tracker.inputs_changed();
     }
 
@@ -138,6 +181,7 @@ impl Datapath {
     pub fn set_own(&mut self, own: SubnetKey) {
         self.own = Some(own);
         self.backend.set_own(own);
+        self.needs_full = true;
         self.tracker.inputs_changed();
     }
 
@@ -166,10 +210,12 @@ impl Datapath {
         }
     }
 
-    /// The peers the backend may program, with every rejection logged once.
-    fn admitted_peers(&mut self) -> Vec<Lease> {
+    /// The peers the backend may program (their keys, in admission order), with every
+    /// rejection logged once.
+    fn admitted_peers(&mut self) -> Vec<SubnetKey> {
         let (Some(own), true) = (self.own, self.backend.programs_peers()) else {
-            return self.peers.values().cloned().collect();
+            self.last_rejected.clear();
+            return self.peers.keys().copied().collect();
         };
         let identity = self.identity(own);
         let backend = &self.backend;
@@ -177,7 +223,7 @@ impl Datapath {
         let (admitted, rejected) = self
             .admission
             .admit(&identity, self.peers.values(), &macs_of);
-        let admitted: Vec<Lease> = admitted.into_iter().cloned().collect();
+        let admitted: Vec<SubnetKey> = admitted.into_iter().map(|l| l.key).collect();
         self.last_rejected.clear();
         for rejection in rejected {
             self.last_rejected
@@ -199,9 +245,25 @@ impl Datapath {
         admitted
     }
 
-    /// Replaces the peer set (the full set of remote leases).
+    /// Replaces the peer set (the full set of remote leases). Only leases that differ
+    /// are cloned, and each one that does is noted for the targeted path, with its lease
+    /// as of the last pass.
     pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = &'a Lease>) {
-        self.peers = peers.into_iter().map(|l| (l.key, l.clone())).collect();
+        let mut previous = std::mem::take(&mut self.peers);
+        for lease in peers {
+            match previous.remove(&lease.key) {
+                Some(old) if old == *lease => {
+                    self.peers.insert(lease.key, old);
+                }
+                old => {
+                    self.changed.entry(lease.key).or_insert(old);
+                    self.peers.insert(lease.key, lease.clone());
+                }
+            }
+        }
+        for (key, old) in previous {
+            self.changed.entry(key).or_insert(Some(old));
+        }
         self.tracker.inputs_changed();
     }
 
@@ -210,40 +272,97 @@ impl Datapath {
         &self.stats
     }
 
-    /// One reconcile pass: observe, diff, apply (every op is tried; failures are
-    /// returned and retried by the next pass).
-    pub async fn converge(&mut self) -> Result<Pass, weft_backend::kernel::KernelError> {
+    /// One full reconcile pass: observe, diff, apply (every op is tried; failures are
+    /// returned and retried by the next full pass).
+    pub async fn converge(&mut self) -> Result<Pass, KernelError> {
         let started = Instant::now();
         let desired = self.desired();
-        let observed = self.kernel.observe(&desired).await?;
-        let mut desired = desired;
-        self.withdraw_foreign(&mut desired, &observed);
-        self.device_indices = observed.links.iter().map(|l| l.index).collect();
-        let mut ops = diff::diff(&desired, &observed);
-        let held = self.apply_hold(&mut ops);
-        for op in &ops {
+        let observed = match self.kernel()?.observe(&desired).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                self.needs_full = true;
+                return Err(e);
+            }
+        };
+        let plan = self.plan_full(desired, &observed);
+        for op in &plan.ops {
             match op {
                 diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),
                 _ => tracing::trace!("datapath: {op}"),
             }
         }
         let observed_in = started.elapsed();
-        let failures = self.kernel.apply(&ops).await;
-        let failures: Vec<(diff::Op, String)> = failures
-            .into_iter()
-            .map(|(op, e)| (op, e.to_string()))
+        let failures = self.apply(&plan.ops).await;
+        let pass = self.record_full(&plan, &observed, failures);
+        debug!(
+            changes = plan.ops.len(),
+            peers = self.peers.len(),
+            observe_us = observed_in.as_micros() as u64,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "reconcile pass"
+        );
+        self.refresh_device_indices(&plan.desired, &plan.ops).await;
+        self.log_pass(&pass, plan.ops.len(), started);
+        Ok(pass)
+    }
+
+    /// The full pass's decisions (pure): foreign routes withdrawn, the diff, removals held
+    /// during a grace period. Whatever the targeted path had noted is covered by it.
+    pub fn plan_full(
+        &mut self,
+        mut desired: weft_backend::desired::Desired,
+        observed: &weft_backend::desired::Observed,
+    ) -> FullPlan {
+        self.withdraw_foreign(&mut desired, observed);
+        self.device_indices = observed
+            .links
+            .iter()
+            .map(|l| (l.index, l.name.clone()))
             .collect();
+        let mut ops = diff::diff(&desired, observed);
+        let held = self.apply_hold(&mut ops);
+        self.changed.clear();
+        self.dirty.clear();
+        self.needs_full = false;
+        FullPlan { desired, ops, held }
+    }
+
+    /// The full desired state now (admission, the backend, the blackholes), for a full pass.
+    pub fn full_desired(&mut self) -> weft_backend::desired::Desired {
+        self.desired()
+    }
+
+    /// Records what a full pass applied: causes, the model, the stats.
+    pub fn record_full(
+        &mut self,
+        plan: &FullPlan,
+        observed: &weft_backend::desired::Observed,
+        failures: Vec<(diff::Op, String)>,
+    ) -> Pass {
         let counts = self.tracker.record_pass(
-            &desired,
-            &observed,
-            &ops,
+            &plan.desired,
+            observed,
+            &plan.ops,
             &failures,
-            &held,
+            &plan.held,
             SystemTime::now(),
         );
-        self.stats = self.peer_stats(&desired);
+        self.stats = self.peer_stats(&plan.desired);
+        self.finish_pass(plan.ops.len(), failures, counts)
+    }
+
+    /// The pass's outcome; failures logged, and a full pass due to retry them.
+    fn finish_pass(
+        &mut self,
+        ops: usize,
+        failures: Vec<(diff::Op, String)>,
+        counts: PassCounts,
+    ) -> Pass {
+        if !failures.is_empty() {
+            self.needs_full = true;
+        }
         let pass = Pass {
-            changes: ops.len() - failures.len(),
+            changes: ops - failures.len(),
             failures: failures
                 .iter()
                 .map(|(op, e)| format!("{op}: {e}"))
@@ -254,15 +373,29 @@ impl Datapath {
         for failure in &pass.failures {
             warn!("datapath change failed (retried on the next pass): {failure}");
         }
-        debug!(
-            changes = ops.len(),
-            peers = self.peers.len(),
-            observe_us = observed_in.as_micros() as u64,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "reconcile pass"
-        );
-        self.refresh_device_indices(&desired, &ops).await;
-        if !ops.is_empty() {
+        pass
+    }
+
+    /// Applies `ops` (every one tried); the failed ones with their errors.
+    async fn apply(&self, ops: &[diff::Op]) -> Vec<(diff::Op, String)> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let failures = match self.kernel() {
+            Ok(kernel) => kernel.apply(ops).await,
+            Err(_) => ops
+                .iter()
+                .map(|op| (op.clone(), KernelError::Invalid("no kernel".into())))
+                .collect(),
+        };
+        failures
+            .into_iter()
+            .map(|(op, e)| (op, e.to_string()))
+            .collect()
+    }
+
+    fn log_pass(&self, pass: &Pass, ops: usize, started: Instant) {
+        if ops > 0 {
             info!(
                 changes = pass.changes,
                 failed = pass.failures.len(),
@@ -271,13 +404,15 @@ impl Datapath {
                 "datapath converged"
             );
         }
-        Ok(pass)
     }
 
     /// The backend's desired state for the admitted peers; skipped peers logged once.
     fn desired(&mut self) -> weft_backend::desired::Desired {
         let admitted = self.admitted_peers();
-        let (mut desired, skipped) = self.backend.desired_state(&mut admitted.iter());
+        let peers = &self.peers;
+        let (mut desired, skipped) = self
+            .backend
+            .desired_state(&mut admitted.iter().filter_map(|key| peers.get(key)));
         if let (true, Some(own)) = (self.blackhole_own, self.own) {
             desired
                 .blackholes
@@ -361,16 +496,23 @@ impl Datapath {
                 Family::V6 => stats.programmed_v6 += 1,
             }
         }
+        stats.skipped = self.skipped_stats();
+        stats
+    }
+
+    /// Peers not programmed, by reason label (rejections and skips of the last passes).
+    fn skipped_stats(&self) -> BTreeMap<&'static str, usize> {
+        let mut skipped = BTreeMap::new();
         for (kind, _) in self.last_rejected.values() {
-            *stats.skipped.entry(kind.label()).or_default() += 1;
+            *skipped.entry(kind.label()).or_default() += 1;
         }
         for reasons in self.last_skipped.values() {
             let kinds: HashSet<SkipKind> = reasons.iter().map(|(k, _)| *k).collect();
             for kind in kinds {
-                *stats.skipped.entry(kind.label()).or_default() += 1;
+                *skipped.entry(kind.label()).or_default() += 1;
             }
         }
-        stats
+        skipped
     }
 
     /// Every peer lease, in subnet order.
@@ -481,10 +623,13 @@ impl Datapath {
         if !devices_changed {
             return;
         }
-        let mut indices = HashSet::new();
+        let mut indices = HashMap::new();
+        let Ok(kernel) = self.kernel() else {
+            return;
+        };
         for name in desired.device_names() {
-            if let Ok(Some((index, _))) = self.kernel.link(name).await {
-                indices.insert(index);
+            if let Ok(Some((index, _))) = kernel.link(name).await {
+                indices.insert(index, name.to_string());
             }
         }
         self.device_indices = indices;
@@ -498,15 +643,24 @@ impl Datapath {
     }
 }
 
+/// What a full pass decided: the desired state it worked from, the ops to apply, and the
+/// removals held for a datastore grace period.
+#[derive(Debug)]
+pub struct FullPlan {
+    pub desired: weft_backend::desired::Desired,
+    pub ops: Vec<diff::Op>,
+    pub held: Vec<diff::Op>,
+}
+
 /// Whether `event` concerns weft's objects: its devices (by index, or by name for a
 /// device that is new or re-created), routes through them or marked with weft's protocol.
 /// Additions weft makes itself are not interesting; deletions and foreign changes are.
 fn is_relevant(
     event: &KernelEvent,
-    device_indices: &HashSet<u32>,
+    device_indices: &HashMap<u32, String>,
     owns_device: impl Fn(&str) -> bool,
 ) -> bool {
-    let ours = |index: &u32| device_indices.contains(index);
+    let ours = |index: &u32| device_indices.contains_key(index);
     match event {
         KernelEvent::Link { index, name, .. } => {
             ours(index) || name.as_deref().is_some_and(owns_device)
@@ -516,6 +670,7 @@ fn is_relevant(
             oif,
             protocol,
             deleted,
+            ..
         } => {
             let on_ours = oif.is_some_and(|i| ours(&i));
             let by_us = *protocol == weft_backend::ROUTE_PROTOCOL;
@@ -525,7 +680,9 @@ fn is_relevant(
                 on_ours && !by_us
             }
         }
-        KernelEvent::Neighbour { ifindex, deleted } => *deleted && ours(ifindex),
+        KernelEvent::Neighbour {
+            ifindex, deleted, ..
+        } => *deleted && ours(ifindex),
         KernelEvent::Overrun => true,
     }
 }
@@ -536,7 +693,7 @@ mod tests {
     use weft_backend::ROUTE_PROTOCOL;
 
     fn relevant(event: KernelEvent) -> bool {
-        let devices = HashSet::from([7]);
+        let devices = HashMap::from([(7, "flannel.1".to_string())]);
         is_relevant(&event, &devices, |name| name == "flannel.1")
     }
 
@@ -545,6 +702,7 @@ mod tests {
             oif,
             protocol,
             deleted,
+            destination: None,
         }
     }
 
@@ -584,7 +742,13 @@ mod tests {
 
     #[test]
     fn only_deleted_entries_on_weft_devices_matter() {
-        let neigh = |ifindex, deleted| KernelEvent::Neighbour { ifindex, deleted };
+        let neigh = |ifindex, deleted| KernelEvent::Neighbour {
+            ifindex,
+            deleted,
+            bridge: false,
+            ip: None,
+            mac: None,
+        };
         assert!(relevant(neigh(7, true)));
         assert!(!relevant(neigh(7, false)), "weft's own replace");
         assert!(!relevant(neigh(2, true)), "another device's entry");

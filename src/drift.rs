@@ -6,9 +6,11 @@
 //! ## The cause of a change
 //! The tracker keeps a model of what the kernel held after the previous pass (the desired
 //! state, plus entries whose removal was held or failed, minus entries whose installation
-//! failed), as hashes: 16 bytes per entry, rebuilt only when the input changed or a pass
-//! changed something, so a steady pass costs nothing here. A change is then explained by
-//! comparing it with the model:
+//! failed), as hashes: 16 bytes per entry, rebuilt by a full pass only when the input
+//! changed or the pass changed something, so a steady pass costs nothing here. A targeted
+//! pass (the datapath's incremental path) updates it entry by entry from the ops it
+//! applied ([`Tracker::record_ops`]) and reads it to decide what to change
+//! ([`Tracker::model_value`]). A change is then explained by comparing it with the model:
 //! - an entry installed although the model says the kernel already had it as wanted: the
 //!   kernel drifted (an admin deleted a route, a device went down): **drift_repair**;
 //! - installed where the model had another value: **peer_changed** (a peer's MAC or
@@ -192,6 +194,7 @@ pub fn fdb_value(e: &Fdb) -> u64 {
 }
 
 /// What one operation does to one entry.
+#[derive(Debug, Clone, Copy)]
 enum Action {
     /// Installs the entry with this value hash.
     Install(u64),
@@ -407,6 +410,67 @@ impl Tracker {
         held: &[Op],
         now: SystemTime,
     ) -> PassCounts {
+        let (counts, to_record, failed_effects) = self.explain(ops, failures, desired);
+        if !to_record.is_empty() {
+            let found = found_in(observed, to_record.iter().map(|(k, _)| k));
+            let found = |key: &EntryKey| found.get(key).cloned();
+            self.keep_records(to_record, &found, now);
+        }
+        let stale = self.model.is_none() || self.model_generation != self.generation;
+        if stale || !ops.is_empty() || !held.is_empty() {
+            self.rebuild(desired, held, failed_effects);
+        }
+        counts
+    }
+
+    /// Explains and records a targeted pass (the incremental path: no observation, no
+    /// full desired state): the model is updated entry by entry, as the ops left the
+    /// kernel. `found` says what the kernel had under a key, where that is known (a
+    /// notification reported the entry deleted: "missing").
+    pub fn record_ops(
+        &mut self,
+        ops: &[Op],
+        failures: &[(Op, String)],
+        found: &dyn Fn(&EntryKey) -> Option<String>,
+        now: SystemTime,
+    ) -> PassCounts {
+        let (counts, to_record, _) = self.explain(ops, failures, &Desired::default());
+        self.keep_records(to_record, found, now);
+        let Some(model) = self.model.as_mut() else {
+            return counts;
+        };
+        let mut failed = failures.iter().map(|(op, _)| op).peekable();
+        for op in ops {
+            let failed_here = failed.next_if(|f| *f == op).is_some();
+            let (key, action) = effect(op);
+            let hash = key.hash64();
+            match (action, failed_here) {
+                (Action::Install(value), false) => model.set(hash, value),
+                (Action::Install(_) | Action::Adjust, true) => model.remove(hash),
+                (Action::Remove(_), false) => {
+                    model.remove(hash);
+                    self.records.remove(&key);
+                }
+                // A failed removal leaves the entry in the kernel; nothing else changes.
+                (Action::Remove(_), true) | (Action::Adjust, false) => {}
+            }
+        }
+        counts
+    }
+
+    /// Causes and counts of `ops`; the installs to keep a record of (failed or repairs),
+    /// and the effects of the failed ones.
+    #[allow(clippy::type_complexity)]
+    fn explain(
+        &mut self,
+        ops: &[Op],
+        failures: &[(Op, String)],
+        desired: &Desired,
+    ) -> (
+        PassCounts,
+        Vec<(EntryKey, Option<String>)>,
+        Vec<(EntryKey, Action)>,
+    ) {
         let mut counts = PassCounts::default();
         // Failures are a subsequence of ops, in order.
         let mut failed = failures.iter().peekable();
@@ -437,28 +501,40 @@ impl Tracker {
                 failed_effects.push((key, action));
             }
         }
-        if !to_record.is_empty() {
-            let found = found_in(observed, to_record.iter().map(|(k, _)| k));
-            for (key, error) in to_record {
-                let found = found
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| "missing".to_string());
-                self.records.insert(
-                    key,
-                    Record {
-                        at: now,
-                        found,
-                        error,
-                    },
-                );
-            }
+        (counts, to_record, failed_effects)
+    }
+
+    fn keep_records(
+        &mut self,
+        to_record: Vec<(EntryKey, Option<String>)>,
+        found: &dyn Fn(&EntryKey) -> Option<String>,
+        now: SystemTime,
+    ) {
+        for (key, error) in to_record {
+            let found = found(&key).unwrap_or_else(|| "missing".to_string());
+            self.records.insert(
+                key,
+                Record {
+                    at: now,
+                    found,
+                    error,
+                },
+            );
         }
-        let stale = self.model.is_none() || self.model_generation != self.generation;
-        if stale || !ops.is_empty() || !held.is_empty() {
-            self.rebuild(desired, held, failed_effects);
+    }
+
+    /// The value the model holds for an entry (`None`: the kernel had no such entry of
+    /// weft's after the last pass, or no pass has run).
+    pub fn model_value(&self, kind: ChangeKind, device: &str, id: EntryId) -> Option<u64> {
+        self.model.as_ref()?.get(key_hash(kind, device, id))
+    }
+
+    /// An entry the model holds is gone from the kernel without a replacement being
+    /// wanted (a leftover kept for a grace period, deleted by someone else).
+    pub fn forget(&mut self, kind: ChangeKind, device: &str, id: EntryId) {
+        if let Some(model) = self.model.as_mut() {
+            model.remove(key_hash(kind, device, id));
         }
-        counts
     }
 
     fn cause(&self, key: &EntryKey, action: &Action, desired: &Desired) -> Cause {

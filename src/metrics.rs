@@ -309,12 +309,14 @@ impl Metrics {
         );
         r.register(
             "weft_reconcile_passes",
-            "Reconcile passes run, by what triggered them",
+            "Reconcile passes run, by what triggered them: lease_change and entry_repair run \
+             targeted passes (the changed peers' entries, the entries reported deleted; full \
+             while one is due), the others full passes (observe, diff, apply)",
             self.passes.clone(),
         );
         r.register(
             "weft_reconcile_pass_duration_seconds",
-            "Duration of reconcile passes (observe, diff, apply)",
+            "Duration of reconcile passes (full: observe, diff, apply; targeted: plan, apply)",
             self.pass_duration.clone(),
         );
         r.register(

@@ -3,7 +3,7 @@
 //! in place, subnet.env written), the shared triggers of the event loop, and the log
 //! lines about peers.
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, Reaction};
 use crate::drift::Cause;
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
 use crate::metrics::Metrics;
@@ -221,10 +221,15 @@ impl NodeState {
         self.datapath.set_peers(watcher.peers());
     }
 
-    /// One reconcile pass of the datapath, counted as run for `trigger`.
+    /// One reconcile pass of the datapath, counted as run for `trigger`: targeted for a
+    /// lease change or reported entries, full otherwise (see `datapath`).
     pub async fn converge(&mut self, trigger: PassTrigger) {
         let started = Instant::now();
-        let result = self.datapath.converge().await;
+        let result = if trigger.is_targeted() {
+            self.datapath.converge_changes().await
+        } else {
+            self.datapath.converge().await
+        };
         let duration = started.elapsed();
         self.metrics
             .record_pass(trigger, duration, &result, self.datapath.stats());
@@ -368,14 +373,24 @@ impl NodeState {
         self.update_readiness();
     }
 
-    /// Schedules a pass for a kernel change to weft's objects (debounced), or at once
-    /// after a notification overrun (changes may have been missed).
+    /// Schedules a pass for a kernel change to weft's objects (debounced): a targeted
+    /// one for deleted entries of weft's, a full one for what it cannot describe, at
+    /// once after a notification overrun (changes may have been missed).
     fn on_kernel_event(&mut self, event: &KernelEvent) {
-        if self.datapath.is_relevant(event) {
-            debug!(?event, "kernel change to weft's objects");
-            self.triggers.converge_soon(PassTrigger::KernelEvent);
-        } else if *event == KernelEvent::Overrun {
+        if *event == KernelEvent::Overrun {
             self.triggers.converge_now(PassTrigger::KernelEvent);
+            return;
+        }
+        match self.datapath.note_event(event) {
+            Reaction::Ignore => {}
+            Reaction::Repair => {
+                debug!(?event, "entry of weft's deleted");
+                self.triggers.converge_soon(PassTrigger::EntryRepair);
+            }
+            Reaction::Full => {
+                debug!(?event, "kernel change to weft's objects");
+                self.triggers.converge_soon(PassTrigger::KernelEvent);
+            }
         }
     }
 }

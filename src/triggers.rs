@@ -23,10 +23,16 @@ pub const TICK: Duration = Duration::from_secs(5);
 pub enum PassTrigger {
     /// The first pass, once the first lease listing is in.
     Startup,
-    /// The peer set changed.
+    /// The peer set changed: a targeted pass over the changed peers (a full one while
+    /// one is due: nothing observed yet, a change failed, the node changed).
     LeaseChange,
-    /// A kernel notification about weft's objects (or lost notifications).
+    /// A kernel notification about weft's objects that the targeted path cannot describe
+    /// (a device, an address, a route someone added through weft's device), or lost
+    /// notifications: a full pass.
     KernelEvent,
+    /// Notifications reported entries of weft's deleted: a targeted pass puts back
+    /// exactly those (a full one while one is due).
+    EntryRepair,
     /// The periodic pass (`--reconcile-interval`).
     Timer,
     /// A datastore grace period ended: the pass that removes entries again.
@@ -36,10 +42,11 @@ pub enum PassTrigger {
 }
 
 impl PassTrigger {
-    pub const ALL: [PassTrigger; 6] = [
+    pub const ALL: [PassTrigger; 7] = [
         PassTrigger::Startup,
         PassTrigger::LeaseChange,
         PassTrigger::KernelEvent,
+        PassTrigger::EntryRepair,
         PassTrigger::Timer,
         PassTrigger::GraceEnd,
         PassTrigger::SubnetChange,
@@ -50,9 +57,25 @@ impl PassTrigger {
             PassTrigger::Startup => "startup",
             PassTrigger::LeaseChange => "lease_change",
             PassTrigger::KernelEvent => "kernel_event",
+            PassTrigger::EntryRepair => "entry_repair",
             PassTrigger::Timer => "timer",
             PassTrigger::GraceEnd => "grace_end",
             PassTrigger::SubnetChange => "subnet_change",
+        }
+    }
+
+    /// Whether this trigger asks for a targeted pass (the others run a full one).
+    pub fn is_targeted(self) -> bool {
+        matches!(self, PassTrigger::LeaseChange | PassTrigger::EntryRepair)
+    }
+
+    /// Which of two waiting triggers the one pass runs as: a full pass covers a targeted
+    /// one, and a lease change's targeted pass also repairs reported entries.
+    fn rank(self) -> u8 {
+        match self {
+            PassTrigger::EntryRepair => 0,
+            PassTrigger::LeaseChange => 1,
+            _ => 2,
         }
     }
 }
@@ -62,8 +85,8 @@ impl PassTrigger {
 pub enum Trigger {
     /// A kernel notification (the node decides whether it concerns weft).
     Kernel(KernelEvent),
-    /// A pass scheduled by a lease change or a relevant kernel notification (a lease
-    /// change wins when both are waiting: it is the one that changes the desired state).
+    /// A pass scheduled by a lease change or a relevant kernel notification (when several
+    /// are waiting, one pass runs as the broadest: a full pass, else a lease change).
     Converge(PassTrigger),
     /// The datastore grace period is over: a pass that may remove entries again.
     Sweep,
@@ -133,7 +156,7 @@ impl Triggers {
     }
 
     fn note(&mut self, why: PassTrigger) {
-        if self.converge_at.is_none() || why == PassTrigger::LeaseChange {
+        if self.converge_at.is_none() || why.rank() > self.converge_why.rank() {
             self.converge_why = why;
         }
     }
@@ -209,14 +232,22 @@ mod tests {
             t.next().await,
             Some(Trigger::Reconcile | Trigger::Tick)
         ));
-        t.converge_soon(PassTrigger::KernelEvent);
+        t.converge_soon(PassTrigger::EntryRepair);
         t.converge_soon(PassTrigger::LeaseChange); // debounced: still one pass
-        t.converge_soon(PassTrigger::KernelEvent);
+        t.converge_soon(PassTrigger::EntryRepair);
         t.sweep_at(Some(Instant::now() + Duration::from_secs(2)));
-        // A lease change waiting with a kernel event is what the pass is counted as.
+        // A lease change's targeted pass also repairs the reported entries.
         assert_eq!(
             t.next().await,
             Some(Trigger::Converge(PassTrigger::LeaseChange))
+        );
+        // A full pass covers a lease change waiting with it.
+        t.converge_now(PassTrigger::LeaseChange);
+        t.converge_soon(PassTrigger::KernelEvent);
+        t.converge_soon(PassTrigger::LeaseChange);
+        assert_eq!(
+            t.next().await,
+            Some(Trigger::Converge(PassTrigger::KernelEvent))
         );
         assert_eq!(t.next().await, Some(Trigger::Sweep));
         // Then only the housekeeping tick remains.

@@ -1,13 +1,22 @@
 //! Netlink notifications about links, addresses, routes and neighbours, reduced to what
-//! the reconciler needs to decide whether to run: which object changed, and how.
+//! the reconciler needs to decide whether to run, and what to repair: which object
+//! changed, and how (a route's prefix, a neighbour's IP, an FDB entry's MAC, so a deleted
+//! entry can be repaired alone).
 
 use super::KernelError;
+use super::executor::neighbour_fields;
+use crate::mac::Mac;
 use futures::StreamExt;
 use rtnetlink::MulticastGroup;
 use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::NeighbourMessage;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tokio::sync::mpsc;
+use weft_subnet::family::Net;
 
 /// A kernel change, as far as reconciliation cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +33,17 @@ pub enum KernelEvent {
         oif: Option<u32>,
         protocol: u8,
         deleted: bool,
+        /// The prefix, for a unicast route of the main table (`None` for other tables
+        /// and types, whose changes concern no single entry weft programs).
+        destination: Option<Net>,
     },
+    /// A neighbour (ARP/ND) entry, or with `bridge` an FDB entry.
     Neighbour {
         ifindex: u32,
         deleted: bool,
+        bridge: bool,
+        ip: Option<IpAddr>,
+        mac: Option<Mac>,
     },
     /// Notifications were lost (socket overrun): everything must be re-read.
     Overrun,
@@ -72,13 +88,24 @@ fn convert(message: RouteNetlinkMessage) -> Option<KernelEvent> {
         }),
         deleted,
     };
-    let route = |m: &rtnetlink::packet_route::route::RouteMessage, deleted| KernelEvent::Route {
+    let route = |m: &RouteMessage, deleted| KernelEvent::Route {
         oif: m.attributes.iter().find_map(|a| match a {
-            rtnetlink::packet_route::route::RouteAttribute::Oif(i) => Some(*i),
+            RouteAttribute::Oif(i) => Some(*i),
             _ => None,
         }),
         protocol: u8::from(m.header.protocol),
         deleted,
+        destination: unicast_main_destination(m),
+    };
+    let neighbour = |m: &NeighbourMessage, deleted| {
+        let (ip, mac) = neighbour_fields(m);
+        KernelEvent::Neighbour {
+            ifindex: m.header.ifindex,
+            deleted,
+            bridge: m.header.family == AddressFamily::Bridge,
+            ip,
+            mac,
+        }
     };
     Some(match message {
         RouteNetlinkMessage::NewLink(m) => link(&m, false),
@@ -90,14 +117,28 @@ fn convert(message: RouteNetlinkMessage) -> Option<KernelEvent> {
         }
         RouteNetlinkMessage::NewRoute(m) => route(&m, false),
         RouteNetlinkMessage::DelRoute(m) => route(&m, true),
-        RouteNetlinkMessage::NewNeighbour(m) => KernelEvent::Neighbour {
-            ifindex: m.header.ifindex,
-            deleted: false,
-        },
-        RouteNetlinkMessage::DelNeighbour(m) => KernelEvent::Neighbour {
-            ifindex: m.header.ifindex,
-            deleted: true,
-        },
+        RouteNetlinkMessage::NewNeighbour(m) => neighbour(&m, false),
+        RouteNetlinkMessage::DelNeighbour(m) => neighbour(&m, true),
         _ => return None,
     })
+}
+
+/// The prefix of a unicast main-table route (a default route has no destination
+/// attribute: the family's zero prefix).
+fn unicast_main_destination(m: &RouteMessage) -> Option<Net> {
+    if super::route_table(m) != super::MAIN_TABLE || m.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let ip = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(d) => super::route_address(d),
+            _ => None,
+        })
+        .unwrap_or(match m.header.address_family {
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+    Some(Net::new_masked(ip, m.header.destination_prefix_length))
 }

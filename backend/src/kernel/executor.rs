@@ -38,7 +38,7 @@ const EADDRNOTAVAIL: i32 = 99;
 /// A netlink connection for observing and changing weft's kernel objects.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    handle: Handle,
+    pub(super) handle: Handle,
 }
 
 impl Kernel {
@@ -577,7 +577,7 @@ fn vxlan_attrs(infos: &[InfoVxlan]) -> VxlanAttrs {
 }
 
 /// A main-table route that matters to a pass.
-enum SeenRoute {
+pub(super) enum SeenRoute {
     Ours(ObservedRoute),
     Foreign(ForeignRoute),
     /// One of weft's blackhole routes.
@@ -587,7 +587,7 @@ enum SeenRoute {
 /// Sorts a dumped route: weft's own (marked with its protocol, or through its devices:
 /// those are the overlay's, e.g. adopted from flannel), a foreign route on a prefix
 /// weft wants, or irrelevant.
-fn classify_route(
+pub(super) fn classify_route(
     message: &RouteMessage,
     names: &HashMap<u32, String>,
     ours: &HashMap<u32, String>,
@@ -705,7 +705,7 @@ fn neighbour_ip(address: &NeighbourAddress) -> Option<IpAddr> {
 }
 
 /// (destination IP, link-layer address) of a neighbour or FDB message.
-fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
+pub(super) fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
     let mut ip = None;
     let mut lladdr = None;
     for attribute in &message.attributes {

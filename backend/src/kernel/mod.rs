@@ -3,6 +3,7 @@
 mod events;
 mod executor;
 mod host;
+mod lookup;
 
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use std::net::IpAddr;
@@ -10,6 +11,7 @@ use std::net::IpAddr;
 pub use events::{KernelEvent, subscribe};
 pub use executor::Kernel;
 pub use host::{HostAddress, HostLink, HostRoute, HostSnapshot, read_host, route_to};
+pub use lookup::RouteAt;
 
 /// A failed netlink operation.
 #[derive(Debug, thiserror::Error)]
