@@ -542,8 +542,9 @@ fn file_rss(pid: u32) -> String {
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            // File name and permissions (r-xp: code; r--p: read-only data, unwind tables).
             current = fields.get(5).filter(|p| p.starts_with('/')).map(|p| {
-                p.rsplit('/').next().unwrap_or(p).to_string()
+                format!("{} {}", p.rsplit('/').next().unwrap_or(p), fields[1])
             });
         } else if let (Some(file), ["Rss:", kb, ..]) = (&current, fields.as_slice()) {
             *by_file.entry(file.clone()).or_default() += kb.parse::<u64>().unwrap_or(0);
@@ -772,7 +773,8 @@ fn scale_one(peers: usize) {
     let own_ip = c.underlay.hosts[0].ip.clone();
     let mut pairs: Vec<(String, String)> = Vec::with_capacity(peers + 1);
     pairs.push((
-        "/coreos.com/network/subnets/10.0.0.0-24".to_string(),
+        // Inside SubnetMin..SubnetMax (10.0.0.0/24 is below flannel's SubnetMin).
+        "/coreos.com/network/subnets/10.250.250.0-24".to_string(),
         format!(
             r#"{{"PublicIP":"{own_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:58:ff:ff:00:01"}}}}"#
         ),
@@ -843,7 +845,7 @@ fn scale_one(peers: usize) {
     );
     println!("BENCH {label} after phase 1: {}", rss_line(pid));
     println!("BENCH {label} file-backed RSS by mapping: {}", file_rss(pid));
-    // WEFT_BENCH_PHASES=1: stop here (e.g. under a heap profiler).
+    // WEFT_BENCH_PHASES=1: stop here (e.g. under a heap profiler); =2: after the restart.
     if std::env::var("WEFT_BENCH_PHASES").is_ok_and(|p| p.trim() == "1") {
         return;
     }
@@ -869,6 +871,9 @@ fn scale_one(peers: usize) {
         (timer_rate - quiet_rate) * 10.0 / 1e6,
         rss_line(pid)
     );
+    if std::env::var("WEFT_BENCH_PHASES").is_ok_and(|p| p.trim() == "2") {
+        return;
+    }
     added_peer_events(&c, pid, &routes, peers, 200, &label);
     println!("BENCH {label} at the end: {}", rss_line(pid));
 }
