@@ -484,7 +484,11 @@ fn bench_sizes(default: &[usize]) -> Vec<usize> {
     match std::env::var("WEFT_BENCH_PEERS") {
         Ok(list) if !list.trim().is_empty() => list
             .split(',')
-            .map(|n| n.trim().parse().expect("WEFT_BENCH_PEERS: a comma list of numbers"))
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("WEFT_BENCH_PEERS: a comma list of numbers")
+            })
             .collect(),
         _ => default.to_vec(),
     }
@@ -541,11 +545,15 @@ fn file_rss(pid: u32) -> String {
     let mut current: Option<String> = None;
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
             // File name and permissions (r-xp: code; r--p: read-only data, unwind tables).
-            current = fields.get(5).filter(|p| p.starts_with('/')).map(|p| {
-                format!("{} {}", p.rsplit('/').next().unwrap_or(p), fields[1])
-            });
+            current = fields
+                .get(5)
+                .filter(|p| p.starts_with('/'))
+                .map(|p| format!("{} {}", p.rsplit('/').next().unwrap_or(p), fields[1]));
         } else if let (Some(file), ["Rss:", kb, ..]) = (&current, fields.as_slice()) {
             *by_file.entry(file.clone()).or_default() += kb.parse::<u64>().unwrap_or(0);
         }
@@ -638,7 +646,9 @@ fn peer_subnet(i: usize) -> (usize, usize) {
 
 /// Counts weft's routes on flannel.1 in `ns`.
 fn overlay_routes(ns: &support::netns::Netns) -> usize {
-    ns.ip(&["route", "show", "dev", "flannel.1"]).lines().count()
+    ns.ip(&["route", "show", "dev", "flannel.1"])
+        .lines()
+        .count()
 }
 
 /// An etcd client in the underlay namespace, driven from the test thread: `put(key,
@@ -762,7 +772,10 @@ fn scale_peers_from_scratch() {
 }
 
 fn scale_one(peers: usize) {
-    assert!(peers <= 37_000, "the layout holds 37,000 peers (public IPs 198.18.100-249.x)");
+    assert!(
+        peers <= 37_000,
+        "the layout holds 37,000 peers (public IPs 198.18.100-249.x)"
+    );
     let label = format!("scale {peers} peers:");
     let mut c = Cluster::new(1, true);
     c.etcd.etcdctl(&[
@@ -844,7 +857,10 @@ fn scale_one(peers: usize) {
         summary(&repairs)
     );
     println!("BENCH {label} after phase 1: {}", rss_line(pid));
-    println!("BENCH {label} file-backed RSS by mapping: {}", file_rss(pid));
+    println!(
+        "BENCH {label} file-backed RSS by mapping: {}",
+        file_rss(pid)
+    );
     // WEFT_BENCH_PHASES=1: stop here (e.g. under a heap profiler); =2: after the restart.
     if std::env::var("WEFT_BENCH_PHASES").is_ok_and(|p| p.trim() == "1") {
         return;
@@ -948,7 +964,11 @@ fn node_sizes() -> Vec<usize> {
     match std::env::var("WEFT_BENCH_NODES") {
         Ok(list) if !list.trim().is_empty() => list
             .split(',')
-            .map(|n| n.trim().parse().expect("WEFT_BENCH_NODES: a comma list of numbers"))
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("WEFT_BENCH_NODES: a comma list of numbers")
+            })
             .collect(),
         _ => vec![3, 500],
     }

@@ -15,7 +15,6 @@ use crate::desired::{
 use crate::diff::Op;
 use crate::mac::{self, Mac};
 use futures::TryStreamExt;
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -26,6 +25,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
 };
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -155,9 +155,7 @@ impl Kernel {
                         };
                         match classify_route(&message, &names, &ours, desired) {
                             Some(SeenRoute::Ours(route)) => observed.routes.push(route),
-                            Some(SeenRoute::Foreign(route)) => {
-                                observed.foreign_routes.push(route)
-                            }
+                            Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
                             Some(SeenRoute::Blackhole(net)) => observed.blackholes.push(net),
                             None => {}
                         }

@@ -866,7 +866,10 @@ mod tests {
 
     #[test]
     fn the_prefix_range_ends_after_the_last_key_with_the_prefix() {
-        assert_eq!(prefix_end(b"/coreos.com/network/subnets/"), b"/coreos.com/network/subnets0");
+        assert_eq!(
+            prefix_end(b"/coreos.com/network/subnets/"),
+            b"/coreos.com/network/subnets0"
+        );
         assert_eq!(prefix_end(b"a\xff\xff"), b"b");
         assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
