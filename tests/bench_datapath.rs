@@ -559,7 +559,7 @@ fn file_rss(pid: u32) -> String {
         }
     }
     let mut list: Vec<(String, u64)> = by_file.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    list.sort_by(|a, b| b.1.cmp(&a.1));
+    list.sort_by_key(|b| std::cmp::Reverse(b.1));
     list.iter()
         .map(|(f, kb)| format!("{f} {kb} kB"))
         .collect::<Vec<_>>()
