@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Datapath benchmarks (release build): convergence latency from an etcd lease write to
-# the route in another node's kernel, weftd at 5,000 peers, host-gw throughput against
-# hand-written routes, and the cost of one traffic-rules check. Needs root. Prints the
-# BENCH lines that docs/benchmarks.md reports. As another user it re-runs itself through sudo.
+# Datapath benchmarks: convergence latency from an etcd lease write to the route in
+# another node's kernel, weftd at 5,000 peers, host-gw throughput against hand-written
+# routes, the cost of one traffic-rules check, and (issue 15) footprint and scale: the
+# binary's size, RSS at 3 and 500 nodes in etcd and Kubernetes mode, and weftd against
+# 5,000 and 15,000 peers from scratch (ready, peak RSS, timer cost, repair, one added
+# peer's CPU and latency). Needs root. Prints the BENCH lines that docs/benchmarks.md
+# reports. As another user it re-runs itself through sudo.
+#
+# The weftd measured is the shipped build (`cargo build --profile dist`); the harness is
+# the release test build. Set WEFT_BENCH_WEFTD=/path/to/weftd to measure another build
+# with the same harness (before/after A/B), WEFT_BENCH_PEERS (e.g. "15000") and
+# WEFT_BENCH_NODES (e.g. "3,500") to change the sizes. Arguments, if any, are test names
+# of tests/bench_datapath.rs to run instead of all of them (e.g. `scripts/bench.sh
+# footprint_kube binary_size`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -13,5 +23,18 @@ trap return_target_dir EXIT
 command -v iperf3 >/dev/null || { apt-get update -qq && apt-get install -y -qq iperf3 >/dev/null; }
 as_builder cargo test --release --locked --workspace --no-run >/dev/null 2>&1 ||
     as_builder cargo test --release --locked --workspace --no-run
-cargo test --release --locked --test bench_datapath -- --ignored --nocapture --test-threads=1 2>&1 | grep -oE "BENCH.*|test result.*|panicked.*"
-cargo test --release --locked --test bench_rules -- --ignored --nocapture --test-threads=1 2>&1 | grep -oE "BENCH.*|test result.*|panicked.*"
+as_builder cargo build --profile dist --locked --bin weftd >/dev/null 2>&1 ||
+    as_builder cargo build --profile dist --locked --bin weftd
+export WEFT_BENCH_WEFTD=${WEFT_BENCH_WEFTD:-$TARGET_DIR/dist/weftd}
+echo "BENCH weftd under test: $WEFT_BENCH_WEFTD"
+bench() {
+    cargo test --release --locked --test "$1" -- --ignored --nocapture --test-threads=1 --exact "${@:2}" 2>&1 |
+        grep -oE "BENCH.*|test result.*|panicked.*"
+}
+if [ $# -gt 0 ]; then
+    bench bench_datapath "$@"
+    exit
+fi
+bench bench_datapath binary_size footprint_kube footprint_etcd convergence_latency_lease_to_route \
+    scale_5000_peers scale_peers_from_scratch hostgw_throughput_against_hand_written_routes
+bench bench_rules

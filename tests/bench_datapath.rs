@@ -471,3 +471,580 @@ fn hostgw_throughput_against_hand_written_routes() {
         ratios[1], ratios[0], ratios[2]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Scale and footprint (issue 15). Parametric in the peer count (WEFT_BENCH_PEERS, a comma
+// list), and build-independent: they read only weftd's "weftd is ready" log line, the
+// kernel (netlink notifications in the node's namespace) and /proc, so the same harness
+// measures another build through WEFT_BENCH_WEFTD (before/after A/B).
+// ---------------------------------------------------------------------------------------
+
+/// The peer counts to run, from WEFT_BENCH_PEERS (e.g. "5000,15000"), else `default`.
+fn bench_sizes(default: &[usize]) -> Vec<usize> {
+    match std::env::var("WEFT_BENCH_PEERS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("WEFT_BENCH_PEERS: a comma list of numbers")
+            })
+            .collect(),
+        _ => default.to_vec(),
+    }
+}
+
+/// The weftd binary under test (WEFT_BENCH_WEFTD, else this build's).
+fn weftd_binary() -> String {
+    std::env::var("WEFT_BENCH_WEFTD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string())
+}
+
+/// utime + stime of a process, in clock ticks (1/100 s), dead threads included.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// CPU time of a process's live threads in nanoseconds (/proc/<pid>/task/*/schedstat):
+/// far finer than the tick counters, for sub-millisecond costs.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// "VmRSS 12345 kB (RssAnon a, RssFile f), VmHWM h kB".
+fn rss_line(pid: u32) -> String {
+    format!(
+        "VmRSS {} kB (RssAnon {} kB, RssFile {} kB), VmHWM {} kB",
+        status_kb(pid, "VmRSS:"),
+        status_kb(pid, "RssAnon:"),
+        status_kb(pid, "RssFile:"),
+        status_kb(pid, "VmHWM:")
+    )
+}
+
+/// Resident file-backed memory by file (from /proc/<pid>/smaps), largest first.
+fn file_rss(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_file: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            // File name and permissions (r-xp: code; r--p: read-only data, unwind tables).
+            current = fields
+                .get(5)
+                .filter(|p| p.starts_with('/'))
+                .map(|p| format!("{} {}", p.rsplit('/').next().unwrap_or(p), fields[1]));
+        } else if let (Some(file), ["Rss:", kb, ..]) = (&current, fields.as_slice()) {
+            *by_file.entry(file.clone()).or_default() += kb.parse::<u64>().unwrap_or(0);
+        }
+    }
+    let mut list: Vec<(String, u64)> = by_file.into_iter().filter(|(_, kb)| *kb > 0).collect();
+    list.sort_by_key(|b| std::cmp::Reverse(b.1));
+    list.iter()
+        .map(|(f, kb)| format!("{f} {kb} kB"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RouteChange {
+    New,
+    Del,
+}
+
+/// IPv4 route notifications in `netns` (destination, new or deleted, arrival time) on a
+/// channel; the thread ends when the receiver is dropped and the next message arrives.
+fn watch_routes(netns: &str) -> mpsc::Receiver<(String, RouteChange, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    let netns = netns.to_string();
+    std::thread::spawn(move || {
+        block_on_in(&netns, move || async move {
+            use rtnetlink::packet_route::RouteNetlinkMessage as M;
+            use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+            let (conn, _, mut messages) =
+                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
+                    .unwrap();
+            tokio::spawn(conn);
+            while let Some((message, _)) = messages.next().await {
+                let now = Instant::now();
+                let rtnetlink::packet_core::NetlinkPayload::InnerMessage(inner) = message.payload
+                else {
+                    continue;
+                };
+                let (route, change) = match inner {
+                    M::NewRoute(r) => (r, RouteChange::New),
+                    M::DelRoute(r) => (r, RouteChange::Del),
+                    _ => continue,
+                };
+                let dst = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(ip.to_string()),
+                    _ => None,
+                });
+                if let Some(dst) = dst
+                    && tx.send((dst, change, now)).is_err()
+                {
+                    return;
+                }
+            }
+        })
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    rx
+}
+
+/// Waits (bounded) for a `change` notification about `dst`; its arrival time.
+fn wait_route(
+    rx: &mpsc::Receiver<(String, RouteChange, Instant)>,
+    dst: &str,
+    change: RouteChange,
+    limit: Duration,
+) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (seen, kind, at) = rx.recv_timeout(left).ok()?;
+        if seen == dst && kind == change {
+            return Some(at);
+        }
+    }
+}
+
+/// Drains pending notifications.
+fn drain<T>(rx: &mpsc::Receiver<T>) {
+    while rx.try_recv().is_ok() {}
+}
+
+/// The lease key of subnet `10.a.b.0/24`.
+fn lease_key(a: usize, b: usize) -> String {
+    format!("/coreos.com/network/subnets/10.{a}.{b}.0-24")
+}
+
+/// Peer `i`'s subnet in the 10.0.0.0/8 scale layout: 10.(1 + i/250).(i%250).0/24.
+fn peer_subnet(i: usize) -> (usize, usize) {
+    (1 + i / 250, i % 250)
+}
+
+/// Counts weft's routes on flannel.1 in `ns`.
+fn overlay_routes(ns: &support::netns::Netns) -> usize {
+    ns.ip(&["route", "show", "dev", "flannel.1"])
+        .lines()
+        .count()
+}
+
+/// An etcd client in the underlay namespace, driven from the test thread: `put(key,
+/// value)` returns the instant just before the write was sent.
+struct EtcdWriter {
+    tx: mpsc::Sender<(String, String, mpsc::Sender<Instant>)>,
+}
+
+impl EtcdWriter {
+    fn new(c: &Cluster) -> EtcdWriter {
+        let ns = c.underlay.ns.name.clone();
+        let endpoint = c.etcd.endpoint();
+        let (tx, rx) = mpsc::channel::<(String, String, mpsc::Sender<Instant>)>();
+        std::thread::spawn(move || {
+            block_on_in(&ns, move || async move {
+                let mut client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .unwrap();
+                while let Ok((key, value, done)) = rx.recv() {
+                    let before = Instant::now();
+                    client.put(key, value, None).await.unwrap();
+                    let _ = done.send(before);
+                }
+            })
+        });
+        EtcdWriter { tx }
+    }
+
+    fn put(&self, key: String, value: String) -> Instant {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.tx.send((key, value, done_tx)).unwrap();
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("etcd put")
+    }
+}
+
+fn summary(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {}",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99)),
+        ms(*sorted.last().unwrap()),
+        sorted.len()
+    )
+}
+
+/// One peer lease added at a time (`events` of them, 20 ms apart) to a running node:
+/// latency from the etcd write to the route's notification, and weftd's CPU per event
+/// (the tick counters over the whole run, and the live threads' ns counters around each
+/// event). Peers `first..first + events` of the 10.200+ range.
+fn added_peer_events(
+    c: &Cluster,
+    pid: u32,
+    routes: &mpsc::Receiver<(String, RouteChange, Instant)>,
+    first: usize,
+    events: usize,
+    label: &str,
+) {
+    let writer = EtcdWriter::new(c);
+    std::thread::sleep(Duration::from_millis(300));
+    drain(routes);
+    let mut latencies = Vec::with_capacity(events);
+    let mut per_event_us = Vec::with_capacity(events);
+    let ticks_before = cpu_ticks(pid);
+    let wall = Instant::now();
+    for j in 0..events {
+        let (a, b) = (200 + j / 250, j % 250);
+        let ns_before = cpu_ns(pid);
+        let written = writer.put(lease_key(a, b), lease_value(first + j));
+        let dst = format!("10.{a}.{b}.0");
+        let seen = wait_route(routes, &dst, RouteChange::New, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{label}: no route to {dst} within 30 s"));
+        latencies.push(seen.duration_since(written));
+        std::thread::sleep(Duration::from_millis(20));
+        per_event_us.push(cpu_ns(pid).saturating_sub(ns_before) as f64 / 1e3);
+    }
+    let wall = wall.elapsed();
+    let ticks = cpu_ticks(pid) - ticks_before;
+    latencies.sort();
+    per_event_us.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "BENCH {label} one peer added: latency etcd write -> route {}",
+        summary(&latencies)
+    );
+    println!(
+        "BENCH {label} one peer added: CPU per event {:.2} ms (utime+stime {} ticks over {} \
+         events, {:.1} s); per event (schedstat, 20 ms window): p50 {:.0} us, p99 {:.0} us",
+        ticks as f64 * 10.0 / events as f64,
+        ticks,
+        events,
+        wall.as_secs_f64(),
+        per_event_us[per_event_us.len() / 2],
+        per_event_us[((per_event_us.len() - 1) as f64 * 0.99).round() as usize]
+    );
+}
+
+/// CPU of `pid` over `window` of wall time: (ns from schedstat, ticks).
+fn idle_cpu(pid: u32, window: Duration) -> (u64, u64) {
+    let (ns, ticks) = (cpu_ns(pid), cpu_ticks(pid));
+    std::thread::sleep(window);
+    (cpu_ns(pid) - ns, cpu_ticks(pid) - ticks)
+}
+
+/// weftd against `peers` peer leases from scratch, for each size in WEFT_BENCH_PEERS
+/// (default 5,000 and 15,000): network 10.0.0.0/8 with /24 subnets, the node's own lease
+/// and the peers' written to etcd before weftd starts. Measures:
+/// - time to ready and to all routes, peak RSS (VmHWM);
+/// - at the default --reconcile-interval (10 s): weftd's CPU over 40 s of steady state
+///   (the timer's cost per second of wall time) and, against a second run with the
+///   timer out of the way (--reconcile-interval=3600), the CPU of one full pass;
+/// - a hand-deleted route (`ip route del`): time from its deletion notification to the
+///   route's return, 20 times;
+/// - 200 peers added one at a time: CPU per event and latency to the route (p50/p99).
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn scale_peers_from_scratch() {
+    for peers in bench_sizes(&[5000, 15000]) {
+        scale_one(peers);
+    }
+}
+
+fn scale_one(peers: usize) {
+    assert!(
+        peers <= 37_000,
+        "the layout holds 37,000 peers (public IPs 198.18.100-249.x)"
+    );
+    let label = format!("scale {peers} peers:");
+    let mut c = Cluster::new(1, true);
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+    ]);
+    let own_ip = c.underlay.hosts[0].ip.clone();
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(peers + 1);
+    pairs.push((
+        // Inside SubnetMin..SubnetMax (10.0.0.0/24 is below flannel's SubnetMin).
+        "/coreos.com/network/subnets/10.250.250.0-24".to_string(),
+        format!(
+            r#"{{"PublicIP":"{own_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:58:ff:ff:00:01"}}}}"#
+        ),
+    ));
+    pairs.extend((0..peers).map(|i| {
+        let (a, b) = peer_subnet(i);
+        (lease_key(a, b), lease_value(i))
+    }));
+    etcd_put_all(&c, pairs);
+    let node_ns = c.underlay.hosts[0].ns.name.clone();
+
+    // Phase 1: default timer.
+    let started = Instant::now();
+    let n = c.start_with_env(0, &[], &[("RUST_LOG", "info")]);
+    c.nodes[n].wait_log("weftd is ready", Duration::from_secs(300));
+    let ready = started.elapsed();
+    let pid = c.nodes[n].pid().unwrap();
+    let hwm_ready = status_kb(pid, "VmHWM:");
+    let ns = &c.underlay.hosts[0].ns;
+    let all_routes = support::wait_for_result("all routes", Duration::from_secs(300), || {
+        (overlay_routes(ns) >= peers).then(|| started.elapsed())
+    })
+    .expect("all peer routes within 300 s");
+    let subnet_env = c.nodes[n].wait_subnet_env(Duration::from_secs(10));
+    let own_subnet = subnet_env
+        .lines()
+        .find(|l| l.starts_with("FLANNEL_SUBNET="))
+        .unwrap_or("FLANNEL_SUBNET=?")
+        .to_string();
+    println!(
+        "BENCH {label} ready {:.2} s after start (all {peers} routes in the kernel after \
+         {:.2} s; {own_subnet}); VmHWM at ready {hwm_ready} kB",
+        ready.as_secs_f64(),
+        all_routes.as_secs_f64()
+    );
+    // Steady state at the default interval: 40 s, four timer passes.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(40);
+    let (timer_ns, timer_ticks) = idle_cpu(pid, window);
+    println!(
+        "BENCH {label} steady state, default --reconcile-interval (10 s): {:.2} ms CPU per \
+         second of wall time ({:.3} % of a core; {timer_ticks} ticks over {} s); {}",
+        timer_ns as f64 / 1e6 / window.as_secs_f64(),
+        timer_ns as f64 / 1e7 / window.as_secs_f64(),
+        window.as_secs(),
+        rss_line(pid)
+    );
+
+    // Hand-deleted routes: deletion notification to the route's return.
+    let routes = watch_routes(&node_ns);
+    let mut repairs = Vec::new();
+    for k in 0..20 {
+        let (a, b) = peer_subnet((k * 7919) % peers);
+        let dst = format!("10.{a}.{b}.0");
+        drain(&routes);
+        ns.ip(&["route", "del", &format!("{dst}/24"), "dev", "flannel.1"]);
+        let deleted = wait_route(&routes, &dst, RouteChange::Del, Duration::from_secs(5))
+            .expect("the deletion's notification");
+        let back = wait_route(&routes, &dst, RouteChange::New, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{label} route {dst} not repaired within 30 s"));
+        repairs.push(back.duration_since(deleted));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    repairs.sort();
+    println!(
+        "BENCH {label} hand-deleted route back: {}",
+        summary(&repairs)
+    );
+    println!("BENCH {label} after phase 1: {}", rss_line(pid));
+    println!(
+        "BENCH {label} file-backed RSS by mapping: {}",
+        file_rss(pid)
+    );
+    // WEFT_BENCH_PHASES=1: stop here (e.g. under a heap profiler); =2: after the restart.
+    if std::env::var("WEFT_BENCH_PHASES").is_ok_and(|p| p.trim() == "1") {
+        return;
+    }
+
+    // Phase 2: the timer out of the way, same kernel state.
+    assert!(c.nodes[n].terminate().success());
+    c.nodes.clear();
+    let restarted = Instant::now();
+    let n = c.start_with_env(0, &["--reconcile-interval=3600"], &[("RUST_LOG", "info")]);
+    c.nodes[n].wait_log("weftd is ready", Duration::from_secs(300));
+    let restart = restarted.elapsed();
+    let pid = c.nodes[n].pid().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (quiet_ns, _) = idle_cpu(pid, Duration::from_secs(20));
+    let quiet_rate = quiet_ns as f64 / 20.0;
+    let timer_rate = timer_ns as f64 / window.as_secs_f64();
+    println!(
+        "BENCH {label} restart on a programmed kernel: ready {:.2} s; without the timer \
+         {:.3} ms CPU per second; so one full steady-state pass ~ {:.1} ms CPU \
+         ((timer rate - quiet rate) x 10 s); {}",
+        restart.as_secs_f64(),
+        quiet_rate / 1e6,
+        (timer_rate - quiet_rate) * 10.0 / 1e6,
+        rss_line(pid)
+    );
+    if std::env::var("WEFT_BENCH_PHASES").is_ok_and(|p| p.trim() == "2") {
+        return;
+    }
+    added_peer_events(&c, pid, &routes, peers, 200, &label);
+    println!("BENCH {label} at the end: {}", rss_line(pid));
+}
+
+/// The release binary's size, as built and stripped (`strip` on a copy).
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn binary_size() {
+    let binary = weftd_binary();
+    let built = std::fs::metadata(&binary).unwrap().len();
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(&binary, copy.path()).unwrap();
+    let status = std::process::Command::new("strip")
+        .arg(copy.path())
+        .status()
+        .expect("strip (binutils)");
+    assert!(status.success());
+    let stripped = std::fs::metadata(copy.path()).unwrap().len();
+    println!(
+        "BENCH binary {binary}: {:.2} MiB as built ({built} bytes), {:.2} MiB stripped ({stripped} bytes)",
+        built as f64 / 1048576.0,
+        stripped as f64 / 1048576.0
+    );
+}
+
+/// weftd's RSS in etcd mode in a cluster of N nodes (N - 1 peer leases; WEFT_BENCH_NODES,
+/// default 3 and 500), 5 s after ready; then 100 peers added one at a time (latency).
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn footprint_etcd() {
+    for nodes in node_sizes() {
+        let mut c = Cluster::new(1, true);
+        c.etcd.etcdctl(&[
+            "put",
+            CONFIG_KEY,
+            r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+        ]);
+        let pairs = (0..nodes - 1)
+            .map(|i| {
+                let (a, b) = peer_subnet(i);
+                (lease_key(a, b), lease_value(i))
+            })
+            .collect();
+        etcd_put_all(&c, pairs);
+        let n = c.start_with_env(0, &[], &[("RUST_LOG", "info")]);
+        c.nodes[n].wait_log("weftd is ready", Duration::from_secs(120));
+        let ns = &c.underlay.hosts[0].ns;
+        support::wait_for("all routes", Duration::from_secs(120), || {
+            (overlay_routes(ns) >= nodes - 1).then_some(())
+        });
+        let pid = c.nodes[n].pid().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        println!(
+            "BENCH footprint etcd mode, {nodes} nodes: {}; mapped: {}",
+            rss_line(pid),
+            file_rss(pid)
+        );
+        let routes = watch_routes(&ns.name);
+        added_peer_events(
+            &c,
+            pid,
+            &routes,
+            nodes,
+            100,
+            &format!("footprint etcd mode, {nodes} nodes:"),
+        );
+    }
+}
+
+/// WEFT_BENCH_NODES (a comma list), default 3 and 500.
+fn node_sizes() -> Vec<usize> {
+    match std::env::var("WEFT_BENCH_NODES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("WEFT_BENCH_NODES: a comma list of numbers")
+            })
+            .collect(),
+        _ => vec![3, 500],
+    }
+}
+
+/// A peer Node as weft (or flannel) publishes it: podCIDR, InternalIP, annotations.
+fn kube_peer(name: &str, i: usize) -> serde_json::Value {
+    use support::kube_cluster::PREFIX;
+    let (a, b) = peer_subnet(i);
+    assert!(i / 250 < 250, "the layout holds 62,500 peers");
+    let ip = format!("198.19.{}.{}", i / 250, 1 + i % 250);
+    let mut node = support::kube_api::node_json(name, &[&format!("10.{a}.{b}.0/24")], &ip);
+    node["metadata"]["annotations"] = serde_json::json!({
+        format!("{PREFIX}kube-subnet-manager"): "true",
+        format!("{PREFIX}backend-type"): "vxlan",
+        format!("{PREFIX}backend-data"):
+            format!(r#"{{"VNI":1,"VtepMAC":"0a:58:{:02x}:{:02x}:00:01"}}"#, i / 256, i % 256),
+        format!("{PREFIX}public-ip"): ip,
+    });
+    node
+}
+
+/// weftd's RSS in Kubernetes mode (the fake API server) in a cluster of N nodes
+/// (WEFT_BENCH_NODES, default 3 and 500), 5 s after ready; then 100 Nodes added one at
+/// a time: latency from the API server's create to the route in the kernel.
+#[test]
+#[ignore = "benchmark: run with scripts/bench.sh"]
+fn footprint_kube() {
+    use support::kube_cluster::KubeCluster;
+    for nodes in node_sizes() {
+        let mut c = KubeCluster::new(1);
+        std::fs::write(
+            c.dir.path().join("net-conf.json"),
+            r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        c.register(0, &["10.0.0.0/24"]);
+        for i in 0..nodes - 1 {
+            c.api.create_node(kube_peer(&format!("peer-{i}"), i));
+        }
+        let n = c.start(0, &[("RUST_LOG", "info")]);
+        c.nodes[n].wait_log("weftd is ready", Duration::from_secs(120));
+        let ns = &c.underlay.hosts[0].ns;
+        support::wait_for("all routes", Duration::from_secs(120), || {
+            (overlay_routes(ns) >= nodes - 1).then_some(())
+        });
+        let pid = c.nodes[n].pid().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        println!(
+            "BENCH footprint kube mode, {nodes} nodes: {}; mapped: {}",
+            rss_line(pid),
+            file_rss(pid)
+        );
+        let routes = watch_routes(&ns.name);
+        std::thread::sleep(Duration::from_millis(300));
+        drain(&routes);
+        let mut latencies = Vec::new();
+        let ticks_before = cpu_ticks(pid);
+        for j in 0..100 {
+            let i = 40_000 + j;
+            let (a, b) = peer_subnet(i);
+            let dst = format!("10.{a}.{b}.0");
+            let created = Instant::now();
+            c.api.create_node(kube_peer(&format!("new-{j}"), i));
+            let seen = wait_route(&routes, &dst, RouteChange::New, Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("no route to {dst} within 30 s"));
+            latencies.push(seen.duration_since(created));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        latencies.sort();
+        println!(
+            "BENCH footprint kube mode, {nodes} nodes: new Node -> route {}; CPU {:.2} ms per \
+             event (ticks); after: {}",
+            summary(&latencies),
+            (cpu_ticks(pid) - ticks_before) as f64 * 10.0 / 100.0,
+            rss_line(pid)
+        );
+    }
+}

@@ -152,7 +152,7 @@ fn containerfile_instructions() -> Vec<String> {
 
 /// What the image holds, from the Containerfile: each file the final stage copies from
 /// the build stage (image path), with the cargo binary it is built from, checked against
-/// the build stage's `cargo build --bin NAME` and `cp .../release/NAME`.
+/// the build stage's `cargo build --bin NAME` and `cp .../release/NAME` (or `.../dist/NAME`).
 fn image_binaries() -> BTreeMap<String, String> {
     let instructions = containerfile_instructions();
     let stages: Vec<usize> = instructions
@@ -178,16 +178,22 @@ fn image_binaries() -> BTreeMap<String, String> {
         let name = source
             .strip_prefix("/out/")
             .unwrap_or_else(|| panic!("{copy}: not from /out"));
+        // Built in the release profile or the shipped one (`dist`, see Cargo.toml).
         let built = build
             .iter()
             .find(|i| {
-                i.replace('"', "")
-                    .contains(&format!("release/{name} /out/{name}"))
+                let i = i.replace('"', "");
+                i.contains(&format!("release/{name} /out/{name}"))
+                    || i.contains(&format!("dist/{name} /out/{name}"))
             })
             .unwrap_or_else(|| panic!("the build stage never puts {name} in /out"));
+        let profile = if built.contains(&format!("dist/{name} /out/{name}")) {
+            "cargo build --profile dist --locked"
+        } else {
+            "cargo build --release --locked"
+        };
         assert!(
-            built.contains("cargo build --release --locked")
-                && built.contains(&format!("--bin {name} ")),
+            built.contains(profile) && built.contains(&format!("--bin {name} ")),
             "{name} is not built as cargo binary {name}: {built}"
         );
         binaries.insert(target.to_string(), name.to_string());

@@ -5,6 +5,7 @@
 //! the device is absent, and a device that appeared meanwhile fails it with EEXIST,
 //! which the next pass, seeing the device, resolves.
 
+use super::dump::Dumper;
 use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
@@ -14,7 +15,6 @@ use crate::desired::{
 use crate::diff::Op;
 use crate::mac::{self, Mac};
 use futures::TryStreamExt;
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -25,9 +25,11 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
 };
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use weft_subnet::family::Net;
 
 const ENOENT: i32 = 2;
@@ -39,6 +41,8 @@ const EADDRNOTAVAIL: i32 = 99;
 #[derive(Debug, Clone)]
 pub struct Kernel {
     pub(super) handle: Handle,
+    /// The full pass's route, neighbour and FDB dumps, streamed (see `dump`).
+    dumper: Arc<tokio::sync::Mutex<Dumper>>,
 }
 
 impl Kernel {
@@ -46,6 +50,7 @@ impl Kernel {
     pub fn connect() -> Result<Kernel, KernelError> {
         Ok(Kernel {
             handle: super::connect()?,
+            dumper: Arc::new(tokio::sync::Mutex::new(Dumper::new()?)),
         })
     }
 
@@ -129,47 +134,73 @@ impl Kernel {
                 }
             }
         }
-        for request in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            // Streamed, not collected: at thousands of peers a dump is large.
-            let mut stream = self.handle.route().get(request).execute();
-            while let Some(message) = stream.try_next().await.map_err(netlink("dump routes"))? {
-                match classify_route(&message, &names, &ours, desired) {
-                    Some(SeenRoute::Ours(route)) => observed.routes.push(route),
-                    Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
-                    Some(SeenRoute::Blackhole(net)) => observed.blackholes.push(net),
-                    None => {}
-                }
-            }
+        // Sized once for what the pass expects: no doubling (and no old and new buffer at
+        // once) while 15,000 peers' entries stream in.
+        observed.routes.reserve(desired.routes.len());
+        observed.neighbours.reserve(desired.neighbours.len());
+        observed.fdb.reserve(desired.fdb.len());
+        let mut dumper = self.dumper.lock().await;
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // The main table only (filtered by the kernel under strict checking).
+            let mut request = RouteMessage::default();
+            request.header.address_family = family;
+            request.header.table = MAIN_TABLE as u8;
+            dumper
+                .dump(
+                    RouteNetlinkMessage::GetRoute(request),
+                    "dump routes",
+                    |message| {
+                        let RouteNetlinkMessage::NewRoute(message) = message else {
+                            return;
+                        };
+                        match classify_route(&message, &names, &ours, desired) {
+                            Some(SeenRoute::Ours(route)) => observed.routes.push(route),
+                            Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
+                            Some(SeenRoute::Blackhole(net)) => observed.blackholes.push(net),
+                            None => {}
+                        }
+                    },
+                )
+                .await?;
         }
-        if !ours.is_empty() {
+        // Neighbours and FDB entries of weft's devices only: one dump per device and kind,
+        // filtered by the kernel (NDA_IFINDEX; for FDB the bridge-port index in the header).
+        let mut devices: Vec<(&u32, &String)> = ours.iter().collect();
+        devices.sort();
+        for (&index, device) in devices {
             for family in [AddressFamily::Unspec, AddressFamily::Bridge] {
-                let mut request = self.handle.neighbours().get();
+                let mut request = NeighbourMessage::default();
+                request.header.family = family;
                 if family == AddressFamily::Bridge {
-                    request = request.set_address_family(family);
-                    request.message_mut().header.family = family;
+                    request.header.ifindex = index;
+                } else {
+                    request.attributes.push(NeighbourAttribute::IfIndex(index));
                 }
-                let mut stream = request.execute();
-                while let Some(message) = stream
-                    .try_next()
-                    .await
-                    .map_err(netlink("dump neighbours"))?
-                {
-                    let Some(device) = ours.get(&message.header.ifindex) else {
-                        continue;
-                    };
-                    if family == AddressFamily::Bridge {
-                        observed.fdb.extend(observed_fdb(&message, device));
-                    } else {
-                        observed
-                            .neighbours
-                            .extend(observed_neighbour(&message, device));
-                    }
-                }
+                let op = if family == AddressFamily::Bridge {
+                    "dump fdb"
+                } else {
+                    "dump neighbours"
+                };
+                dumper
+                    .dump(RouteNetlinkMessage::GetNeighbour(request), op, |message| {
+                        let RouteNetlinkMessage::NewNeighbour(message) = message else {
+                            return;
+                        };
+                        if message.header.ifindex != index {
+                            return;
+                        }
+                        if family == AddressFamily::Bridge {
+                            observed.fdb.extend(observed_fdb(&message, device));
+                        } else {
+                            observed
+                                .neighbours
+                                .extend(observed_neighbour(&message, device));
+                        }
+                    })
+                    .await?;
             }
         }
+        drop(dumper);
         Ok(observed)
     }
 

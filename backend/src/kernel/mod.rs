@@ -1,5 +1,6 @@
 //! The kernel boundary: the only code in weft that talks netlink.
 
+mod dump;
 mod events;
 mod executor;
 mod host;

@@ -133,6 +133,23 @@ pub enum RenewOutcome {
     },
 }
 
+/// Leases per page when listing (see `list_leases_at`).
+const LIST_PAGE: i64 = 1000;
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's
+/// `--prefix`: the prefix with its last byte below 0xff incremented).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
 /// Where the store was when a response was sent: enough to notice that etcd went back
 /// in time. In one store's history the revision and the raft term never decrease and
 /// the cluster ID never changes.
@@ -312,21 +329,51 @@ impl EtcdSubnetManager {
     }
 
     /// Lists all well-formed leases and where the store was for the listing.
+    ///
+    /// In pages of [`LIST_PAGE`] keys, all read at the first page's revision (one
+    /// consistent snapshot): only one page's response is decoded at a time (at 15,000
+    /// leases one response was ~3 MiB of protobuf plus its decoded copy, next to the
+    /// leases), and no response nears gRPC's 4 MiB message limit at any cluster size.
     async fn list_leases_at(&self) -> Result<(Vec<Lease>, Option<StorePosition>), EtcdError> {
-        let response = self
-            .call(
-                "list leases",
-                self.client
-                    .clone()
-                    .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let position = StorePosition::from_header(response.header());
-        let leases = response
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.lease_from_kv(kv))
-            .collect();
+        let prefix = self.subnets_prefix().into_bytes();
+        let end = prefix_end(&prefix);
+        let mut from = prefix;
+        let mut leases = Vec::new();
+        let mut position: Option<StorePosition> = None;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if let Some(at) = &position {
+                options = options.with_revision(at.revision);
+            }
+            let response = self
+                .call(
+                    "list leases",
+                    self.client.clone().get(from.clone(), Some(options)),
+                )
+                .await?;
+            if position.is_none() {
+                position = StorePosition::from_header(response.header());
+            }
+            leases.extend(
+                response
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| self.lease_from_kv(kv)),
+            );
+            let next = response.kvs().last().map(|kv| {
+                let mut key = kv.key().to_vec();
+                // The smallest key after the last one.
+                key.push(0);
+                key
+            });
+            match next {
+                // Without a revision in the header the pages could not be one snapshot.
+                Some(key) if response.more() && position.is_some() => from = key,
+                _ => break,
+            }
+        }
         Ok((leases, position))
     }
 
@@ -815,7 +862,17 @@ fn tls_options(files: &TlsFiles) -> Result<Option<TlsOptions>, EtcdError> {
 
 #[cfg(test)]
 mod tests {
-    use super::StorePosition;
+    use super::{StorePosition, prefix_end};
+
+    #[test]
+    fn the_prefix_range_ends_after_the_last_key_with_the_prefix() {
+        assert_eq!(
+            prefix_end(b"/coreos.com/network/subnets/"),
+            b"/coreos.com/network/subnets0"
+        );
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
 
     fn at(cluster_id: u64, revision: i64, raft_term: u64) -> StorePosition {
         StorePosition {
