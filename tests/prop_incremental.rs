@@ -448,6 +448,25 @@ fn planning_cost_at_15000_peers() {
         set_peers,
         planned.ops.len()
     );
+    // The first admission after the startup pass re-judges every peer (all were
+    // newcomers then); from the next one on, a change costs what it touches.
+    peers.push(lease_at(15_001));
+    let started = Instant::now();
+    dp.set_peers(peers.iter());
+    let set_peers = started.elapsed();
+    let step = dp.plan_changes();
+    let found = step
+        .lookups
+        .iter()
+        .map(|r| route_at(&kernel, r.destination))
+        .collect();
+    let planned = dp.finish_step(step, found).expect("targeted");
+    eprintln!(
+        "targeted planning of the next new peer: {:?} (set_peers {:?}), {} ops",
+        started.elapsed(),
+        set_peers,
+        planned.ops.len()
+    );
 }
 
 #[test]

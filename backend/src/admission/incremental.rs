@@ -111,8 +111,9 @@ impl Index {
 impl Admission {
     /// Re-judges after the leases under `changed` were added, changed or removed in
     /// `peers` (the whole set now); returns the keys re-judged, removed ones included
-    /// (see [`Admission::rejection`]). Without a full admission before, or when this
-    /// node's identity changed, it runs a full admission and returns every key.
+    /// (see [`Admission::rejection`]). Without a full admission before, when this
+    /// node's identity changed, or when most peers are to be re-judged, it runs a full
+    /// admission and returns every key.
     pub fn admit_changes(
         &mut self,
         identity: &Identity,
@@ -121,10 +122,13 @@ impl Admission {
         macs_of: MacsOf<'_>,
     ) -> Vec<SubnetKey> {
         let changed: Vec<SubnetKey> = changed.into_iter().collect();
+        // After a pass that accepted most peers anew (the first one), their places all
+        // move: judging everything at once is cheaper than finding the groups.
+        let most = changed.len() + self.flipped.len() > peers.len() / 2;
         let Some(mut index) = self
             .index
             .take()
-            .filter(|index| index.identity == *identity)
+            .filter(|index| index.identity == *identity && !most)
         else {
             self.admit(identity, peers.values(), macs_of);
             return peers.keys().chain(&changed).copied().collect();
