@@ -21,6 +21,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use weft_subnet::family::Net;
 use weft_subnet::{Lease, SubnetKey};
 
+/// Up to this many peers to re-judge, finding their groups costs microseconds whatever
+/// the share of all peers.
+const FEW: usize = 64;
+
 /// What a peer can contend for with another peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Claim {
@@ -124,7 +128,8 @@ impl Admission {
         let changed: Vec<SubnetKey> = changed.into_iter().collect();
         // After a pass that accepted most peers anew (the first one), their places all
         // move: judging everything at once is cheaper than finding the groups.
-        let most = changed.len() + self.flipped.len() > peers.len() / 2;
+        let moved = changed.len() + self.flipped.len();
+        let most = moved > FEW && moved > peers.len() / 2;
         let Some(mut index) = self
             .index
             .take()
