@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
-use weft_backend::admission::{Admission, Identity, RejectKind, Rejection};
+use weft_backend::admission::{Admission, Identity, RejectKind};
 use weft_backend::backend::{Backend, SkipKind};
 use weft_backend::diff;
 use weft_backend::kernel::{Kernel, KernelError, KernelEvent};
@@ -210,12 +210,11 @@ impl Datapath {
         }
     }
 
-    /// The peers the backend may program (their keys, in subnet order), with every
+    /// The peers the backend may program (their keys, in admission order), with every
     /// rejection logged once.
     fn admitted_peers(&mut self) -> Vec<SubnetKey> {
         let (Some(own), true) = (self.own, self.backend.programs_peers()) else {
             self.last_rejected.clear();
-            self.admission.forget();
             return self.peers.keys().copied().collect();
         };
         let identity = self.identity(own);
@@ -227,53 +226,23 @@ impl Datapath {
         let admitted: Vec<SubnetKey> = admitted.into_iter().map(|l| l.key).collect();
         self.last_rejected.clear();
         for rejection in rejected {
-            self.note_rejection(rejection);
-        }
-        admitted
-    }
-
-    /// Re-judges only the peers whose verdict the changed leases can affect (see
-    /// [`Admission::admit_changes`]: the verdicts equal a full admission's), with every
-    /// new rejection logged once.
-    fn admit_changed(&mut self, changed: impl IntoIterator<Item = SubnetKey>) {
-        let (Some(own), true) = (self.own, self.backend.programs_peers()) else {
-            self.last_rejected.clear();
-            self.admission.forget();
-            return;
-        };
-        let identity = self.identity(own);
-        let backend = &self.backend;
-        let macs_of = |lease: &Lease| backend.peer_macs(lease);
-        let rejudged = self
-            .admission
-            .admit_changes(&identity, &self.peers, changed, &macs_of);
-        for key in rejudged {
-            match self.admission.rejection(&key).cloned() {
-                Some(rejection) => self.note_rejection(rejection),
-                None => {
-                    self.last_rejected.remove(&key);
-                }
+            self.last_rejected
+                .insert(rejection.key, (rejection.kind, rejection.reason.clone()));
+            if self
+                .reported
+                .insert((rejection.key, rejection.reason.clone()))
+            {
+                *self.rejections.entry(rejection.kind).or_default() += 1;
+                self.new_rejections.push(rejection.kind);
+                warn!(
+                    subnet = %rejection.key,
+                    rule = rejection.kind.label(),
+                    "rejecting peer lease: {}",
+                    rejection.reason
+                );
             }
         }
-    }
-
-    /// Keeps a rejection for the state view and the metrics; logs it if it is new.
-    fn note_rejection(&mut self, rejection: Rejection) {
-        self.last_rejected
-            .insert(rejection.key, (rejection.kind, rejection.reason.clone()));
-        if self
-            .reported
-            .insert((rejection.key, rejection.reason.clone()))
-        {
-            *self.rejections.entry(rejection.kind).or_default() += 1;
-            self.new_rejections.push(rejection.kind);
-            warn!(
-                subnet = %rejection.key,
-                rule = rejection.kind.label(),
-                "rejecting peer lease: {}",
-                rejection.reason
-            );
-        }
+        admitted
     }
 
     /// Replaces the peer set (the full set of remote leases). Only leases that differ

@@ -17,8 +17,6 @@
 //! place, then newcomers in datastore order (revision, then key). A rejected peer never
 //! blocks the others; the caller logs each rejection once.
 
-mod incremental;
-
 use crate::mac::{self, Mac};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -95,18 +93,10 @@ pub struct Rejection {
 /// The VTEP MACs a peer publishes, by family (as the backend reads its BackendData).
 pub type MacsOf<'f> = &'f dyn Fn(&Lease) -> Vec<(Family, Mac)>;
 
-/// Remembers which peers were accepted, so earlier peers keep what they claimed, and
-/// (after a full admission) what a later pass needs to re-judge only what changed (see
-/// [`incremental`]).
+/// Remembers which peers were accepted, so earlier peers keep what they claimed.
 #[derive(Debug, Default)]
 pub struct Admission {
-    /// The peers accepted by the last pass: they come first in the next one.
     accepted: HashSet<SubnetKey>,
-    /// The peers whose acceptance changed in the last pass: their place in the order of
-    /// the next pass moves, so the next pass re-judges them.
-    flipped: HashSet<SubnetKey>,
-    /// Who claims what, and the last verdicts; `None` until a full admission.
-    index: Option<incremental::Index>,
 }
 
 /// What one peer claims once accepted.
@@ -114,9 +104,6 @@ struct Claims {
     subnets: HashMap<Net, SubnetKey>,
     macs: HashMap<Mac, (SubnetKey, Vec<IpAddr>)>,
 }
-
-/// A peer to judge, with the VTEP MACs it publishes.
-type Candidate<'a> = (&'a Lease, Vec<(Family, Mac)>);
 
 impl Admission {
     /// Splits `peers` into the admitted ones and the rejections (see the module docs).
@@ -126,14 +113,29 @@ impl Admission {
         peers: impl IntoIterator<Item = &'a Lease>,
         macs_of: MacsOf<'_>,
     ) -> (Vec<&'a Lease>, Vec<Rejection>) {
-        let mut ordered: Vec<Candidate<'a>> = peers.into_iter().map(|l| (l, macs_of(l))).collect();
-        ordered.sort_by_key(|(l, _)| self.place(l));
-        let verdicts = judge(identity, &ordered);
+        let mut ordered: Vec<&Lease> = peers.into_iter().collect();
+        ordered.sort_by_key(|l| (!self.accepted.contains(&l.key), l.revision, l.key));
+        let mut claims = Claims {
+            subnets: HashMap::with_capacity(ordered.len() * 2),
+            macs: HashMap::with_capacity(ordered.len()),
+        };
         let mut admitted = Vec::with_capacity(ordered.len());
         let mut rejected = Vec::new();
-        for ((lease, _), verdict) in ordered.iter().zip(verdicts) {
-            match verdict {
-                Ok(()) => admitted.push(*lease),
+        for lease in ordered {
+            match check(identity, lease, macs_of(lease), &claims) {
+                Ok(macs) => {
+                    let ips = public_ips(identity, lease);
+                    for net in [lease.key.ipv4, lease.key.ipv6].into_iter().flatten() {
+                        claims.subnets.insert(net, lease.key);
+                    }
+                    for mac in macs {
+                        claims
+                            .macs
+                            .entry(mac)
+                            .or_insert_with(|| (lease.key, ips.clone()));
+                    }
+                    admitted.push(lease);
+                }
                 Err((kind, reason)) => rejected.push(Rejection {
                     key: lease.key,
                     kind,
@@ -141,52 +143,10 @@ impl Admission {
                 }),
             }
         }
-        let accepted: HashSet<SubnetKey> = admitted.iter().map(|l| l.key).collect();
-        self.flipped = accepted
-            .symmetric_difference(&self.accepted)
-            .copied()
-            .collect();
-        self.accepted = accepted;
-        self.index = Some(incremental::Index::build(identity, &ordered, &rejected));
+        self.accepted = admitted.iter().map(|l| l.key).collect();
         admitted.sort_by_key(|l| l.key);
         (admitted, rejected)
     }
-
-    /// A peer's place in the order of this pass: first the peers accepted by the last
-    /// pass, then newcomers; each group by revision, then key.
-    fn place(&self, lease: &Lease) -> (bool, i64, SubnetKey) {
-        (
-            !self.accepted.contains(&lease.key),
-            lease.revision,
-            lease.key,
-        )
-    }
-}
-
-/// Judges peers in admission order: each against this node and the claims of the peers
-/// accepted before it. One verdict per candidate, in the same order.
-fn judge(identity: &Identity, ordered: &[Candidate<'_>]) -> Vec<Verdict<()>> {
-    let mut claims = Claims {
-        subnets: HashMap::with_capacity(ordered.len() * 2),
-        macs: HashMap::with_capacity(ordered.len()),
-    };
-    let mut verdicts = Vec::with_capacity(ordered.len());
-    for (lease, macs) in ordered {
-        let verdict = check(identity, lease, macs, &claims).map(|macs| {
-            let ips = public_ips(identity, lease);
-            for net in [lease.key.ipv4, lease.key.ipv6].into_iter().flatten() {
-                claims.subnets.insert(net, lease.key);
-            }
-            for mac in macs {
-                claims
-                    .macs
-                    .entry(mac)
-                    .or_insert_with(|| (lease.key, ips.clone()));
-            }
-        });
-        verdicts.push(verdict);
-    }
-    verdicts
 }
 
 /// The public IPs of `lease` for the families this node uses.
@@ -206,7 +166,7 @@ type Verdict<T> = Result<T, (RejectKind, String)>;
 fn check(
     identity: &Identity,
     lease: &Lease,
-    macs: &[(Family, Mac)],
+    macs: Vec<(Family, Mac)>,
     claims: &Claims,
 ) -> Verdict<Vec<Mac>> {
     let families = [
@@ -224,7 +184,7 @@ fn check(
         check_public_ip(identity, *ip)?;
     }
     let mut checked = Vec::with_capacity(macs.len());
-    for &(family, mac) in macs {
+    for (family, mac) in macs {
         let used = match family {
             Family::V4 => identity.own.ipv4.is_some() && lease.key.ipv4.is_some(),
             Family::V6 => identity.own.ipv6.is_some() && lease.key.ipv6.is_some(),

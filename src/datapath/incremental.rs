@@ -8,11 +8,9 @@
 //! - a peer's entries depend only on its own lease and this node (the backend is a
 //!   function of each peer); the only coupling between peers is admission (first come
 //!   keeps a subnet or a VTEP MAC) and FDB entries two peers share (one node's MAC at
-//!   one address). Admission re-judges the peers the changes can affect (pure, in
-//!   memory; its verdicts equal a full admission's, see `weft_backend::admission`), and
-//!   every peer whose verdict may have changed (changed, or rejected before or now) is
-//!   re-planned; an FDB entry is removed only if no other admitted peer at its address
-//!   wants it;
+//!   one address). Admission is run in full (pure, in memory), and every peer whose
+//!   verdict may have changed (changed, or rejected before or now) is re-planned; an FDB
+//!   entry is removed only if no other admitted peer at its address wants it;
 //! - an entry is installed when the model does not hold it with the wanted value, and
 //!   removed only when the model holds exactly what the peer wanted before: anything
 //!   else (a value the model cannot explain, a prefix whose route the kernel cannot name
@@ -129,9 +127,8 @@ impl Datapath {
         self.needs_full || !self.tracker.has_run()
     }
 
-    /// Plans the changed peers (pure): admission of the peers the changes can affect,
-    /// then the entries of every peer whose lease or verdict may have changed, before
-    /// and now.
+    /// Plans the changed peers (pure): admission in full, then the entries of every peer
+    /// whose lease or verdict may have changed, before and now.
     pub fn plan_changes(&mut self) -> Step {
         let mut step = Step {
             needs_full: self.needs_full(),
@@ -143,7 +140,7 @@ impl Datapath {
         let changed = std::mem::take(&mut self.changed);
         let rejected_before: BTreeSet<SubnetKey> = self.last_rejected.keys().copied().collect();
         if !changed.is_empty() {
-            self.admit_changed(changed.keys().copied());
+            self.admitted_peers();
         }
         let replan: BTreeSet<SubnetKey> = changed
             .keys()
