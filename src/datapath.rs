@@ -419,15 +419,7 @@ impl Datapath {
                 .extend([own.ipv4, own.ipv6].into_iter().flatten());
         }
         self.last_skipped.clear();
-        for skip in skipped {
-            if self.reported.insert((skip.key, skip.reason.clone())) {
-                warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
-            }
-            self.last_skipped
-                .entry(skip.key)
-                .or_default()
-                .push((skip.kind, skip.reason));
-        }
+        self.note_skipped(skipped);
         // Forget peers that are gone, so the memory is bounded and a returning peer with
         // the same problem is reported again.
         let peers = &self.peers;

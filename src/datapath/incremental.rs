@@ -319,7 +319,9 @@ impl Datapath {
             .filter(|_| !self.last_rejected.contains_key(key))
     }
 
-    fn note_skipped(&mut self, skipped: Vec<weft_backend::desired::Skipped>) {
+    /// Logs each newly skipped peer once and records why it is skipped (for the metrics
+    /// and /debug/state).
+    pub(super) fn note_skipped(&mut self, skipped: Vec<weft_backend::desired::Skipped>) {
         for skip in skipped {
             if self.reported.insert((skip.key, skip.reason.clone())) {
                 warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
