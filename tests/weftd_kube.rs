@@ -182,8 +182,16 @@ fn node_deletion_re_creation_restarts_and_public_ip_changes_reach_the_peers() {
         let other = format!("10.244.{}.0/24", 2 - host);
         c.wait_routes(host, &[&other]);
         let ns = &c.underlay.hosts[host].ns;
-        assert!(!fdb_entries(ns).iter().any(|(mac, _)| *mac == mac3));
-        assert!(!neighbours(ns).iter().any(|(ip, _)| ip == "10.244.3.0"));
+        // The route goes first, its neighbour and FDB entries right after it.
+        support::wait_for(
+            "node 3's FDB and neighbour entries gone",
+            PROPAGATION,
+            || {
+                let fdb_gone = !fdb_entries(ns).iter().any(|(mac, _)| *mac == mac3);
+                let neighbour_gone = !neighbours(ns).iter().any(|(ip, _)| ip == "10.244.3.0");
+                (fdb_gone && neighbour_gone).then_some(())
+            },
+        );
     }
 
     // The kubelet registers it again, bare: weftd on node 3 publishes itself again and the
