@@ -696,10 +696,9 @@ fn summary(sorted: &[Duration]) -> String {
     )
 }
 
-/// One peer lease added at a time (`events` of them, 20 ms apart) to a running node:
-/// latency from the etcd write to the route's notification, and weftd's CPU per event
-/// (the tick counters over the whole run, and the live threads' ns counters around each
-/// event). Peers `first..first + events` of the 10.200+ range.
+/// `events` peer leases written to etcd one at a time, 20 ms apart (see
+/// [`measure_added_peers`]), subnets from 10.200.0.0/24 on, lease values numbered from
+/// `first`.
 fn added_peer_events(
     c: &Cluster,
     pid: u32,
@@ -709,6 +708,25 @@ fn added_peer_events(
     label: &str,
 ) {
     let writer = EtcdWriter::new(c);
+    measure_added_peers(pid, routes, events, label, "etcd write", |j| {
+        let (a, b) = (200 + j / 250, j % 250);
+        let written = writer.put(lease_key(a, b), lease_value(first + j));
+        (format!("10.{a}.{b}.0"), written)
+    });
+}
+
+/// Adds `events` peers one at a time, 20 ms apart: `add(j)` publishes peer `j` and returns
+/// the route destination it should produce and when it was published. Prints the latency
+/// from `source` (what publishing is) to the route's `RTM_NEWROUTE`, and weftd's CPU per
+/// event (utime+stime over all events; schedstat around each).
+fn measure_added_peers(
+    pid: u32,
+    routes: &mpsc::Receiver<(String, RouteChange, Instant)>,
+    events: usize,
+    label: &str,
+    source: &str,
+    mut add: impl FnMut(usize) -> (String, Instant),
+) {
     std::thread::sleep(Duration::from_millis(300));
     drain(routes);
     let mut latencies = Vec::with_capacity(events);
@@ -716,13 +734,11 @@ fn added_peer_events(
     let ticks_before = cpu_ticks(pid);
     let wall = Instant::now();
     for j in 0..events {
-        let (a, b) = (200 + j / 250, j % 250);
         let ns_before = cpu_ns(pid);
-        let written = writer.put(lease_key(a, b), lease_value(first + j));
-        let dst = format!("10.{a}.{b}.0");
+        let (dst, published) = add(j);
         let seen = wait_route(routes, &dst, RouteChange::New, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("{label}: no route to {dst} within 30 s"));
-        latencies.push(seen.duration_since(written));
+        latencies.push(seen.duration_since(published));
         std::thread::sleep(Duration::from_millis(20));
         per_event_us.push(cpu_ns(pid).saturating_sub(ns_before) as f64 / 1e3);
     }
@@ -731,7 +747,7 @@ fn added_peer_events(
     latencies.sort();
     per_event_us.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
-        "BENCH {label} one peer added: latency etcd write -> route {}",
+        "BENCH {label} one peer added: latency {source} -> route {}",
         summary(&latencies)
     );
     println!(
@@ -1023,28 +1039,14 @@ fn footprint_kube() {
             file_rss(pid)
         );
         let routes = watch_routes(&ns.name);
-        std::thread::sleep(Duration::from_millis(300));
-        drain(&routes);
-        let mut latencies = Vec::new();
-        let ticks_before = cpu_ticks(pid);
-        for j in 0..100 {
+        let label = format!("footprint kube mode, {nodes} nodes:");
+        measure_added_peers(pid, &routes, 100, &label, "Node create", |j| {
             let i = 40_000 + j;
             let (a, b) = peer_subnet(i);
-            let dst = format!("10.{a}.{b}.0");
             let created = Instant::now();
             c.api.create_node(kube_peer(&format!("new-{j}"), i));
-            let seen = wait_route(&routes, &dst, RouteChange::New, Duration::from_secs(30))
-                .unwrap_or_else(|| panic!("no route to {dst} within 30 s"));
-            latencies.push(seen.duration_since(created));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        latencies.sort();
-        println!(
-            "BENCH footprint kube mode, {nodes} nodes: new Node -> route {}; CPU {:.2} ms per \
-             event (ticks); after: {}",
-            summary(&latencies),
-            (cpu_ticks(pid) - ticks_before) as f64 * 10.0 / 100.0,
-            rss_line(pid)
-        );
+            (format!("10.{a}.{b}.0"), created)
+        });
+        println!("BENCH {label} after: {}", rss_line(pid));
     }
 }
