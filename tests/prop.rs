@@ -1,12 +1,14 @@
-//! Property tests of weftd's own parser of outside data: reading the previous subnet back
+//! Property tests of weftd's own parsers of outside data: reading the previous subnet back
 //! from an existing subnet.env (`subnet_file::parse_previous`), which a person or another
-//! tool may have edited. For any text it returns a subnet key or `None`, never panics,
-//! and reads back exactly the subnets weftd rendered. Every test is named `prop_*` (see
-//! docs/testing.md).
+//! tool may have edited: for any text it returns a subnet key or `None`, never panics,
+//! and reads back exactly the subnets weftd rendered; and the query string of
+//! `/debug/state` (`StateQuery::parse`), which any HTTP client sends: `Ok` within the
+//! page bounds, or `Err`. Every test is named `prop_*` (see docs/testing.md).
 
 use proptest::prelude::*;
 use proptest::sample::select;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use weft::state_view::{MAX_LIMIT, StateQuery};
 use weft::subnet_file::{SubnetEnv, parse_previous};
 use weft_subnet::SubnetKey;
 use weft_subnet::family::Net;
@@ -103,4 +105,55 @@ fn prop_rendered_subnet_env_reads_back() {
         prop_assert_eq!(read, has_subnet.then_some(expected));
         Ok("ok")
     });
+}
+
+/// A `/debug/state` query: known and unknown keys (any case), values of every kind,
+/// joined by `&` (or not), or any text.
+fn state_query() -> BoxedStrategy<String> {
+    const QUERY_KEYS: &[&str] = &["offset", "limit", "only"];
+    let key = prop_oneof![
+        4 => select(QUERY_KEYS).prop_map(str::to_string),
+        1 => text::any_case(QUERY_KEYS),
+        1 => text::string()
+    ];
+    let value = prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        select(
+            &[
+                "problems",
+                "all",
+                "",
+                "-1",
+                "1e3",
+                "99999999999999999999999"
+            ][..]
+        )
+        .prop_map(str::to_string),
+        text::string(),
+    ];
+    let pair =
+        (key, select(&["=", "", "=="][..]), value).prop_map(|(k, eq, v)| format!("{k}{eq}{v}"));
+    prop_oneof![
+        4 => prop::collection::vec(pair, 0..5).prop_map(|pairs| pairs.join("&")),
+        1 => text::string(),
+    ]
+    .boxed()
+}
+
+#[test]
+fn prop_state_query_parses_within_bounds_or_refuses() {
+    let tally = check(
+        prop::option::of(state_query()),
+        |query| match StateQuery::parse(query.as_deref()) {
+            Ok(q) => {
+                prop_assert!((1..=MAX_LIMIT).contains(&q.limit), "limit {}", q.limit);
+                Ok("ok")
+            }
+            Err(message) => {
+                prop_assert!(!message.is_empty());
+                Ok("err")
+            }
+        },
+    );
+    tally.assert_seen(&["ok", "err"]);
 }
