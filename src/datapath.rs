@@ -11,9 +11,10 @@
 //!   reported deleted, against the drift tracker's model of the kernel. Its cost is the
 //!   number of changes, not of peers (no dump).
 //!
-//! Peer leases are untrusted: each pass admits them first ([`Admission`]), so a hostile
-//! or broken lease never reaches the backend, and desired routes whose prefix a foreign
-//! route occupies are withdrawn rather than installed over it. Both are logged once.
+//! Peer leases are untrusted: each pass first brings admission ([`Admission`]) up to date
+//! with the changed leases, so a hostile or broken lease never reaches the backend, and
+//! desired routes whose prefix a foreign route occupies are withdrawn rather than
+//! installed over it. Both are logged once.
 
 mod incremental;
 
@@ -21,15 +22,16 @@ pub use incremental::{Planned, Reaction, Step};
 
 use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use crate::state_view::{EntryView, PeerView, Verdict};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
-use weft_backend::admission::{Admission, Identity, RejectKind};
+use weft_backend::admission::{Admission, Identity, Judged, RejectKind};
 use weft_backend::backend::{Backend, SkipKind};
 use weft_backend::diff;
 use weft_backend::kernel::{Kernel, KernelError, KernelEvent};
 use weft_subnet::family::{Family, Net};
+use weft_subnet::watch::LeaseEvent;
 use weft_subnet::{Lease, SubnetKey};
 
 /// The outcome of one reconcile pass.
@@ -83,8 +85,9 @@ pub struct Datapath {
     pub rejections: BTreeMap<RejectKind, u64>,
     /// Rejections first reported since the last pass, for its metrics.
     new_rejections: Vec<RejectKind>,
-    /// The last pass's rejected and skipped peers, for the state view and the metrics.
-    last_rejected: BTreeMap<SubnetKey, (RejectKind, String)>,
+    /// Peers whose lease changed since admission last judged them.
+    unjudged: BTreeSet<SubnetKey>,
+    /// The last pass's skipped peers, for the state view and the metrics.
     last_skipped: BTreeMap<SubnetKey, Vec<(SkipKind, String)>>,
     /// Causes of changes, and the state of each entry as of the last pass.
     tracker: Tracker,
@@ -132,7 +135,7 @@ impl Datapath {
             reported_conflicts: HashSet::new(),
             rejections: BTreeMap::new(),
             new_rejections: Vec::new(),
-            last_rejected: BTreeMap::new(),
+            unjudged: BTreeSet::new(),
             last_skipped: BTreeMap::new(),
             tracker: Tracker::default(),
             stats: PeerStats::default(),
@@ -210,24 +213,41 @@ impl Datapath {
         }
     }
 
-    /// The peers the backend may program (their keys, in admission order), with every
-    /// rejection logged once.
-    fn admitted_peers(&mut self) -> Vec<SubnetKey> {
-        let (Some(own), true) = (self.own, self.backend.programs_peers()) else {
-            self.last_rejected.clear();
-            return self.peers.keys().copied().collect();
+    /// Whether peers are judged: a backend that programs them, on a node with a subnet.
+    fn judging(&self) -> bool {
+        self.own.is_some() && self.backend.programs_peers()
+    }
+
+    /// Whether the backend may program the peer under `key` (as of the last admission).
+    fn admits(&self, key: &SubnetKey) -> bool {
+        !self.judging() || self.admission.is_admitted(key)
+    }
+
+    /// Brings admission up to date with the peers changed since it last ran (only those,
+    /// and the peers it rejected, are judged again; see [`Admission::update`]), and logs
+    /// every new rejection once. Returns the keys judged.
+    fn admit_changes(&mut self) -> Judged {
+        let Some(own) = self.own.filter(|_| self.judging()) else {
+            self.admission.forget();
+            self.unjudged.clear();
+            return Judged::All;
         };
         let identity = self.identity(own);
         let backend = &self.backend;
         let macs_of = |lease: &Lease| backend.peer_macs(lease);
-        let (admitted, rejected) = self
+        let changed = std::mem::take(&mut self.unjudged);
+        let judged = self
             .admission
-            .admit(&identity, self.peers.values(), &macs_of);
-        let admitted: Vec<SubnetKey> = admitted.into_iter().map(|l| l.key).collect();
-        self.last_rejected.clear();
-        for rejection in rejected {
-            self.last_rejected
-                .insert(rejection.key, (rejection.kind, rejection.reason.clone()));
+            .update(&identity, &self.peers, changed, &macs_of);
+        let rejections: Vec<_> = match &judged {
+            Judged::All => self.admission.rejections().cloned().collect(),
+            Judged::Keys(keys) => keys
+                .iter()
+                .filter_map(|key| self.admission.rejection(key))
+                .cloned()
+                .collect(),
+        };
+        for rejection in rejections {
             if self
                 .reported
                 .insert((rejection.key, rejection.reason.clone()))
@@ -242,12 +262,13 @@ impl Datapath {
                 );
             }
         }
-        admitted
+        judged
     }
 
     /// Replaces the peer set (the full set of remote leases). Only leases that differ
     /// are cloned, and each one that does is noted for the targeted path, with its lease
-    /// as of the last pass.
+    /// as of the last pass. O(peers): the daemon passes changes with
+    /// [`Datapath::apply_peer_events`] instead.
     pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = &'a Lease>) {
         let mut previous = std::mem::take(&mut self.peers);
         for lease in peers {
@@ -256,15 +277,35 @@ impl Datapath {
                     self.peers.insert(lease.key, old);
                 }
                 old => {
-                    self.changed.entry(lease.key).or_insert(old);
+                    self.note_changed(lease.key, old);
                     self.peers.insert(lease.key, lease.clone());
                 }
             }
         }
         for (key, old) in previous {
-            self.changed.entry(key).or_insert(Some(old));
+            self.note_changed(key, Some(old));
         }
         self.tracker.inputs_changed();
+    }
+
+    /// Applies changes of the peer set (from the lease watcher), taking the leases over:
+    /// O(changes), whatever the number of peers.
+    pub fn apply_peer_events(&mut self, events: impl IntoIterator<Item = LeaseEvent>) {
+        for event in events {
+            let (key, old) = match event {
+                LeaseEvent::Added(lease) => (lease.key, self.peers.insert(lease.key, lease)),
+                LeaseEvent::Removed(lease) => (lease.key, self.peers.remove(&lease.key)),
+            };
+            self.note_changed(key, old);
+        }
+        self.tracker.inputs_changed();
+    }
+
+    /// Notes a peer whose lease changed, with its lease as of the last pass (`None`: it
+    /// is new), for the targeted path and for admission.
+    fn note_changed(&mut self, key: SubnetKey, old: Option<Lease>) {
+        self.changed.entry(key).or_insert(old);
+        self.unjudged.insert(key);
     }
 
     /// The peers as of the last pass.
@@ -408,11 +449,11 @@ impl Datapath {
 
     /// The backend's desired state for the admitted peers; skipped peers logged once.
     fn desired(&mut self) -> weft_backend::desired::Desired {
-        let admitted = self.admitted_peers();
-        let peers = &self.peers;
+        self.admit_changes();
+        let this = &*self;
         let (mut desired, skipped) = self
             .backend
-            .desired_state(&mut admitted.iter().filter_map(|key| peers.get(key)));
+            .desired_state(&mut this.peers.values().filter(|lease| this.admits(&lease.key)));
         if let (true, Some(own)) = (self.blackhole_own, self.own) {
             desired
                 .blackholes
@@ -495,8 +536,8 @@ impl Datapath {
     /// Peers not programmed, by reason label (rejections and skips of the last passes).
     fn skipped_stats(&self) -> BTreeMap<&'static str, usize> {
         let mut skipped = BTreeMap::new();
-        for (kind, _) in self.last_rejected.values() {
-            *skipped.entry(kind.label()).or_default() += 1;
+        for rejection in self.admission.rejections() {
+            *skipped.entry(rejection.kind.label()).or_default() += 1;
         }
         for reasons in self.last_skipped.values() {
             let kinds: HashSet<SkipKind> = reasons.iter().map(|(k, _)| *k).collect();
@@ -533,9 +574,10 @@ impl Datapath {
                 format!("{},{v6}", lease.attrs.public_ip)
             };
         }
-        if let Some((kind, reason)) = self.last_rejected.get(&lease.key) {
+        if let Some(rejection) = self.admission.rejection(&lease.key) {
             view.verdict = Verdict::Rejected;
-            view.why.push(format!("{}: {reason}", kind.label()));
+            view.why
+                .push(format!("{}: {}", rejection.kind.label(), rejection.reason));
             return view;
         }
         if !self.backend.programs_peers() {

@@ -201,7 +201,6 @@ impl EtcdNode<'_> {
             bail!("the lease watch stopped unexpectedly")
         };
         self.on_batch(first, shutdown).await;
-        self.state.set_peers(&self.watcher);
         self.state.converge(PassTrigger::Startup).await;
         self.state.write_subnet_env();
         loop {
@@ -217,7 +216,7 @@ impl EtcdNode<'_> {
                     for batch in pending {
                         self.on_batch(batch, shutdown).await;
                     }
-                    self.state.peers_changed(&self.watcher);
+                    self.state.peers_changed();
                 }
                 () = sleep_until(self.own.renew_at) => self.renew(shutdown).await,
                 trigger = self.state.next_trigger() => self.state.on_trigger(trigger?).await,
@@ -236,6 +235,7 @@ impl EtcdNode<'_> {
             return;
         };
         log_peer_events(&changes.peers);
+        self.state.peer_events(changes.peers);
         if let Some(change) = changes.own {
             let next = self.own.observe(change);
             self.lease_changed();

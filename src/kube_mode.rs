@@ -222,7 +222,7 @@ impl KubeNode<'_> {
                     }
                     // This Node's own updates (kubelet heartbeats) change nothing to program.
                     if peers_changed {
-                        self.state.peers_changed(&self.watcher);
+                        self.state.peers_changed();
                     }
                 }
                 () = sleep_until(self.republish_at) => self.republish().await,
@@ -252,7 +252,7 @@ impl KubeNode<'_> {
             log_peer_events(&changes.peers);
             // A peer under this node's own key was already reported as a conflict by the
             // tracker; the lease watcher keeps it out of the peer set.
-            self.state.set_peers(&self.watcher);
+            self.state.peer_events(changes.peers);
         }
         match output.own {
             Some(OwnNode::Present(node)) => {

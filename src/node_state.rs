@@ -217,8 +217,15 @@ impl NodeState {
         }
     }
 
+    /// Replaces the peer set with the watcher's (O(peers): for a change of this node's
+    /// own subnet; lease batches pass their changes with [`NodeState::peer_events`]).
     pub fn set_peers(&mut self, watcher: &LeaseWatcher) {
         self.datapath.set_peers(watcher.peers());
+    }
+
+    /// Passes the watcher's peer changes on to the datapath (O(changes)).
+    pub fn peer_events(&mut self, events: Vec<LeaseEvent>) {
+        self.datapath.apply_peer_events(events);
     }
 
     /// One reconcile pass of the datapath, counted as run for `trigger`: targeted for a
@@ -254,8 +261,7 @@ impl NodeState {
 
     /// The peer set changed: a pass as soon as the loop is free, and the sweep pass of a
     /// datastore grace period (if one is running) when it ends.
-    pub fn peers_changed(&mut self, watcher: &LeaseWatcher) {
-        self.set_peers(watcher);
+    pub fn peers_changed(&mut self) {
         self.triggers.converge_now(PassTrigger::LeaseChange);
         self.rules.check_now();
         self.triggers.sweep_at(self.datapath.removals_held_until());

@@ -13,12 +13,25 @@
 //!   not claimed by another accepted peer with a different public IP (the same MAC at the
 //!   same IP is one node's FDB entry, and harmless).
 //!
-//! "Before it" means first come keeps it: peers accepted on an earlier pass keep their
-//! place, then newcomers in datastore order (revision, then key). A rejected peer never
-//! blocks the others; the caller logs each rejection once.
+//! "Before it" means first come keeps it: an admitted peer keeps its claims (subnets,
+//! MACs) until its own lease changes or goes, and newcomers are judged in datastore order
+//! (revision, then key). A rejected peer never blocks the others; the caller logs each
+//! rejection once.
+//!
+//! The verdicts and claims are kept between passes ([`Admission::update`]): a lease batch
+//! judges only its changed peers and the peers rejected so far (a claim they lost may be
+//! free now), so it costs O(changes + rejected), not O(peers), and a full reconcile pass
+//! reuses the verdicts instead of judging everything again. Everything is judged afresh
+//! only when this node's own identity changes. `tests/prop_admission.rs` checks, for any
+//! sequence of batches, that the verdicts are sound (admitted peers pass every rule and do
+//! not collide; each rejected peer breaks a rule or collides with the admitted peer named)
+//! and that an unchanged admitted peer is never displaced.
+
+mod ledger;
 
 use crate::mac::{self, Mac};
-use std::collections::{HashMap, HashSet};
+use ledger::{Ips, Ledger};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, SubnetKey};
@@ -93,20 +106,30 @@ pub struct Rejection {
 /// The VTEP MACs a peer publishes, by family (as the backend reads its BackendData).
 pub type MacsOf<'f> = &'f dyn Fn(&Lease) -> Vec<(Family, Mac)>;
 
-/// Remembers which peers were accepted, so earlier peers keep what they claimed.
+/// The verdicts on the peers, and what the admitted ones claim, kept between passes:
+/// a change is judged against the claims of the peers already admitted (see
+/// [`Admission::update`]), so its cost does not grow with the number of peers.
 #[derive(Debug, Default)]
 pub struct Admission {
-    accepted: HashSet<SubnetKey>,
+    /// The identity the verdicts were reached against; `None` before the first.
+    identity: Option<Identity>,
+    ledger: Ledger,
+    rejected: BTreeMap<SubnetKey, Rejection>,
 }
 
-/// What one peer claims once accepted.
-struct Claims {
-    subnets: HashMap<Net, SubnetKey>,
-    macs: HashMap<Mac, (SubnetKey, Vec<IpAddr>)>,
+/// The peers an [`Admission::update`] judged again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judged {
+    /// Every peer (the first admission, or this node's identity changed).
+    All,
+    /// These keys (removed ones included), in key order.
+    Keys(Vec<SubnetKey>),
 }
 
 impl Admission {
-    /// Splits `peers` into the admitted ones and the rejections (see the module docs).
+    /// Judges every peer of `peers` afresh, replacing all verdicts; returns the admitted
+    /// ones (in key order) and the rejections. Peers admitted before are judged first,
+    /// in their order, then newcomers by revision and key (see the module docs).
     pub fn admit<'a>(
         &mut self,
         identity: &Identity,
@@ -114,51 +137,117 @@ impl Admission {
         macs_of: MacsOf<'_>,
     ) -> (Vec<&'a Lease>, Vec<Rejection>) {
         let mut ordered: Vec<&Lease> = peers.into_iter().collect();
-        ordered.sort_by_key(|l| (!self.accepted.contains(&l.key), l.revision, l.key));
-        let mut claims = Claims {
-            subnets: HashMap::with_capacity(ordered.len() * 2),
-            macs: HashMap::with_capacity(ordered.len()),
-        };
+        ordered.sort_by_key(|l| (!self.ledger.holds(&l.key), l.revision, l.key));
+        self.identity = Some(identity.clone());
+        self.ledger = Ledger::with_capacity(ordered.len());
+        self.rejected.clear();
         let mut admitted = Vec::with_capacity(ordered.len());
         let mut rejected = Vec::new();
         for lease in ordered {
-            match check(identity, lease, macs_of(lease), &claims) {
-                Ok(macs) => {
-                    let ips = public_ips(identity, lease);
-                    for net in [lease.key.ipv4, lease.key.ipv6].into_iter().flatten() {
-                        claims.subnets.insert(net, lease.key);
-                    }
-                    for mac in macs {
-                        claims
-                            .macs
-                            .entry(mac)
-                            .or_insert_with(|| (lease.key, ips.clone()));
-                    }
-                    admitted.push(lease);
-                }
-                Err((kind, reason)) => rejected.push(Rejection {
+            match self.judge(identity, lease, macs_of) {
+                Ok(()) => admitted.push(lease),
+                Err(rejection) => rejected.push(rejection),
+            }
+        }
+        admitted.sort_by_key(|l| l.key);
+        (admitted, rejected)
+    }
+
+    /// Judges again after the leases under `changed` were added, changed or removed in
+    /// `peers` (the whole set now). A changed peer gives up its claims and is judged
+    /// again, with the peers rejected so far (a claim they lost to may be free now):
+    /// peers admitted before first, then by revision and key. Every other admitted peer
+    /// keeps its claims, so a newcomer never displaces an admitted peer. A new identity
+    /// of this node (or none judged yet) judges everything, as [`Admission::admit`].
+    pub fn update(
+        &mut self,
+        identity: &Identity,
+        peers: &BTreeMap<SubnetKey, Lease>,
+        changed: impl IntoIterator<Item = SubnetKey>,
+        macs_of: MacsOf<'_>,
+    ) -> Judged {
+        if self.identity.as_ref() != Some(identity) {
+            self.admit(identity, peers.values(), macs_of);
+            return Judged::All;
+        }
+        let mut was_admitted = HashSet::new();
+        let mut judged: BTreeSet<SubnetKey> =
+            std::mem::take(&mut self.rejected).into_keys().collect();
+        for key in changed {
+            if self.ledger.release(&key) {
+                was_admitted.insert(key);
+            }
+            judged.insert(key);
+        }
+        let mut ordered: Vec<&Lease> = judged.iter().filter_map(|k| peers.get(k)).collect();
+        ordered.sort_by_key(|l| (!was_admitted.contains(&l.key), l.revision, l.key));
+        for lease in ordered {
+            // Rejections are kept in `self.rejected`; the caller reads them there.
+            let _ = self.judge(identity, lease, macs_of);
+        }
+        Judged::Keys(judged.into_iter().collect())
+    }
+
+    /// Judges one peer against the claims so far; an admitted peer claims its share.
+    fn judge(
+        &mut self,
+        identity: &Identity,
+        lease: &Lease,
+        macs_of: MacsOf<'_>,
+    ) -> Result<(), Rejection> {
+        match check(identity, lease, macs_of(lease), &self.ledger) {
+            Ok(macs) => {
+                self.ledger
+                    .claim(lease.key, macs, public_ips(identity, lease));
+                Ok(())
+            }
+            Err((kind, reason)) => {
+                let rejection = Rejection {
                     key: lease.key,
                     kind,
                     reason,
-                }),
+                };
+                self.rejected.insert(lease.key, rejection.clone());
+                Err(rejection)
             }
         }
-        self.accepted = admitted.iter().map(|l| l.key).collect();
-        admitted.sort_by_key(|l| l.key);
-        (admitted, rejected)
+    }
+
+    /// Whether the peer under `key` is admitted.
+    pub fn is_admitted(&self, key: &SubnetKey) -> bool {
+        self.ledger.holds(key)
+    }
+
+    /// Every admitted peer, in no particular order.
+    pub fn admitted(&self) -> impl Iterator<Item = &SubnetKey> {
+        self.ledger.admitted()
+    }
+
+    /// Why the peer under `key` is rejected; `None` if it is admitted or unknown.
+    pub fn rejection(&self, key: &SubnetKey) -> Option<&Rejection> {
+        self.rejected.get(key)
+    }
+
+    /// Every rejection, in key order.
+    pub fn rejections(&self) -> impl Iterator<Item = &Rejection> {
+        self.rejected.values()
+    }
+
+    /// Forgets every verdict: the next [`Admission::update`] judges everything (the
+    /// caller went on without admission meanwhile, so its changes were not tracked).
+    pub fn forget(&mut self) {
+        *self = Admission::default();
     }
 }
 
 /// The public IPs of `lease` for the families this node uses.
-fn public_ips(identity: &Identity, lease: &Lease) -> Vec<IpAddr> {
-    let mut ips = Vec::with_capacity(2);
-    if identity.own.ipv4.is_some() && lease.key.ipv4.is_some() {
-        ips.push(IpAddr::V4(lease.attrs.public_ip));
-    }
-    if identity.own.ipv6.is_some() && lease.key.ipv6.is_some() {
-        ips.extend(lease.attrs.public_ipv6.map(IpAddr::V6));
-    }
-    ips
+fn public_ips(identity: &Identity, lease: &Lease) -> Ips {
+    let v4 = (identity.own.ipv4.is_some() && lease.key.ipv4.is_some())
+        .then_some(IpAddr::V4(lease.attrs.public_ip));
+    let v6 = (identity.own.ipv6.is_some() && lease.key.ipv6.is_some())
+        .then_some(lease.attrs.public_ipv6.map(IpAddr::V6))
+        .flatten();
+    [v4, v6]
 }
 
 type Verdict<T> = Result<T, (RejectKind, String)>;
@@ -167,7 +256,7 @@ fn check(
     identity: &Identity,
     lease: &Lease,
     macs: Vec<(Family, Mac)>,
-    claims: &Claims,
+    claims: &Ledger,
 ) -> Verdict<Vec<Mac>> {
     let families = [
         (lease.key.ipv4, identity.own.ipv4, identity.network_v4),
@@ -180,7 +269,7 @@ fn check(
         check_subnet(identity, subnet, own, network, claims)?;
     }
     let ips = public_ips(identity, lease);
-    for ip in &ips {
+    for ip in ips.iter().flatten() {
         check_public_ip(identity, *ip)?;
     }
     let mut checked = Vec::with_capacity(macs.len());
@@ -202,7 +291,7 @@ fn check_subnet(
     subnet: Net,
     own: Net,
     network: Option<Net>,
-    claims: &Claims,
+    claims: &Ledger,
 ) -> Verdict<()> {
     let Some(network) = network else {
         return Err((
@@ -245,7 +334,7 @@ fn check_subnet(
         ));
     }
     // All accepted subnets share the prefix length, so overlapping means equal.
-    if let Some(first) = claims.subnets.get(&subnet) {
+    if let Some(first) = claims.subnet_holder(&subnet) {
         return Err((
             RejectKind::OverlapsPeer,
             format!(
@@ -291,7 +380,7 @@ fn is_link_local(ip: &IpAddr) -> bool {
     }
 }
 
-fn check_mac(identity: &Identity, mac: Mac, ips: &[IpAddr], claims: &Claims) -> Verdict<()> {
+fn check_mac(identity: &Identity, mac: Mac, ips: &Ips, claims: &Ledger) -> Verdict<()> {
     let text = mac::format(&mac);
     if !mac::is_unicast(&mac) {
         return Err((
@@ -305,8 +394,9 @@ fn check_mac(identity: &Identity, mac: Mac, ips: &[IpAddr], claims: &Claims) -> 
             format!("its VTEP MAC {text} is this node's own"),
         ));
     }
-    if let Some((first, first_ips)) = claims.macs.get(&mac)
-        && first_ips != ips
+    if let Some(claim) = claims.mac_claim(&mac)
+        && claim.ips != *ips
+        && let Some(first) = claim.holders.first()
     {
         return Err((
             RejectKind::VtepMacClaimed,

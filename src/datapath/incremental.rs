@@ -8,8 +8,9 @@
 //! - a peer's entries depend only on its own lease and this node (the backend is a
 //!   function of each peer); the only coupling between peers is admission (first come
 //!   keeps a subnet or a VTEP MAC) and FDB entries two peers share (one node's MAC at
-//!   one address). Admission is run in full (pure, in memory), and every peer whose
-//!   verdict may have changed (changed, or rejected before or now) is re-planned; an FDB
+//!   one address). Admission judges the changed peers and the rejected ones again (its
+//!   verdicts are kept between passes, the full pass uses the same ones), and every peer
+//!   whose verdict may have changed (changed, or rejected before or now) is re-planned; an FDB
 //!   entry is removed only if no other admitted peer at its address wants it;
 //! - an entry is installed when the model does not hold it with the wanted value, and
 //!   removed only when the model holds exactly what the peer wanted before: anything
@@ -21,7 +22,7 @@
 //!   (devices, addresses, lost notifications) starts a full pass, and the reconcile
 //!   timer's full pass catches anything else.
 
-use super::{Datapath, Pass};
+use super::{Datapath, Judged, Pass};
 use crate::drift::{self, ChangeKind, EntryId};
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -138,16 +139,16 @@ impl Datapath {
             return step;
         }
         let changed = std::mem::take(&mut self.changed);
-        let rejected_before: BTreeSet<SubnetKey> = self.last_rejected.keys().copied().collect();
-        if !changed.is_empty() {
-            self.admitted_peers();
-        }
-        let replan: BTreeSet<SubnetKey> = changed
-            .keys()
-            .chain(&rejected_before)
-            .chain(self.last_rejected.keys())
-            .copied()
-            .collect();
+        let rejected_before: BTreeSet<SubnetKey> =
+            self.admission.rejections().map(|r| r.key).collect();
+        let Judged::Keys(judged) = self.admit_changes() else {
+            // This node's identity changed under the targeted path: a full pass.
+            step.needs_full = true;
+            return step;
+        };
+        // Every peer whose lease or verdict may have changed: admission judged the
+        // changed peers and every peer rejected before or now.
+        let replan: BTreeSet<SubnetKey> = changed.keys().chain(&judged).copied().collect();
         for key in replan {
             let before = match changed.get(&key) {
                 Some(old) => old.as_ref(),
@@ -314,9 +315,7 @@ impl Datapath {
 
     /// The lease of an admitted peer (as of the last admission).
     fn admitted(&self, key: &SubnetKey) -> Option<&Lease> {
-        self.peers
-            .get(key)
-            .filter(|_| !self.last_rejected.contains_key(key))
+        self.peers.get(key).filter(|_| self.admits(key))
     }
 
     /// Logs each newly skipped peer once and records why it is skipped (for the metrics
