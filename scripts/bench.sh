@@ -38,3 +38,5 @@ fi
 bench bench_datapath binary_size footprint_kube footprint_etcd convergence_latency_lease_to_route \
     scale_5000_peers scale_peers_from_scratch hostgw_throughput_against_hand_written_routes
 bench bench_rules
+# The kernel's own cost of weft's routes at 15,000 peers (no weftd).
+scripts/bench-kernel-routes.sh
