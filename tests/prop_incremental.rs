@@ -72,7 +72,7 @@ fn lease(spec: &PeerSpec) -> Lease {
         2 => Some("ff:ff:ff:ff:ff:ff".to_string()),
         n => Some(format!("0a:58:00:00:00:{n:02x}")),
     };
-    let data = mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}));
+    let data = mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}).into());
     Lease {
         key: SubnetKey {
             ipv4: Some(subnet(spec.subnet)),
@@ -417,10 +417,13 @@ fn planning_cost_at_15000_peers() {
             .unwrap();
         l.key.ipv4 = Some(net);
         l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
-        l.attrs.backend_data = Some(serde_json::json!({
-            "VNI": 1,
-            "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
-        }));
+        l.attrs.backend_data = Some(
+            serde_json::json!({
+                "VNI": 1,
+                "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
+            })
+            .into(),
+        );
         l
     };
     let mut peers: Vec<Lease> = (0..15_000).map(lease_at).collect();
@@ -466,7 +469,7 @@ fn admission_cost_at_15000_peers() {
             });
             l.key.ipv4 = Some(format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap());
             l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
-            l.attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)}));
+            l.attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)}).into());
             l
         })
         .collect();

@@ -343,7 +343,7 @@ mod tests {
             attrs: LeaseAttrs {
                 public_ip: ip.parse().unwrap(),
                 backend_type: "vxlan".into(),
-                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
                 ..LeaseAttrs::default()
             },
             etcd_lease: 1,

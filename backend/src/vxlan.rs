@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::net::IpAddr;
 use weft_subnet::family::{Family, Net};
 use weft_subnet::text::describe;
-use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use weft_subnet::{BackendData, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
 pub const OVERHEAD_V4: u32 = 50;
@@ -133,20 +133,14 @@ impl VxlanConfig {
     }
 
     /// BackendData as flannel writes it: `{"VNI":1,"VtepMAC":"aa:bb:..."}`.
-    pub fn backend_data(&self, mac: &Mac) -> Value {
-        serde_json::json!({"VNI": self.vni, "VtepMAC": mac::format(mac)})
+    pub fn backend_data(&self, mac: &Mac) -> BackendData {
+        BackendData::new(&serde_json::json!({"VNI": self.vni, "VtepMAC": mac::format(mac)}))
     }
 }
 
 /// The VTEP MAC published in BackendData, if any.
-pub fn vtep_mac(data: Option<&Value>) -> Option<Mac> {
-    let object = data?.as_object()?;
-    let text = object
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("vtepmac"))?
-        .1
-        .as_str()?;
-    mac::parse(text)
+pub fn vtep_mac(data: Option<&BackendData>) -> Option<Mac> {
+    data?.str_field("vtepmac", mac::parse)?
 }
 
 /// This node's side of the datapath.
@@ -352,7 +346,7 @@ mod tests {
             attrs: LeaseAttrs {
                 public_ip: ip.parse().unwrap(),
                 backend_type: "vxlan".into(),
-                backend_data: Some(data),
+                backend_data: Some(data.into()),
                 ..LeaseAttrs::default()
             },
             etcd_lease: 1,
