@@ -12,7 +12,9 @@
 //! both families, too much for an IPv6 underlay), and the device's local address is the
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
-use crate::desired::{Desired, Device, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink};
+use crate::desired::{
+    Desired, Device, DeviceName, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink,
+};
 use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
@@ -238,6 +240,12 @@ pub fn desired_state<'a>(
             address: single,
         });
     }
+    // One allocation per device name, shared by every entry on it.
+    let external_name = DeviceName::from(&node.external_name);
+    let device_names = [
+        DeviceName::from(config.device_name(Family::V4)),
+        DeviceName::from(config.device_name(Family::V6)),
+    ];
     for peer in peers {
         if peer.attrs.backend_type != "vxlan" {
             skipped.push(Skipped {
@@ -287,7 +295,7 @@ pub fn desired_state<'a>(
                 desired.add_route(Route {
                     destination: subnet,
                     gateway: public_ip,
-                    device: node.external_name.clone(),
+                    device: external_name.clone(),
                     onlink: false,
                 });
                 continue;
@@ -300,7 +308,10 @@ pub fn desired_state<'a>(
                 });
                 continue;
             };
-            let device = config.device_name(family);
+            let device = match family {
+                Family::V4 => device_names[0].clone(),
+                Family::V6 => device_names[1].clone(),
+            };
             desired.add_neighbour(Neighbour {
                 device: device.clone(),
                 ip: subnet.ip(),

@@ -282,7 +282,7 @@ impl Datapath {
         match (dirty, mac) {
             (Dirty::Neighbour { device, ip }, Some(mac)) => {
                 let n = weft_backend::desired::Neighbour {
-                    device: device.clone(),
+                    device: device.as_str().into(),
                     ip: *ip,
                     mac,
                 };
@@ -290,7 +290,7 @@ impl Datapath {
             }
             (Dirty::Fdb { device, mac, dst }, _) => {
                 let e = Fdb {
-                    device: device.clone(),
+                    device: device.as_str().into(),
                     mac: *mac,
                     destination: *dst,
                 };
@@ -467,14 +467,14 @@ impl Datapath {
                 .map(Op::ReplaceRoute),
             Dirty::Neighbour { device, ip } => admitted
                 .filter(|l| subnet_of(l, &|s| s.ip() == *ip))
-                .find_map(|l| want_of(l).neighbours.remove(&(device.clone(), *ip)))
+                .find_map(|l| want_of(l).neighbours.remove(&(device.as_str().into(), *ip)))
                 .map(Op::ReplaceNeighbour),
             Dirty::Fdb { device, mac, dst } => admitted
                 .filter(|l| {
                     IpAddr::V4(l.attrs.public_ip) == *dst
                         || l.attrs.public_ipv6.map(IpAddr::V6) == Some(*dst)
                 })
-                .find_map(|l| want_of(l).fdb.remove(&(device.clone(), *mac)))
+                .find_map(|l| want_of(l).fdb.remove(&(device.as_str().into(), *mac)))
                 .map(Op::ReplaceFdb),
         }
     }
