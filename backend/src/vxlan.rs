@@ -13,7 +13,7 @@
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
 use crate::desired::{
-    Desired, Device, DeviceName, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink,
+    Desired, Device, DeviceName, Entries, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink,
 };
 use crate::mac::{self, Mac};
 use serde_json::Value;
@@ -240,6 +240,7 @@ pub fn desired_state<'a>(
             address: single,
         });
     }
+    let mut entries = Entries::default();
     // One allocation per device name, shared by every entry on it.
     let external_name = DeviceName::from(&node.external_name);
     let device_names = [
@@ -292,7 +293,7 @@ pub fn desired_state<'a>(
                 continue;
             }
             if config.direct_routing && crate::adjacency::on_link(&node.connected, public_ip) {
-                desired.add_route(Route {
+                entries.add_route(Route {
                     destination: subnet,
                     gateway: public_ip,
                     device: external_name.clone(),
@@ -312,17 +313,17 @@ pub fn desired_state<'a>(
                 Family::V4 => device_names[0].clone(),
                 Family::V6 => device_names[1].clone(),
             };
-            desired.add_neighbour(Neighbour {
+            entries.add_neighbour(Neighbour {
                 device: device.clone(),
                 ip: subnet.ip(),
                 mac: peer_mac,
             });
-            desired.add_fdb(Fdb {
+            entries.add_fdb(Fdb {
                 device: device.clone(),
                 mac: peer_mac,
                 destination: public_ip,
             });
-            desired.add_route(Route {
+            entries.add_route(Route {
                 destination: subnet,
                 gateway: subnet.ip(),
                 device,
@@ -330,6 +331,7 @@ pub fn desired_state<'a>(
             });
         }
     }
+    entries.build_into(&mut desired);
     (desired, skipped)
 }
 
