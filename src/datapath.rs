@@ -23,6 +23,7 @@ use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use crate::state_view::{EntryView, PeerView, Verdict};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
 use weft_backend::admission::{Admission, Identity, RejectKind};
@@ -71,7 +72,8 @@ pub struct Datapath {
     pub backend: Box<dyn Backend>,
     /// `None` for a model datapath ([`Datapath::detached`]): planning only.
     kernel: Option<Kernel>,
-    peers: BTreeMap<SubnetKey, Lease>,
+    /// Shared with the lease watcher (see [`PeerLease`]).
+    peers: BTreeMap<SubnetKey, Arc<Lease>>,
     surroundings: Surroundings,
     own: Option<SubnetKey>,
     admission: Admission,
@@ -93,7 +95,7 @@ pub struct Datapath {
     device_indices: HashMap<u32, String>,
     /// Peers whose lease changed since the last pass, with their lease as of that pass
     /// (`None`: the peer is new). The targeted path programs exactly these.
-    changed: BTreeMap<SubnetKey, Option<Lease>>,
+    changed: BTreeMap<SubnetKey, Option<Arc<Lease>>>,
     /// Entries of weft's that notifications reported deleted since the last pass.
     dirty: Vec<incremental::Dirty>,
     /// The next pass must be a full one (nothing observed yet, the node changed, the last
@@ -222,7 +224,7 @@ impl Datapath {
         let macs_of = |lease: &Lease| backend.peer_macs(lease);
         let (admitted, rejected) = self
             .admission
-            .admit(&identity, self.peers.values(), &macs_of);
+            .admit(&identity, self.peers.values().map(|l| &**l), &macs_of);
         let admitted: Vec<SubnetKey> = admitted.into_iter().map(|l| l.key).collect();
         self.last_rejected.clear();
         for rejection in rejected {
@@ -248,16 +250,17 @@ impl Datapath {
     /// Replaces the peer set (the full set of remote leases). Only leases that differ
     /// are cloned, and each one that does is noted for the targeted path, with its lease
     /// as of the last pass.
-    pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = &'a Lease>) {
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = impl PeerLease>) {
         let mut previous = std::mem::take(&mut self.peers);
-        for lease in peers {
+        for peer in peers {
+            let lease = peer.lease();
             match previous.remove(&lease.key) {
-                Some(old) if old == *lease => {
+                Some(old) if *old == *lease => {
                     self.peers.insert(lease.key, old);
                 }
                 old => {
                     self.changed.entry(lease.key).or_insert(old);
-                    self.peers.insert(lease.key, lease.clone());
+                    self.peers.insert(lease.key, peer.share());
                 }
             }
         }
@@ -313,6 +316,9 @@ impl Datapath {
         mut desired: weft_backend::desired::Desired,
         observed: &weft_backend::desired::Observed,
     ) -> FullPlan {
+        // Covered by this pass; dropped first, as the diff is the pass's peak.
+        self.changed.clear();
+        self.dirty.clear();
         self.withdraw_foreign(&mut desired, observed);
         self.device_indices = observed
             .links
@@ -321,8 +327,6 @@ impl Datapath {
             .collect();
         let mut ops = diff::diff(&desired, observed);
         let held = self.apply_hold(&mut ops);
-        self.changed.clear();
-        self.dirty.clear();
         self.needs_full = false;
         FullPlan { desired, ops, held }
     }
@@ -412,7 +416,7 @@ impl Datapath {
         let peers = &self.peers;
         let (mut desired, skipped) = self
             .backend
-            .desired_state(&mut admitted.iter().filter_map(|key| peers.get(key)));
+            .desired_state(&mut admitted.iter().filter_map(|key| peers.get(key).map(|l| &**l)));
         if let (true, Some(own)) = (self.blackhole_own, self.own) {
             desired
                 .blackholes
@@ -509,7 +513,7 @@ impl Datapath {
 
     /// Every peer lease, in subnet order.
     pub fn peers(&self) -> impl Iterator<Item = &Lease> {
-        self.peers.values()
+        self.peers.values().map(|l| &**l)
     }
 
     /// One peer: its desired entries (recomputed from its lease), their state as of the
@@ -632,6 +636,34 @@ impl Datapath {
         is_relevant(event, &self.device_indices, |name| {
             self.backend.owns_device(name)
         })
+    }
+}
+
+/// A peer lease as [`Datapath::set_peers`] takes it: the lease watcher's (shared, not
+/// copied: at thousands of peers a second copy of every lease is megabytes), or a plain
+/// lease (copied).
+pub trait PeerLease {
+    fn lease(&self) -> &Lease;
+    fn share(&self) -> Arc<Lease>;
+}
+
+impl PeerLease for &Arc<Lease> {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn share(&self) -> Arc<Lease> {
+        Arc::clone(self)
+    }
+}
+
+impl PeerLease for &Lease {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn share(&self) -> Arc<Lease> {
+        Arc::new(Lease::clone(self))
     }
 }
 

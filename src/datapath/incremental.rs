@@ -150,8 +150,8 @@ impl Datapath {
             .collect();
         for key in replan {
             let before = match changed.get(&key) {
-                Some(old) => old.as_ref(),
-                None => self.peers.get(&key),
+                Some(old) => old.as_deref(),
+                None => self.peers.get(&key).map(|l| &**l),
             };
             if let Some(lease) = before.filter(|_| !rejected_before.contains(&key)) {
                 merge(
@@ -316,6 +316,7 @@ impl Datapath {
     fn admitted(&self, key: &SubnetKey) -> Option<&Lease> {
         self.peers
             .get(key)
+            .map(|l| &**l)
             .filter(|_| !self.last_rejected.contains_key(key))
     }
 
@@ -404,7 +405,7 @@ impl Datapath {
             at && self.admitted(&lease.key).is_some()
                 && self
                     .backend
-                    .desired_state(&mut std::iter::once(lease))
+                    .desired_state(&mut std::iter::once(&**lease))
                     .0
                     .fdb
                     .get(&(e.device.clone(), e.mac))

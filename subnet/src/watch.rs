@@ -8,6 +8,7 @@
 
 use crate::lease::{Lease, SubnetKey};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One change from the datastore.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,10 +59,13 @@ pub struct Changes {
 }
 
 /// Tracks peer leases; see the module docs.
+///
+/// Each lease is kept behind an `Arc`, so the datapath's copy of the peer set
+/// ([`LeaseWatcher::peers`]) shares it instead of holding a second one.
 #[derive(Debug, Default)]
 pub struct LeaseWatcher {
     own: Option<SubnetKey>,
-    peers: BTreeMap<SubnetKey, Lease>,
+    peers: BTreeMap<SubnetKey, Arc<Lease>>,
 }
 
 impl LeaseWatcher {
@@ -77,13 +81,13 @@ impl LeaseWatcher {
     pub fn set_own(&mut self, own: Option<SubnetKey>) -> Vec<LeaseEvent> {
         self.own = own;
         own.and_then(|key| self.peers.remove(&key))
-            .map(LeaseEvent::Removed)
+            .map(|lease| LeaseEvent::Removed(Arc::unwrap_or_clone(lease)))
             .into_iter()
             .collect()
     }
 
     /// Known peer leases, ordered by subnet.
-    pub fn peers(&self) -> impl Iterator<Item = &Lease> {
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Lease>> {
         self.peers.values()
     }
 
@@ -110,7 +114,7 @@ impl LeaseWatcher {
                 changes.own = Some(OwnLeaseChange::Written(Box::new(lease)));
                 continue;
             }
-            fresh.insert(lease.key, lease);
+            fresh.insert(lease.key, Arc::new(lease));
         }
         if self.own.is_some() && changes.own.is_none() {
             changes.own = Some(OwnLeaseChange::Deleted);
@@ -121,12 +125,12 @@ impl LeaseWatcher {
                 .get(key)
                 .is_none_or(|known| known.attrs != lease.attrs)
             {
-                changes.peers.push(LeaseEvent::Added(lease.clone()));
+                changes.peers.push(LeaseEvent::Added(Lease::clone(lease)));
             }
         }
         for (key, lease) in std::mem::take(&mut self.peers) {
             if !fresh.contains_key(&key) {
-                changes.peers.push(LeaseEvent::Removed(lease));
+                changes.peers.push(LeaseEvent::Removed(Arc::unwrap_or_clone(lease)));
             }
         }
         self.peers = fresh;
@@ -150,7 +154,7 @@ impl LeaseWatcher {
                     if changed {
                         changes.peers.push(LeaseEvent::Added(lease.clone()));
                     }
-                    self.peers.insert(lease.key, lease);
+                    self.peers.insert(lease.key, Arc::new(lease));
                 }
                 DatastoreEvent::Delete { key, previous } => {
                     if Some(key) == self.own {
@@ -158,7 +162,8 @@ impl LeaseWatcher {
                         continue;
                     }
                     // Prefer the stored attributes: they are what was programmed.
-                    if let Some(lease) = self.peers.remove(&key).or(previous) {
+                    let stored = self.peers.remove(&key).map(Arc::unwrap_or_clone);
+                    if let Some(lease) = stored.or(previous) {
                         changes.peers.push(LeaseEvent::Removed(lease));
                     }
                 }
