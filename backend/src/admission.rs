@@ -115,8 +115,12 @@ impl Admission {
     ) -> (Vec<&'a Lease>, Vec<Rejection>) {
         let mut ordered: Vec<&Lease> = peers.into_iter().collect();
         ordered.sort_by_key(|l| (!self.accepted.contains(&l.key), l.revision, l.key));
+        let subnets = ordered
+            .iter()
+            .map(|l| usize::from(l.key.ipv4.is_some()) + usize::from(l.key.ipv6.is_some()))
+            .sum();
         let mut claims = Claims {
-            subnets: HashMap::with_capacity(ordered.len() * 2),
+            subnets: HashMap::with_capacity(subnets),
             macs: HashMap::with_capacity(ordered.len()),
         };
         let mut admitted = Vec::with_capacity(ordered.len());
@@ -143,7 +147,10 @@ impl Admission {
                 }),
             }
         }
-        self.accepted = admitted.iter().map(|l| l.key).collect();
+        // Refilled in place: a second set next to the old one would double its peak.
+        self.accepted.clear();
+        self.accepted.extend(admitted.iter().map(|l| l.key));
+        self.accepted.shrink_to(admitted.len());
         admitted.sort_by_key(|l| l.key);
         (admitted, rejected)
     }
