@@ -222,9 +222,9 @@ impl Datapath {
         let identity = self.identity(own);
         let backend = &self.backend;
         let macs_of = |lease: &Lease| backend.peer_macs(lease);
-        let (admitted, rejected) = self
-            .admission
-            .admit(&identity, self.peers.values().map(|l| &**l), &macs_of);
+        let (admitted, rejected) =
+            self.admission
+                .admit(&identity, self.peers.values().map(|l| &**l), &macs_of);
         let admitted: Vec<SubnetKey> = admitted.into_iter().map(|l| l.key).collect();
         self.last_rejected.clear();
         for rejection in rejected {
@@ -252,18 +252,20 @@ impl Datapath {
     /// as of the last pass.
     pub fn set_peers(&mut self, peers: impl IntoIterator<Item = impl PeerLease>) {
         let mut previous = std::mem::take(&mut self.peers);
+        // Collected, then built in bulk: inserted one by one in key order, the map's nodes
+        // would stay half empty.
+        let mut current = Vec::with_capacity(previous.len());
         for peer in peers {
             let lease = peer.lease();
             match previous.remove(&lease.key) {
-                Some(old) if *old == *lease => {
-                    self.peers.insert(lease.key, old);
-                }
+                Some(old) if *old == *lease => current.push((lease.key, old)),
                 old => {
                     self.changed.entry(lease.key).or_insert(old);
-                    self.peers.insert(lease.key, peer.share());
+                    current.push((lease.key, peer.share()));
                 }
             }
         }
+        self.peers = current.into_iter().collect();
         for (key, old) in previous {
             self.changed.entry(key).or_insert(Some(old));
         }
@@ -414,9 +416,11 @@ impl Datapath {
     fn desired(&mut self) -> weft_backend::desired::Desired {
         let admitted = self.admitted_peers();
         let peers = &self.peers;
-        let (mut desired, skipped) = self
-            .backend
-            .desired_state(&mut admitted.iter().filter_map(|key| peers.get(key).map(|l| &**l)));
+        let (mut desired, skipped) = self.backend.desired_state(
+            &mut admitted
+                .iter()
+                .filter_map(|key| peers.get(key).map(|l| &**l)),
+        );
         if let (true, Some(own)) = (self.blackhole_own, self.own) {
             desired
                 .blackholes
@@ -762,6 +766,36 @@ mod tests {
         assert!(!relevant(route(Some(7), ROUTE_PROTOCOL, false)));
         assert!(!relevant(route(Some(2), 4, true)));
         assert!(!relevant(route(None, 4, false)));
+    }
+
+    /// What the notification task drops at the source is never relevant.
+    #[test]
+    fn own_additions_dropped_at_the_source_are_irrelevant() {
+        let mut events = Vec::new();
+        for deleted in [false, true] {
+            for protocol in [ROUTE_PROTOCOL, 3, 4] {
+                for oif in [None, Some(2), Some(7)] {
+                    events.push(route(oif, protocol, deleted));
+                }
+            }
+            for (ifindex, bridge) in [(2, false), (7, false), (7, true)] {
+                events.push(KernelEvent::Neighbour {
+                    ifindex,
+                    deleted,
+                    bridge,
+                    ip: None,
+                    mac: None,
+                });
+            }
+        }
+        let dropped: Vec<_> = events
+            .into_iter()
+            .filter(weft_backend::kernel::is_own_addition)
+            .collect();
+        assert_eq!(dropped.len(), 6, "{dropped:?}");
+        for event in dropped {
+            assert!(!relevant(event.clone()), "{event:?}");
+        }
     }
 
     #[test]

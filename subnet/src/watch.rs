@@ -108,14 +108,16 @@ impl LeaseWatcher {
     /// Replaces the known set with a full listing.
     pub fn reset(&mut self, snapshot: Vec<Lease>) -> Changes {
         let mut changes = Changes::default();
-        let mut fresh = BTreeMap::new();
+        let mut fresh = Vec::with_capacity(snapshot.len());
         for lease in snapshot {
             if Some(lease.key) == self.own {
                 changes.own = Some(OwnLeaseChange::Written(Box::new(lease)));
                 continue;
             }
-            fresh.insert(lease.key, Arc::new(lease));
+            fresh.push((lease.key, Arc::new(lease)));
         }
+        // Built in bulk (sorted, the last of equal keys kept, as inserts would): full nodes.
+        let fresh: BTreeMap<SubnetKey, Arc<Lease>> = fresh.into_iter().collect();
         if self.own.is_some() && changes.own.is_none() {
             changes.own = Some(OwnLeaseChange::Deleted);
         }
@@ -130,7 +132,9 @@ impl LeaseWatcher {
         }
         for (key, lease) in std::mem::take(&mut self.peers) {
             if !fresh.contains_key(&key) {
-                changes.peers.push(LeaseEvent::Removed(Arc::unwrap_or_clone(lease)));
+                changes
+                    .peers
+                    .push(LeaseEvent::Removed(Arc::unwrap_or_clone(lease)));
             }
         }
         self.peers = fresh;
