@@ -6,7 +6,6 @@ use crate::datapath::{Datapath, Surroundings};
 use crate::host_check;
 use crate::iface::{self, ExternalInterface, IfaceRequest};
 use anyhow::{Context, bail};
-use serde_json::Value;
 use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -15,6 +14,7 @@ use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
 use weft_backend::vxlan::{self, VxlanConfig};
+use weft_subnet::BackendData;
 use weft_subnet::config::BackendType;
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{NetworkConfig, SubnetKey};
@@ -87,7 +87,7 @@ pub fn check_own_subnet(own: &SubnetKey, datapath: &Datapath) -> anyhow::Result<
 }
 
 /// Backend data (v4, v6) this node published before.
-pub type PublishedData = (Option<Value>, Option<Value>);
+pub type PublishedData = (Option<BackendData>, Option<BackendData>);
 
 /// The backend for `config` on `external`, its datapath, and the kernel notifications
 /// that trigger reconcile passes.

@@ -24,6 +24,7 @@ use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use crate::state_view::{EntryView, PeerView, Verdict};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
 use weft_backend::admission::{Admission, Identity, Judged, RejectKind};
@@ -73,7 +74,8 @@ pub struct Datapath {
     pub backend: Box<dyn Backend>,
     /// `None` for a model datapath ([`Datapath::detached`]): planning only.
     kernel: Option<Kernel>,
-    peers: BTreeMap<SubnetKey, Lease>,
+    /// Shared with the lease watcher (see [`PeerLease`]).
+    peers: BTreeMap<SubnetKey, Arc<Lease>>,
     surroundings: Surroundings,
     own: Option<SubnetKey>,
     admission: Admission,
@@ -96,7 +98,7 @@ pub struct Datapath {
     device_indices: HashMap<u32, String>,
     /// Peers whose lease changed since the last pass, with their lease as of that pass
     /// (`None`: the peer is new). The targeted path programs exactly these.
-    changed: BTreeMap<SubnetKey, Option<Lease>>,
+    changed: BTreeMap<SubnetKey, Option<Arc<Lease>>>,
     /// Entries of weft's that notifications reported deleted since the last pass.
     dirty: Vec<incremental::Dirty>,
     /// The next pass must be a full one (nothing observed yet, the node changed, the last
@@ -267,28 +269,31 @@ impl Datapath {
 
     /// Replaces the peer set (the full set of remote leases). Only leases that differ
     /// are cloned, and each one that does is noted for the targeted path, with its lease
-    /// as of the last pass. O(peers): the daemon passes changes with
+    /// as of the last pass. O(peers): the daemon passes the lease watcher's changes with
     /// [`Datapath::apply_peer_events`] instead.
-    pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = &'a Lease>) {
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = impl PeerLease>) {
         let mut previous = std::mem::take(&mut self.peers);
-        for lease in peers {
+        // Collected, then built in bulk: inserted one by one in key order, the map's nodes
+        // would stay half empty.
+        let mut current = Vec::with_capacity(previous.len());
+        for peer in peers {
+            let lease = peer.lease();
             match previous.remove(&lease.key) {
-                Some(old) if old == *lease => {
-                    self.peers.insert(lease.key, old);
-                }
+                Some(old) if *old == *lease => current.push((lease.key, old)),
                 old => {
                     self.note_changed(lease.key, old);
-                    self.peers.insert(lease.key, lease.clone());
+                    current.push((lease.key, peer.share()));
                 }
             }
         }
+        self.peers = current.into_iter().collect();
         for (key, old) in previous {
             self.note_changed(key, Some(old));
         }
         self.tracker.inputs_changed();
     }
 
-    /// Applies changes of the peer set (from the lease watcher), taking the leases over:
+    /// Applies changes of the peer set (from the lease watcher, whose leases it shares):
     /// O(changes), whatever the number of peers.
     pub fn apply_peer_events(&mut self, events: impl IntoIterator<Item = LeaseEvent>) {
         for event in events {
@@ -303,7 +308,7 @@ impl Datapath {
 
     /// Notes a peer whose lease changed, with its lease as of the last pass (`None`: it
     /// is new), for the targeted path and for admission.
-    fn note_changed(&mut self, key: SubnetKey, old: Option<Lease>) {
+    fn note_changed(&mut self, key: SubnetKey, old: Option<Arc<Lease>>) {
         self.changed.entry(key).or_insert(old);
         self.unjudged.insert(key);
     }
@@ -354,6 +359,9 @@ impl Datapath {
         mut desired: weft_backend::desired::Desired,
         observed: &weft_backend::desired::Observed,
     ) -> FullPlan {
+        // Covered by this pass; dropped first, as the diff is the pass's peak.
+        self.changed.clear();
+        self.dirty.clear();
         self.withdraw_foreign(&mut desired, observed);
         self.device_indices = observed
             .links
@@ -362,8 +370,6 @@ impl Datapath {
             .collect();
         let mut ops = diff::diff(&desired, observed);
         let held = self.apply_hold(&mut ops);
-        self.changed.clear();
-        self.dirty.clear();
         self.needs_full = false;
         FullPlan { desired, ops, held }
     }
@@ -451,9 +457,13 @@ impl Datapath {
     fn desired(&mut self) -> weft_backend::desired::Desired {
         self.admit_changes();
         let this = &*self;
-        let (mut desired, skipped) = self
-            .backend
-            .desired_state(&mut this.peers.values().filter(|lease| this.admits(&lease.key)));
+        let (mut desired, skipped) = self.backend.desired_state(
+            &mut this
+                .peers
+                .values()
+                .filter(|lease| this.admits(&lease.key))
+                .map(|l| &**l),
+        );
         if let (true, Some(own)) = (self.blackhole_own, self.own) {
             desired
                 .blackholes
@@ -550,7 +560,7 @@ impl Datapath {
 
     /// Every peer lease, in subnet order.
     pub fn peers(&self) -> impl Iterator<Item = &Lease> {
-        self.peers.values()
+        self.peers.values().map(|l| &**l)
     }
 
     /// One peer: its desired entries (recomputed from its lease), their state as of the
@@ -677,6 +687,34 @@ impl Datapath {
     }
 }
 
+/// A peer lease as [`Datapath::set_peers`] takes it: the lease watcher's (shared, not
+/// copied: at thousands of peers a second copy of every lease is megabytes), or a plain
+/// lease (copied).
+pub trait PeerLease {
+    fn lease(&self) -> &Lease;
+    fn share(&self) -> Arc<Lease>;
+}
+
+impl PeerLease for &Arc<Lease> {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn share(&self) -> Arc<Lease> {
+        Arc::clone(self)
+    }
+}
+
+impl PeerLease for &Lease {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn share(&self) -> Arc<Lease> {
+        Arc::new(Lease::clone(self))
+    }
+}
+
 /// What a full pass decided: the desired state it worked from, the ops to apply, and the
 /// removals held for a datastore grace period.
 #[derive(Debug)]
@@ -772,6 +810,36 @@ mod tests {
         assert!(!relevant(route(Some(7), ROUTE_PROTOCOL, false)));
         assert!(!relevant(route(Some(2), 4, true)));
         assert!(!relevant(route(None, 4, false)));
+    }
+
+    /// What the notification task drops at the source is never relevant.
+    #[test]
+    fn own_additions_dropped_at_the_source_are_irrelevant() {
+        let mut events = Vec::new();
+        for deleted in [false, true] {
+            for protocol in [ROUTE_PROTOCOL, 3, 4] {
+                for oif in [None, Some(2), Some(7)] {
+                    events.push(route(oif, protocol, deleted));
+                }
+            }
+            for (ifindex, bridge) in [(2, false), (7, false), (7, true)] {
+                events.push(KernelEvent::Neighbour {
+                    ifindex,
+                    deleted,
+                    bridge,
+                    ip: None,
+                    mac: None,
+                });
+            }
+        }
+        let dropped: Vec<_> = events
+            .into_iter()
+            .filter(weft_backend::kernel::is_own_addition)
+            .collect();
+        assert_eq!(dropped.len(), 6, "{dropped:?}");
+        for event in dropped {
+            assert!(!relevant(event.clone()), "{event:?}");
+        }
     }
 
     #[test]

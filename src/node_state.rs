@@ -406,7 +406,7 @@ pub fn log_peer_events(events: &[LeaseEvent]) {
     let verbose = events.len() <= 50;
     for event in events {
         let (what, lease) = match event {
-            LeaseEvent::Added(lease) => ("peer added", lease),
+            LeaseEvent::Added(lease) => ("peer added", &**lease),
             LeaseEvent::Removed(lease) => ("peer removed", lease),
         };
         if verbose {

@@ -33,7 +33,7 @@ fn vxlan_attrs(public_ip: &str, mac: &str) -> LeaseAttrs {
         public_ip: public_ip.parse().unwrap(),
         public_ipv6: None,
         backend_type: "vxlan".into(),
-        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
         backend_v6_data: None,
     }
 }

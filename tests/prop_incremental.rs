@@ -10,6 +10,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft::datapath::{Datapath, Surroundings};
 use weft_backend::backend::VxlanBackend;
@@ -73,7 +74,7 @@ fn lease(spec: &PeerSpec) -> Lease {
         2 => Some("ff:ff:ff:ff:ff:ff".to_string()),
         n => Some(format!("0a:58:00:00:00:{n:02x}")),
     };
-    let data = mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}));
+    let data = mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}).into());
     Lease {
         key: SubnetKey {
             ipv4: Some(subnet(spec.subnet)),
@@ -418,10 +419,13 @@ fn planning_cost_at_15000_peers() {
             .unwrap();
         l.key.ipv4 = Some(net);
         l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
-        l.attrs.backend_data = Some(serde_json::json!({
-            "VNI": 1,
-            "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
-        }));
+        l.attrs.backend_data = Some(
+            serde_json::json!({
+                "VNI": 1,
+                "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
+            })
+            .into(),
+        );
         l
     };
     let mut peers: Vec<Lease> = (0..15_000).map(lease_at).collect();
@@ -448,7 +452,7 @@ fn planning_cost_at_15000_peers() {
     // The first allocation after a full pass's frees consolidates the allocator's free
     // lists (once per full pass); the event after it shows the steady cost.
     let warm = Instant::now();
-    dp.apply_peer_events([LeaseEvent::Added(lease_at(15_002))]);
+    dp.apply_peer_events([LeaseEvent::Added(Arc::new(lease_at(15_002)))]);
     let step = dp.plan_changes();
     let planned = dp
         .finish_step(step, vec![RouteAt::Nothing])
@@ -457,7 +461,7 @@ fn planning_cost_at_15000_peers() {
     eprintln!("first targeted pass after a full one: {:?}", warm.elapsed());
     let new_peer = lease_at(15_001);
     let started = Instant::now();
-    dp.apply_peer_events([LeaseEvent::Added(new_peer)]);
+    dp.apply_peer_events([LeaseEvent::Added(Arc::new(new_peer))]);
     let events = started.elapsed();
     let step = dp.plan_changes();
     let planned_at = started.elapsed();
@@ -498,7 +502,7 @@ fn admission_cost_at_15000_peers() {
             });
             l.key.ipv4 = Some(format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap());
             l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
-            l.attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)}));
+            l.attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)}).into());
             l
         })
         .collect();

@@ -30,7 +30,8 @@
 mod ledger;
 
 use crate::mac::{self, Mac};
-use ledger::{Ips, Ledger};
+use ledger::{Ips, Ledger, Macs};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use weft_subnet::family::{Family, Net};
@@ -139,7 +140,7 @@ impl Admission {
         let mut ordered: Vec<&Lease> = peers.into_iter().collect();
         ordered.sort_by_key(|l| (!self.ledger.holds(&l.key), l.revision, l.key));
         self.identity = Some(identity.clone());
-        self.ledger = Ledger::with_capacity(ordered.len());
+        self.ledger = Ledger::default();
         self.rejected.clear();
         let mut admitted = Vec::with_capacity(ordered.len());
         let mut rejected = Vec::new();
@@ -159,15 +160,15 @@ impl Admission {
     /// peers admitted before first, then by revision and key. Every other admitted peer
     /// keeps its claims, so a newcomer never displaces an admitted peer. A new identity
     /// of this node (or none judged yet) judges everything, as [`Admission::admit`].
-    pub fn update(
+    pub fn update<L: Borrow<Lease>>(
         &mut self,
         identity: &Identity,
-        peers: &BTreeMap<SubnetKey, Lease>,
+        peers: &BTreeMap<SubnetKey, L>,
         changed: impl IntoIterator<Item = SubnetKey>,
         macs_of: MacsOf<'_>,
     ) -> Judged {
         if self.identity.as_ref() != Some(identity) {
-            self.admit(identity, peers.values(), macs_of);
+            self.admit(identity, peers.values().map(Borrow::borrow), macs_of);
             return Judged::All;
         }
         let mut was_admitted = HashSet::new();
@@ -179,7 +180,10 @@ impl Admission {
             }
             judged.insert(key);
         }
-        let mut ordered: Vec<&Lease> = judged.iter().filter_map(|k| peers.get(k)).collect();
+        let mut ordered: Vec<&Lease> = judged
+            .iter()
+            .filter_map(|k| peers.get(k).map(Borrow::borrow))
+            .collect();
         ordered.sort_by_key(|l| (!was_admitted.contains(&l.key), l.revision, l.key));
         for lease in ordered {
             // Rejections are kept in `self.rejected`; the caller reads them there.
@@ -257,7 +261,7 @@ fn check(
     lease: &Lease,
     macs: Vec<(Family, Mac)>,
     claims: &Ledger,
-) -> Verdict<Vec<Mac>> {
+) -> Verdict<Macs> {
     let families = [
         (lease.key.ipv4, identity.own.ipv4, identity.network_v4),
         (lease.key.ipv6, identity.own.ipv6, identity.network_v6),
@@ -272,15 +276,15 @@ fn check(
     for ip in ips.iter().flatten() {
         check_public_ip(identity, *ip)?;
     }
-    let mut checked = Vec::with_capacity(macs.len());
+    let mut checked = [None, None];
     for (family, mac) in macs {
-        let used = match family {
-            Family::V4 => identity.own.ipv4.is_some() && lease.key.ipv4.is_some(),
-            Family::V6 => identity.own.ipv6.is_some() && lease.key.ipv6.is_some(),
+        let (used, slot) = match family {
+            Family::V4 => (identity.own.ipv4.is_some() && lease.key.ipv4.is_some(), 0),
+            Family::V6 => (identity.own.ipv6.is_some() && lease.key.ipv6.is_some(), 1),
         };
         if used {
             check_mac(identity, mac, &ips, claims)?;
-            checked.push(mac);
+            checked[slot] = Some(mac);
         }
     }
     Ok(checked)
@@ -396,8 +400,8 @@ fn check_mac(identity: &Identity, mac: Mac, ips: &Ips, claims: &Ledger) -> Verdi
     }
     if let Some(claim) = claims.mac_claim(&mac)
         && claim.ips != *ips
-        && let Some(first) = claim.holders.first()
     {
+        let first = claim.first;
         return Err((
             RejectKind::VtepMacClaimed,
             format!(
@@ -433,7 +437,7 @@ mod tests {
             attrs: LeaseAttrs {
                 public_ip: ip.parse().unwrap(),
                 backend_type: "vxlan".into(),
-                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
                 ..LeaseAttrs::default()
             },
             etcd_lease: 1,

@@ -4,10 +4,93 @@
 //! with a new index, and the same desired state still describes it.
 
 use crate::mac::Mac;
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use weft_subnet::SubnetKey;
 use weft_subnet::family::Net;
+
+/// The name of the device an entry is on. Every route, neighbour and FDB entry names its
+/// device, and at thousands of peers a `String` each was a heap allocation per entry (and
+/// two per map entry, keys included): clones share one allocation. Compares, orders,
+/// hashes and prints as the plain name.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceName(Arc<str>);
+
+impl DeviceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for DeviceName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for DeviceName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for DeviceName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for DeviceName {
+    fn from(name: &str) -> DeviceName {
+        DeviceName(name.into())
+    }
+}
+
+impl From<String> for DeviceName {
+    fn from(name: String) -> DeviceName {
+        DeviceName(name.into())
+    }
+}
+
+impl From<&String> for DeviceName {
+    fn from(name: &String) -> DeviceName {
+        DeviceName(name.as_str().into())
+    }
+}
+
+impl PartialEq<str> for DeviceName {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for DeviceName {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for DeviceName {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::fmt::Debug for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A vxlan device as weft wants it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,14 +119,14 @@ pub struct Device {
 pub struct Route {
     pub destination: Net,
     pub gateway: IpAddr,
-    pub device: String,
+    pub device: DeviceName,
     pub onlink: bool,
 }
 
 /// A permanent neighbour (ARP/ND) entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Neighbour {
-    pub device: String,
+    pub device: DeviceName,
     pub ip: IpAddr,
     pub mac: Mac,
 }
@@ -51,7 +134,7 @@ pub struct Neighbour {
 /// A permanent FDB entry (`bridge fdb ... self permanent`): VTEP MAC to remote node IP.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Fdb {
-    pub device: String,
+    pub device: DeviceName,
     pub mac: Mac,
     pub destination: IpAddr,
 }
@@ -61,8 +144,8 @@ pub struct Fdb {
 pub struct Desired {
     pub devices: Vec<Device>,
     pub routes: BTreeMap<Net, Route>,
-    pub neighbours: BTreeMap<(String, IpAddr), Neighbour>,
-    pub fdb: BTreeMap<(String, Mac), Fdb>,
+    pub neighbours: BTreeMap<(DeviceName, IpAddr), Neighbour>,
+    pub fdb: BTreeMap<(DeviceName, Mac), Fdb>,
     /// Blackhole routes (`--ip-blackhole-route`: the node's own subnets), installed at
     /// the lowest preference so they never shadow a real route to the same prefix.
     pub blackholes: BTreeSet<Net>,
@@ -110,6 +193,47 @@ impl Desired {
             }
         }
         withdrawn
+    }
+}
+
+/// Entries collected for a [`Desired`], its maps then built in bulk: a `BTreeMap` filled
+/// one insert at a time in key order (peers come in subnet order) leaves its nodes half
+/// empty, built from a sorted list they are full (at 15,000 peers the three maps are
+/// ~3 MB smaller). The same entries result as from [`Desired::add_route`] and friends,
+/// a later entry under the same key replacing an earlier one.
+#[derive(Debug, Default)]
+pub struct Entries {
+    routes: Vec<(Net, Route)>,
+    neighbours: Vec<((DeviceName, IpAddr), Neighbour)>,
+    fdb: Vec<((DeviceName, Mac), Fdb)>,
+}
+
+impl Entries {
+    pub fn add_route(&mut self, route: Route) {
+        self.routes.push((route.destination, route));
+    }
+
+    pub fn add_neighbour(&mut self, n: Neighbour) {
+        self.neighbours.push(((n.device.clone(), n.ip), n));
+    }
+
+    pub fn add_fdb(&mut self, e: Fdb) {
+        self.fdb.push(((e.device.clone(), e.mac), e));
+    }
+
+    /// Adds the entries to `desired`'s maps.
+    pub fn build_into(self, desired: &mut Desired) {
+        fn build<K: Ord, V>(map: &mut BTreeMap<K, V>, entries: Vec<(K, V)>) {
+            if map.is_empty() {
+                // Sorts (stably: the last of equal keys wins) and fills nodes completely.
+                *map = entries.into_iter().collect();
+            } else {
+                map.extend(entries);
+            }
+        }
+        build(&mut desired.routes, self.routes);
+        build(&mut desired.neighbours, self.neighbours);
+        build(&mut desired.fdb, self.fdb);
     }
 }
 

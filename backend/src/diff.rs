@@ -166,7 +166,12 @@ pub fn incompatibility(want: &VxlanLink, have: &ObservedLink) -> Option<String> 
 
 /// Computes the operations that take the kernel from `observed` to `desired`.
 pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
-    let mut ops = Vec::new();
+    // At least this many entries are missing: sized once, so a first pass (thousands of
+    // peers, nothing in the kernel yet) does not grow the largest vector of the pass by
+    // doubling; a steady pass reserves nothing.
+    let wanted = desired.routes.len() + desired.neighbours.len() + desired.fdb.len();
+    let present = observed.routes.len() + observed.neighbours.len() + observed.fdb.len();
+    let mut ops = Vec::with_capacity(wanted.saturating_sub(present) + 2 * desired.devices.len());
     // Devices that will be (re)created have no entries afterwards.
     let mut fresh: HashSet<&str> = HashSet::new();
     for device in &desired.devices {

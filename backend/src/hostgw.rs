@@ -8,7 +8,7 @@
 //! level-triggered reconcile rather than flannel's 10 s route check.
 
 use crate::adjacency;
-use crate::desired::{Desired, Route, SkipKind, Skipped};
+use crate::desired::{Desired, DeviceName, Route, SkipKind, Skipped};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
@@ -52,6 +52,7 @@ pub fn desired_state<'a>(
 ) -> (Desired, Vec<Skipped>) {
     let mut desired = Desired::default();
     let mut skipped = Vec::new();
+    let device = DeviceName::from(&node.external_name);
     for peer in peers {
         if peer.attrs.backend_type != "host-gw" {
             skipped.push(Skipped {
@@ -75,7 +76,7 @@ pub fn desired_state<'a>(
             .and(peer.key.ipv6)
             .map(|subnet| (subnet, peer.attrs.public_ipv6.map(IpAddr::V6), Family::V6));
         for (subnet, public_ip, family) in v4.into_iter().chain(v6) {
-            match route_for(node, subnet, public_ip, family) {
+            match route_for(node, &device, subnet, public_ip, family) {
                 Ok(route) => desired.add_route(route),
                 Err((kind, reason)) => skipped.push(Skipped {
                     key: peer.key,
@@ -90,6 +91,7 @@ pub fn desired_state<'a>(
 
 fn route_for(
     node: &Node,
+    device: &DeviceName,
     subnet: Net,
     public_ip: Option<IpAddr>,
     family: Family,
@@ -114,7 +116,7 @@ fn route_for(
     Ok(Route {
         destination: subnet,
         gateway,
-        device: node.external_name.clone(),
+        device: device.clone(),
         onlink: false,
     })
 }

@@ -12,13 +12,15 @@
 //! both families, too much for an IPv6 underlay), and the device's local address is the
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
-use crate::desired::{Desired, Device, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink};
+use crate::desired::{
+    Desired, Device, DeviceName, Entries, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink,
+};
 use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
 use weft_subnet::family::{Family, Net};
 use weft_subnet::text::describe;
-use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use weft_subnet::{BackendData, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
 pub const OVERHEAD_V4: u32 = 50;
@@ -133,20 +135,14 @@ impl VxlanConfig {
     }
 
     /// BackendData as flannel writes it: `{"VNI":1,"VtepMAC":"aa:bb:..."}`.
-    pub fn backend_data(&self, mac: &Mac) -> Value {
-        serde_json::json!({"VNI": self.vni, "VtepMAC": mac::format(mac)})
+    pub fn backend_data(&self, mac: &Mac) -> BackendData {
+        BackendData::new(&serde_json::json!({"VNI": self.vni, "VtepMAC": mac::format(mac)}))
     }
 }
 
 /// The VTEP MAC published in BackendData, if any.
-pub fn vtep_mac(data: Option<&Value>) -> Option<Mac> {
-    let object = data?.as_object()?;
-    let text = object
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("vtepmac"))?
-        .1
-        .as_str()?;
-    mac::parse(text)
+pub fn vtep_mac(data: Option<&BackendData>) -> Option<Mac> {
+    data?.str_field("vtepmac", mac::parse)?
 }
 
 /// This node's side of the datapath.
@@ -244,6 +240,13 @@ pub fn desired_state<'a>(
             address: single,
         });
     }
+    let mut entries = Entries::default();
+    // One allocation per device name, shared by every entry on it.
+    let external_name = DeviceName::from(&node.external_name);
+    let device_names = [
+        DeviceName::from(config.device_name(Family::V4)),
+        DeviceName::from(config.device_name(Family::V6)),
+    ];
     for peer in peers {
         if peer.attrs.backend_type != "vxlan" {
             skipped.push(Skipped {
@@ -290,10 +293,10 @@ pub fn desired_state<'a>(
                 continue;
             }
             if config.direct_routing && crate::adjacency::on_link(&node.connected, public_ip) {
-                desired.add_route(Route {
+                entries.add_route(Route {
                     destination: subnet,
                     gateway: public_ip,
-                    device: node.external_name.clone(),
+                    device: external_name.clone(),
                     onlink: false,
                 });
                 continue;
@@ -306,18 +309,21 @@ pub fn desired_state<'a>(
                 });
                 continue;
             };
-            let device = config.device_name(family);
-            desired.add_neighbour(Neighbour {
+            let device = match family {
+                Family::V4 => device_names[0].clone(),
+                Family::V6 => device_names[1].clone(),
+            };
+            entries.add_neighbour(Neighbour {
                 device: device.clone(),
                 ip: subnet.ip(),
                 mac: peer_mac,
             });
-            desired.add_fdb(Fdb {
+            entries.add_fdb(Fdb {
                 device: device.clone(),
                 mac: peer_mac,
                 destination: public_ip,
             });
-            desired.add_route(Route {
+            entries.add_route(Route {
                 destination: subnet,
                 gateway: subnet.ip(),
                 device,
@@ -325,6 +331,7 @@ pub fn desired_state<'a>(
             });
         }
     }
+    entries.build_into(&mut desired);
     (desired, skipped)
 }
 
@@ -352,7 +359,7 @@ mod tests {
             attrs: LeaseAttrs {
                 public_ip: ip.parse().unwrap(),
                 backend_type: "vxlan".into(),
-                backend_data: Some(data),
+                backend_data: Some(data.into()),
                 ..LeaseAttrs::default()
             },
             etcd_lease: 1,

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use weft_backend::mac;
 use weft_backend::vxlan::{VxlanConfig, vtep_mac};
+use weft_subnet::BackendData;
 use weft_testkit::{check, json, outcome, text};
 
 /// The vxlan `Backend` fields, and those of its BackendData.
@@ -95,7 +96,7 @@ fn prop_vtep_mac_of_backend_data() {
         1 => mac_like().prop_map(|text| Some(json!({"VtepMAC": text}))),
     ];
     let tally = check(data, |data| {
-        let found = vtep_mac(data.as_ref());
+        let found = vtep_mac(data.as_ref().map(BackendData::from).as_ref());
         if let Some(mac) = found {
             // A MAC comes only from a VtepMAC string that spells it.
             let spelled = data.as_ref().and_then(Value::as_object).is_some_and(|o| {
@@ -106,6 +107,15 @@ fn prop_vtep_mac_of_backend_data() {
             });
             prop_assert!(spelled, "{data:?}");
         }
+        // The same as reading the parsed value: the first field named VtepMAC in any case,
+        // if it is a string (the data is read from its text, without building a value).
+        let from_value = data
+            .as_ref()
+            .and_then(Value::as_object)
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("vtepmac")))
+            .and_then(|(_, v)| v.as_str())
+            .and_then(mac::parse);
+        prop_assert_eq!(found, from_value, "{:?}", data);
         Ok(if found.is_some() { "mac" } else { "none" })
     });
     tally.assert_seen(&["mac", "none"]);

@@ -71,7 +71,7 @@ fn lease(spec: &Spec, revision: i64) -> Lease {
         attrs: LeaseAttrs {
             public_ip: ip,
             backend_type: "vxlan".into(),
-            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
             ..LeaseAttrs::default()
         },
         etcd_lease: 1,

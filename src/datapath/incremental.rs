@@ -151,8 +151,8 @@ impl Datapath {
         let replan: BTreeSet<SubnetKey> = changed.keys().chain(&judged).copied().collect();
         for key in replan {
             let before = match changed.get(&key) {
-                Some(old) => old.as_ref(),
-                None => self.peers.get(&key),
+                Some(old) => old.as_deref(),
+                None => self.peers.get(&key).map(|l| &**l),
             };
             if let Some(lease) = before.filter(|_| !rejected_before.contains(&key)) {
                 merge(
@@ -283,7 +283,7 @@ impl Datapath {
         match (dirty, mac) {
             (Dirty::Neighbour { device, ip }, Some(mac)) => {
                 let n = weft_backend::desired::Neighbour {
-                    device: device.clone(),
+                    device: device.as_str().into(),
                     ip: *ip,
                     mac,
                 };
@@ -291,7 +291,7 @@ impl Datapath {
             }
             (Dirty::Fdb { device, mac, dst }, _) => {
                 let e = Fdb {
-                    device: device.clone(),
+                    device: device.as_str().into(),
                     mac: *mac,
                     destination: *dst,
                 };
@@ -315,7 +315,10 @@ impl Datapath {
 
     /// The lease of an admitted peer (as of the last admission).
     fn admitted(&self, key: &SubnetKey) -> Option<&Lease> {
-        self.peers.get(key).filter(|_| self.admits(key))
+        self.peers
+            .get(key)
+            .map(|l| &**l)
+            .filter(|_| self.admits(key))
     }
 
     /// Logs each newly skipped peer once and records why it is skipped (for the metrics
@@ -403,7 +406,7 @@ impl Datapath {
             at && self.admitted(&lease.key).is_some()
                 && self
                     .backend
-                    .desired_state(&mut std::iter::once(lease))
+                    .desired_state(&mut std::iter::once(&**lease))
                     .0
                     .fdb
                     .get(&(e.device.clone(), e.mac))
@@ -466,14 +469,14 @@ impl Datapath {
                 .map(Op::ReplaceRoute),
             Dirty::Neighbour { device, ip } => admitted
                 .filter(|l| subnet_of(l, &|s| s.ip() == *ip))
-                .find_map(|l| want_of(l).neighbours.remove(&(device.clone(), *ip)))
+                .find_map(|l| want_of(l).neighbours.remove(&(device.as_str().into(), *ip)))
                 .map(Op::ReplaceNeighbour),
             Dirty::Fdb { device, mac, dst } => admitted
                 .filter(|l| {
                     IpAddr::V4(l.attrs.public_ip) == *dst
                         || l.attrs.public_ipv6.map(IpAddr::V6) == Some(*dst)
                 })
-                .find_map(|l| want_of(l).fdb.remove(&(device.clone(), *mac)))
+                .find_map(|l| want_of(l).fdb.remove(&(device.as_str().into(), *mac)))
                 .map(Op::ReplaceFdb),
         }
     }

@@ -2,8 +2,10 @@
 
 use crate::family::{Family, Net};
 use crate::text::describe;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A lease's subnets: the etcd key without its prefix, e.g. `10.5.34.0-24` or
@@ -104,8 +106,203 @@ pub struct LeaseAttrs {
     /// Empty for backends that set none (alloc, udp).
     pub backend_type: String,
     /// Raw JSON; `None` means the field is absent.
-    pub backend_data: Option<Value>,
-    pub backend_v6_data: Option<Value>,
+    pub backend_data: Option<BackendData>,
+    pub backend_v6_data: Option<BackendData>,
+}
+
+/// A lease's `BackendData` (or `BackendV6Data`): any JSON value, kept as its compact text.
+///
+/// The text is what serde_json writes for the parsed value (keys in document order, a
+/// repeated key once with its last value, no whitespace), so every lease value,
+/// annotation and etcd value written from it is byte for byte what writing the parsed
+/// value gave. Kept as text rather than as a `serde_json::Value` because every peer's
+/// lease is held in memory (a vxlan `{"VNI":1,"VtepMAC":"…"}` is one 64-byte allocation
+/// instead of an `IndexMap` of ~600 bytes), and clones share it (the lease watcher, the
+/// node's peer set and the datapath each hold every lease). Equality is of the text: the
+/// same fields in another order are a different value (a changed lease), which at worst
+/// costs a targeted pass that changes nothing.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendData(Arc<str>);
+
+impl BackendData {
+    /// The data of a parsed value.
+    pub fn new(value: &Value) -> BackendData {
+        BackendData(value.to_string().into())
+    }
+
+    /// Parses JSON text (any value).
+    pub fn parse(text: &str) -> Result<BackendData, serde_json::Error> {
+        serde_json::from_str::<Value>(text).map(|v| BackendData::new(&v))
+    }
+
+    /// The compact JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parsed value.
+    pub fn to_value(&self) -> Value {
+        // The text was written by serde_json from a value, so it always parses.
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// Whether the value is JSON `null`.
+    pub fn is_null(&self) -> bool {
+        &*self.0 == "null"
+    }
+
+    /// `f` of the string value of the first field whose name is `name` ignoring ASCII
+    /// case, if the data is an object with such a field and that field is a string;
+    /// otherwise `None`. Reads the text without building a `Value`.
+    pub fn str_field<R>(&self, name: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+        let mut de = serde_json::Deserializer::from_str(&self.0);
+        let found = FieldSeed { name, f }.deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        found
+    }
+}
+
+impl From<Value> for BackendData {
+    fn from(value: Value) -> BackendData {
+        BackendData::new(&value)
+    }
+}
+
+impl From<&Value> for BackendData {
+    fn from(value: &Value) -> BackendData {
+        BackendData::new(value)
+    }
+}
+
+impl PartialEq<Value> for BackendData {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl std::fmt::Debug for BackendData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for BackendData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reads one string field of a JSON object (see [`BackendData::str_field`]).
+struct FieldSeed<'n, F> {
+    name: &'n str,
+    f: F,
+}
+
+impl<'de, R, F: FnOnce(&str) -> R> DeserializeSeed<'de> for FieldSeed<'_, F> {
+    type Value = Option<R>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<R>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, R, F: FnOnce(&str) -> R> Visitor<'de> for FieldSeed<'_, F> {
+    type Value = Option<R>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<R>, A::Error> {
+        let mut f = Some(self.f);
+        let mut found = None;
+        while let Some(matches) = map.next_key_seed(KeyIs(self.name))? {
+            match (matches, f.take()) {
+                (true, Some(f)) => found = map.next_value_seed(StrValue(f))?,
+                (_, rest) => {
+                    f = rest;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a key is the wanted name (ASCII case-insensitively).
+struct KeyIs<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key.eq_ignore_ascii_case(self.0))
+    }
+}
+
+/// `f` of a string value; `None` for a value of another type (skipped).
+struct StrValue<F>(F);
+
+impl<'de, R, F: FnOnce(&str) -> R> DeserializeSeed<'de> for StrValue<F> {
+    type Value = Option<R>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<R>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, R, F: FnOnce(&str) -> R> Visitor<'de> for StrValue<F> {
+    type Value = Option<R>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<R>, E> {
+        Ok(Some((self.0)(v)))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<R>, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<R>, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<R>, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<R>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Option<R>, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<R>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<R>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
 }
 
 impl Default for LeaseAttrs {
@@ -186,8 +383,8 @@ impl LeaseAttrs {
                         }
                     }
                 }
-                "backenddata" => attrs.backend_data = Some(value),
-                "backendv6data" => attrs.backend_v6_data = Some(value),
+                "backenddata" => attrs.backend_data = Some(BackendData::new(&value)),
+                "backendv6data" => attrs.backend_v6_data = Some(BackendData::new(&value)),
                 _ => {}
             }
         }
@@ -217,7 +414,7 @@ impl LeaseAttrs {
                 out.push_str(",\"");
                 out.push_str(name);
                 out.push_str("\":");
-                out.push_str(&data.to_string());
+                out.push_str(data.as_str());
             }
         }
         out.push('}');
@@ -318,6 +515,52 @@ mod tests {
         let err = LeaseAttrs::from_json(b"[1]").unwrap_err();
         assert_eq!(err.to_string(), "lease value is not a JSON object: [1]");
         assert!(LeaseAttrs::from_json(b"{garbage").is_err());
+    }
+
+    #[test]
+    fn backend_data_is_kept_as_compact_json_text() {
+        // Whitespace, key order, a repeated key: written as the parsed value was.
+        let attrs = LeaseAttrs::from_json(
+            br#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData": { "VtepMAC" : "0a:58:00:00:00:01", "VNI": 1, "VNI": 2 }}"#,
+        )
+        .unwrap();
+        let data = attrs.backend_data.as_ref().unwrap();
+        assert_eq!(data.as_str(), r#"{"VtepMAC":"0a:58:00:00:00:01","VNI":2}"#);
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VtepMAC":"0a:58:00:00:00:01","VNI":2}}"#
+        );
+        assert_eq!(
+            *data,
+            serde_json::json!({"VtepMAC": "0a:58:00:00:00:01", "VNI": 2})
+        );
+        assert_eq!(format!("{data:?}"), data.as_str());
+        // Clones share the text.
+        assert!(std::ptr::eq(data.clone().as_str(), data.as_str()));
+        let null = LeaseAttrs::from_json(br#"{"BackendData":null}"#).unwrap();
+        assert!(null.backend_data.unwrap().is_null());
+    }
+
+    #[test]
+    fn backend_data_fields_are_read_from_the_text() {
+        let field = |text: &str| {
+            BackendData::parse(text)
+                .unwrap()
+                .str_field("vtepmac", str::to_string)
+        };
+        assert_eq!(field(r#"{"VNI":1,"VtepMAC":"aa"}"#), Some("aa".into()));
+        assert_eq!(field(r#"{"vtepmac":"b\u0061"}"#), Some("ba".into()));
+        // The first field of that name in any case counts, string or not.
+        assert_eq!(field(r#"{"VTEPMAC":"x","vtepmac":"y"}"#), Some("x".into()));
+        assert_eq!(field(r#"{"VtepMAC":1,"vtepmac":"y"}"#), None);
+        assert_eq!(field(r#"{"VtepMAC":{"a":[1,"b"]},"vtepmac":"y"}"#), None);
+        assert_eq!(
+            field(r#"{"VNI":[1,{"VtepMAC":"z"}],"VtepMAC":"c"}"#),
+            Some("c".into())
+        );
+        for other in [r#"{"VNI":1}"#, "null", "[1]", r#""VtepMAC""#, "1.5", "{}"] {
+            assert_eq!(field(other), None, "{other}");
+        }
     }
 
     /// The lease value from the issue: its quoted array is 66 characters (70 bytes), so it

@@ -17,4 +17,4 @@ pub mod text;
 pub mod watch;
 
 pub use config::{BackendType, NetworkConfig, RawConfig};
-pub use lease::{Lease, LeaseAttrs, SubnetKey};
+pub use lease::{BackendData, Lease, LeaseAttrs, SubnetKey};

@@ -8,6 +8,7 @@
 
 use crate::lease::{Lease, SubnetKey};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One change from the datastore.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +38,9 @@ pub enum WatchBatch {
 /// A change in the set of peer leases.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeaseEvent {
-    /// A new peer, or a known peer whose attributes changed.
-    Added(Lease),
+    /// A new peer, or a known peer whose attributes changed (the lease the watcher keeps,
+    /// shared).
+    Added(Arc<Lease>),
     /// A peer is gone; carries its last known attributes.
     Removed(Lease),
 }
@@ -58,10 +60,13 @@ pub struct Changes {
 }
 
 /// Tracks peer leases; see the module docs.
+///
+/// Each lease is kept behind an `Arc`, so the datapath's copy of the peer set
+/// ([`LeaseWatcher::peers`]) shares it instead of holding a second one.
 #[derive(Debug, Default)]
 pub struct LeaseWatcher {
     own: Option<SubnetKey>,
-    peers: BTreeMap<SubnetKey, Lease>,
+    peers: BTreeMap<SubnetKey, Arc<Lease>>,
 }
 
 impl LeaseWatcher {
@@ -77,13 +82,13 @@ impl LeaseWatcher {
     pub fn set_own(&mut self, own: Option<SubnetKey>) -> Vec<LeaseEvent> {
         self.own = own;
         own.and_then(|key| self.peers.remove(&key))
-            .map(LeaseEvent::Removed)
+            .map(|lease| LeaseEvent::Removed(Arc::unwrap_or_clone(lease)))
             .into_iter()
             .collect()
     }
 
     /// Known peer leases, ordered by subnet.
-    pub fn peers(&self) -> impl Iterator<Item = &Lease> {
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Lease>> {
         self.peers.values()
     }
 
@@ -104,14 +109,16 @@ impl LeaseWatcher {
     /// Replaces the known set with a full listing.
     pub fn reset(&mut self, snapshot: Vec<Lease>) -> Changes {
         let mut changes = Changes::default();
-        let mut fresh = BTreeMap::new();
+        let mut fresh = Vec::with_capacity(snapshot.len());
         for lease in snapshot {
             if Some(lease.key) == self.own {
                 changes.own = Some(OwnLeaseChange::Written(Box::new(lease)));
                 continue;
             }
-            fresh.insert(lease.key, lease);
+            fresh.push((lease.key, Arc::new(lease)));
         }
+        // Built in bulk (sorted, the last of equal keys kept, as inserts would): full nodes.
+        let fresh: BTreeMap<SubnetKey, Arc<Lease>> = fresh.into_iter().collect();
         if self.own.is_some() && changes.own.is_none() {
             changes.own = Some(OwnLeaseChange::Deleted);
         }
@@ -121,12 +128,14 @@ impl LeaseWatcher {
                 .get(key)
                 .is_none_or(|known| known.attrs != lease.attrs)
             {
-                changes.peers.push(LeaseEvent::Added(lease.clone()));
+                changes.peers.push(LeaseEvent::Added(Arc::clone(lease)));
             }
         }
         for (key, lease) in std::mem::take(&mut self.peers) {
             if !fresh.contains_key(&key) {
-                changes.peers.push(LeaseEvent::Removed(lease));
+                changes
+                    .peers
+                    .push(LeaseEvent::Removed(Arc::unwrap_or_clone(lease)));
             }
         }
         self.peers = fresh;
@@ -147,8 +156,9 @@ impl LeaseWatcher {
                         .peers
                         .get(&lease.key)
                         .is_none_or(|known| known.attrs != lease.attrs);
+                    let lease = Arc::new(lease);
                     if changed {
-                        changes.peers.push(LeaseEvent::Added(lease.clone()));
+                        changes.peers.push(LeaseEvent::Added(Arc::clone(&lease)));
                     }
                     self.peers.insert(lease.key, lease);
                 }
@@ -158,7 +168,8 @@ impl LeaseWatcher {
                         continue;
                     }
                     // Prefer the stored attributes: they are what was programmed.
-                    if let Some(lease) = self.peers.remove(&key).or(previous) {
+                    let stored = self.peers.remove(&key).map(Arc::unwrap_or_clone);
+                    if let Some(lease) = stored.or(previous) {
                         changes.peers.push(LeaseEvent::Removed(lease));
                     }
                 }
@@ -199,13 +210,19 @@ mod tests {
         let c = w.reset(vec![a.clone(), b.clone(), mine.clone()]);
         assert_eq!(
             c.peers,
-            vec![LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]
+            vec![
+                LeaseEvent::Added(Arc::new(a.clone())),
+                LeaseEvent::Added(Arc::new(b.clone()))
+            ]
         );
         assert_eq!(c.own, Some(OwnLeaseChange::Written(Box::new(mine.clone()))));
         // b vanished and a changed its public IP while the watch was down.
         let a2 = lease("10.244.2.0-24", "198.18.0.22");
         let c = w.reset(vec![a2.clone(), mine]);
-        assert_eq!(c.peers, vec![LeaseEvent::Added(a2), LeaseEvent::Removed(b)]);
+        assert_eq!(
+            c.peers,
+            vec![LeaseEvent::Added(Arc::new(a2)), LeaseEvent::Removed(b)]
+        );
         assert_eq!(w.peer_count(), 1);
         // Own key gone from a snapshot is reported.
         let c = w.reset(vec![]);
@@ -217,7 +234,7 @@ mod tests {
         let mut w = LeaseWatcher::new(own());
         let a = lease("10.244.2.0-24", "198.18.0.2");
         let c = w.apply(vec![DatastoreEvent::Put(a.clone())]);
-        assert_eq!(c.peers, vec![LeaseEvent::Added(a.clone())]);
+        assert_eq!(c.peers, vec![LeaseEvent::Added(Arc::new(a.clone()))]);
         // A renewal (same attrs, new revision) is not a change.
         let renewed = Lease {
             revision: 9,

@@ -383,7 +383,7 @@ fn vxlan_attrs() -> LeaseAttrs {
     LeaseAttrs {
         public_ip: "198.18.0.11".parse().unwrap(),
         backend_type: "vxlan".into(),
-        backend_data: Some(json!({"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e3"})),
+        backend_data: Some(json!({"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e3"}).into()),
         ..LeaseAttrs::default()
     }
 }

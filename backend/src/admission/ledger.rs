@@ -1,42 +1,44 @@
 //! What the admitted peers claim: their subnets and VTEP MACs, kept between passes so a
 //! change is judged against them without re-judging every peer.
+//!
+//! Kept for every peer all the time, so it is compact: ordered maps (no empty hash
+//! buckets), a peer's MACs inline, and no index of IPv4 subnets (a key starts with its
+//! IPv4 subnet, so the admitted keys in order find its holder).
 
 use crate::mac::Mac;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::IpAddr;
 use weft_subnet::SubnetKey;
-use weft_subnet::family::Net;
+use weft_subnet::family::{Family, Net};
 
 /// The public addresses a VTEP MAC was claimed at (one per family used, at most two).
 pub(super) type Ips = [Option<IpAddr>; 2];
+
+/// The VTEP MACs one peer claimed (one per family used, at most two).
+pub(super) type Macs = [Option<Mac>; 2];
 
 /// One VTEP MAC and the admitted peers that publish it, all at the same addresses (one
 /// node's FDB entry); the first one is named when a newcomer is turned away.
 #[derive(Debug)]
 pub(super) struct MacClaim {
     pub ips: Ips,
-    pub holders: Vec<SubnetKey>,
+    pub first: SubnetKey,
+    /// Further peers at the same addresses (rare; empty takes no allocation).
+    others: Vec<SubnetKey>,
 }
 
 /// Claims of the admitted peers.
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
-    subnets: HashMap<Net, SubnetKey>,
-    macs: HashMap<Mac, MacClaim>,
     /// Every admitted peer, with the MACs it claimed.
-    held: HashMap<SubnetKey, Vec<Mac>>,
+    held: BTreeMap<SubnetKey, Macs>,
+    /// The IPv6 subnets of admitted peers (their IPv4 subnets are found in `held`).
+    v6_subnets: BTreeMap<Net, SubnetKey>,
+    macs: BTreeMap<Mac, MacClaim>,
 }
 
 impl Ledger {
-    pub fn with_capacity(peers: usize) -> Ledger {
-        Ledger {
-            subnets: HashMap::with_capacity(peers),
-            macs: HashMap::with_capacity(peers),
-            held: HashMap::with_capacity(peers),
-        }
-    }
-
     /// Whether `key` is admitted.
     pub fn holds(&self, key: &SubnetKey) -> bool {
         self.held.contains_key(key)
@@ -46,8 +48,22 @@ impl Ledger {
         self.held.keys()
     }
 
+    /// The admitted peer holding `subnet`.
     pub fn subnet_holder(&self, subnet: &Net) -> Option<&SubnetKey> {
-        self.subnets.get(subnet)
+        match subnet.family {
+            Family::V4 => {
+                let lowest = SubnetKey {
+                    ipv4: Some(*subnet),
+                    ipv6: None,
+                };
+                self.held
+                    .range(lowest..)
+                    .next()
+                    .map(|(key, _)| key)
+                    .filter(|key| key.ipv4 == Some(*subnet))
+            }
+            Family::V6 => self.v6_subnets.get(subnet),
+        }
     }
 
     pub fn mac_claim(&self, mac: &Mac) -> Option<&MacClaim> {
@@ -55,17 +71,25 @@ impl Ledger {
     }
 
     /// Records an admitted peer's claims.
-    pub fn claim(&mut self, key: SubnetKey, macs: Vec<Mac>, ips: Ips) {
-        for net in [key.ipv4, key.ipv6].into_iter().flatten() {
-            self.subnets.insert(net, key);
+    pub fn claim(&mut self, key: SubnetKey, macs: Macs, ips: Ips) {
+        if let Some(v6) = key.ipv6 {
+            self.v6_subnets.insert(v6, key);
         }
-        for mac in &macs {
-            let claim = self.macs.entry(*mac).or_insert_with(|| MacClaim {
-                ips,
-                holders: Vec::with_capacity(1),
-            });
-            if !claim.holders.contains(&key) {
-                claim.holders.push(key);
+        for mac in macs.iter().flatten() {
+            match self.macs.entry(*mac) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(MacClaim {
+                        ips,
+                        first: key,
+                        others: Vec::new(),
+                    });
+                }
+                Entry::Occupied(mut claim) => {
+                    let claim = claim.get_mut();
+                    if claim.first != key && !claim.others.contains(&key) {
+                        claim.others.push(key);
+                    }
+                }
             }
         }
         self.held.insert(key, macs);
@@ -76,16 +100,21 @@ impl Ledger {
         let Some(macs) = self.held.remove(key) else {
             return false;
         };
-        for net in [key.ipv4, key.ipv6].into_iter().flatten() {
-            if self.subnets.get(&net) == Some(key) {
-                self.subnets.remove(&net);
-            }
+        if let Some(v6) = key.ipv6
+            && self.v6_subnets.get(&v6) == Some(key)
+        {
+            self.v6_subnets.remove(&v6);
         }
-        for mac in macs {
-            if let Entry::Occupied(mut claim) = self.macs.entry(mac) {
-                claim.get_mut().holders.retain(|k| k != key);
-                if claim.get().holders.is_empty() {
-                    claim.remove();
+        for mac in macs.iter().flatten() {
+            if let Entry::Occupied(mut entry) = self.macs.entry(*mac) {
+                let claim = entry.get_mut();
+                claim.others.retain(|k| k != key);
+                if claim.first == *key {
+                    if claim.others.is_empty() {
+                        entry.remove();
+                    } else {
+                        claim.first = claim.others.remove(0);
+                    }
                 }
             }
         }

@@ -9,8 +9,8 @@ use super::dump::Dumper;
 use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
-    BLACKHOLE_METRIC, Desired, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink, ObservedRoute,
-    Route, VxlanAttrs, VxlanLink, is_vxlan_device_name,
+    BLACKHOLE_METRIC, Desired, DeviceName, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink,
+    ObservedRoute, Route, VxlanAttrs, VxlanLink, is_vxlan_device_name,
 };
 use crate::diff::Op;
 use crate::mac::{self, Mac};
@@ -79,9 +79,9 @@ impl Kernel {
     pub async fn observe(&self, desired: &Desired) -> Result<Observed, KernelError> {
         let wanted: HashSet<&str> = desired.device_names().collect();
         let links = self.links().await?;
-        let names: HashMap<u32, String> = links
+        let names: HashMap<u32, DeviceName> = links
             .iter()
-            .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
+            .filter_map(|l| link_name(l).map(|n| (l.header.index, DeviceName::from(n))))
             .collect();
         let mut observed = Observed::default();
         for link in &links {
@@ -168,6 +168,7 @@ impl Kernel {
         let mut devices: Vec<(&u32, &String)> = ours.iter().collect();
         devices.sort();
         for (&index, device) in devices {
+            let device = &DeviceName::from(device);
             for family in [AddressFamily::Unspec, AddressFamily::Bridge] {
                 let mut request = NeighbourMessage::default();
                 request.header.family = family;
@@ -618,9 +619,9 @@ pub(super) enum SeenRoute {
 /// Sorts a dumped route: weft's own (marked with its protocol, or through its devices:
 /// those are the overlay's, e.g. adopted from flannel), a foreign route on a prefix
 /// weft wants, or irrelevant.
-pub(super) fn classify_route(
+pub(super) fn classify_route<N: Clone + Into<DeviceName> + std::fmt::Display>(
     message: &RouteMessage,
-    names: &HashMap<u32, String>,
+    names: &HashMap<u32, N>,
     ours: &HashMap<u32, String>,
     desired: &Desired,
 ) -> Option<SeenRoute> {
@@ -664,8 +665,7 @@ pub(super) fn classify_route(
         let device = oif.map(|i| {
             names
                 .get(&i)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex {i}"))
+                .map_or_else(|| format!("ifindex {i}"), ToString::to_string)
         });
         return Some(SeenRoute::Foreign(ForeignRoute {
             destination,
@@ -682,7 +682,7 @@ pub(super) fn classify_route(
             device: names
                 .get(&oif)
                 .cloned()
-                .unwrap_or_else(|| format!("ifindex {oif}")),
+                .map_or_else(|| format!("ifindex {oif}").into(), Into::into),
             onlink: message.header.flags.contains(RouteFlags::Onlink),
         },
         marked,
@@ -749,23 +749,23 @@ pub(super) fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, O
     (ip, lladdr)
 }
 
-fn observed_neighbour(message: &NeighbourMessage, device: &str) -> Option<Neighbour> {
+fn observed_neighbour(message: &NeighbourMessage, device: &DeviceName) -> Option<Neighbour> {
     if message.header.state != NeighbourState::Permanent {
         return None;
     }
     let (ip, mac) = neighbour_fields(message);
     Some(Neighbour {
-        device: device.to_string(),
+        device: device.clone(),
         ip: ip?,
         mac: mac?,
     })
 }
 
-fn observed_fdb(message: &NeighbourMessage, device: &str) -> Option<Fdb> {
+fn observed_fdb(message: &NeighbourMessage, device: &DeviceName) -> Option<Fdb> {
     let (destination, lladdr) = neighbour_fields(message);
     let mac_address = lladdr.filter(mac::is_unicast)?;
     Some(Fdb {
-        device: device.to_string(),
+        device: device.clone(),
         mac: mac_address,
         destination: destination?,
     })

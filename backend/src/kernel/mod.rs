@@ -9,7 +9,7 @@ mod lookup;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use std::net::IpAddr;
 
-pub use events::{KernelEvent, subscribe};
+pub use events::{KernelEvent, is_own_addition, subscribe};
 pub use executor::Kernel;
 pub use host::{HostAddress, HostLink, HostRoute, HostSnapshot, read_host, route_to};
 pub use lookup::RouteAt;

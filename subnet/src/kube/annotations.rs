@@ -1,8 +1,7 @@
 //! flannel's Node annotations: names derived from `--kube-annotation-prefix`, and the set a
 //! node publishes about itself (pure).
 
-use crate::lease::LeaseAttrs;
-use serde_json::Value;
+use crate::lease::{BackendData, LeaseAttrs};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -80,7 +79,7 @@ impl AnnotationKeys {
         // vxlan (and wireguard) publish a family only when it has backend data; other
         // backends always publish v4 and publish v6 when they have a v6 address.
         let per_family_data = matches!(attrs.backend_type.as_str(), "vxlan" | "wireguard");
-        let has_data = |data: &Option<Value>| data.as_ref().is_some_and(|d| !d.is_null());
+        let has_data = |data: &Option<BackendData>| data.as_ref().is_some_and(|d| !d.is_null());
         if !per_family_data || has_data(&attrs.backend_data) {
             out.insert(self.backend_data.clone(), json_text(&attrs.backend_data));
             let public = overwrite::<Ipv4Addr>(current, &self.public_ip_overwrite, &mut problems)
@@ -121,9 +120,9 @@ pub fn annotation_changes(
 }
 
 /// Backend data as flannel writes it: Go's encoding of a `json.RawMessage`, `null` if none.
-fn json_text(data: &Option<Value>) -> String {
+fn json_text(data: &Option<BackendData>) -> String {
     data.as_ref()
-        .map_or_else(|| "null".to_string(), Value::to_string)
+        .map_or_else(|| "null".to_string(), |d| d.as_str().to_string())
 }
 
 fn overwrite<T: std::str::FromStr>(
@@ -222,8 +221,8 @@ mod tests {
             public_ip: "198.18.0.11".parse().unwrap(),
             public_ipv6: v6.then(|| "fd00::11".parse().unwrap()),
             backend_type: "vxlan".into(),
-            backend_data: Some(json!({"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e3"})),
-            backend_v6_data: v6.then(|| json!({"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e4"})),
+            backend_data: Some(json!({"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e3"}).into()),
+            backend_v6_data: v6.then(|| json!({"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e4"}).into()),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::annotations::AnnotationKeys;
 use crate::family::{Family, Net};
-use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::lease::{BackendData, Lease, LeaseAttrs, SubnetKey};
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
@@ -170,7 +170,9 @@ pub fn node_to_lease(
         attrs.public_ip = text
             .parse::<Ipv4Addr>()
             .map_err(|_| bad(&keys.public_ip, text, "an IPv4 address"))?;
-        attrs.backend_data = Some(json(&keys.backend_data)?).filter(|v| !v.is_null());
+        attrs.backend_data = Some(json(&keys.backend_data)?)
+            .filter(|v| !v.is_null())
+            .map(BackendData::from);
     }
     if key.ipv6.is_some() {
         let text = required(&keys.public_ipv6)?;
@@ -178,7 +180,9 @@ pub fn node_to_lease(
             text.parse::<Ipv6Addr>()
                 .map_err(|_| bad(&keys.public_ipv6, text, "an IPv6 address"))?,
         );
-        attrs.backend_v6_data = Some(json(&keys.backend_v6_data)?).filter(|v| !v.is_null());
+        attrs.backend_v6_data = Some(json(&keys.backend_v6_data)?)
+            .filter(|v| !v.is_null())
+            .map(BackendData::from);
     }
     Ok(Lease {
         key,
@@ -234,12 +238,12 @@ fn node_public_ip<T: std::str::FromStr>(
 pub fn published_backend_data(
     node: &Node,
     keys: &AnnotationKeys,
-) -> (Option<Value>, Option<Value>) {
+) -> (Option<BackendData>, Option<BackendData>) {
     let annotations = annotations(node);
     let data = |key: &String| {
         annotations
             .get(key)
-            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .and_then(|text| BackendData::parse(text).ok())
             .filter(|v| !v.is_null())
     };
     (data(&keys.backend_data), data(&keys.backend_v6_data))
@@ -348,7 +352,7 @@ mod tests {
         assert_eq!(lease.attrs.backend_type, "vxlan");
         assert_eq!(
             lease.attrs.backend_data,
-            Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}))
+            Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}).into())
         );
         assert_eq!(lease.attrs.public_ipv6, None);
         assert_eq!(lease.attrs.backend_v6_data, None);
@@ -369,7 +373,7 @@ mod tests {
         );
         assert_eq!(
             lease.attrs.backend_v6_data,
-            Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"}))
+            Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"}).into())
         );
         // podCIDRs in either order; the family decides.
         let reversed = node_to_lease(
@@ -516,8 +520,14 @@ mod tests {
             ]
         );
         let (v4, v6) = published_backend_data(&n, &keys());
-        assert_eq!(v4, Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"})));
-        assert_eq!(v6, Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"})));
+        assert_eq!(
+            v4,
+            Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}).into())
+        );
+        assert_eq!(
+            v6,
+            Some(json!({"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"}).into())
+        );
         n.metadata.annotations.as_mut().unwrap().insert(
             "flannel.alpha.coreos.com/backend-data".into(),
             "garbage".into(),

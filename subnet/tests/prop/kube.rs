@@ -158,8 +158,8 @@ fn prop_node_annotations_read_or_refused() {
         // The overwrite annotations are read when this node publishes its own lease.
         let attrs = LeaseAttrs {
             backend_type: "vxlan".into(),
-            backend_data: Some(json!({"VNI": 1})),
-            backend_v6_data: Some(json!({"VNI": 1})),
+            backend_data: Some(json!({"VNI": 1}).into()),
+            backend_v6_data: Some(json!({"VNI": 1}).into()),
             public_ipv6: Some("fd00::1".parse().unwrap_or_else(|e| panic!("{e}"))),
             ..LeaseAttrs::default()
         };
