@@ -142,14 +142,23 @@ impl Admission {
         self.identity = Some(identity.clone());
         self.ledger = Ledger::default();
         self.rejected.clear();
+        let mut by_key = ordered.clone();
+        by_key.sort_by_key(|l| l.key);
+        let lease_of = |key: &SubnetKey| {
+            by_key
+                .binary_search_by_key(key, |l| l.key)
+                .ok()
+                .map(|i| by_key[i])
+        };
         let mut admitted = Vec::with_capacity(ordered.len());
         let mut rejected = Vec::new();
         for lease in ordered {
-            match self.judge(identity, lease, macs_of) {
+            match self.judge(identity, lease, macs_of, &lease_of) {
                 Ok(()) => admitted.push(lease),
                 Err(rejection) => rejected.push(rejection),
             }
         }
+        self.ledger.pack();
         admitted.sort_by_key(|l| l.key);
         (admitted, rejected)
     }
@@ -185,24 +194,29 @@ impl Admission {
             .filter_map(|k| peers.get(k).map(Borrow::borrow))
             .collect();
         ordered.sort_by_key(|l| (!was_admitted.contains(&l.key), l.revision, l.key));
+        let lease_of = |key: &SubnetKey| peers.get(key).map(Borrow::borrow);
         for lease in ordered {
             // Rejections are kept in `self.rejected`; the caller reads them there.
-            let _ = self.judge(identity, lease, macs_of);
+            let _ = self.judge(identity, lease, macs_of, &lease_of);
         }
         Judged::Keys(judged.into_iter().collect())
     }
 
     /// Judges one peer against the claims so far; an admitted peer claims its share.
-    fn judge(
+    fn judge<'l>(
         &mut self,
         identity: &Identity,
         lease: &Lease,
         macs_of: MacsOf<'_>,
+        lease_of: &dyn Fn(&SubnetKey) -> Option<&'l Lease>,
     ) -> Result<(), Rejection> {
-        match check(identity, lease, macs_of(lease), &self.ledger) {
+        let holders = Holders {
+            ledger: &self.ledger,
+            lease_of,
+        };
+        match check(identity, lease, macs_of(lease), &holders) {
             Ok(macs) => {
-                self.ledger
-                    .claim(lease.key, macs, public_ips(identity, lease));
+                self.ledger.claim(lease.key, macs);
                 Ok(())
             }
             Err((kind, reason)) => {
@@ -244,6 +258,12 @@ impl Admission {
     }
 }
 
+/// The admitted peers' claims, and their leases (for the addresses a MAC is used at).
+struct Holders<'a, 'l> {
+    ledger: &'a Ledger,
+    lease_of: &'a dyn Fn(&SubnetKey) -> Option<&'l Lease>,
+}
+
 /// The public IPs of `lease` for the families this node uses.
 fn public_ips(identity: &Identity, lease: &Lease) -> Ips {
     let v4 = (identity.own.ipv4.is_some() && lease.key.ipv4.is_some())
@@ -260,7 +280,7 @@ fn check(
     identity: &Identity,
     lease: &Lease,
     macs: Vec<(Family, Mac)>,
-    claims: &Ledger,
+    claims: &Holders<'_, '_>,
 ) -> Verdict<Macs> {
     let families = [
         (lease.key.ipv4, identity.own.ipv4, identity.network_v4),
@@ -295,7 +315,7 @@ fn check_subnet(
     subnet: Net,
     own: Net,
     network: Option<Net>,
-    claims: &Ledger,
+    claims: &Holders<'_, '_>,
 ) -> Verdict<()> {
     let Some(network) = network else {
         return Err((
@@ -338,7 +358,7 @@ fn check_subnet(
         ));
     }
     // All accepted subnets share the prefix length, so overlapping means equal.
-    if let Some(first) = claims.subnet_holder(&subnet) {
+    if let Some(first) = claims.ledger.subnet_holder(&subnet) {
         return Err((
             RejectKind::OverlapsPeer,
             format!(
@@ -384,7 +404,7 @@ fn is_link_local(ip: &IpAddr) -> bool {
     }
 }
 
-fn check_mac(identity: &Identity, mac: Mac, ips: &Ips, claims: &Ledger) -> Verdict<()> {
+fn check_mac(identity: &Identity, mac: Mac, ips: &Ips, claims: &Holders<'_, '_>) -> Verdict<()> {
     let text = mac::format(&mac);
     if !mac::is_unicast(&mac) {
         return Err((
@@ -398,10 +418,9 @@ fn check_mac(identity: &Identity, mac: Mac, ips: &Ips, claims: &Ledger) -> Verdi
             format!("its VTEP MAC {text} is this node's own"),
         ));
     }
-    if let Some(claim) = claims.mac_claim(&mac)
-        && claim.ips != *ips
+    if let Some(first) = claims.ledger.mac_holder(&mac)
+        && (claims.lease_of)(first).map(|holder| public_ips(identity, holder)) != Some(*ips)
     {
-        let first = claim.first;
         return Err((
             RejectKind::VtepMacClaimed,
             format!(

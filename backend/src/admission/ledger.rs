@@ -1,32 +1,23 @@
 //! What the admitted peers claim: their subnets and VTEP MACs, kept between passes so a
 //! change is judged against them without re-judging every peer.
 //!
-//! Kept for every peer all the time, so it is compact: ordered maps (no empty hash
-//! buckets), a peer's MACs inline, and no index of IPv4 subnets (a key starts with its
-//! IPv4 subnet, so the admitted keys in order find its holder).
+//! Kept for every peer all the time, so it is compact (about 60 bytes per peer at 15,000
+//! peers): ordered maps packed after a full admission (no empty hash buckets, no half
+//! empty tree nodes), a peer's MACs inline, no index of IPv4 subnets (a key starts with
+//! its IPv4 subnet, so the admitted keys in order find its holder) and no copy of the
+//! holders' addresses (the caller reads them from their leases).
 
 use crate::mac::Mac;
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 use std::net::IpAddr;
 use weft_subnet::SubnetKey;
 use weft_subnet::family::{Family, Net};
 
-/// The public addresses a VTEP MAC was claimed at (one per family used, at most two).
+/// The public addresses of a peer, one per family this node uses.
 pub(super) type Ips = [Option<IpAddr>; 2];
 
 /// The VTEP MACs one peer claimed (one per family used, at most two).
 pub(super) type Macs = [Option<Mac>; 2];
-
-/// One VTEP MAC and the admitted peers that publish it, all at the same addresses (one
-/// node's FDB entry); the first one is named when a newcomer is turned away.
-#[derive(Debug)]
-pub(super) struct MacClaim {
-    pub ips: Ips,
-    pub first: SubnetKey,
-    /// Further peers at the same addresses (rare; empty takes no allocation).
-    others: Vec<SubnetKey>,
-}
 
 /// Claims of the admitted peers.
 #[derive(Debug, Default)]
@@ -35,7 +26,11 @@ pub(super) struct Ledger {
     held: BTreeMap<SubnetKey, Macs>,
     /// The IPv6 subnets of admitted peers (their IPv4 subnets are found in `held`).
     v6_subnets: BTreeMap<Net, SubnetKey>,
-    macs: BTreeMap<Mac, MacClaim>,
+    /// Each claimed MAC's first holder: the one named when a newcomer is turned away.
+    macs: BTreeMap<Mac, SubnetKey>,
+    /// Further holders of a MAC, at the same addresses as the first (one node's FDB
+    /// entry published under several leases; rare).
+    shared: BTreeMap<Mac, Vec<SubnetKey>>,
 }
 
 impl Ledger {
@@ -66,30 +61,28 @@ impl Ledger {
         }
     }
 
-    pub fn mac_claim(&self, mac: &Mac) -> Option<&MacClaim> {
+    /// The first admitted peer claiming `mac`.
+    pub fn mac_holder(&self, mac: &Mac) -> Option<&SubnetKey> {
         self.macs.get(mac)
     }
 
     /// Records an admitted peer's claims.
-    pub fn claim(&mut self, key: SubnetKey, macs: Macs, ips: Ips) {
+    pub fn claim(&mut self, key: SubnetKey, macs: Macs) {
         if let Some(v6) = key.ipv6 {
             self.v6_subnets.insert(v6, key);
         }
         for mac in macs.iter().flatten() {
-            match self.macs.entry(*mac) {
-                Entry::Vacant(vacant) => {
-                    vacant.insert(MacClaim {
-                        ips,
-                        first: key,
-                        others: Vec::new(),
-                    });
+            match self.macs.get(mac) {
+                None => {
+                    self.macs.insert(*mac, key);
                 }
-                Entry::Occupied(mut claim) => {
-                    let claim = claim.get_mut();
-                    if claim.first != key && !claim.others.contains(&key) {
-                        claim.others.push(key);
+                Some(first) if *first != key => {
+                    let others = self.shared.entry(*mac).or_default();
+                    if !others.contains(&key) {
+                        others.push(key);
                     }
                 }
+                Some(_) => {}
             }
         }
         self.held.insert(key, macs);
@@ -106,18 +99,37 @@ impl Ledger {
             self.v6_subnets.remove(&v6);
         }
         for mac in macs.iter().flatten() {
-            if let Entry::Occupied(mut entry) = self.macs.entry(*mac) {
-                let claim = entry.get_mut();
-                claim.others.retain(|k| k != key);
-                if claim.first == *key {
-                    if claim.others.is_empty() {
-                        entry.remove();
-                    } else {
-                        claim.first = claim.others.remove(0);
+            let others = self.shared.get_mut(mac);
+            if self.macs.get(mac) != Some(key) {
+                if let Some(others) = others {
+                    others.retain(|k| k != key);
+                    if others.is_empty() {
+                        self.shared.remove(mac);
                     }
+                }
+                continue;
+            }
+            // The first holder leaves: the next one (if any) holds the MAC now.
+            match others.filter(|o| !o.is_empty()).map(|o| o.remove(0)) {
+                Some(next) => {
+                    self.macs.insert(*mac, next);
+                    if self.shared.get(mac).is_some_and(Vec::is_empty) {
+                        self.shared.remove(mac);
+                    }
+                }
+                None => {
+                    self.macs.remove(mac);
                 }
             }
         }
         true
+    }
+
+    /// Rebuilds the maps packed: filled in key order (as a full admission of a fresh
+    /// listing does), a B-tree's nodes stay half empty.
+    pub fn pack(&mut self) {
+        self.held = std::mem::take(&mut self.held).into_iter().collect();
+        self.v6_subnets = std::mem::take(&mut self.v6_subnets).into_iter().collect();
+        self.macs = std::mem::take(&mut self.macs).into_iter().collect();
     }
 }
