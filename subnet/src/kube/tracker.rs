@@ -10,12 +10,14 @@
 
 use super::annotations::AnnotationKeys;
 use super::node::{self, ClusterNetworks, NodeError};
+use crate::family::Net;
 use crate::lease::Lease;
 use crate::watch::DatastoreEvent;
 use crate::watch::WatchBatch;
 use ::kube::runtime::watcher::Event;
 use k8s_openapi::api::core::v1::Node;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// This node's own Node object, as last seen.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,8 +61,8 @@ pub struct NodeTracker {
     leases: BTreeMap<String, Lease>,
     /// The problem last reported per skipped node.
     skipped: BTreeMap<String, String>,
-    /// Conflicts already reported and still present.
-    conflicts: BTreeSet<String>,
+    /// Conflicts already reported and still present, by the value shared.
+    conflicts: BTreeMap<Claim, String>,
     /// Nodes seen during an initial listing, before `InitDone`.
     listing: Option<Vec<Node>>,
 }
@@ -73,7 +75,7 @@ impl NodeTracker {
             networks,
             leases: BTreeMap::new(),
             skipped: BTreeMap::new(),
-            conflicts: BTreeSet::new(),
+            conflicts: BTreeMap::new(),
             listing: None,
         }
     }
@@ -85,7 +87,9 @@ impl NodeTracker {
 
     pub fn apply(&mut self, event: Event<Node>) -> TrackerOutput {
         let mut out = TrackerOutput::default();
-        // Conflicts can only appear or go when a lease does (not on kubelet heartbeats).
+        // Conflicts can only appear or go when a lease does (not on kubelet heartbeats),
+        // and only on the values that lease held before or holds now.
+        let mut affected: Option<Vec<Claim>> = None;
         let mut leases_changed = false;
         match event {
             Event::Init => self.listing = Some(Vec::new()),
@@ -128,7 +132,9 @@ impl NodeTracker {
                     Some(lease) => self.leases.insert(name.clone(), lease.clone()),
                     None => self.leases.remove(&name),
                 };
-                leases_changed = previous != lease;
+                if previous != lease {
+                    affected = Some(previous.iter().chain(&lease).flat_map(claims).collect());
+                }
                 if name == self.own_name {
                     out.own = Some(OwnNode::Present(Box::new(node)));
                 } else {
@@ -139,7 +145,7 @@ impl NodeTracker {
                 let name = node::name(&node).to_string();
                 self.skipped.remove(&name);
                 let previous = self.leases.remove(&name);
-                leases_changed = previous.is_some();
+                affected = previous.as_ref().map(claims);
                 if name == self.own_name {
                     out.own = Some(OwnNode::Deleted);
                 } else {
@@ -148,7 +154,9 @@ impl NodeTracker {
             }
         }
         if leases_changed {
-            self.check_conflicts(&mut out.notices);
+            self.check_all_conflicts(&mut out.notices);
+        } else if let Some(affected) = affected {
+            self.check_conflicts(affected, &mut out.notices);
         }
         out
     }
@@ -183,46 +191,102 @@ impl NodeTracker {
     }
 
     /// Reports new conflicts (same public IP, same subnet) once; forgets resolved ones.
-    fn check_conflicts(&mut self, notices: &mut Vec<Notice>) {
-        let mut by_value: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    /// After a listing: every value of every lease.
+    fn check_all_conflicts(&mut self, notices: &mut Vec<Notice>) {
+        let mut holders: BTreeMap<Claim, Vec<&str>> = BTreeMap::new();
         for (name, lease) in &self.leases {
-            let attrs = &lease.attrs;
-            if lease.key.ipv4.is_some() && !attrs.public_ip.is_unspecified() {
-                by_value
-                    .entry(format!("public IP {}", attrs.public_ip))
-                    .or_default()
-                    .push(name);
-            }
-            if let (Some(_), Some(v6)) = (lease.key.ipv6, attrs.public_ipv6) {
-                by_value
-                    .entry(format!("public IPv6 {v6}"))
-                    .or_default()
-                    .push(name);
-            }
-            for net in [lease.key.ipv4, lease.key.ipv6].into_iter().flatten() {
-                by_value
-                    .entry(format!("subnet {net}"))
-                    .or_default()
-                    .push(name);
+            for claim in claims(lease) {
+                holders.entry(claim).or_default().push(name);
             }
         }
-        let current: BTreeSet<String> = by_value
+        let current: BTreeMap<Claim, String> = holders
             .into_iter()
             .filter(|(_, names)| names.len() > 1)
-            .map(|(what, names)| {
-                format!(
-                    "nodes {} all advertise {what}: traffic meant for one of them reaches \
-                     another; fix the node addresses (--iface, --public-ip or the \
-                     public-ip-overwrite annotation) or podCIDRs",
-                    names.join(", ")
-                )
-            })
+            .map(|(claim, names)| (claim, conflict_message(claim, &names)))
             .collect();
-        for conflict in current.difference(&self.conflicts) {
-            notices.push(Notice::Conflict(conflict.clone()));
+        for (claim, message) in &current {
+            if self.conflicts.get(claim) != Some(message) {
+                notices.push(Notice::Conflict(message.clone()));
+            }
         }
         self.conflicts = current;
     }
+
+    /// The same for the values one lease change touched: a scan of the leases that
+    /// compares addresses and subnets, so a change costs microseconds, not a message per
+    /// node.
+    fn check_conflicts(&mut self, mut affected: Vec<Claim>, notices: &mut Vec<Notice>) {
+        affected.sort();
+        affected.dedup();
+        for claim in affected {
+            let names: Vec<&str> = self
+                .leases
+                .iter()
+                .filter(|(_, lease)| holds(lease, claim))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if names.len() < 2 {
+                self.conflicts.remove(&claim);
+                continue;
+            }
+            let message = conflict_message(claim, &names);
+            if self.conflicts.get(&claim) != Some(&message) {
+                notices.push(Notice::Conflict(message.clone()));
+                self.conflicts.insert(claim, message);
+            }
+        }
+    }
+}
+
+/// A value two nodes must not share: traffic for one of them would reach the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    PublicIp(Ipv4Addr),
+    PublicIpv6(Ipv6Addr),
+    Subnet(Net),
+}
+
+/// The values `lease` holds (a public address only for a family it has a subnet of).
+fn claims(lease: &Lease) -> Vec<Claim> {
+    let attrs = &lease.attrs;
+    let mut claims = Vec::with_capacity(4);
+    if lease.key.ipv4.is_some() && !attrs.public_ip.is_unspecified() {
+        claims.push(Claim::PublicIp(attrs.public_ip));
+    }
+    if let (Some(_), Some(v6)) = (lease.key.ipv6, attrs.public_ipv6) {
+        claims.push(Claim::PublicIpv6(v6));
+    }
+    claims.extend(
+        [lease.key.ipv4, lease.key.ipv6]
+            .into_iter()
+            .flatten()
+            .map(Claim::Subnet),
+    );
+    claims
+}
+
+/// Whether `lease` holds `claim` (as [`claims`] lists them, without allocating).
+fn holds(lease: &Lease, claim: Claim) -> bool {
+    let attrs = &lease.attrs;
+    match claim {
+        Claim::PublicIp(ip) => lease.key.ipv4.is_some() && attrs.public_ip == ip,
+        Claim::PublicIpv6(ip) => lease.key.ipv6.is_some() && attrs.public_ipv6 == Some(ip),
+        Claim::Subnet(net) => lease.key.ipv4 == Some(net) || lease.key.ipv6 == Some(net),
+    }
+}
+
+fn conflict_message(claim: Claim, names: &[&str]) -> String {
+    let what = match claim {
+        Claim::PublicIp(ip) => format!("public IP {ip}"),
+        Claim::PublicIpv6(ip) => format!("public IPv6 {ip}"),
+        Claim::Subnet(net) => format!("subnet {net}"),
+    };
+    format!(
+        "nodes {} all advertise {what}: traffic meant for one of them reaches another; fix \
+         the node addresses (--iface, --public-ip or the public-ip-overwrite annotation) or \
+         podCIDRs",
+        names.join(", ")
+    )
 }
 
 /// The datastore events for one peer whose lease went from `previous` to `current`.
@@ -408,6 +472,40 @@ mod tests {
         let mut plain = Node::default();
         plain.metadata.name = Some("n4".into());
         assert!(t.apply(Event::Apply(plain)).is_empty());
+    }
+
+    #[test]
+    fn a_conflict_resolved_by_a_change_is_forgotten_and_reported_again_when_it_returns() {
+        let mut t = tracker();
+        list(
+            &mut t,
+            vec![
+                node("n1", "10.244.1.0/24", "198.18.0.11", "02:00:00:00:00:01"),
+                node("n2", "10.244.2.0/24", "198.18.0.12", "02:00:00:00:00:02"),
+            ],
+        );
+        let clash = node("n2", "10.244.2.0/24", "198.18.0.11", "02:00:00:00:00:02");
+        let out = t.apply(Event::Apply(clash.clone()));
+        assert!(
+            matches!(&out.notices[..], [Notice::Conflict(text)] if text.starts_with("nodes n1, n2 all advertise public IP 198.18.0.11:")),
+            "{:?}",
+            out.notices
+        );
+        let moved = node("n2", "10.244.2.0/24", "198.18.0.12", "02:00:00:00:00:02");
+        assert!(t.apply(Event::Apply(moved)).notices.is_empty());
+        assert!(t.conflicts.is_empty(), "resolved: {:?}", t.conflicts);
+        assert_eq!(t.apply(Event::Apply(clash.clone())).notices.len(), 1);
+        // A third node on the same address: the conflict's message names all three.
+        let third = node("n3", "10.244.3.0/24", "198.18.0.11", "02:00:00:00:00:03");
+        let out = t.apply(Event::Apply(third.clone()));
+        assert!(
+            matches!(&out.notices[..], [Notice::Conflict(text)] if text.starts_with("nodes n1, n2, n3 all advertise public IP 198.18.0.11:"))
+        );
+        // Deleting two of them resolves it.
+        t.apply(Event::Delete(third));
+        assert_eq!(t.conflicts.len(), 1, "n1 and n2 still clash");
+        t.apply(Event::Delete(clash));
+        assert!(t.conflicts.is_empty());
     }
 
     #[test]
