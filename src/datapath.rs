@@ -230,9 +230,10 @@ impl Datapath {
     /// every new rejection once. Returns the keys judged.
     fn admit_changes(&mut self) -> Judged {
         let Some(own) = self.own.filter(|_| self.judging()) else {
+            // Nothing to judge: every peer counts as admitted, and only the changed ones
+            // can have changed. Admission starts afresh once there is something to judge.
             self.admission.forget();
-            self.unjudged.clear();
-            return Judged::All;
+            return Judged::Keys(std::mem::take(&mut self.unjudged).into_iter().collect());
         };
         let identity = self.identity(own);
         let backend = &self.backend;
@@ -854,5 +855,35 @@ mod tests {
         assert!(relevant(neigh(7, true)));
         assert!(!relevant(neigh(7, false)), "weft's own replace");
         assert!(!relevant(neigh(2, true)), "another device's entry");
+    }
+
+    #[test]
+    fn without_peers_to_judge_a_lease_change_stays_a_targeted_pass() {
+        use weft_backend::backend::AllocBackend;
+        use weft_backend::desired::Observed;
+        let mut dp = Datapath::detached(
+            Box::new(AllocBackend { mtu: 1500 }),
+            Surroundings::default(),
+        );
+        dp.set_own(SubnetKey::parse("10.244.1.0-24").unwrap());
+        let desired = dp.full_desired();
+        let observed = Observed::default();
+        let plan = dp.plan_full(desired, &observed);
+        dp.record_full(&plan, &observed, Vec::new());
+        let peer = Lease {
+            key: SubnetKey::parse("10.244.2.0-24").unwrap(),
+            attrs: weft_subnet::LeaseAttrs::default(),
+            etcd_lease: 1,
+            expiration: None,
+            revision: 2,
+        };
+        dp.apply_peer_events([LeaseEvent::Added(Arc::new(peer))]);
+        let step = dp.plan_changes();
+        assert!(
+            !step.needs_full,
+            "alloc judges no peer: nothing calls for a full pass"
+        );
+        assert!(dp.finish_step(step, Vec::new()).is_some());
+        assert_eq!(dp.peers().count(), 1);
     }
 }
