@@ -191,7 +191,7 @@ COMMIT=$(git rev-parse HEAD)
 git clone -q --no-hardlinks "$(pwd)" "$RUN/weft"
 git -C "$RUN/weft" checkout -q --detach "$COMMIT"
 [ -z "$(git status --porcelain)" ] || echo "   note: uncommitted changes are not checked (the clone is of HEAD)"
-echo "== fresh clone of $(git rev-parse --short HEAD) ($(git log -1 --format=%s | cut -c1-60))"
+echo "== fresh clone of ${COMMIT:0:7} ($(git log -1 --format=%s "$COMMIT" | cut -c1-60))"
 
 export RUN BASE AS_USER MODE RUSTUP_DIR CARGO_BIN_DIR SYSTEM_PATH USER_PATH
 set +e
@@ -201,7 +201,7 @@ set -e
 
 left=$(grep -cF " $RUN" /proc/mounts || true)
 echo
-echo "== fresh-machine-check: Debian $(cat "$BASE/etc/debian_version") minbase, as $MODE, weft $(git rev-parse --short HEAD)"
+echo "== fresh-machine-check: Debian $(cat "$BASE/etc/debian_version") minbase, as $MODE, weft ${COMMIT:0:7} (the commit cloned; HEAD may have moved since)"
 failed=0
 if [ -s "$RUN/logs/summary" ]; then
     while IFS=$'\t' read -r command result duration last; do
