@@ -142,7 +142,8 @@ fn datapath(direct_routing: bool) -> Datapath {
     datapath_in(direct_routing, "10.244.0.0/16")
 }
 
-fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
+/// The vxlan backend of node 1 (10.244.1.0/24 at 198.18.0.1 on eth0).
+fn backend(direct_routing: bool) -> VxlanBackend {
     let config = VxlanConfig {
         vni: 1,
         port: 0,
@@ -166,13 +167,19 @@ fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
         mac_v4: OWN_MAC,
         mac_v6: [0x0a, 0x58, 0, 0, 0, 2],
     };
+    VxlanBackend { config, node }
+}
+
+fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
     let surroundings = Surroundings {
         network_v4: Some(network.parse().unwrap()),
         network_v6: None,
         public_ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))],
         host_networks: vec![("198.18.0.0/24".parse().unwrap(), "eth0".into())],
     };
-    let mut datapath = Datapath::detached(Box::new(VxlanBackend { config, node }), surroundings);
+    let backend = backend(direct_routing);
+    let own = backend.node.own;
+    let mut datapath = Datapath::detached(Box::new(backend), surroundings);
     datapath.set_own(own);
     datapath
 }
@@ -398,6 +405,31 @@ fn prop_targeted_passes_leave_nothing_for_a_full_pass() {
     tally.assert_seen(&["targeted", "targeted_with_repairs"]);
 }
 
+/// Peer `i` of a /8 network with /24 subnets (10.100.0.0 upwards), each at its own
+/// address with its own VTEP MAC, for the cost measurements below.
+fn scale_peer(i: u32) -> Lease {
+    let mut l = lease(&PeerSpec {
+        subnet: 0,
+        ip: 3,
+        mac: 3,
+        vxlan: true,
+        revision: i64::from(i),
+    });
+    let net: Net = format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+        .parse()
+        .unwrap();
+    l.key.ipv4 = Some(net);
+    l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
+    l.attrs.backend_data = Some(
+        serde_json::json!({
+            "VNI": 1,
+            "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
+        })
+        .into(),
+    );
+    l
+}
+
 /// Not a test: prints what planning costs at 15,000 peers (one peer added: the targeted
 /// pass against a full pass's pure part; no kernel in either). Run with
 /// `cargo test --release --test prop_incremental planning_cost -- --ignored --nocapture`.
@@ -406,29 +438,7 @@ fn prop_targeted_passes_leave_nothing_for_a_full_pass() {
 fn planning_cost_at_15000_peers() {
     let mut dp = datapath_in(false, "10.0.0.0/8");
     let mut kernel = kernel(false);
-    let lease_at = |i: u32| {
-        let mut l = lease(&PeerSpec {
-            subnet: 0,
-            ip: 3,
-            mac: 3,
-            vxlan: true,
-            revision: i64::from(i),
-        });
-        let net: Net = format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
-            .parse()
-            .unwrap();
-        l.key.ipv4 = Some(net);
-        l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
-        l.attrs.backend_data = Some(
-            serde_json::json!({
-                "VNI": 1,
-                "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)
-            })
-            .into(),
-        );
-        l
-    };
-    let mut peers: Vec<Lease> = (0..15_000).map(lease_at).collect();
+    let mut peers: Vec<Lease> = (0..15_000).map(scale_peer).collect();
     dp.set_peers(peers.iter());
     let started = Instant::now();
     full_pass(&mut dp, &mut kernel).unwrap();
@@ -444,7 +454,7 @@ fn planning_cost_at_15000_peers() {
     );
     // The daemon passes the watcher's changes (O(changes)); the whole set once, as
     // `set_peers` compares it, for comparison.
-    peers.push(lease_at(15_000));
+    peers.push(scale_peer(15_000));
     let compared = Instant::now();
     dp.set_peers(peers.iter());
     let set_peers = compared.elapsed();
@@ -452,14 +462,14 @@ fn planning_cost_at_15000_peers() {
     // The first allocation after a full pass's frees consolidates the allocator's free
     // lists (once per full pass); the event after it shows the steady cost.
     let warm = Instant::now();
-    dp.apply_peer_events([LeaseEvent::Added(Arc::new(lease_at(15_002)))]);
+    dp.apply_peer_events([LeaseEvent::Added(Arc::new(scale_peer(15_002)))]);
     let step = dp.plan_changes();
     let planned = dp
         .finish_step(step, vec![RouteAt::Nothing])
         .expect("targeted");
     dp.record_step(&planned, Vec::new());
     eprintln!("first targeted pass after a full one: {:?}", warm.elapsed());
-    let new_peer = lease_at(15_001);
+    let new_peer = scale_peer(15_001);
     let started = Instant::now();
     dp.apply_peer_events([LeaseEvent::Added(Arc::new(new_peer))]);
     let events = started.elapsed();
@@ -491,45 +501,8 @@ fn planning_cost_at_15000_peers() {
 fn admission_cost_at_15000_peers() {
     use weft_backend::admission::{Admission, Identity};
     use weft_backend::backend::Backend;
-    let leases: Vec<Lease> = (0..15_000u32)
-        .map(|i| {
-            let mut l = lease(&PeerSpec {
-                subnet: 0,
-                ip: 3,
-                mac: 3,
-                vxlan: true,
-                revision: i64::from(i),
-            });
-            l.key.ipv4 = Some(format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap());
-            l.attrs.public_ip = Ipv4Addr::new(198, 19, (i / 256) as u8, (i % 256) as u8);
-            l.attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:58:01:{:02x}:{:02x}:01", i / 256, i % 256)}).into());
-            l
-        })
-        .collect();
-    let backend = VxlanBackend {
-        config: VxlanConfig {
-            vni: 1,
-            port: 0,
-            gbp: false,
-            learning: false,
-            direct_routing: false,
-            mtu: None,
-        },
-        node: vxlan::Node {
-            own: SubnetKey {
-                ipv4: Some(subnet(1)),
-                ipv6: None,
-            },
-            external_index: 2,
-            external_name: "eth0".into(),
-            external_mtu: 1500,
-            local_v4: None,
-            local_v6: None,
-            connected: vec![],
-            mac_v4: OWN_MAC,
-            mac_v6: OWN_MAC,
-        },
-    };
+    let leases: Vec<Lease> = (0..15_000u32).map(scale_peer).collect();
+    let backend = backend(false);
     let identity = Identity {
         own: SubnetKey {
             ipv4: Some(subnet(1)),
