@@ -13,6 +13,7 @@ use weft_backend::backend::{AllocBackend, Backend, HostGwBackend, VxlanBackend};
 use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
+use weft_backend::nexthop::NexthopPlan;
 use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::BackendData;
 use weft_subnet::config::BackendType;
@@ -96,12 +97,18 @@ pub async fn build_datapath(
     external: &ExternalInterface,
     host: &HostSnapshot,
     published: PublishedData,
+    nexthop_objects: bool,
 ) -> anyhow::Result<(Datapath, mpsc::UnboundedReceiver<KernelEvent>)> {
     let kernel = Kernel::connect().context("cannot open netlink")?;
+    let nexthop_objects = nexthop_objects && kernel_has_nexthop_objects(&kernel).await;
     let backend: Box<dyn Backend> = match BackendSpec::from_config(config) {
         Ok(BackendSpec::Vxlan(config)) => {
             let node = vxlan_node(&config, external, host, &kernel, published).await?;
-            Box::new(VxlanBackend { config, node })
+            Box::new(VxlanBackend {
+                config,
+                node,
+                nexthops: NexthopPlan::off(),
+            })
         }
         Ok(BackendSpec::HostGw) => Box::new(host_gw_backend(external, host)?),
         Ok(BackendSpec::Alloc) => Box::new(AllocBackend { mtu: external.mtu }),
@@ -121,7 +128,27 @@ pub async fn build_datapath(
     };
     let kernel_events =
         weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
-    Ok((Datapath::new(backend, kernel, surroundings), kernel_events))
+    let mut datapath = Datapath::new(backend, kernel, surroundings);
+    datapath.use_nexthop_objects(nexthop_objects);
+    Ok((datapath, kernel_events))
+}
+
+/// Whether the kernel has nexthop objects; logs the decision when it does not.
+async fn kernel_has_nexthop_objects(kernel: &Kernel) -> bool {
+    match kernel.has_nexthop_objects().await {
+        Ok(true) => true,
+        Ok(false) => {
+            info!(
+                "this kernel has no nexthop objects (Linux < 5.3): peer routes are plain \
+                 gateway routes"
+            );
+            false
+        }
+        Err(e) => {
+            info!("cannot read nexthop objects ({e}): peer routes are plain gateway routes");
+            false
+        }
+    }
 }
 
 /// This node's host-gw side, after flannel's NAT check: routes go via the public IP, so
@@ -142,6 +169,7 @@ fn host_gw_backend(
         bail!("{}", hostgw::NAT_MESSAGE);
     }
     Ok(HostGwBackend {
+        nexthops: NexthopPlan::off(),
         node: hostgw::Node {
             own: SubnetKey {
                 ipv4: None,

@@ -130,6 +130,13 @@ pub struct Cli {
     /// node's own lease is missing from etcd, so pods keep talking while peers re-publish.
     #[arg(long, env = "FLANNELD_DATASTORE_RESET_GRACE", default_value_t = 30)]
     pub datastore_reset_grace: u64,
+    /// weft extension: program each peer route through a nexthop object (`ip nexthop`,
+    /// Linux ≥ 5.3), which keeps the kernel's cost per route flat at thousands of peers;
+    /// `false` installs flannel's plain gateway routes. Off by itself on older kernels.
+    #[arg(long, env = "FLANNELD_NEXTHOP_OBJECTS", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub nexthop_objects: bool,
     /// Setup IP masquerade rule for traffic destined outside of overlay network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_value = "false", default_missing_value = "true",

@@ -24,6 +24,7 @@ use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use crate::state_view::{EntryView, PeerView, Verdict};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
@@ -31,6 +32,7 @@ use weft_backend::admission::{Admission, Identity, Judged, RejectKind};
 use weft_backend::backend::{Backend, SkipKind};
 use weft_backend::diff;
 use weft_backend::kernel::{Kernel, KernelError, KernelEvent};
+use weft_backend::nexthop::NexthopPlan;
 use weft_subnet::family::{Family, Net};
 use weft_subnet::watch::LeaseEvent;
 use weft_subnet::{Lease, SubnetKey};
@@ -83,6 +85,8 @@ pub struct Datapath {
     reported: HashSet<(SubnetKey, String)>,
     /// Foreign-route conflicts already reported.
     reported_conflicts: HashSet<(Net, String)>,
+    /// Routes without their nexthop object (another program holds its id), reported.
+    reported_taken_nexthops: HashSet<Net>,
     /// Peers rejected by admission since start, by rule (each peer and reason once).
     pub rejections: BTreeMap<RejectKind, u64>,
     /// Rejections first reported since the last pass, for its metrics.
@@ -108,6 +112,14 @@ pub struct Datapath {
     removals_held_until: Option<Instant>,
     /// `--ip-blackhole-route`: a blackhole route for this node's own subnets.
     blackhole_own: bool,
+    /// Peer routes go through nexthop objects (the kernel has them, the operator wants
+    /// them; see [`weft_backend::nexthop`]).
+    nexthop_objects: bool,
+    /// The nexthop ids the backend was given.
+    nexthop_plan: NexthopPlan,
+    /// Ids of weft's block another program's nexthop objects hold (as of the last full
+    /// pass): the routes that would use them go without.
+    taken_nexthops: BTreeSet<NonZeroU32>,
 }
 
 impl Datapath {
@@ -135,6 +147,7 @@ impl Datapath {
             admission: Admission::default(),
             reported: HashSet::new(),
             reported_conflicts: HashSet::new(),
+            reported_taken_nexthops: HashSet::new(),
             rejections: BTreeMap::new(),
             new_rejections: Vec::new(),
             unjudged: BTreeSet::new(),
@@ -147,6 +160,9 @@ impl Datapath {
             needs_full: true,
             removals_held_until: None,
             blackhole_own: false,
+            nexthop_objects: false,
+            nexthop_plan: NexthopPlan::off(),
+            taken_nexthops: BTreeSet::new(),
         }
     }
 
@@ -186,8 +202,35 @@ impl Datapath {
     pub fn set_own(&mut self, own: SubnetKey) {
         self.own = Some(own);
         self.backend.set_own(own);
+        self.plan_nexthops();
         self.needs_full = true;
         self.tracker.inputs_changed();
+    }
+
+    /// Whether peer routes go through nexthop objects (when the kernel has them: the
+    /// caller checks).
+    pub fn use_nexthop_objects(&mut self, on: bool) {
+        self.nexthop_objects = on;
+        self.plan_nexthops();
+        self.needs_full = true;
+        self.tracker.inputs_changed();
+    }
+
+    /// Gives the backend the nexthop ids of this node's peer routes: numbered within the
+    /// cluster networks, at this node's subnet length (which admission holds every peer
+    /// to).
+    fn plan_nexthops(&mut self) {
+        let plan = match self.own {
+            Some(own) if self.nexthop_objects => NexthopPlan::new(
+                self.surroundings.network_v4,
+                own.ipv4.map(|n| n.prefix),
+                self.surroundings.network_v6,
+                own.ipv6.map(|n| n.prefix),
+            ),
+            _ => NexthopPlan::off(),
+        };
+        self.nexthop_plan = plan;
+        self.backend.set_nexthops(plan);
     }
 
     /// Who this node is, for admission. Host networks inside the own subnet (the CNI
@@ -364,6 +407,7 @@ impl Datapath {
         self.changed.clear();
         self.dirty.clear();
         self.withdraw_foreign(&mut desired, observed);
+        self.demote_taken_nexthops(&mut desired, observed);
         self.device_indices = observed
             .links
             .iter()
@@ -501,6 +545,47 @@ impl Datapath {
         self.reported_conflicts = current;
     }
 
+    /// The backend's desired state for one peer, its routes' nexthops as in a full pass.
+    pub(crate) fn peer_desired(
+        &self,
+        lease: &Lease,
+    ) -> (
+        weft_backend::desired::Desired,
+        Vec<weft_backend::desired::Skipped>,
+    ) {
+        let (mut want, skipped) = self.backend.desired_state(&mut std::iter::once(lease));
+        want.demote_taken_nexthops(&self.taken_nexthops);
+        (want, skipped)
+    }
+
+    /// Installs the routes whose nexthop id another program holds without a nexthop
+    /// object; each logged once while it lasts.
+    fn demote_taken_nexthops(
+        &mut self,
+        desired: &mut weft_backend::desired::Desired,
+        observed: &weft_backend::desired::Observed,
+    ) {
+        self.taken_nexthops = observed.taken_nexthops();
+        let demoted: HashSet<Net> = desired
+            .demote_taken_nexthops(&self.taken_nexthops)
+            .into_iter()
+            .map(|route| {
+                if !self.reported_taken_nexthops.contains(&route.destination) {
+                    warn!(
+                        subnet = %route.destination,
+                        "the route for peer subnet {} goes without a nexthop object: another \
+                         program's nexthop holds id {}, and weft never changes what it does \
+                         not own",
+                        route.destination,
+                        route.nexthop.map_or(0, |id| id.get())
+                    );
+                }
+                route.destination
+            })
+            .collect();
+        self.reported_taken_nexthops = demoted;
+    }
+
     /// During a datastore grace period, takes the removals out of `ops` and returns them.
     fn apply_hold(&mut self, ops: &mut Vec<diff::Op>) -> Vec<diff::Op> {
         let Some(until) = self.removals_held_until else {
@@ -511,13 +596,9 @@ impl Datapath {
             info!("datastore grace period over: entries of peers still missing are removed");
             return Vec::new();
         }
-        let (held, kept): (Vec<diff::Op>, Vec<diff::Op>) =
-            std::mem::take(ops).into_iter().partition(|op| {
-                matches!(
-                    op,
-                    diff::Op::DelRoute(_) | diff::Op::DelNeighbour(_) | diff::Op::DelFdb(_)
-                )
-            });
+        let (held, kept): (Vec<diff::Op>, Vec<diff::Op>) = std::mem::take(ops)
+            .into_iter()
+            .partition(diff::Op::is_peer_removal);
         *ops = kept;
         if !held.is_empty() {
             info!(
@@ -594,7 +675,7 @@ impl Datapath {
         if !self.backend.programs_peers() {
             return view;
         }
-        let (want, skipped) = self.backend.desired_state(&mut std::iter::once(lease));
+        let (want, skipped) = self.peer_desired(lease);
         for route in want.routes.values() {
             let withdrawn_by = self
                 .reported_conflicts
@@ -756,6 +837,11 @@ fn is_relevant(
         KernelEvent::Neighbour {
             ifindex, deleted, ..
         } => *deleted && ours(ifindex),
+        // Only weft's own objects, deleted (another program's changes are its own; the
+        // full pass notices one at an id weft wants).
+        KernelEvent::Nexthop {
+            protocol, deleted, ..
+        } => *deleted && *protocol == weft_backend::ROUTE_PROTOCOL,
         KernelEvent::Overrun => true,
     }
 }
@@ -811,6 +897,20 @@ mod tests {
         assert!(!relevant(route(Some(7), ROUTE_PROTOCOL, false)));
         assert!(!relevant(route(Some(2), 4, true)));
         assert!(!relevant(route(None, 4, false)));
+    }
+
+    #[test]
+    fn only_weft_nexthop_objects_deleted_matter() {
+        let nexthop = |protocol, deleted| KernelEvent::Nexthop {
+            id: 0x1000_0002,
+            protocol,
+            deleted,
+        };
+        // Its routes went with it, without notifications of their own.
+        assert!(relevant(nexthop(ROUTE_PROTOCOL, true)));
+        assert!(!relevant(nexthop(ROUTE_PROTOCOL, false)));
+        assert!(!relevant(nexthop(4, true)), "another program's");
+        assert!(!relevant(nexthop(4, false)));
     }
 
     /// What the notification task drops at the source is never relevant.

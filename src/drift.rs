@@ -40,6 +40,9 @@ pub enum ChangeKind {
     Neighbour,
     Fdb,
     Route,
+    /// A nexthop object of weft's no route uses any more (swept; the ones in use are
+    /// installed and repaired with their routes, and count as those).
+    Nexthop,
     Blackhole,
     /// A traffic-rules chain or table (masquerade, forward), counted per chain or table
     /// the check rewrote.
@@ -47,12 +50,13 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
-    pub const ALL: [ChangeKind; 7] = [
+    pub const ALL: [ChangeKind; 8] = [
         ChangeKind::Device,
         ChangeKind::Address,
         ChangeKind::Neighbour,
         ChangeKind::Fdb,
         ChangeKind::Route,
+        ChangeKind::Nexthop,
         ChangeKind::Blackhole,
         ChangeKind::Rule,
     ];
@@ -64,6 +68,7 @@ impl ChangeKind {
             ChangeKind::Neighbour => "neighbour",
             ChangeKind::Fdb => "fdb",
             ChangeKind::Route => "route",
+            ChangeKind::Nexthop => "nexthop",
             ChangeKind::Blackhole => "blackhole",
             ChangeKind::Rule => "rule",
         }
@@ -74,7 +79,7 @@ impl ChangeKind {
     pub fn per_peer(self) -> bool {
         matches!(
             self,
-            ChangeKind::Neighbour | ChangeKind::Fdb | ChangeKind::Route
+            ChangeKind::Neighbour | ChangeKind::Fdb | ChangeKind::Route | ChangeKind::Nexthop
         )
     }
 }
@@ -242,6 +247,12 @@ fn effect(op: &Op) -> (EntryKey, Action) {
         Op::DelRoute(r) => (
             EntryKey::route(r.destination),
             Action::Remove(Some(route_value(r))),
+        ),
+        // Not in the model (which holds routes, with their nexthop ids): a removal the
+        // model cannot explain, i.e. drift repair (or startup).
+        Op::DelNexthop(id) => (
+            EntryKey::new(K::Nexthop, &id.to_string(), EntryId::Name),
+            Action::Remove(None),
         ),
         Op::ReplaceBlackhole(n) => (
             EntryKey::new(K::Blackhole, "", EntryId::Net(*n)),
@@ -765,6 +776,7 @@ mod tests {
             gateway: gw.parse().unwrap(),
             device: "flannel.1".into(),
             onlink: true,
+            nexthop: None,
         }
     }
 

@@ -77,7 +77,7 @@ async fn start<'a>(
         PublishedData::default()
     };
     let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published).await?;
+        bring_up::build_datapath(&config, &external, &host, published, cli.nexthop_objects).await?;
     let attrs = datapath
         .backend
         .lease_attrs(external.ext_addr, external.ext_v6_addr);

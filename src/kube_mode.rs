@@ -93,7 +93,7 @@ async fn start<'a>(
     bring_up::check_network(&config, &host, &external)?;
     let published = node::published_backend_data(&own_node, &keys);
     let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published).await?;
+        bring_up::build_datapath(&config, &external, &host, published, cli.nexthop_objects).await?;
     let attrs = datapath
         .backend
         .lease_attrs(external.ext_addr, external.ext_v6_addr);

@@ -683,7 +683,7 @@ mod tests {
         // Peer causes only for peer entries, node_change only for the node's own.
         assert_eq!(
             families["weft_datapath_changes_total"].samples.len(),
-            3 * 5 + 4 * 3
+            4 * 5 + 4 * 3
         );
         assert_eq!(
             value(

@@ -881,7 +881,7 @@ fn scale_one(peers: usize) {
         let (a, b) = peer_subnet((k * 7919) % peers);
         let dst = format!("10.{a}.{b}.0");
         drain(&routes);
-        ns.ip(&["route", "del", &format!("{dst}/24"), "dev", "flannel.1"]);
+        ns.ip(&["route", "del", &format!("{dst}/24")]);
         let deleted = wait_route(&routes, &dst, RouteChange::Del, Duration::from_secs(5))
             .expect("the deletion's notification");
         let back = wait_route(&routes, &dst, RouteChange::New, Duration::from_secs(30))

@@ -1,22 +1,27 @@
 //! The targeted path is correct: after any sequence of lease batches (peers added,
 //! changed in MAC, address or backend, removed, re-added; overlapping and otherwise
 //! rejected peers; a foreign route on a peer's prefix; DirectRouting; removals held for a
-//! grace period) and of entries an admin deletes (reported by a notification), applying
-//! the targeted passes to a model kernel leaves nothing for a full pass to change, and
-//! no op ever touches a foreign route. The datapath runs detached (no kernel): its
+//! grace period; peer routes through nexthop objects or not, another program's nexthop
+//! at one of weft's ids) and of entries an admin deletes (reported by a notification),
+//! applying the targeted passes to a model kernel leaves nothing for a full pass to
+//! change, and no op ever touches a foreign route or another program's nexthop. The datapath runs detached (no kernel): its
 //! targeted and full passes are planned by the real code, and the ops are applied to an
 //! in-memory `Observed`. Every test is named `prop_*` (see docs/testing.md).
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft::datapath::{Datapath, Surroundings};
 use weft_backend::backend::VxlanBackend;
-use weft_backend::desired::{ForeignRoute, Observed, ObservedLink, ObservedRoute, VxlanAttrs};
+use weft_backend::desired::{
+    ForeignRoute, Observed, ObservedLink, ObservedNexthop, ObservedRoute, VxlanAttrs,
+};
 use weft_backend::diff::{self, Op};
 use weft_backend::kernel::{KernelEvent, RouteAt};
+use weft_backend::nexthop::{NexthopPlan, V4_BASE};
 use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::family::Net;
 use weft_subnet::watch::LeaseEvent;
@@ -26,6 +31,8 @@ use weft_testkit::check;
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 0, 0, 0, 1];
 /// A prefix a foreign route may hold (peer subnet 5).
 const FOREIGN: u8 = 5;
+/// A peer whose nexthop id another program's nexthop may hold (peer subnet 6).
+const FOREIGN_NEXTHOP: u8 = 6;
 
 fn subnet(i: u8) -> Net {
     format!("10.244.{i}.0/24").parse().unwrap()
@@ -117,6 +124,10 @@ struct Case {
     direct_routing: bool,
     foreign_route: bool,
     hold_removals: bool,
+    /// Peer routes through nexthop objects.
+    nexthop_objects: bool,
+    /// Another program's nexthop at the id of peer subnet [`FOREIGN_NEXTHOP`]'s route.
+    foreign_nexthop: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -126,14 +137,26 @@ fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
         prop::bool::weighted(0.3),
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.7),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
-            |(initial, batches, direct_routing, foreign_route, hold_removals)| Case {
+            |(
                 initial,
                 batches,
                 direct_routing,
                 foreign_route,
                 hold_removals,
+                nexthop_objects,
+                foreign_nexthop,
+            )| Case {
+                initial,
+                batches,
+                direct_routing,
+                foreign_route,
+                hold_removals,
+                nexthop_objects,
+                foreign_nexthop,
             },
         )
 }
@@ -167,7 +190,11 @@ fn backend(direct_routing: bool) -> VxlanBackend {
         mac_v4: OWN_MAC,
         mac_v6: [0x0a, 0x58, 0, 0, 0, 2],
     };
-    VxlanBackend { config, node }
+    VxlanBackend {
+        config,
+        node,
+        nexthops: NexthopPlan::off(),
+    }
 }
 
 fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
@@ -184,8 +211,9 @@ fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
     datapath
 }
 
-/// The kernel as weft left it at start: its device in place, maybe a foreign route.
-fn kernel(foreign_route: bool) -> Observed {
+/// The kernel as weft left it at start: its device in place, maybe a foreign route and
+/// another program's nexthop at one of weft's ids.
+fn kernel(foreign_route: bool, foreign_nexthop: bool) -> Observed {
     let mut observed = Observed {
         links: vec![ObservedLink {
             index: 5,
@@ -211,11 +239,30 @@ fn kernel(foreign_route: bool) -> Observed {
             description: "10.244.5.0/24 via 198.18.0.9 dev eth0 proto static".into(),
         });
     }
+    if foreign_nexthop {
+        observed.nexthops.push(ObservedNexthop {
+            id: foreign_nexthop_id(),
+            ours: false,
+        });
+    }
     observed
 }
 
-/// Applies `ops` to the model kernel; no op may touch a foreign route.
-fn apply(kernel: &mut Observed, ops: &[Op]) -> Result<(), TestCaseError> {
+/// The nexthop id of peer subnet [`FOREIGN_NEXTHOP`]'s route (10.244.6.0/24 in
+/// 10.244.0.0/16: index 6).
+fn foreign_nexthop_id() -> NonZeroU32 {
+    NonZeroU32::new(V4_BASE + u32::from(FOREIGN_NEXTHOP)).unwrap()
+}
+
+/// The model kernel's nexthop objects: weft's, and another program's.
+fn nexthop_holder(kernel: &Observed, id: NonZeroU32) -> Option<bool> {
+    kernel.nexthops.iter().find(|n| n.id == id).map(|n| n.ours)
+}
+
+/// Applies `ops` to the model kernel, as the executor would: no op may touch a foreign
+/// route, and a route whose nexthop id another program holds fails (returned).
+fn apply(kernel: &mut Observed, ops: &[Op]) -> Result<Vec<(Op, String)>, TestCaseError> {
+    let mut failures = Vec::new();
     for op in ops {
         if let Op::ReplaceRoute(r) | Op::DelRoute(r) = op {
             prop_assert!(
@@ -228,6 +275,16 @@ fn apply(kernel: &mut Observed, ops: &[Op]) -> Result<(), TestCaseError> {
         }
         match op {
             Op::ReplaceRoute(r) => {
+                if let Some(id) = r.nexthop {
+                    match nexthop_holder(kernel, id) {
+                        Some(false) => {
+                            failures.push((op.clone(), format!("nexthop id {id} is foreign")));
+                            continue;
+                        }
+                        Some(true) => {}
+                        None => kernel.nexthops.push(ObservedNexthop { id, ours: true }),
+                    }
+                }
                 kernel
                     .routes
                     .retain(|o| o.route.destination != r.destination);
@@ -236,7 +293,24 @@ fn apply(kernel: &mut Observed, ops: &[Op]) -> Result<(), TestCaseError> {
                     marked: true,
                 });
             }
-            Op::DelRoute(r) => kernel.routes.retain(|o| o.route != *r),
+            Op::DelRoute(r) => {
+                kernel.routes.retain(|o| o.route != *r);
+                if let Some(id) = r.nexthop {
+                    kernel.nexthops.retain(|n| n.id != id || !n.ours);
+                }
+            }
+            Op::DelNexthop(id) => {
+                // Deleting one that is gone is fine (the executor checks first).
+                prop_assert_ne!(
+                    nexthop_holder(kernel, *id),
+                    Some(false),
+                    "{} is not weft's",
+                    op
+                );
+                kernel.nexthops.retain(|n| n.id != *id);
+                // The kernel deletes the routes through a deleted nexthop.
+                kernel.routes.retain(|o| o.route.nexthop != Some(*id));
+            }
             Op::ReplaceNeighbour(n) => {
                 kernel
                     .neighbours
@@ -256,7 +330,7 @@ fn apply(kernel: &mut Observed, ops: &[Op]) -> Result<(), TestCaseError> {
             other => prop_assert!(false, "unexpected op for a peer change: {other}"),
         }
     }
-    Ok(())
+    Ok(failures)
 }
 
 /// What the kernel holds at a route's prefix, as `Kernel::route_at` would say.
@@ -274,8 +348,9 @@ fn route_at(kernel: &Observed, net: Net) -> RouteAt {
 fn full_pass(dp: &mut Datapath, kernel: &mut Observed) -> Result<(), TestCaseError> {
     let desired = dp.full_desired();
     let plan = dp.plan_full(desired, kernel);
-    apply(kernel, &plan.ops)?;
-    dp.record_full(&plan, kernel, Vec::new());
+    let failures = apply(kernel, &plan.ops)?;
+    prop_assert!(failures.is_empty(), "a full pass failed: {failures:?}");
+    dp.record_full(&plan, kernel, failures);
     Ok(())
 }
 
@@ -293,10 +368,21 @@ fn targeted_pass(
         .collect();
     match dp.finish_step(step, found) {
         Some(planned) => {
-            apply(kernel, &planned.ops)?;
-            let pass = dp.record_step(&planned, Vec::new());
+            let failures = apply(kernel, &planned.ops)?;
+            let failed = !failures.is_empty();
+            let pass = dp.record_step(&planned, failures);
             if !admin_deleted {
                 prop_assert_eq!(pass.counts.repairs(), 0, "no drift: {:?}", pass);
+            }
+            if failed {
+                // A failed op makes the next pass a full one, which finds the route's
+                // nexthop id taken and installs it without.
+                prop_assert!(
+                    dp.needs_full(),
+                    "a failed targeted pass leaves a full pass due"
+                );
+                full_pass(dp, kernel)?;
+                return Ok(false);
             }
             Ok(true)
         }
@@ -351,15 +437,17 @@ fn admin_deletes(dp: &mut Datapath, kernel: &mut Observed, kind: u8, n: u8) -> b
 fn full_pass_changes(dp: &mut Datapath, kernel: &Observed, held: bool) -> Vec<Op> {
     let mut desired = dp.full_desired();
     desired.withdraw_foreign(kernel);
+    desired.demote_taken_nexthops(&kernel.taken_nexthops());
     diff::diff(&desired, kernel)
         .into_iter()
-        .filter(|op| !(held && matches!(op, Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_))))
+        .filter(|op| !(held && op.is_peer_removal()))
         .collect()
 }
 
 fn run(case: Case) -> Result<&'static str, TestCaseError> {
     let mut dp = datapath(case.direct_routing);
-    let mut kernel = kernel(case.foreign_route);
+    dp.use_nexthop_objects(case.nexthop_objects);
+    let mut kernel = kernel(case.foreign_route, case.foreign_nexthop);
     let mut peers: BTreeMap<u8, Lease> = BTreeMap::new();
     for spec in &case.initial {
         peers.insert(spec.subnet, lease(spec));
@@ -391,6 +479,22 @@ fn run(case: Case) -> Result<&'static str, TestCaseError> {
         fell_back |= !targeted_pass(&mut dp, &mut kernel, deleted)?;
         let left = full_pass_changes(&mut dp, &kernel, case.hold_removals);
         prop_assert!(left.is_empty(), "a full pass would still change: {left:?}");
+        for route in &kernel.routes {
+            let id = route.route.nexthop;
+            prop_assert!(
+                id.is_none_or(|id| nexthop_holder(&kernel, id) == Some(true)),
+                "{:?} goes through a nexthop that is not weft's",
+                route.route
+            );
+            prop_assert_eq!(
+                id.is_some(),
+                case.nexthop_objects
+                    && !(case.foreign_nexthop
+                        && route.route.destination == subnet(FOREIGN_NEXTHOP)),
+                "{:?}",
+                route.route
+            );
+        }
     }
     Ok(match (fell_back, repaired) {
         (true, _) => "fell_back_to_full",
@@ -437,7 +541,7 @@ fn scale_peer(i: u32) -> Lease {
 #[ignore]
 fn planning_cost_at_15000_peers() {
     let mut dp = datapath_in(false, "10.0.0.0/8");
-    let mut kernel = kernel(false);
+    let mut kernel = kernel(false, false);
     let mut peers: Vec<Lease> = (0..15_000).map(scale_peer).collect();
     dp.set_peers(peers.iter());
     let started = Instant::now();

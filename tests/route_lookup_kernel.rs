@@ -16,6 +16,7 @@ fn route_at(ns: &Netns, prefix: &str, ours: HashMap<u32, String>) -> RouteAt {
         gateway: "10.244.5.0".parse().unwrap(),
         device: "flannel.1".into(),
         onlink: true,
+        nexthop: None,
     };
     block_on_in(&ns.name, move || async move {
         let kernel = Kernel::connect().expect("netlink");

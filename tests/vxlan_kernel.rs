@@ -1,6 +1,7 @@
 //! The netlink executor against a real kernel, inside throwaway network namespaces:
 //! desired state applied, read back with iproute2 in flannel's exact shape, converged
-//! state idempotent, and repairs after an admin deletes things.
+//! state idempotent, and repairs after an admin deletes things; peer routes through
+//! nexthop objects, and another program's objects left alone.
 
 mod support;
 
@@ -12,6 +13,7 @@ use weft_backend::desired::{Desired, Device, Fdb, Neighbour, Route, VxlanLink};
 use weft_backend::diff::{Op, diff};
 use weft_backend::kernel::Kernel;
 use weft_backend::mac::{self, Mac};
+use weft_backend::nexthop::{NexthopPlan, V4_BASE};
 
 const DEV: &str = "flannel.1";
 
@@ -79,6 +81,7 @@ fn desired(ns: &Netns, peers: &[(u8, &str)]) -> Desired {
             gateway: subnet.ip(),
             device: DEV.into(),
             onlink: true,
+            nexthop: None,
         });
     }
     d
@@ -351,10 +354,222 @@ fn ipv6_device_and_entries() {
         gateway: subnet.ip(),
         device: "flannel-v6.1".into(),
         onlink: true,
+        nexthop: None,
     });
     converge(&ns, &want);
     let r = json(&ns, &["-6", "-j", "route", "show", "fc00:0:0:2::/64"]);
     assert_eq!(r[0]["gateway"], "fc00:0:0:2::");
     assert_eq!(converge(&ns, &want), vec![], "IPv6 state converges");
     assert_eq!(mac::format(&peer_mac(2)), "0a:58:0a:f4:02:00");
+}
+
+/// `desired` with the peer routes through nexthop objects (10.244.0.0/16, /24 subnets).
+fn desired_via_nexthops(ns: &Netns, peers: &[(u8, &str)]) -> Desired {
+    let mut d = desired(ns, peers);
+    NexthopPlan::new(Some("10.244.0.0/16".parse().unwrap()), Some(24), None, None).assign(&mut d);
+    d
+}
+
+/// The nexthop objects in the namespace: (id, gateway, device, protocol, onlink).
+fn nexthops(ns: &Netns) -> Vec<(u64, String, String, String, bool)> {
+    json(ns, &["-j", "nexthop", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_u64().unwrap(),
+                n["gateway"].as_str().unwrap_or_default().to_string(),
+                n["dev"].as_str().unwrap_or_default().to_string(),
+                n["protocol"].as_str().unwrap_or_default().to_string(),
+                n["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "onlink")),
+            )
+        })
+        .collect()
+}
+
+fn nhid(n: u8) -> u64 {
+    u64::from(V4_BASE) + u64::from(n)
+}
+
+#[test]
+fn peer_routes_through_nexthop_objects_converge_and_are_swept() {
+    let ns = node();
+    let want = desired_via_nexthops(&ns, &[(2, "198.18.0.12"), (3, "198.18.0.13")]);
+    converge(&ns, &want);
+    let onlink = |gateway: &str, id| {
+        (
+            id,
+            gateway.to_string(),
+            DEV.to_string(),
+            "91".to_string(),
+            true,
+        )
+    };
+    assert_eq!(
+        nexthops(&ns),
+        [onlink("10.244.2.0", nhid(2)), onlink("10.244.3.0", nhid(3))]
+    );
+    // The route names the object, and still reads as flannel's shape.
+    let r = json(&ns, &["-j", "route", "show", "10.244.2.0/24"]);
+    assert_eq!(r[0]["nhid"], nhid(2));
+    assert_eq!(r[0]["gateway"], "10.244.2.0");
+    assert_eq!(r[0]["dev"], DEV);
+    assert_eq!(r[0]["flags"], serde_json::json!(["onlink"]));
+    assert_eq!(
+        converge(&ns, &want),
+        vec![],
+        "converged state is a fixed point"
+    );
+
+    // Peer 3 leaves: its route and its object go.
+    let want = desired_via_nexthops(&ns, &[(2, "198.18.0.12")]);
+    let ops = converge(&ns, &want);
+    assert_eq!(ops.len(), 3, "route, neighbour, FDB entry: {ops:?}");
+    assert_eq!(nexthops(&ns), [onlink("10.244.2.0", nhid(2))]);
+
+    // An admin deletes the route: the object stays, the route comes back through it.
+    ns.ip(&["route", "del", "10.244.2.0/24"]);
+    assert_eq!(converge(&ns, &want).len(), 1);
+    assert_eq!(
+        json(&ns, &["-j", "route", "show", "10.244.2.0/24"])[0]["nhid"],
+        nhid(2)
+    );
+    // An admin deletes the object: the kernel deletes the route with it; both come back.
+    ns.ip(&["nexthop", "del", "id", &nhid(2).to_string()]);
+    assert_eq!(routes(&ns), vec![]);
+    assert_eq!(converge(&ns, &want).len(), 1);
+    assert_eq!(
+        json(&ns, &["-j", "route", "show", "10.244.2.0/24"])[0]["nhid"],
+        nhid(2)
+    );
+    // An object of weft's that no route uses (its route deleted by hand, weft down) is
+    // swept, and nothing else changes.
+    ns.ip(&[
+        "nexthop",
+        "add",
+        "id",
+        &nhid(9).to_string(),
+        "via",
+        "10.244.9.0",
+        "dev",
+        DEV,
+        "onlink",
+        "proto",
+        "91",
+    ]);
+    let ops = converge(&ns, &want);
+    assert_eq!(
+        ops,
+        [Op::DelNexthop(
+            std::num::NonZeroU32::new(nhid(9) as u32).unwrap()
+        )]
+    );
+    assert_eq!(nexthops(&ns), [onlink("10.244.2.0", nhid(2))]);
+}
+
+#[test]
+fn plain_routes_move_to_nexthop_objects_and_back_in_place() {
+    let ns = node();
+    let peers = [(2, "198.18.0.12"), (3, "198.18.0.13")];
+    // flannel's routes (or weft's with nexthop objects off) ...
+    converge(&ns, &desired(&ns, &peers));
+    assert_eq!(nexthops(&ns), vec![]);
+    // ... are replaced in place by routes through objects: one replace per route.
+    let ops = converge(&ns, &desired_via_nexthops(&ns, &peers));
+    assert!(
+        ops.len() == 2 && ops.iter().all(|op| matches!(op, Op::ReplaceRoute(_))),
+        "{ops:?}"
+    );
+    assert_eq!(nexthops(&ns).len(), 2);
+    // Turned off again: plain routes, and the objects swept after them.
+    let ops = converge(&ns, &desired(&ns, &peers));
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    assert_eq!(nexthops(&ns), vec![]);
+    assert_eq!(routes(&ns).len(), 2);
+    assert!(
+        json(&ns, &["-j", "route", "show", "dev", DEV])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("nhid").is_none())
+    );
+}
+
+#[test]
+fn another_programs_nexthop_at_a_weft_id_is_never_touched() {
+    let ns = node();
+    let id = nhid(2).to_string();
+    ns.ip(&[
+        "nexthop",
+        "add",
+        "id",
+        &id,
+        "via",
+        "198.18.0.99",
+        "dev",
+        "eth0",
+        "proto",
+        "static",
+    ]);
+    let foreign = (
+        nhid(2),
+        "198.18.0.99".to_string(),
+        "eth0".to_string(),
+        "static".to_string(),
+        false,
+    );
+    assert_eq!(nexthops(&ns), std::slice::from_ref(&foreign));
+    let mut want = desired_via_nexthops(&ns, &[(2, "198.18.0.12")]);
+    let (failures, taken) = {
+        let want = want.clone();
+        block_on_in(&ns.name, move || async move {
+            let kernel = Kernel::connect().expect("netlink");
+            let observed = kernel.observe(&want).await.expect("observe");
+            // Applied as a targeted pass would, not knowing of the object yet.
+            let failures = kernel.apply(&diff(&want, &observed)).await;
+            let deleted = kernel
+                .apply(&[Op::DelNexthop(
+                    std::num::NonZeroU32::new(nhid(2) as u32).unwrap(),
+                )])
+                .await;
+            assert!(
+                deleted.is_empty(),
+                "deleting someone else's object is a no-op: {deleted:?}"
+            );
+            (failures, observed.taken_nexthops())
+        })
+    };
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].1.to_string().contains(&format!(
+            "nexthop id {id} belongs to another program (protocol 4)"
+        )),
+        "{}",
+        failures[0].1
+    );
+    assert_eq!(
+        nexthops(&ns),
+        std::slice::from_ref(&foreign),
+        "the object is as its owner left it"
+    );
+    // A full pass installs the route without an object.
+    assert_eq!(
+        taken
+            .into_iter()
+            .map(|i| u64::from(i.get()))
+            .collect::<Vec<_>>(),
+        [nhid(2)]
+    );
+    let demoted =
+        want.demote_taken_nexthops(&[std::num::NonZeroU32::new(nhid(2) as u32).unwrap()].into());
+    assert_eq!(demoted.len(), 1);
+    converge(&ns, &want);
+    assert_eq!(converge(&ns, &want), vec![]);
+    let r = json(&ns, &["-j", "route", "show", "10.244.2.0/24"]);
+    assert_eq!(r[0]["gateway"], "10.244.2.0");
+    assert!(r[0].get("nhid").is_none(), "{r}");
+    assert_eq!(nexthops(&ns), [foreign]);
 }

@@ -2,7 +2,8 @@
 //! real etcd and a 2 s reconcile timer: peers added, changed and removed through etcd
 //! are programmed by targeted passes (no full pass triggered by them), after which the
 //! timer's full passes find nothing to change; an entry deleted by hand is put back by
-//! a targeted pass, counted as exactly one drift repair, with no full pass triggered.
+//! a targeted pass, counted as exactly one drift repair, with no full pass triggered
+//! (a hand-deleted nexthop object too, whose route the kernel deletes silently).
 
 mod support;
 
@@ -120,9 +121,18 @@ fn targeted_passes_program_peers_and_repair_entries_without_full_passes() {
     );
     assert!(changes(&after) > changes(&before));
 
-    // A route, a neighbour and an FDB entry deleted by hand: each repaired alone.
+    // Peer routes go through nexthop objects, numbered by subnet in 10.244.0.0/16.
     let peer = fakes[3];
-    let faults: [(&str, Vec<String>); 3] = [
+    let nexthop_id = 0x1000_0000 + u32::from(peer);
+    let nhid = |ns: &Netns| {
+        let route = ns.ip(&["-j", "route", "show", &format!("10.244.{peer}.0/24")]);
+        serde_json::from_str::<serde_json::Value>(&route).unwrap()[0]["nhid"].as_u64()
+    };
+    assert_eq!(nhid(ns), Some(u64::from(nexthop_id)));
+
+    // A route, a neighbour, an FDB entry and a nexthop object (which takes its route
+    // with it, silently) deleted by hand: each repaired alone.
+    let faults: [(&str, Vec<String>); 4] = [
         (
             "route",
             vec![
@@ -130,8 +140,6 @@ fn targeted_passes_program_peers_and_repair_entries_without_full_passes() {
                 "route".into(),
                 "del".into(),
                 format!("10.244.{peer}.0/24"),
-                "dev".into(),
-                "flannel.1".into(),
             ],
         ),
         (
@@ -156,6 +164,16 @@ fn targeted_passes_program_peers_and_repair_entries_without_full_passes() {
                 "flannel.1".into(),
                 "dst".into(),
                 format!("198.19.0.{peer}"),
+            ],
+        ),
+        (
+            "route",
+            vec![
+                "ip".into(),
+                "nexthop".into(),
+                "del".into(),
+                "id".into(),
+                nexthop_id.to_string(),
             ],
         ),
     ];
@@ -189,9 +207,14 @@ fn targeted_passes_program_peers_and_repair_entries_without_full_passes() {
     assert_eq!(peer_routes(ns).len(), want);
     assert_eq!(neighbours(ns).len(), want);
     assert_eq!(fdb_entries(ns).len(), want);
+    assert_eq!(
+        nhid(ns),
+        Some(u64::from(nexthop_id)),
+        "back through its object"
+    );
     let end = assert_full_passes_change_nothing(ns);
     assert_eq!(
         end.sum("weft_datapath_changes_total", &[("cause", "drift_repair")]),
-        3.0
+        4.0
     );
 }

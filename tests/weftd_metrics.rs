@@ -143,7 +143,7 @@ fn metrics_state_and_logs_tell_a_healthy_node_from_a_repaired_one() {
         (all_passes(&first) == all_passes(&second)).then_some(second)
     });
     let (gone, _, _) = peer_routes(ns0)[0].clone();
-    ns0.ip(&["route", "del", &gone, "dev", "flannel.1"]);
+    ns0.ip(&["route", "del", &gone]);
     wait_for("the route back", LIMIT, || {
         peer_routes(ns0).iter().any(|r| r.0 == gone).then_some(())
     });

@@ -126,7 +126,7 @@ fn node_leaving_device_deleted_and_entries_deleted_are_repaired_fast() {
     // A route and an FDB entry deleted by hand: restored.
     let route = before.0[0].clone();
     let fdb = before.1[0].clone();
-    ns0.ip(&["route", "del", &route.0, "dev", "flannel.1"]);
+    ns0.ip(&["route", "del", &route.0]);
     ns0.exec(&[
         "bridge",
         "fdb",

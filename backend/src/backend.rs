@@ -5,6 +5,7 @@
 use crate::desired::Desired;
 use crate::hostgw;
 use crate::mac::Mac;
+use crate::nexthop::NexthopPlan;
 use crate::vxlan::{self, VxlanConfig};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_subnet::family::Family;
@@ -36,6 +37,8 @@ pub trait Backend: std::fmt::Debug + Send {
     fn peer_macs(&self, _peer: &Lease) -> Vec<(Family, Mac)> {
         Vec::new()
     }
+    /// Which nexthop objects the peer routes use from now on (see [`crate::nexthop`]).
+    fn set_nexthops(&mut self, _plan: NexthopPlan) {}
 }
 
 /// flannel's `alloc`: a lease and subnet.env, no datapath.
@@ -78,6 +81,7 @@ impl Backend for AllocBackend {
 pub struct VxlanBackend {
     pub config: VxlanConfig,
     pub node: vxlan::Node,
+    pub nexthops: NexthopPlan,
 }
 
 impl Backend for VxlanBackend {
@@ -94,7 +98,13 @@ impl Backend for VxlanBackend {
     }
 
     fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>) {
-        vxlan::desired_state(&self.config, &self.node, peers)
+        let (mut desired, skipped) = vxlan::desired_state(&self.config, &self.node, peers);
+        self.nexthops.assign(&mut desired);
+        (desired, skipped)
+    }
+
+    fn set_nexthops(&mut self, plan: NexthopPlan) {
+        self.nexthops = plan;
     }
 
     fn owns_device(&self, name: &str) -> bool {
@@ -116,6 +126,7 @@ impl Backend for VxlanBackend {
 #[derive(Debug, Clone)]
 pub struct HostGwBackend {
     pub node: hostgw::Node,
+    pub nexthops: NexthopPlan,
 }
 
 impl Backend for HostGwBackend {
@@ -132,7 +143,13 @@ impl Backend for HostGwBackend {
     }
 
     fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>) {
-        hostgw::desired_state(&self.node, peers)
+        let (mut desired, skipped) = hostgw::desired_state(&self.node, peers);
+        self.nexthops.assign(&mut desired);
+        (desired, skipped)
+    }
+
+    fn set_nexthops(&mut self, plan: NexthopPlan) {
+        self.nexthops = plan;
     }
 
     fn owns_device(&self, _name: &str) -> bool {

@@ -7,6 +7,7 @@ use crate::mac::Mac;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use weft_subnet::SubnetKey;
 use weft_subnet::family::Net;
@@ -121,6 +122,9 @@ pub struct Route {
     pub gateway: IpAddr,
     pub device: DeviceName,
     pub onlink: bool,
+    /// The nexthop object (`nhid`) that carries the gateway, device and onlink flag
+    /// (see [`crate::nexthop`]); `None`: a plain gateway route.
+    pub nexthop: Option<NonZeroU32>,
 }
 
 /// A permanent neighbour (ARP/ND) entry.
@@ -193,6 +197,23 @@ impl Desired {
             }
         }
         withdrawn
+    }
+
+    /// Installs the routes whose nexthop id another program's nexthop object holds
+    /// (`taken`) the plain way (a gateway route), and returns them: that object is not
+    /// weft's to replace, and a route through it would forward wherever its owner points it.
+    pub fn demote_taken_nexthops(&mut self, taken: &BTreeSet<NonZeroU32>) -> Vec<Route> {
+        if taken.is_empty() {
+            return Vec::new();
+        }
+        let mut demoted = Vec::new();
+        for route in self.routes.values_mut() {
+            if route.nexthop.is_some_and(|id| taken.contains(&id)) {
+                demoted.push(route.clone());
+                route.nexthop = None;
+            }
+        }
+        demoted
     }
 }
 
@@ -295,6 +316,29 @@ pub struct Observed {
     pub stray_devices: Vec<String>,
     /// weft's blackhole routes (marked with its route protocol).
     pub blackholes: Vec<Net>,
+    /// The nexthop objects in weft's block of ids (see [`crate::nexthop`]) a pass acts
+    /// on: weft's that no desired route uses, and all of other programs'.
+    pub nexthops: Vec<ObservedNexthop>,
+}
+
+impl Observed {
+    /// The ids in weft's block that another program's nexthop objects hold.
+    pub fn taken_nexthops(&self) -> BTreeSet<NonZeroU32> {
+        self.nexthops
+            .iter()
+            .filter(|n| !n.ours)
+            .map(|n| n.id)
+            .collect()
+    }
+}
+
+/// A nexthop object whose id lies in weft's block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObservedNexthop {
+    pub id: NonZeroU32,
+    /// Carries weft's protocol (91): weft's to replace and delete. Another program's
+    /// nexthop at one of weft's ids is never touched.
+    pub ours: bool,
 }
 
 /// A peer lease that could not be programmed, and why (the caller logs it once).

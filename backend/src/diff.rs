@@ -13,6 +13,7 @@ use crate::desired::{Desired, Device, Fdb, Neighbour, Observed, ObservedLink, Ro
 use crate::mac::{self, Mac};
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use weft_subnet::family::Net;
 
 /// One change to the kernel.
@@ -47,6 +48,8 @@ pub enum Op {
     DelRoute(Route),
     ReplaceBlackhole(Net),
     DelBlackhole(Net),
+    /// Delete one of weft's nexthop objects that no route of weft's uses any more.
+    DelNexthop(NonZeroU32),
 }
 
 impl std::fmt::Display for Op {
@@ -103,13 +106,28 @@ impl std::fmt::Display for Op {
             Op::DelRoute(r) => write!(f, "route del {}", describe_route(r)),
             Op::ReplaceBlackhole(n) => write!(f, "route replace blackhole {n}"),
             Op::DelBlackhole(n) => write!(f, "route del blackhole {n}"),
+            Op::DelNexthop(id) => write!(f, "nexthop del id {id}"),
         }
     }
 }
 
+impl Op {
+    /// Whether the op removes a peer's entry (held during a datastore grace period).
+    pub fn is_peer_removal(&self) -> bool {
+        matches!(
+            self,
+            Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_) | Op::DelNexthop(_)
+        )
+    }
+}
+
 fn describe_route(r: &Route) -> String {
+    let nexthop = r
+        .nexthop
+        .map(|id| format!(" nhid {id}"))
+        .unwrap_or_default();
     format!(
-        "{} via {} dev {}{}",
+        "{}{nexthop} via {} dev {}{}",
         r.destination,
         r.gateway,
         r.device,
@@ -219,12 +237,24 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::ReplaceRoute(route.clone()));
         }
     }
+    // Nexthop objects a route of weft's uses after this pass, or that the deletion of
+    // its route deletes with it.
+    let mut nexthops_used: HashSet<NonZeroU32> =
+        desired.routes.values().filter_map(|r| r.nexthop).collect();
     for observed_route in &live_routes {
         let route = &observed_route.route;
         // Ours, and nothing wants this prefix any more. A wanted prefix with a different
         // path was rewritten in place by the replace above.
         if !desired.routes.contains_key(&route.destination) {
+            nexthops_used.extend(route.nexthop);
             ops.push(Op::DelRoute(route.clone()));
+        }
+    }
+    // After the routes: deleting a nexthop object deletes the routes through it. Only
+    // weft's own (marked) objects; another program's at one of weft's ids stays.
+    for nexthop in &observed.nexthops {
+        if nexthop.ours && !nexthops_used.contains(&nexthop.id) {
+            ops.push(Op::DelNexthop(nexthop.id));
         }
     }
 
@@ -383,6 +413,7 @@ mod tests {
             gateway: subnet.ip(),
             device: DEV.into(),
             onlink: true,
+            nexthop: None,
         });
     }
 
@@ -439,6 +470,7 @@ mod tests {
             fdb: desired.fdb.values().cloned().collect(),
             stray_devices: Vec::new(),
             blackholes: desired.blackholes.iter().copied().collect(),
+            nexthops: Vec::new(),
         }
     }
 
@@ -488,7 +520,8 @@ mod tests {
                     destination: net("10.244.3.0/24"),
                     gateway: "10.244.3.0".parse().unwrap(),
                     device: DEV.into(),
-                    onlink: true
+                    onlink: true,
+                    nexthop: None,
                 }),
             ]
         );
@@ -528,6 +561,7 @@ mod tests {
             gateway: subnet.ip(),
             device: DEV.into(),
             onlink: true,
+            nexthop: None,
         });
         let ops = diff(&after, &converged(&before));
         // The neighbour is replaced (not deleted), the new FDB entry added, the old one
@@ -656,6 +690,7 @@ mod tests {
             gateway: "10.244.9.0".parse().unwrap(),
             device: DEV.into(),
             onlink: true,
+            nexthop: None,
         };
         observed.routes.push(ObservedRoute {
             route: stale.clone(),
@@ -752,6 +787,7 @@ mod tests {
             gateway: "198.18.0.12".parse().unwrap(),
             device: "eth0".into(),
             onlink: false,
+            nexthop: None,
         });
         let ops = diff(&direct, &converged(&vxlan));
         assert!(

@@ -118,6 +118,7 @@ fn route_for(
         gateway,
         device: device.clone(),
         onlink: false,
+        nexthop: None,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod hostgw;
 pub mod kernel;
 pub mod mac;
+pub mod nexthop;
 pub mod rules;
 pub mod vxlan;
 

@@ -298,6 +298,7 @@ pub fn desired_state<'a>(
                     gateway: public_ip,
                     device: external_name.clone(),
                     onlink: false,
+                    nexthop: None,
                 });
                 continue;
             }
@@ -328,6 +329,7 @@ pub fn desired_state<'a>(
                 gateway: subnet.ip(),
                 device,
                 onlink: true,
+                nexthop: None,
             });
         }
     }

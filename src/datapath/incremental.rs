@@ -26,6 +26,7 @@ use super::{Datapath, Judged, Pass};
 use crate::drift::{self, ChangeKind, EntryId};
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, warn};
 use weft_backend::desired::{Desired, Fdb, Route};
@@ -155,14 +156,11 @@ impl Datapath {
                 None => self.peers.get(&key).map(|l| &**l),
             };
             if let Some(lease) = before.filter(|_| !rejected_before.contains(&key)) {
-                merge(
-                    &mut step.old,
-                    self.backend.desired_state(&mut std::iter::once(lease)).0,
-                );
+                merge(&mut step.old, self.peer_desired(lease).0);
             }
             self.last_skipped.remove(&key);
             if let Some(lease) = self.admitted(&key) {
-                let (want, skipped) = self.backend.desired_state(&mut std::iter::once(lease));
+                let (want, skipped) = self.peer_desired(lease);
                 merge(&mut step.new, want);
                 self.note_skipped(skipped);
             }
@@ -207,7 +205,7 @@ impl Datapath {
             .removals_held_until
             .is_some_and(|until| Instant::now() < until);
         for op in ops {
-            let removal = matches!(op, Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_));
+            let removal = op.is_peer_removal();
             if removal && removals_held {
                 planned.held.push(op);
             } else {
@@ -255,6 +253,16 @@ impl Datapath {
                         dst: *ip,
                     }),
                     _ => None,
+                }
+            }
+            // The routes through it went with it, silently: repaired as deleted routes.
+            KernelEvent::Nexthop { id, .. } => {
+                let route =
+                    NonZeroU32::new(*id).and_then(|id| self.nexthop_plan.destination_of(id));
+                match route {
+                    Some(net) => Some(Dirty::Route(net)),
+                    // Not one of this plan's (left from before): nothing uses it.
+                    None => return Reaction::Ignore,
                 }
             }
             _ => None,
@@ -433,7 +441,14 @@ impl Datapath {
                 (Some(_), _) => self.needs_full = true,
                 (None, Dirty::Route(net)) => {
                     self.tracker
-                        .forget(ChangeKind::Route, "", EntryId::Net(*net))
+                        .forget(ChangeKind::Route, "", EntryId::Net(*net));
+                    // Deleting a route leaves its nexthop object: swept with it.
+                    let nexthop = self.nexthop_plan.id_for(net);
+                    routes.extend(
+                        nexthop
+                            .filter(|id| !self.taken_nexthops.contains(id))
+                            .map(Op::DelNexthop),
+                    );
                 }
                 (None, Dirty::Neighbour { device, ip }) => {
                     self.tracker
@@ -457,7 +472,7 @@ impl Datapath {
                 .flatten()
                 .any(pick)
         };
-        let want_of = |lease: &Lease| self.backend.desired_state(&mut std::iter::once(lease)).0;
+        let want_of = |lease: &Lease| self.peer_desired(lease).0;
         let admitted = self
             .peers
             .values()

@@ -45,11 +45,18 @@ pub enum KernelEvent {
         ip: Option<IpAddr>,
         mac: Option<Mac>,
     },
+    /// A nexthop object (deleting one deletes the routes through it, without route
+    /// notifications).
+    Nexthop {
+        id: u32,
+        protocol: u8,
+        deleted: bool,
+    },
     /// Notifications were lost (socket overrun): everything must be re-read.
     Overrun,
 }
 
-/// Subscribes to link, address, route and neighbour notifications.
+/// Subscribes to link, address, route, neighbour and nexthop notifications.
 pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, KernelError> {
     let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
@@ -62,6 +69,7 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, KernelError> 
     .map_err(KernelError::Socket)?;
     tokio::spawn(connection);
     let (sender, receiver) = mpsc::unbounded_channel();
+    super::nexthop::watch(sender.clone())?;
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
             let event = match message.payload {

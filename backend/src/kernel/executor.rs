@@ -6,14 +6,16 @@
 //! which the next pass, seeing the device, resolves.
 
 use super::dump::Dumper;
+use super::nexthop::{Nexthop, NexthopSocket};
 use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
     BLACKHOLE_METRIC, Desired, DeviceName, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink,
-    ObservedRoute, Route, VxlanAttrs, VxlanLink, is_vxlan_device_name,
+    ObservedNexthop, ObservedRoute, Route, VxlanAttrs, VxlanLink, is_vxlan_device_name,
 };
 use crate::diff::Op;
 use crate::mac::{self, Mac};
+use crate::nexthop::NexthopPlan;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
@@ -29,8 +31,9 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use weft_subnet::family::Net;
+use weft_subnet::family::{Family, Net};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
@@ -43,6 +46,8 @@ pub struct Kernel {
     pub(super) handle: Handle,
     /// The full pass's route, neighbour and FDB dumps, streamed (see `dump`).
     dumper: Arc<tokio::sync::Mutex<Dumper>>,
+    /// Nexthop objects (see `nexthop`).
+    nexthops: Arc<tokio::sync::Mutex<NexthopSocket>>,
 }
 
 impl Kernel {
@@ -51,7 +56,13 @@ impl Kernel {
         Ok(Kernel {
             handle: super::connect()?,
             dumper: Arc::new(tokio::sync::Mutex::new(Dumper::new()?)),
+            nexthops: Arc::new(tokio::sync::Mutex::new(NexthopSocket::new()?)),
         })
+    }
+
+    /// Whether this kernel has nexthop objects (Linux ≥ 5.3): one dump tells.
+    pub async fn has_nexthop_objects(&self) -> Result<bool, KernelError> {
+        Ok(self.nexthops.lock().await.dump(|_| {}).await?.is_some())
     }
 
     async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {
@@ -202,7 +213,40 @@ impl Kernel {
             }
         }
         drop(dumper);
+        self.observe_nexthops(desired, &mut observed).await?;
         Ok(observed)
+    }
+
+    /// The nexthop objects a pass acts on: other programs' in weft's block of ids (a route
+    /// that would use one goes without), and weft's that no desired route wants (swept).
+    /// The steady state keeps none of the thousands that are as wanted.
+    async fn observe_nexthops(
+        &self,
+        desired: &Desired,
+        observed: &mut Observed,
+    ) -> Result<(), KernelError> {
+        let mut wanted: Vec<u32> = desired
+            .routes
+            .values()
+            .filter_map(|r| r.nexthop.map(NonZeroU32::get))
+            .collect();
+        wanted.sort_unstable();
+        let mut socket = self.nexthops.lock().await;
+        // A kernel without nexthop objects has none of weft's either.
+        socket
+            .dump(|seen| {
+                let Some(id) =
+                    NonZeroU32::new(seen.id).filter(|id| NexthopPlan::in_range(id.get()))
+                else {
+                    return;
+                };
+                let ours = seen.protocol == ROUTE_PROTOCOL;
+                if !ours || wanted.binary_search(&seen.id).is_err() {
+                    observed.nexthops.push(ObservedNexthop { id, ours });
+                }
+            })
+            .await?;
+        Ok(())
     }
 
     /// Applies `ops` in order, trying every one; returns those that failed.
@@ -364,9 +408,19 @@ impl Kernel {
                 self.delete_neighbour(message, "delete fdb entry").await
             }
             Op::ReplaceRoute(r) => {
-                let message =
-                    route_message(r, index(&r.device)?, RouteProtocol::from(ROUTE_PROTOCOL))
-                        .ok_or_else(|| mixed_family(r))?;
+                let oif = index(&r.device)?;
+                if let Some(id) = r.nexthop {
+                    // The object first: the route names it.
+                    let nexthop = Nexthop {
+                        id,
+                        gateway: r.gateway,
+                        oif,
+                        onlink: r.onlink,
+                    };
+                    self.nexthops.lock().await.ensure(&nexthop).await?;
+                }
+                let message = route_message(r, oif, RouteProtocol::from(ROUTE_PROTOCOL))
+                    .ok_or_else(|| mixed_family(r))?;
                 self.handle
                     .route()
                     .add(message)
@@ -408,8 +462,13 @@ impl Kernel {
                         .execute()
                         .await
                         .map_err(netlink("delete route")),
-                )
+                )?;
+                match r.nexthop {
+                    Some(id) => self.nexthops.lock().await.delete(id).await,
+                    None => Ok(()),
+                }
             }
+            Op::DelNexthop(id) => self.nexthops.lock().await.delete(*id).await,
         }
     }
 
@@ -515,8 +574,27 @@ fn blackhole_message(net: Net) -> RouteMessage {
 
 /// The netlink message for a route; `None` for a gateway of the other family (never
 /// produced by `desired_state`, and never sent: an empty message would mean a default route).
+/// A route through a nexthop object names only the object: the kernel refuses a gateway,
+/// device or onlink flag next to it (they are the object's).
 fn route_message(route: &Route, oif: u32, protocol: RouteProtocol) -> Option<RouteMessage> {
     let prefix = route.destination.prefix;
+    if let Some(id) = route.nexthop {
+        if Family::of(route.gateway) != route.destination.family {
+            return None;
+        }
+        let mut message = match route.destination.ip() {
+            IpAddr::V4(dst) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, prefix)
+                .build(),
+            IpAddr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, prefix)
+                .build(),
+        };
+        message.header.protocol = protocol;
+        message.header.kind = RouteType::Unicast;
+        message.attributes.push(RouteAttribute::NhId(id.get()));
+        return Some(message);
+    }
     let mut message = match (route.destination.ip(), route.gateway) {
         (IpAddr::V4(dst), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
@@ -631,11 +709,13 @@ pub(super) fn classify_route<N: Clone + Into<DeviceName> + std::fmt::Display>(
     let mut destination = None;
     let mut gateway = None;
     let mut oif = None;
+    let mut nexthop = None;
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Destination(d) => destination = route_address(d),
             RouteAttribute::Gateway(g) => gateway = route_address(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::NhId(id) => nexthop = NonZeroU32::new(*id),
             _ => {}
         }
     }
@@ -684,6 +764,7 @@ pub(super) fn classify_route<N: Clone + Into<DeviceName> + std::fmt::Display>(
                 .cloned()
                 .map_or_else(|| format!("ifindex {oif}").into(), Into::into),
             onlink: message.header.flags.contains(RouteFlags::Onlink),
+            nexthop,
         },
         marked,
     }))

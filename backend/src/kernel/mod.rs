@@ -5,6 +5,7 @@ mod events;
 mod executor;
 mod host;
 mod lookup;
+mod nexthop;
 
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use std::net::IpAddr;
@@ -28,6 +29,9 @@ pub enum KernelError {
     NoDevice(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A request of weft's own netlink code (nexthop objects) the kernel refused.
+    #[error("netlink {op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Errno { op: &'static str, errno: i32 },
 }
 
 /// The main routing table.
@@ -74,6 +78,7 @@ impl KernelError {
                 cause: rtnetlink::Error::NetlinkError(message),
                 ..
             } => message.code.map(|code| -code.get()),
+            KernelError::Errno { errno, .. } => Some(*errno),
             _ => None,
         }
     }
