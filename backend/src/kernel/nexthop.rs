@@ -276,9 +276,9 @@ impl std::fmt::Debug for NexthopSocket {
     }
 }
 
-/// The kernel's answer to one request.
+/// How the kernel answered one request (its messages went to the caller one by one).
 enum Answer {
-    Done(Vec<NexthopMessage>),
+    Done,
     Errno(i32),
 }
 
@@ -301,8 +301,9 @@ impl NexthopSocket {
         })
     }
 
-    /// Every nexthop object of the namespace; `None` if the kernel has no nexthop
-    /// objects (before 5.3: the message type is unknown).
+    /// Every nexthop object of the namespace, handed to `each` as it is decoded (at
+    /// 15,000 peers the decoded dump would be ~1 MB at once); `None` if the kernel has no
+    /// nexthop objects (before 5.3: the message type is unknown).
     pub(crate) async fn dump(
         &mut self,
         mut each: impl FnMut(SeenNexthop),
@@ -311,14 +312,13 @@ impl NexthopSocket {
             kind: RTM_GETNEXTHOP,
             ..NexthopMessage::default()
         };
-        match self.exchange(request, NLM_F_DUMP).await? {
-            Answer::Done(messages) => {
-                messages
-                    .iter()
-                    .filter_map(NexthopMessage::seen)
-                    .for_each(&mut each);
-                Ok(Some(()))
+        let mut each = |message: NexthopMessage| {
+            if let Some(seen) = message.seen() {
+                each(seen);
             }
+        };
+        match self.exchange(request, NLM_F_DUMP, &mut each).await? {
+            Answer::Done => Ok(Some(())),
             // EOPNOTSUPP (95) or EINVAL (22) from a kernel without RTM_GETNEXTHOP.
             Answer::Errno(95 | 22) => Ok(None),
             Answer::Errno(errno) => Err(KernelError::Errno {
@@ -335,8 +335,10 @@ impl NexthopSocket {
             id: Some(id.get()),
             ..NexthopMessage::default()
         };
-        match self.exchange(request, 0).await? {
-            Answer::Done(messages) => Ok(messages.iter().find_map(NexthopMessage::seen)),
+        let mut found = None;
+        let mut keep = |message: NexthopMessage| found = found.or(message.seen());
+        match self.exchange(request, 0, &mut keep).await? {
+            Answer::Done => Ok(found),
             Answer::Errno(ENOENT) => Ok(None),
             Answer::Errno(errno) => Err(KernelError::Errno {
                 op: "get nexthop",
@@ -348,7 +350,7 @@ impl NexthopSocket {
     /// Makes `want` exist: created, left alone when weft's object already is `want`,
     /// replaced when weft's object differs. Another program's object at this id fails.
     pub(crate) async fn ensure(&mut self, want: &Nexthop) -> Result<(), KernelError> {
-        let mut request = NexthopMessage {
+        let request = NexthopMessage {
             kind: RTM_NEWNEXTHOP,
             family: match want.gateway {
                 IpAddr::V4(_) => AF_INET,
@@ -360,11 +362,9 @@ impl NexthopSocket {
             oif: Some(want.oif),
             gateway: Some(want.gateway),
         };
-        match self
-            .exchange(request.clone(), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK)
-            .await?
-        {
-            Answer::Done(_) => return Ok(()),
+        let create = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
+        match self.exchange(request.clone(), create, &mut drop).await? {
+            Answer::Done => return Ok(()),
             Answer::Errno(EEXIST) => {}
             Answer::Errno(errno) => {
                 return Err(KernelError::Errno {
@@ -384,12 +384,9 @@ impl NexthopSocket {
             Some(seen) if seen.is(want) => return Ok(()),
             _ => {}
         }
-        request.kind = RTM_NEWNEXTHOP;
-        match self
-            .exchange(request, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK)
-            .await?
-        {
-            Answer::Done(_) => Ok(()),
+        let replace = NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK;
+        match self.exchange(request, replace, &mut drop).await? {
+            Answer::Done => Ok(()),
             Answer::Errno(errno) => Err(KernelError::Errno {
                 op: "replace nexthop",
                 errno,
@@ -409,8 +406,8 @@ impl NexthopSocket {
             id: Some(id.get()),
             ..NexthopMessage::default()
         };
-        match self.exchange(request, NLM_F_ACK).await? {
-            Answer::Done(_) | Answer::Errno(ENOENT) => Ok(()),
+        match self.exchange(request, NLM_F_ACK, &mut drop).await? {
+            Answer::Done | Answer::Errno(ENOENT) => Ok(()),
             Answer::Errno(errno) => Err(KernelError::Errno {
                 op: "delete nexthop",
                 errno,
@@ -419,11 +416,13 @@ impl NexthopSocket {
     }
 
     /// Sends one request and reads its answer: the messages up to the end of a dump, the
-    /// one message of a get, or the acknowledgement (an error code, 0 for success).
+    /// one message of a get (each handed to `each` as it is decoded), or the
+    /// acknowledgement (an error code, 0 for success).
     async fn exchange(
         &mut self,
         request: NexthopMessage,
         flags: u16,
+        each: &mut dyn FnMut(NexthopMessage),
     ) -> Result<Answer, KernelError> {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
@@ -437,7 +436,6 @@ impl NexthopSocket {
         let mut out = vec![0; message.buffer_len()];
         message.serialize(&mut out);
         self.socket.send(&out).await.map_err(KernelError::Socket)?;
-        let mut messages = Vec::new();
         loop {
             self.buffer.clear();
             self.socket
@@ -464,15 +462,15 @@ impl NexthopSocket {
                 }
                 match decoded.payload {
                     NetlinkPayload::InnerMessage(inner) => {
-                        messages.push(inner);
+                        each(inner);
                         if !dump && !ack {
-                            return Ok(Answer::Done(messages));
+                            return Ok(Answer::Done);
                         }
                     }
-                    NetlinkPayload::Done(_) => return Ok(Answer::Done(messages)),
+                    NetlinkPayload::Done(_) => return Ok(Answer::Done),
                     NetlinkPayload::Error(error) => {
                         return Ok(match error.code {
-                            None => Answer::Done(messages),
+                            None => Answer::Done,
                             Some(code) => Answer::Errno(-code.get()),
                         });
                     }
