@@ -117,9 +117,14 @@ pub struct Datapath {
     nexthop_objects: bool,
     /// The nexthop ids the backend was given.
     nexthop_plan: NexthopPlan,
-    /// Ids of weft's block another program's nexthop objects hold (as of the last full
-    /// pass): the routes that would use them go without.
+    /// Ids of weft's block another program's nexthop objects hold (as of the last time
+    /// they were read): the routes that would use them go without.
     taken_nexthops: BTreeSet<NonZeroU32>,
+    /// The next full pass reads the nexthop objects: they may hold something to act on
+    /// (another program's object in weft's block, or one of weft's no route uses). Only
+    /// something outside weft's ops can cause either: startup, a failed op, lost
+    /// notifications, another program's object appearing, a new plan.
+    nexthops_unknown: bool,
 }
 
 impl Datapath {
@@ -163,6 +168,7 @@ impl Datapath {
             nexthop_objects: false,
             nexthop_plan: NexthopPlan::off(),
             taken_nexthops: BTreeSet::new(),
+            nexthops_unknown: true,
         }
     }
 
@@ -231,6 +237,7 @@ impl Datapath {
         };
         self.nexthop_plan = plan;
         self.backend.set_nexthops(plan);
+        self.nexthops_unknown = true;
     }
 
     /// Who this node is, for admission. Host networks inside the own subnet (the CNI
@@ -367,7 +374,8 @@ impl Datapath {
     pub async fn converge(&mut self) -> Result<Pass, KernelError> {
         let started = Instant::now();
         let desired = self.desired();
-        let observed = match self.kernel()?.observe(&desired).await {
+        let read_nexthops = self.nexthops_unknown;
+        let observed = match self.kernel()?.observe(&desired, read_nexthops).await {
             Ok(observed) => observed,
             Err(e) => {
                 self.needs_full = true;
@@ -451,6 +459,7 @@ impl Datapath {
         counts: PassCounts,
     ) -> Pass {
         if !failures.is_empty() {
+            self.nexthops_unknown = true;
             self.needs_full = true;
         }
         let pass = Pass {
@@ -558,6 +567,16 @@ impl Datapath {
         (want, skipped)
     }
 
+    /// Whether the next full pass reads the nexthop objects.
+    pub fn reads_nexthops(&self) -> bool {
+        self.nexthops_unknown
+    }
+
+    /// The next full pass reads the nexthop objects (notifications were lost).
+    pub fn reread_nexthops(&mut self) {
+        self.nexthops_unknown = true;
+    }
+
     /// Installs the routes whose nexthop id another program holds without a nexthop
     /// object; each logged once while it lasts.
     fn demote_taken_nexthops(
@@ -565,7 +584,10 @@ impl Datapath {
         desired: &mut weft_backend::desired::Desired,
         observed: &weft_backend::desired::Observed,
     ) {
-        self.taken_nexthops = observed.taken_nexthops();
+        if observed.nexthops_read {
+            self.taken_nexthops = observed.taken_nexthops();
+            self.nexthops_unknown = false;
+        }
         let demoted: HashSet<Net> = desired
             .demote_taken_nexthops(&self.taken_nexthops)
             .into_iter()

@@ -384,6 +384,7 @@ impl NodeState {
     /// once after a notification overrun (changes may have been missed).
     fn on_kernel_event(&mut self, event: &KernelEvent) {
         if *event == KernelEvent::Overrun {
+            self.datapath.reread_nexthops();
             self.triggers.converge_now(PassTrigger::KernelEvent);
             return;
         }

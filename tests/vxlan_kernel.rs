@@ -92,7 +92,7 @@ fn converge(ns: &Netns, desired: &Desired) -> Vec<Op> {
     let desired = desired.clone();
     block_on_in(&ns.name, move || async move {
         let kernel = Kernel::connect().expect("netlink");
-        let observed = kernel.observe(&desired).await.expect("observe");
+        let observed = kernel.observe(&desired, true).await.expect("observe");
         let ops = diff(&desired, &observed);
         let failures = kernel.apply(&ops).await;
         assert!(failures.is_empty(), "failed ops: {failures:?}");
@@ -527,7 +527,7 @@ fn another_programs_nexthop_at_a_weft_id_is_never_touched() {
         let want = want.clone();
         block_on_in(&ns.name, move || async move {
             let kernel = Kernel::connect().expect("netlink");
-            let observed = kernel.observe(&want).await.expect("observe");
+            let observed = kernel.observe(&want, true).await.expect("observe");
             // Applied as a targeted pass would, not knowing of the object yet.
             let failures = kernel.apply(&diff(&want, &observed)).await;
             let deleted = kernel

@@ -471,6 +471,7 @@ mod tests {
             stray_devices: Vec::new(),
             blackholes: desired.blackholes.iter().copied().collect(),
             nexthops: Vec::new(),
+            nexthops_read: true,
         }
     }
 

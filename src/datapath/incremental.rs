@@ -33,6 +33,7 @@ use weft_backend::desired::{Desired, Fdb, Route};
 use weft_backend::diff::Op;
 use weft_backend::kernel::{KernelError, KernelEvent, RouteAt};
 use weft_backend::mac::Mac;
+use weft_backend::nexthop::NexthopPlan;
 use weft_subnet::family::{Family, Net};
 use weft_subnet::{Lease, SubnetKey};
 
@@ -228,6 +229,17 @@ impl Datapath {
     /// Notes what a kernel notification calls for; a deleted entry of weft's is kept
     /// for the next targeted pass.
     pub fn note_event(&mut self, event: &KernelEvent) -> Reaction {
+        if let KernelEvent::Nexthop {
+            id, deleted: false, ..
+        } = event
+            && NexthopPlan::in_range(*id)
+        {
+            // Another program's object in weft's block (weft's own additions are dropped
+            // at the source): the next full pass reads them, and a route that would use
+            // this id goes without.
+            self.nexthops_unknown = true;
+            return Reaction::Full;
+        }
         if !self.is_relevant(event) {
             return Reaction::Ignore;
         }

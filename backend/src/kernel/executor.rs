@@ -86,8 +86,14 @@ impl Kernel {
     }
 
     /// Reads the devices named in `desired`, the routes weft owns or that sit on a
-    /// desired prefix, and the permanent neighbour and unicast FDB entries on its devices.
-    pub async fn observe(&self, desired: &Desired) -> Result<Observed, KernelError> {
+    /// desired prefix, and the permanent neighbour and unicast FDB entries on its devices;
+    /// with `nexthops`, also the nexthop objects a pass may act on (see
+    /// [`Observed::nexthops_read`]).
+    pub async fn observe(
+        &self,
+        desired: &Desired,
+        nexthops: bool,
+    ) -> Result<Observed, KernelError> {
         let wanted: HashSet<&str> = desired.device_names().collect();
         let links = self.links().await?;
         let names: HashMap<u32, DeviceName> = links
@@ -213,7 +219,10 @@ impl Kernel {
             }
         }
         drop(dumper);
-        self.observe_nexthops(desired, &mut observed).await?;
+        if nexthops {
+            self.observe_nexthops(desired, &mut observed).await?;
+            observed.nexthops_read = true;
+        }
         Ok(observed)
     }
 
