@@ -14,14 +14,15 @@ use weft_subnet::family::Net;
 
 /// The name of the device an entry is on. Every route, neighbour and FDB entry names its
 /// device, and at thousands of peers a `String` each was a heap allocation per entry (and
-/// two per map entry, keys included): clones share one allocation. Compares, orders,
-/// hashes and prints as the plain name.
+/// two per map entry, keys included): clones share one allocation. A thin pointer (8
+/// bytes, not a `str`'s 16): it is in every entry, map key and op, and a first pass at
+/// 15,000 peers holds 45,000 ops. Compares, orders, hashes and prints as the plain name.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeviceName(Arc<str>);
+pub struct DeviceName(Arc<String>);
 
 impl DeviceName {
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -29,61 +30,61 @@ impl std::ops::Deref for DeviceName {
     type Target = str;
 
     fn deref(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl Borrow<str> for DeviceName {
     fn borrow(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl AsRef<str> for DeviceName {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl From<&str> for DeviceName {
     fn from(name: &str) -> DeviceName {
-        DeviceName(name.into())
+        DeviceName(Arc::new(name.to_string()))
     }
 }
 
 impl From<String> for DeviceName {
     fn from(name: String) -> DeviceName {
-        DeviceName(name.into())
+        DeviceName(Arc::new(name))
     }
 }
 
 impl From<&String> for DeviceName {
     fn from(name: &String) -> DeviceName {
-        DeviceName(name.as_str().into())
+        DeviceName(Arc::new(name.clone()))
     }
 }
 
 impl PartialEq<str> for DeviceName {
     fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
+        self.0.as_str() == other
     }
 }
 
 impl PartialEq<&str> for DeviceName {
     fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
+        self.0.as_str() == *other
     }
 }
 
 impl PartialEq<String> for DeviceName {
     fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+        *self.0 == *other
     }
 }
 
 impl std::fmt::Debug for DeviceName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.0, f)
+        std::fmt::Debug::fmt(self.0.as_str(), f)
     }
 }
 

@@ -19,7 +19,9 @@ use weft_subnet::family::Net;
 /// One change to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    CreateLink(VxlanLink),
+    /// Boxed: the largest variant, and the rarest (a first pass holds tens of thousands
+    /// of ops, each as large as the largest variant).
+    CreateLink(Box<VxlanLink>),
     /// Delete a device that cannot be reused (`reason` is logged).
     DeleteLink {
         name: String,
@@ -237,24 +239,31 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::ReplaceRoute(route.clone()));
         }
     }
-    // Nexthop objects a route of weft's uses after this pass, or that the deletion of
-    // its route deletes with it.
-    let mut nexthops_used: HashSet<NonZeroU32> =
-        desired.routes.values().filter_map(|r| r.nexthop).collect();
+    // Objects whose route's deletion deletes them.
+    let mut deleted_with_route: Vec<NonZeroU32> = Vec::new();
     for observed_route in &live_routes {
         let route = &observed_route.route;
         // Ours, and nothing wants this prefix any more. A wanted prefix with a different
         // path was rewritten in place by the replace above.
         if !desired.routes.contains_key(&route.destination) {
-            nexthops_used.extend(route.nexthop);
+            deleted_with_route.extend(route.nexthop);
             ops.push(Op::DelRoute(route.clone()));
         }
     }
     // After the routes: deleting a nexthop object deletes the routes through it. Only
-    // weft's own (marked) objects; another program's at one of weft's ids stays.
-    for nexthop in &observed.nexthops {
-        if nexthop.ours && !nexthops_used.contains(&nexthop.id) {
-            ops.push(Op::DelNexthop(nexthop.id));
+    // weft's own (marked) objects; another program's at one of weft's ids stays. (The
+    // set is built only when there is one: a steady pass observes none.)
+    if observed.nexthops.iter().any(|n| n.ours) {
+        let used: HashSet<NonZeroU32> = desired
+            .routes
+            .values()
+            .filter_map(|r| r.nexthop)
+            .chain(deleted_with_route)
+            .collect();
+        for nexthop in &observed.nexthops {
+            if nexthop.ours && !used.contains(&nexthop.id) {
+                ops.push(Op::DelNexthop(nexthop.id));
+            }
         }
     }
 
@@ -327,7 +336,7 @@ fn device_ops<'a>(
         },
     };
     let Some(have) = existing else {
-        ops.push(Op::CreateLink(want.clone()));
+        ops.push(Op::CreateLink(Box::new(want.clone())));
         ops.push(Op::AddAddress {
             device: want.name.clone(),
             address: device.address,
@@ -473,6 +482,17 @@ mod tests {
             nexthops: Vec::new(),
             nexthops_read: true,
         }
+    }
+
+    /// A first pass at 15,000 peers holds 45,000 ops and as many entries in the desired
+    /// and observed state: every byte here is ~45 KB there (docs/benchmarks.md).
+    #[test]
+    fn entries_and_ops_stay_small() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Route>(), 56);
+        assert_eq!(size_of::<Neighbour>(), 32);
+        assert_eq!(size_of::<Fdb>(), 32);
+        assert_eq!(size_of::<Op>(), 64);
     }
 
     #[test]
