@@ -100,7 +100,12 @@ pub async fn build_datapath(
     nexthop_objects: bool,
 ) -> anyhow::Result<(Datapath, mpsc::UnboundedReceiver<KernelEvent>)> {
     let kernel = Kernel::connect().context("cannot open netlink")?;
-    let nexthop_objects = nexthop_objects && kernel_has_nexthop_objects(&kernel).await;
+    let nexthop_objects = if nexthop_objects {
+        kernel_has_nexthop_objects(&kernel).await
+    } else {
+        info!("peer routes are plain gateway routes (--nexthop-objects=false)");
+        false
+    };
     let backend: Box<dyn Backend> = match BackendSpec::from_config(config) {
         Ok(BackendSpec::Vxlan(config)) => {
             let node = vxlan_node(&config, external, host, &kernel, published).await?;
@@ -133,10 +138,13 @@ pub async fn build_datapath(
     Ok((datapath, kernel_events))
 }
 
-/// Whether the kernel has nexthop objects; logs the decision when it does not.
+/// Whether the kernel has nexthop objects; logs the decision.
 async fn kernel_has_nexthop_objects(kernel: &Kernel) -> bool {
     match kernel.has_nexthop_objects().await {
-        Ok(true) => true,
+        Ok(true) => {
+            info!("peer routes go through nexthop objects (--nexthop-objects=false: plain routes)");
+            true
+        }
         Ok(false) => {
             info!(
                 "this kernel has no nexthop objects (Linux < 5.3): peer routes are plain \
