@@ -15,14 +15,78 @@
 
 use super::KernelError;
 use rtnetlink::packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 
 /// The kernel caps a dump datagram at 32 KiB; twice that never truncates.
-const BUFFER: usize = 64 * 1024;
+pub(super) const BUFFER: usize = 64 * 1024;
+
+/// A route netlink socket bound to a port of its own; connected to the kernel unless it
+/// only listens (to multicast groups).
+pub(super) fn route_socket(connect: bool) -> Result<TokioSocket, KernelError> {
+    let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
+    socket
+        .socket_mut()
+        .bind_auto()
+        .map_err(KernelError::Socket)?;
+    if connect {
+        socket
+            .socket_ref()
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(KernelError::Socket)?;
+    }
+    Ok(socket)
+}
+
+/// `inner` as a request with `flags` (besides `NLM_F_REQUEST`) and `sequence`.
+pub(super) fn request<M: NetlinkSerializable>(inner: M, flags: u16, sequence: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+    message.finalize();
+    let mut out = vec![0; message.buffer_len()];
+    message.serialize(&mut out);
+    out
+}
+
+/// One message of a datagram.
+pub(super) enum Frame<M> {
+    Message(NetlinkMessage<M>),
+    /// Framed well, but its payload does not decode (the reason).
+    Undecodable(String),
+    /// A length that does not fit the datagram: nothing after it can be read.
+    Broken(String),
+}
+
+/// The messages of one datagram in order (4-byte aligned, as the kernel sends them).
+pub(super) fn messages<M: NetlinkDeserializable>(
+    datagram: &[u8],
+) -> impl Iterator<Item = Frame<M>> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= datagram.len() {
+            return None;
+        }
+        let bytes = &datagram[offset..];
+        let length = match NetlinkBuffer::new_checked(bytes) {
+            Ok(buffer) => buffer.length() as usize,
+            Err(e) => {
+                offset = datagram.len();
+                return Some(Frame::Broken(e.to_string()));
+            }
+        };
+        offset += (length + 3) & !3;
+        Some(match NetlinkMessage::<M>::deserialize(&bytes[..length]) {
+            Ok(message) => Frame::Message(message),
+            Err(e) => Frame::Undecodable(e.to_string()),
+        })
+    })
+}
 
 /// A netlink socket for dumps, with its receive buffer.
 pub(crate) struct Dumper {
@@ -42,15 +106,7 @@ impl std::fmt::Debug for Dumper {
 impl Dumper {
     /// A socket in the current network namespace (needs a tokio runtime).
     pub(crate) fn new() -> Result<Dumper, KernelError> {
-        let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
-        socket
-            .socket_mut()
-            .bind_auto()
-            .map_err(KernelError::Socket)?;
-        socket
-            .socket_ref()
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(KernelError::Socket)?;
+        let socket = route_socket(true)?;
         // Best effort: without it the kernel ignores the filters, and callers filter.
         let _ = socket.socket_ref().set_netlink_get_strict_chk(true);
         Ok(Dumper {
@@ -70,13 +126,7 @@ impl Dumper {
     ) -> Result<(), KernelError> {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = sequence;
-        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-        message.finalize();
-        let mut out = vec![0; message.buffer_len()];
-        message.serialize(&mut out);
+        let out = self::request(request, NLM_F_DUMP, sequence);
         self.socket.send(&out).await.map_err(KernelError::Socket)?;
         self.read(sequence, op, &mut each).await
     }
@@ -96,23 +146,16 @@ impl Dumper {
             if self.buffer.is_empty() {
                 return Err(KernelError::Invalid(format!("{op}: empty datagram")));
             }
-            let mut offset = 0;
-            while offset < self.buffer.len() {
-                let bytes = &self.buffer[offset..];
-                let length = NetlinkBuffer::new_checked(bytes)
-                    .map_err(|e| KernelError::Invalid(format!("{op}: {e}")))?
-                    .length() as usize;
-                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..length]);
-                // Messages in a datagram are 4-byte aligned.
-                offset += (length + 3) & !3;
+            for message in messages::<RouteNetlinkMessage>(&self.buffer) {
                 let message = match message {
-                    Ok(message) => message,
+                    Frame::Message(message) => message,
                     // One entry the library cannot decode does not fail the pass (as with
-                    // rtnetlink's connection, which logs and skips it).
-                    Err(e) => {
+                    // rtnetlink's connection, which logs and skips it); a broken frame does.
+                    Frame::Undecodable(e) => {
                         tracing::debug!("{op}: skipping an undecodable message: {e}");
                         continue;
                     }
+                    Frame::Broken(e) => return Err(KernelError::Invalid(format!("{op}: {e}"))),
                 };
                 if message.header.sequence_number != sequence {
                     continue;

@@ -10,15 +10,15 @@
 //! (`NLM_F_EXCL`); when the id exists, it is read, and replaced only if it carries weft's
 //! protocol. The same check guards deletion.
 
+use super::dump::{self, BUFFER, Frame, messages, route_socket};
 use super::{KernelError, KernelEvent};
 use crate::ROUTE_PROTOCOL;
 use rtnetlink::packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, NlasIterator,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NlasIterator,
 };
-use rtnetlink::sys::protocols::NETLINK_ROUTE;
-use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use tokio::sync::mpsc;
@@ -36,8 +36,6 @@ const AF_INET6: u8 = 10;
 const HEADER_LEN: usize = 8;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
-/// The kernel caps a dump datagram at 32 KiB; twice that never truncates.
-const BUFFER: usize = 64 * 1024;
 
 /// A nexthop object: a gateway on a device, by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,11 +192,7 @@ const ENOBUFS: i32 = 105;
 /// hand-deleted object is heard of. A kernel without nexthop objects has no such group:
 /// nothing to watch, and not an error.
 pub(crate) fn watch(sender: mpsc::UnboundedSender<KernelEvent>) -> Result<(), KernelError> {
-    let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
-    socket
-        .socket_mut()
-        .bind_auto()
-        .map_err(KernelError::Socket)?;
+    let socket = route_socket(false)?;
     if let Err(e) = socket.socket_ref().add_membership(RTNLGRP_NEXTHOP) {
         tracing::debug!("no nexthop notifications on this kernel: {e}");
         return Ok(());
@@ -231,36 +225,24 @@ pub(crate) fn watch(sender: mpsc::UnboundedSender<KernelEvent>) -> Result<(), Ke
 
 /// The events in one datagram of nexthop notifications; weft's own additions dropped.
 fn notifications(datagram: &[u8]) -> Vec<KernelEvent> {
-    let mut events = Vec::new();
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let Ok(buffer) = NetlinkBuffer::new_checked(&datagram[offset..]) else {
-            break;
-        };
-        let length = buffer.length() as usize;
-        let message =
-            NetlinkMessage::<NexthopMessage>::deserialize(&datagram[offset..offset + length]);
-        offset += (length + 3) & !3;
-        let Ok(NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(m),
-            ..
-        }) = message
-        else {
-            continue;
-        };
-        let (Some(id), deleted) = (m.id, m.kind == RTM_DELNEXTHOP) else {
-            continue;
-        };
-        if !deleted && m.protocol == ROUTE_PROTOCOL {
-            continue;
-        }
-        events.push(KernelEvent::Nexthop {
-            id,
-            protocol: m.protocol,
-            deleted,
-        });
-    }
-    events
+    messages::<NexthopMessage>(datagram)
+        .filter_map(|frame| match frame {
+            Frame::Message(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(m),
+                ..
+            }) => Some(m),
+            _ => None,
+        })
+        .filter_map(|m| {
+            let deleted = m.kind == RTM_DELNEXTHOP;
+            let own_addition = !deleted && m.protocol == ROUTE_PROTOCOL;
+            (!own_addition).then_some(KernelEvent::Nexthop {
+                id: m.id?,
+                protocol: m.protocol,
+                deleted,
+            })
+        })
+        .collect()
 }
 
 /// A netlink socket for nexthop objects.
@@ -285,17 +267,8 @@ enum Answer {
 impl NexthopSocket {
     /// A socket in the current network namespace (needs a tokio runtime).
     pub(crate) fn new() -> Result<NexthopSocket, KernelError> {
-        let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
-        socket
-            .socket_mut()
-            .bind_auto()
-            .map_err(KernelError::Socket)?;
-        socket
-            .socket_ref()
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(KernelError::Socket)?;
         Ok(NexthopSocket {
-            socket,
+            socket: route_socket(true)?,
             buffer: Vec::with_capacity(BUFFER),
             sequence: 0,
         })
@@ -428,13 +401,7 @@ impl NexthopSocket {
         let sequence = self.sequence;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let ack = flags & NLM_F_ACK != 0;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = sequence;
-        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-        message.finalize();
-        let mut out = vec![0; message.buffer_len()];
-        message.serialize(&mut out);
+        let out = dump::request(request, flags, sequence);
         self.socket.send(&out).await.map_err(KernelError::Socket)?;
         loop {
             self.buffer.clear();
@@ -447,16 +414,13 @@ impl NexthopSocket {
                     "nexthop request: empty datagram".into(),
                 ));
             }
-            let mut offset = 0;
-            while offset < self.buffer.len() {
-                let bytes = &self.buffer[offset..];
-                let length = NetlinkBuffer::new_checked(bytes)
-                    .map_err(|e| KernelError::Invalid(format!("nexthop answer: {e}")))?
-                    .length() as usize;
-                let decoded = NetlinkMessage::<NexthopMessage>::deserialize(&bytes[..length]);
-                offset += (length + 3) & !3;
-                let decoded =
-                    decoded.map_err(|e| KernelError::Invalid(format!("nexthop answer: {e}")))?;
+            for frame in messages::<NexthopMessage>(&self.buffer) {
+                let decoded = match frame {
+                    Frame::Message(message) => message,
+                    Frame::Undecodable(e) | Frame::Broken(e) => {
+                        return Err(KernelError::Invalid(format!("nexthop answer: {e}")));
+                    }
+                };
                 if decoded.header.sequence_number != sequence {
                     continue;
                 }
