@@ -54,6 +54,21 @@ pub(super) fn request<M: NetlinkSerializable>(inner: M, flags: u16, sequence: u3
     out
 }
 
+/// Reads the next datagram from `socket` into `buffer` (cleared first); `op` names the
+/// request in errors.
+pub(super) async fn receive(
+    socket: &mut TokioSocket,
+    buffer: &mut Vec<u8>,
+    op: &str,
+) -> Result<(), KernelError> {
+    buffer.clear();
+    socket.recv(buffer).await.map_err(KernelError::Socket)?;
+    if buffer.is_empty() {
+        return Err(KernelError::Invalid(format!("{op}: empty datagram")));
+    }
+    Ok(())
+}
+
 /// One message of a datagram.
 pub(super) enum Frame<M> {
     Message(NetlinkMessage<M>),
@@ -138,14 +153,7 @@ impl Dumper {
         each: &mut impl FnMut(RouteNetlinkMessage),
     ) -> Result<(), KernelError> {
         loop {
-            self.buffer.clear();
-            self.socket
-                .recv(&mut self.buffer)
-                .await
-                .map_err(KernelError::Socket)?;
-            if self.buffer.is_empty() {
-                return Err(KernelError::Invalid(format!("{op}: empty datagram")));
-            }
+            receive(&mut self.socket, &mut self.buffer, op).await?;
             for message in messages::<RouteNetlinkMessage>(&self.buffer) {
                 let message = match message {
                     Frame::Message(message) => message,

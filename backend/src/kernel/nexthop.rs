@@ -404,16 +404,7 @@ impl NexthopSocket {
         let out = dump::request(request, flags, sequence);
         self.socket.send(&out).await.map_err(KernelError::Socket)?;
         loop {
-            self.buffer.clear();
-            self.socket
-                .recv(&mut self.buffer)
-                .await
-                .map_err(KernelError::Socket)?;
-            if self.buffer.is_empty() {
-                return Err(KernelError::Invalid(
-                    "nexthop request: empty datagram".into(),
-                ));
-            }
+            dump::receive(&mut self.socket, &mut self.buffer, "nexthop request").await?;
             for frame in messages::<NexthopMessage>(&self.buffer) {
                 let decoded = match frame {
                     Frame::Message(message) => message,
