@@ -205,7 +205,10 @@ pub(crate) fn watch(sender: mpsc::UnboundedSender<KernelEvent>) -> Result<(), Ke
                 let event = if e.raw_os_error() == Some(ENOBUFS) {
                     KernelEvent::Overrun
                 } else {
-                    tracing::warn!("nexthop notifications: {e}");
+                    tracing::warn!(
+                        "no more nexthop notifications ({e}): a nexthop object deleted by \
+                         hand is repaired by the reconcile timer's full pass from now on"
+                    );
                     return;
                 };
                 if sender.send(event).is_err() {
