@@ -1008,4 +1008,74 @@ mod tests {
         assert!(dp.finish_step(step, Vec::new()).is_some());
         assert_eq!(dp.peers().count(), 1);
     }
+
+    /// When the full pass reads the nexthop objects: at first, then only when something
+    /// outside weft's own ops may have put one there.
+    #[test]
+    fn nexthop_objects_are_read_when_they_may_hold_something_to_act_on() {
+        use weft_backend::backend::AllocBackend;
+        use weft_backend::desired::{Observed, ObservedNexthop};
+        let mut dp = Datapath::detached(
+            Box::new(AllocBackend { mtu: 1500 }),
+            Surroundings::default(),
+        );
+        dp.set_own(SubnetKey::parse("10.244.1.0-24").unwrap());
+        let full_pass = |dp: &mut Datapath, failures: Vec<(diff::Op, String)>| {
+            let observed = Observed {
+                nexthops_read: dp.reads_nexthops(),
+                ..Observed::default()
+            };
+            let desired = dp.full_desired();
+            let plan = dp.plan_full(desired, &observed);
+            dp.record_full(&plan, &observed, failures);
+        };
+        assert!(dp.reads_nexthops(), "startup");
+        full_pass(&mut dp, Vec::new());
+        assert!(!dp.reads_nexthops(), "a steady pass reads none");
+        // weft's own deletion, and another program's object outside weft's block.
+        let event = |id, protocol, deleted| KernelEvent::Nexthop {
+            id,
+            protocol,
+            deleted,
+        };
+        dp.note_event(&event(0x1000_0002, ROUTE_PROTOCOL, true));
+        assert_eq!(dp.note_event(&event(7, 4, false)), Reaction::Ignore);
+        assert!(!dp.reads_nexthops());
+        // Another program's object in weft's block: a full pass that reads them.
+        assert_eq!(dp.note_event(&event(0x1000_0002, 4, false)), Reaction::Full);
+        assert!(dp.reads_nexthops());
+        full_pass(&mut dp, Vec::new());
+        assert!(!dp.reads_nexthops());
+        // A failed op (deleting an unused object of weft's), and lost notifications.
+        let id = std::num::NonZeroU32::new(0x1000_0002).unwrap();
+        let observed = Observed {
+            nexthops_read: true,
+            nexthops: vec![ObservedNexthop { id, ours: true }],
+            ..Observed::default()
+        };
+        let desired = dp.full_desired();
+        let plan = dp.plan_full(desired, &observed);
+        assert_eq!(plan.ops, [diff::Op::DelNexthop(id)]);
+        let failed = vec![(plan.ops[0].clone(), "EPERM".to_string())];
+        dp.record_full(&plan, &observed, failed);
+        assert!(dp.reads_nexthops(), "after a failure");
+        full_pass(&mut dp, Vec::new());
+        dp.reread_nexthops();
+        assert!(dp.reads_nexthops(), "after an overrun");
+        // What a read finds is kept until the next read.
+        let observed = Observed {
+            nexthops_read: true,
+            nexthops: vec![ObservedNexthop {
+                id: std::num::NonZeroU32::new(0x1000_0009).unwrap(),
+                ours: false,
+            }],
+            ..Observed::default()
+        };
+        let desired = dp.full_desired();
+        let plan = dp.plan_full(desired, &observed);
+        dp.record_full(&plan, &observed, Vec::new());
+        assert_eq!(dp.taken_nexthops.len(), 1);
+        full_pass(&mut dp, Vec::new());
+        assert_eq!(dp.taken_nexthops.len(), 1, "not read: still known");
+    }
 }
