@@ -114,7 +114,7 @@ for i in $(seq 1 $NODES); do for j in $(seq 1 $NODES); do
     fi
 done; done
 echo
-echo "== node 1's kernel state, as flannel would program it"
+echo "== node 1's kernel state: flannel's device and entries, routes through nexthop objects (nhid)"
 ip -n ${PREFIX}-n1 -d link show flannel.1 | sed 's/^/   /' | head -3
 ip -n ${PREFIX}-n1 route show dev flannel.1 | sed 's/^/   /'
 ip -n ${PREFIX}-n1 neigh show dev flannel.1 | sed 's/^/   /'
