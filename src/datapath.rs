@@ -706,7 +706,7 @@ impl Datapath {
                 .map(|(_, foreign)| foreign.clone());
             view.entries.push(EntryView {
                 kind: ChangeKind::Route,
-                desired: describe(&|| drift::describe_route(route)),
+                desired: describe(&|| route.to_string()),
                 state: self.tracker.entry_state_of(
                     ChangeKind::Route,
                     "",

@@ -694,10 +694,7 @@ fn found_in<'a>(
         }
     };
     for r in &observed.routes {
-        note(
-            EntryKey::route(r.route.destination),
-            describe_route(&r.route),
-        );
+        note(EntryKey::route(r.route.destination), r.route.to_string());
     }
     for n in &observed.neighbours {
         note(EntryKey::neighbour(n), describe_neighbour(n));
@@ -736,16 +733,6 @@ fn found_in<'a>(
         );
     }
     found
-}
-
-pub fn describe_route(r: &Route) -> String {
-    format!(
-        "{} via {} dev {}{}",
-        r.destination,
-        r.gateway,
-        r.device,
-        if r.onlink { " onlink" } else { "" }
-    )
 }
 
 pub fn describe_neighbour(n: &Neighbour) -> String {

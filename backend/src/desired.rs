@@ -128,6 +128,22 @@ pub struct Route {
     pub nexthop: Option<NonZeroU32>,
 }
 
+/// `ip route`-style: `10.244.5.0/24 nhid 268435461 via 10.244.5.0 dev flannel.1 onlink`
+/// (the log's ops and the state view's entries).
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.destination)?;
+        if let Some(id) = self.nexthop {
+            write!(f, " nhid {id}")?;
+        }
+        write!(f, " via {} dev {}", self.gateway, self.device)?;
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        Ok(())
+    }
+}
+
 /// A permanent neighbour (ARP/ND) entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Neighbour {

@@ -110,8 +110,8 @@ impl std::fmt::Display for Op {
                 e.device,
                 e.destination
             ),
-            Op::ReplaceRoute(r) => write!(f, "route replace {}", describe_route(r)),
-            Op::DelRoute(r) => write!(f, "route del {}", describe_route(r)),
+            Op::ReplaceRoute(r) => write!(f, "route replace {r}"),
+            Op::DelRoute(r) => write!(f, "route del {r}"),
             Op::ReplaceBlackhole(n) => write!(f, "route replace blackhole {n}"),
             Op::DelBlackhole(n) => write!(f, "route del blackhole {n}"),
             Op::DelNexthop(id) => write!(f, "nexthop del id {id}"),
@@ -127,20 +127,6 @@ impl Op {
             Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_) | Op::DelNexthop(_)
         )
     }
-}
-
-fn describe_route(r: &Route) -> String {
-    let nexthop = r
-        .nexthop
-        .map(|id| format!(" nhid {id}"))
-        .unwrap_or_default();
-    format!(
-        "{}{nexthop} via {} dev {}{}",
-        r.destination,
-        r.gateway,
-        r.device,
-        if r.onlink { " onlink" } else { "" }
-    )
 }
 
 /// Why an existing device cannot be reused (flannel's incompatibility rules), if so.
