@@ -979,19 +979,41 @@ mod tests {
         assert!(!relevant(neigh(2, true)), "another device's entry");
     }
 
-    #[test]
-    fn without_peers_to_judge_a_lease_change_stays_a_targeted_pass() {
-        use weft_backend::backend::AllocBackend;
-        use weft_backend::desired::Observed;
+    /// A model node (no kernel) of the `alloc` backend, which programs no peers, with
+    /// its subnet.
+    fn alloc_node() -> Datapath {
         let mut dp = Datapath::detached(
-            Box::new(AllocBackend { mtu: 1500 }),
+            Box::new(weft_backend::backend::AllocBackend { mtu: 1500 }),
             Surroundings::default(),
         );
         dp.set_own(SubnetKey::parse("10.244.1.0-24").unwrap());
+        dp
+    }
+
+    /// A full pass against `observed`, recorded with every op failed if `fail`; its ops.
+    fn full_pass_on(
+        dp: &mut Datapath,
+        observed: &weft_backend::desired::Observed,
+        fail: bool,
+    ) -> Vec<diff::Op> {
         let desired = dp.full_desired();
-        let observed = Observed::default();
-        let plan = dp.plan_full(desired, &observed);
-        dp.record_full(&plan, &observed, Vec::new());
+        let plan = dp.plan_full(desired, observed);
+        let failures = if fail {
+            plan.ops
+                .iter()
+                .map(|op| (op.clone(), "EPERM".into()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        dp.record_full(&plan, observed, failures);
+        plan.ops
+    }
+
+    #[test]
+    fn without_peers_to_judge_a_lease_change_stays_a_targeted_pass() {
+        let mut dp = alloc_node();
+        full_pass_on(&mut dp, &Default::default(), false);
         let peer = Lease {
             key: SubnetKey::parse("10.244.2.0-24").unwrap(),
             attrs: weft_subnet::LeaseAttrs::default(),
@@ -1013,24 +1035,18 @@ mod tests {
     /// outside weft's own ops may have put one there.
     #[test]
     fn nexthop_objects_are_read_when_they_may_hold_something_to_act_on() {
-        use weft_backend::backend::AllocBackend;
         use weft_backend::desired::{Observed, ObservedNexthop};
-        let mut dp = Datapath::detached(
-            Box::new(AllocBackend { mtu: 1500 }),
-            Surroundings::default(),
-        );
-        dp.set_own(SubnetKey::parse("10.244.1.0-24").unwrap());
-        let full_pass = |dp: &mut Datapath, failures: Vec<(diff::Op, String)>| {
+        let mut dp = alloc_node();
+        // An empty kernel, read as `Kernel::observe` would.
+        let full_pass = |dp: &mut Datapath| {
             let observed = Observed {
                 nexthops_read: dp.reads_nexthops(),
                 ..Observed::default()
             };
-            let desired = dp.full_desired();
-            let plan = dp.plan_full(desired, &observed);
-            dp.record_full(&plan, &observed, failures);
+            full_pass_on(dp, &observed, false);
         };
         assert!(dp.reads_nexthops(), "startup");
-        full_pass(&mut dp, Vec::new());
+        full_pass(&mut dp);
         assert!(!dp.reads_nexthops(), "a steady pass reads none");
         // weft's own deletion, and another program's object outside weft's block.
         let event = |id, protocol, deleted| KernelEvent::Nexthop {
@@ -1044,7 +1060,7 @@ mod tests {
         // Another program's object in weft's block: a full pass that reads them.
         assert_eq!(dp.note_event(&event(0x1000_0002, 4, false)), Reaction::Full);
         assert!(dp.reads_nexthops());
-        full_pass(&mut dp, Vec::new());
+        full_pass(&mut dp);
         assert!(!dp.reads_nexthops());
         // A failed op (deleting an unused object of weft's), and lost notifications.
         let id = std::num::NonZeroU32::new(0x1000_0002).unwrap();
@@ -1053,13 +1069,10 @@ mod tests {
             nexthops: vec![ObservedNexthop { id, ours: true }],
             ..Observed::default()
         };
-        let desired = dp.full_desired();
-        let plan = dp.plan_full(desired, &observed);
-        assert_eq!(plan.ops, [diff::Op::DelNexthop(id)]);
-        let failed = vec![(plan.ops[0].clone(), "EPERM".to_string())];
-        dp.record_full(&plan, &observed, failed);
+        let ops = full_pass_on(&mut dp, &observed, true);
+        assert_eq!(ops, [diff::Op::DelNexthop(id)]);
         assert!(dp.reads_nexthops(), "after a failure");
-        full_pass(&mut dp, Vec::new());
+        full_pass(&mut dp);
         dp.reread_nexthops();
         assert!(dp.reads_nexthops(), "after an overrun");
         // What a read finds is kept until the next read.
@@ -1071,11 +1084,9 @@ mod tests {
             }],
             ..Observed::default()
         };
-        let desired = dp.full_desired();
-        let plan = dp.plan_full(desired, &observed);
-        dp.record_full(&plan, &observed, Vec::new());
+        full_pass_on(&mut dp, &observed, false);
         assert_eq!(dp.taken_nexthops.len(), 1);
-        full_pass(&mut dp, Vec::new());
+        full_pass(&mut dp);
         assert_eq!(dp.taken_nexthops.len(), 1, "not read: still known");
     }
 }
