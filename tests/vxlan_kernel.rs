@@ -573,3 +573,27 @@ fn another_programs_nexthop_at_a_weft_id_is_never_touched() {
     assert!(r[0].get("nhid").is_none(), "{r}");
     assert_eq!(nexthops(&ns), [foreign]);
 }
+
+#[test]
+fn this_kernel_is_found_to_have_nexthop_objects() {
+    let ns = node();
+    let has = |ns: &Netns| {
+        block_on_in(&ns.name, || async {
+            let kernel = Kernel::connect().expect("netlink");
+            kernel.has_nexthop_objects().await.expect("probe")
+        })
+    };
+    // Asked by one id: absent, and present (another program's).
+    assert!(has(&ns));
+    ns.ip(&[
+        "nexthop",
+        "add",
+        "id",
+        "1",
+        "via",
+        "198.18.0.99",
+        "dev",
+        "eth0",
+    ]);
+    assert!(has(&ns));
+}

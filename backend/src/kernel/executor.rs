@@ -60,9 +60,15 @@ impl Kernel {
         })
     }
 
-    /// Whether this kernel has nexthop objects (Linux ≥ 5.3): one dump tells.
+    /// Whether this kernel has nexthop objects (Linux ≥ 5.3): asking for one id tells (a
+    /// kernel without them does not know the request), without the dump of every object
+    /// that the first full pass makes anyway.
     pub async fn has_nexthop_objects(&self) -> Result<bool, KernelError> {
-        Ok(self.nexthops.lock().await.dump(|_| {}).await?.is_some())
+        match self.nexthops.lock().await.get(NonZeroU32::MIN).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno().is_some_and(super::nexthop::unknown_request) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {

@@ -37,6 +37,12 @@ const HEADER_LEN: usize = 8;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 
+/// Whether `errno` answers a request the kernel does not know: EOPNOTSUPP (95) or EINVAL
+/// (22) from a kernel without nexthop objects (before 5.3).
+pub(super) fn unknown_request(errno: i32) -> bool {
+    matches!(errno, 95 | 22)
+}
+
 /// A nexthop object: a gateway on a device, by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nexthop {
@@ -295,8 +301,7 @@ impl NexthopSocket {
         };
         match self.exchange(request, NLM_F_DUMP, &mut each).await? {
             Answer::Done => Ok(Some(())),
-            // EOPNOTSUPP (95) or EINVAL (22) from a kernel without RTM_GETNEXTHOP.
-            Answer::Errno(95 | 22) => Ok(None),
+            Answer::Errno(errno) if unknown_request(errno) => Ok(None),
             Answer::Errno(errno) => Err(KernelError::Errno {
                 op: "dump nexthops",
                 errno,
