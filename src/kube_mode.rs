@@ -20,14 +20,13 @@ use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::triggers::{PassTrigger, Triggers, sleep_until};
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Node;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use weft_subnet::RawConfig;
 use weft_subnet::kube::{
-    self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeSubnetManager, NodeNameSource,
+    self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeSubnetManager, Node, NodeNameSource,
     OwnNode, RetryPolicy, TrackerOutput, node,
 };
 use weft_subnet::watch::{LeaseWatcher, WatchBatch};

@@ -26,7 +26,6 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
-use k8s_openapi::api::core::v1::Node;
 use kube::client::Body;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -35,6 +34,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use weft_subnet::kube::Node;
 use weft_subnet::kube::{
     AnnotationKeys, ClusterNetworks, KubeSubnetManager, NodeNameSource, OwnNode, RetryPolicy,
     TrackerOutput,

@@ -14,10 +14,12 @@
 
 pub mod annotations;
 pub mod node;
+pub mod objects;
 pub mod tracker;
 
 pub use annotations::{AnnotationKeys, PrefixError};
 pub use node::{ClusterNetworks, NodeError};
+pub use objects::{Node, PodPlacement};
 pub use tracker::{NodeTracker, Notice, OwnNode, TrackerOutput};
 
 pub use crate::backoff::RetryPolicy;
@@ -30,7 +32,6 @@ use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher;
 use ::kube::{Client, Config};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -154,7 +155,7 @@ impl NodeNameSource {
         let (Some(name), Some(namespace)) = (&self.pod_name, &self.pod_namespace) else {
             return Err(KubeError::NoNodeName);
         };
-        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pods: Api<PodPlacement> = Api::namespaced(client.clone(), namespace);
         let pod = pods
             .get(name)
             .await

@@ -1,9 +1,9 @@
 //! Node objects → leases, and what a node says about itself (pure).
 
 use super::annotations::AnnotationKeys;
+use super::objects::{Node, NodeCondition};
 use crate::family::{Family, Net};
 use crate::lease::{BackendData, Lease, LeaseAttrs, SubnetKey};
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -280,7 +280,7 @@ pub fn network_marked_available(node: &Node) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use crate::kube::objects::{NodeAddress, NodeSpec, NodeStatus};
     use serde_json::json;
 
     fn keys() -> AnnotationKeys {
@@ -302,7 +302,6 @@ mod tests {
         node.spec = Some(NodeSpec {
             pod_cidr: pod_cidrs.first().map(|s| s.to_string()),
             pod_cidrs: Some(pod_cidrs.iter().map(|s| s.to_string()).collect()),
-            ..NodeSpec::default()
         });
         node
     }

@@ -10,12 +10,12 @@
 
 use super::annotations::AnnotationKeys;
 use super::node::{self, ClusterNetworks, NodeError};
+use super::objects::Node;
 use crate::family::Net;
 use crate::lease::Lease;
 use crate::watch::DatastoreEvent;
 use crate::watch::WatchBatch;
 use ::kube::runtime::watcher::Event;
-use k8s_openapi::api::core::v1::Node;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -312,7 +312,7 @@ fn peer_events(previous: Option<Lease>, current: Option<Lease>) -> Option<WatchB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use crate::kube::objects::NodeSpec;
 
     const PREFIX: &str = "flannel.alpha.coreos.com/";
 

@@ -2,7 +2,6 @@
 //! prefix from the command line.
 
 use super::net;
-use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::json;
@@ -12,6 +11,7 @@ use weft_subnet::kube::annotations::AnnotationKeys;
 use weft_subnet::kube::node::{
     ClusterNetworks, node_public_ips, node_to_lease, pod_subnets, published_backend_data,
 };
+use weft_subnet::kube::objects::{Node, NodeSpec};
 use weft_subnet::{LeaseAttrs, SubnetKey};
 use weft_testkit::{check, json, outcome, text};
 
@@ -89,7 +89,6 @@ fn node() -> impl Strategy<Value = Node> {
             node.spec = spec.map(|(pod_cidr, pod_cidrs)| NodeSpec {
                 pod_cidr,
                 pod_cidrs,
-                ..NodeSpec::default()
             });
             node
         },
