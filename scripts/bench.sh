@@ -23,8 +23,7 @@ trap return_target_dir EXIT
 command -v iperf3 >/dev/null || { apt-get update -qq && apt-get install -y -qq iperf3 >/dev/null; }
 as_builder cargo test --release --locked --workspace --no-run >/dev/null 2>&1 ||
     as_builder cargo test --release --locked --workspace --no-run
-as_builder cargo build --profile dist --locked --bin weftd >/dev/null 2>&1 ||
-    as_builder cargo build --profile dist --locked --bin weftd
+dist_build >/dev/null 2>&1 || dist_build
 export WEFT_BENCH_WEFTD=${WEFT_BENCH_WEFTD:-$TARGET_DIR/dist/weftd}
 echo "BENCH weftd under test: $WEFT_BENCH_WEFTD"
 bench() {

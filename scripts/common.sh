@@ -56,3 +56,15 @@ return_target_dir() {
         chown -R --from=0 "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$TARGET_DIR"
     fi
 }
+
+# The shipped build of weftd (Cargo.toml's `dist` profile), into $TARGET_DIR/dist/weftd:
+# v0 symbol names and scripts/link-hot-first as the linker, which places the functions
+# of scripts/weftd-hot-functions.txt first, and relative relocations packed (RELR, glibc
+# 2.36+) instead of a 0.5 MB table read at every start (docs/benchmarks.md, "Hot code
+# first"). The Containerfile builds the same way. Runs as the builder (see as_builder).
+DIST_RUSTFLAGS="-C symbol-mangling-version=v0 -C link-arg=-Wl,-z,pack-relative-relocs"
+dist_build() {
+    as_builder env RUSTFLAGS="$DIST_RUSTFLAGS" \
+        CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER="$(pwd)/scripts/link-hot-first" \
+        cargo build --profile dist --locked --bin weftd "$@"
+}
