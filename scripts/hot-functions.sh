@@ -10,8 +10,9 @@
 # so what every mode runs is contiguous and each mode's own code follows as a block.
 #
 # Needs root (network namespaces); installs what it needs (scripts/setup.sh, valgrind).
-# Takes ~15 minutes on 2 cores. Run it when weftd's code paths changed a lot: a stale
-# list costs resident memory (docs/benchmarks.md, "Hot code first"), never correctness.
+# Takes ~5 minutes once built (~15 from scratch) on 2 cores. Run it when weftd's code
+# paths changed a lot: a stale list costs resident memory (docs/benchmarks.md, "Hot code
+# first"), never correctness.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/common.sh
@@ -29,7 +30,8 @@ cp "$TARGET_DIR/dist/weftd" "$work/weftd"
 
 cat >"$work/weftd-callgrind" <<EOF
 #!/bin/bash
-exec valgrind --tool=callgrind --dump-instr=no --compress-strings=no --compress-pos=no \\
+exec valgrind -q --log-file="\$WEFT_CALLGRIND_DIR/valgrind.%p.log" --tool=callgrind \\
+    --dump-instr=no --compress-strings=no --compress-pos=no \\
     --demangle=no --dump-every-bb=2000000 \\
     --callgrind-out-file="\$WEFT_CALLGRIND_DIR/cg.%p" "$work/weftd" "\$@"
 EOF

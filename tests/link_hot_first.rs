@@ -1,7 +1,8 @@
 //! scripts/link-hot-first, the linker wrapper of the shipped build (docs/benchmarks.md,
 //! "Hot code first"): the listed functions come first in `.text`, in the list's order;
-//! names it cannot find change nothing; the program links and runs as without it. Each
-//! test links a small program with the real rustc, cc and lld, as the `dist` build does.
+//! names it cannot find, or a linker other than lld, change nothing; the program links
+//! and runs as without it. Each test links a small program with the real rustc, cc and
+//! lld, as the `dist` build does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,17 +21,17 @@ fn wrapper() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/link-hot-first")
 }
 
-/// Builds PROGRAM as the `dist` build links weftd (v0 names, the wrapper as linker) with
-/// `list` as the hot list; returns the binary.
-fn link_with(dir: &Path, list: &str) -> PathBuf {
+/// Compiles PROGRAM in `dir` with the wrapper as linker and `list` as its hot list;
+/// `args` are rustc's other options.
+fn compile(dir: &Path, args: &[&str], list: &Path) -> PathBuf {
     std::fs::write(dir.join("prog.rs"), PROGRAM).unwrap();
-    std::fs::write(dir.join("hot.txt"), list).unwrap();
     let out = Command::new("rustc")
         .current_dir(dir)
-        .args(["-O", "-C", "symbol-mangling-version=v0", "-C"])
+        .args(args)
+        .arg("-C")
         .arg(format!("linker={}", wrapper().display()))
         .args(["--crate-name", "prog", "prog.rs"])
-        .env("WEFT_HOT_FUNCTIONS", dir.join("hot.txt"))
+        .env("WEFT_HOT_FUNCTIONS", list)
         .output()
         .expect("rustc runs");
     assert!(
@@ -39,6 +40,14 @@ fn link_with(dir: &Path, list: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     dir.join("prog")
+}
+
+/// Builds PROGRAM as the `dist` build links weftd (v0 names, the wrapper as linker) with
+/// `list` as the hot list; returns the binary.
+fn link_with(dir: &Path, list: &str) -> PathBuf {
+    std::fs::write(dir.join("hot.txt"), list).unwrap();
+    let args = ["-O", "-C", "symbol-mangling-version=v0"];
+    compile(dir, &args, &dir.join("hot.txt"))
 }
 
 fn run(binary: &Path) -> String {
@@ -107,20 +116,24 @@ fn names_it_cannot_find_change_nothing() {
 #[test]
 fn without_a_list_it_is_the_plain_linker() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("prog.rs"), PROGRAM).unwrap();
-    let out = Command::new("rustc")
-        .current_dir(dir.path())
-        .arg("-C")
-        .arg(format!("linker={}", wrapper().display()))
-        .args(["--crate-name", "prog", "prog.rs"])
-        .env("WEFT_HOT_FUNCTIONS", dir.path().join("missing.txt"))
-        .output()
-        .expect("rustc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(run(&dir.path().join("prog")), "90 651 <5>\n");
+    let binary = compile(dir.path(), &[], &dir.path().join("missing.txt"));
+    assert_eq!(run(&binary), "90 651 <5>\n");
+    assert!(!dir.path().join("prog.symbol-order").exists());
+}
+
+/// `--symbol-ordering-file` is lld's: a link through another linker (GNU ld here, the
+/// default before Rust 1.90) must not be handed it.
+#[test]
+fn another_linker_gets_no_ordering() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hot.txt"), "prog::alpha\n").unwrap();
+    let args = [
+        "-C",
+        "symbol-mangling-version=v0",
+        "-C",
+        "link-arg=-fuse-ld=bfd",
+    ];
+    let binary = compile(dir.path(), &args, &dir.path().join("hot.txt"));
+    assert_eq!(run(&binary), "90 651 <5>\n");
     assert!(!dir.path().join("prog.symbol-order").exists());
 }

@@ -16,6 +16,36 @@ use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
+/// Implements kube's `Resource` for a type of the core API group (`/api/v1`), as
+/// k8s-openapi's types get it through their own traits.
+macro_rules! core_v1_resource {
+    ($type:ty, $kind:literal, $plural:literal, $scope:ty) => {
+        impl kube::Resource for $type {
+            type DynamicType = ();
+            type Scope = $scope;
+
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                "".into()
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 /// A Node: its metadata (name, annotations), `spec.podCIDR(s)`, and from its status
 /// the addresses and conditions.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -64,29 +94,7 @@ pub struct NodeCondition {
     pub last_transition_time: Option<Time>,
 }
 
-impl kube::Resource for Node {
-    type DynamicType = ();
-    type Scope = ClusterResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Node".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "nodes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+core_v1_resource!(Node, "Node", "nodes", ClusterResourceScope);
 
 /// A Pod, for the one thing weft asks of its own: the node it runs on
 /// (`spec.nodeName`), when `NODE_NAME` is not set.
@@ -103,29 +111,7 @@ pub struct PodPlacementSpec {
     pub node_name: Option<String>,
 }
 
-impl kube::Resource for PodPlacement {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+core_v1_resource!(PodPlacement, "Pod", "pods", NamespaceResourceScope);
 
 #[cfg(test)]
 mod tests {
