@@ -137,3 +137,15 @@ fn another_linker_gets_no_ordering() {
     assert_eq!(run(&binary), "90 651 <5>\n");
     assert!(!dir.path().join("prog.symbol-order").exists());
 }
+
+/// Proc macros are linked as shared libraries through the same linker: left alone.
+#[test]
+fn shared_libraries_get_no_ordering() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hot.txt"), "prog::alpha\n").unwrap();
+    let args = ["-C", "symbol-mangling-version=v0", "--crate-type", "cdylib"];
+    compile(dir.path(), &args, &dir.path().join("hot.txt"));
+    let library = dir.path().join("libprog.so");
+    assert!(library.exists(), "no shared library built");
+    assert!(!dir.path().join("libprog.so.symbol-order").exists());
+}
