@@ -43,10 +43,10 @@ fn compile(dir: &Path, args: &[&str], list: &Path) -> PathBuf {
 }
 
 /// Builds PROGRAM as the `dist` build links weftd (v0 names, the wrapper as linker) with
-/// `list` as the hot list; returns the binary.
-fn link_with(dir: &Path, list: &str) -> PathBuf {
+/// `list` as the hot list and `extra` rustc options; returns the binary.
+fn link_with(dir: &Path, list: &str, extra: &[&str]) -> PathBuf {
     std::fs::write(dir.join("hot.txt"), list).unwrap();
-    let args = ["-O", "-C", "symbol-mangling-version=v0"];
+    let args = [&["-O", "-C", "symbol-mangling-version=v0"], extra].concat();
     compile(dir, &args, &dir.join("hot.txt"))
 }
 
@@ -77,7 +77,7 @@ fn listed_functions_come_first_in_the_lists_order() {
     let dir = tempfile::tempdir().unwrap();
     // A generic instance is named with its arguments (v0 names), so it can be listed.
     let list = "# a comment line\nprog::gamma::<u64>\nprog::beta\n\nprog::alpha\n";
-    let binary = link_with(dir.path(), list);
+    let binary = link_with(dir.path(), list, &[]);
     assert_eq!(run(&binary), "90 651 <5>\n");
     let order = own_functions_by_address(&binary);
     assert_eq!(
@@ -97,7 +97,11 @@ fn listed_functions_come_first_in_the_lists_order() {
 
     // The reverse list gives the reverse order: the list decides, not the source.
     let dir = tempfile::tempdir().unwrap();
-    let binary = link_with(dir.path(), "prog::alpha\nprog::beta\nprog::gamma::<u64>\n");
+    let binary = link_with(
+        dir.path(),
+        "prog::alpha\nprog::beta\nprog::gamma::<u64>\n",
+        &[],
+    );
     assert_eq!(
         own_functions_by_address(&binary)[..3],
         ["prog::alpha", "prog::beta", "prog::gamma::<u64>"]
@@ -107,7 +111,7 @@ fn listed_functions_come_first_in_the_lists_order() {
 #[test]
 fn names_it_cannot_find_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let binary = link_with(dir.path(), "weft::gone::function\nprog::delta\n");
+    let binary = link_with(dir.path(), "weft::gone::function\nprog::delta\n", &[]);
     assert_eq!(run(&binary), "90 651 <5>\n");
     let ordering = std::fs::read_to_string(dir.path().join("prog.symbol-order")).unwrap();
     assert_eq!(ordering, "", "nothing to order");
@@ -126,14 +130,8 @@ fn without_a_list_it_is_the_plain_linker() {
 #[test]
 fn another_linker_gets_no_ordering() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hot.txt"), "prog::alpha\n").unwrap();
-    let args = [
-        "-C",
-        "symbol-mangling-version=v0",
-        "-C",
-        "link-arg=-fuse-ld=bfd",
-    ];
-    let binary = compile(dir.path(), &args, &dir.path().join("hot.txt"));
+    let bfd = ["-C", "link-arg=-fuse-ld=bfd"];
+    let binary = link_with(dir.path(), "prog::alpha\n", &bfd);
     assert_eq!(run(&binary), "90 651 <5>\n");
     assert!(!dir.path().join("prog.symbol-order").exists());
 }
@@ -142,9 +140,7 @@ fn another_linker_gets_no_ordering() {
 #[test]
 fn shared_libraries_get_no_ordering() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hot.txt"), "prog::alpha\n").unwrap();
-    let args = ["-C", "symbol-mangling-version=v0", "--crate-type", "cdylib"];
-    compile(dir.path(), &args, &dir.path().join("hot.txt"));
+    link_with(dir.path(), "prog::alpha\n", &["--crate-type", "cdylib"]);
     let library = dir.path().join("libprog.so");
     assert!(library.exists(), "no shared library built");
     assert!(!dir.path().join("libprog.so.symbol-order").exists());
