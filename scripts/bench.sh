@@ -12,7 +12,8 @@
 # with the same harness (before/after A/B), WEFT_BENCH_PEERS (e.g. "15000") and
 # WEFT_BENCH_NODES (e.g. "3,500") to change the sizes. Arguments, if any, are test names
 # of tests/bench_datapath.rs to run instead of all of them (e.g. `scripts/bench.sh
-# footprint_kube binary_size`).
+# footprint_kube binary_size`); `scripts/bench.sh health` runs the health server's flood
+# benchmark (tests/health_probes_under_flood.rs) alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -30,6 +31,11 @@ bench() {
     cargo test --release --locked --test "$1" -- --ignored --nocapture --test-threads=1 --exact "${@:2}" 2>&1 |
         grep -oE "BENCH.*|test result.*|panicked.*"
 }
+if [ "${1:-}" = health ]; then
+    # Probe latency, RSS and CPU with no flood and under an ongoing flood (issue 29).
+    bench health_probes_under_flood bench_probe_latency_under_flood
+    exit
+fi
 if [ $# -gt 0 ]; then
     bench bench_datapath "$@"
     exit

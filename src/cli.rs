@@ -166,6 +166,19 @@ pub struct Cli {
     /// The port on which to listen for health checks (0 disables them).
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// weft extension: connections the health server serves at once (lowered to a
+    /// quarter of the fd limit). Over it, the oldest idle connection of the address
+    /// holding the most is closed to make room.
+    #[arg(long, env = "FLANNELD_HEALTHZ_MAX_CONNECTIONS",
+          default_value_t = crate::health::MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub healthz_max_connections: u16,
+    /// weft extension: connections one source address may hold on the health server at
+    /// once. Over it, that address's oldest idle connection is closed to make room.
+    #[arg(long, env = "FLANNELD_HEALTHZ_MAX_CONNECTIONS_PER_ADDRESS",
+          default_value_t = crate::health::MAX_CONNECTIONS_PER_ADDRESS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub healthz_max_connections_per_address: u16,
     /// Kubernetes mode: set the node's NetworkUnavailable condition to False when ready.
     #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", action = ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_value = "true",

@@ -45,7 +45,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             state,
         };
-        let (bound, serve) = health::bind(SocketAddr::new(ip, cli.healthz_port), endpoints)
+        let limits = health::Limits {
+            capacity: usize::from(cli.healthz_max_connections),
+            per_address: usize::from(cli.healthz_max_connections_per_address),
+        };
+        let bound = health::start(SocketAddr::new(ip, cli.healthz_port), limits, endpoints)
             .await
             .with_context(|| {
                 format!(
@@ -54,7 +58,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
         info!(address = %bound, "serving /healthz and /readyz, and /metrics and /debug/state");
-        tokio::spawn(serve);
     }
     let reporting = Reporting {
         metrics,

@@ -6,8 +6,19 @@
 //!
 //! ## Limits
 //! The port listens on `--healthz-ip`, 0.0.0.0 by default as in flannel, so anyone who
-//! reaches the node can connect. Whatever they send, the server's cost stays bounded and
-//! `/readyz` keeps answering once the flood stops:
+//! reaches the node can connect, every pod included. Whatever they send, the server's
+//! cost stays bounded and probes keep being answered while the flood goes on
+//! (docs/design.md, "The health server under a flood", has the measurements):
+//! - **A thread of its own.** The server runs on its own thread and runtime, so a long
+//!   reconcile pass (about 100 ms at 15,000 peers) or a slow datastore call never delays
+//!   a probe, and a flood never delays the datapath.
+//! - **Room for every address** ([`admission`]): one source address holds at most
+//!   `--healthz-max-connections-per-address` connections (32), the server at most
+//!   `--healthz-max-connections` (256, [`connection_cap`]). Over either limit the *oldest
+//!   idle* connection (no request yet) of that address, or of the address holding the
+//!   most, is closed, and the new one is served: a probe, which sends its request at
+//!   once, is never what a flood pushes out. Counted in
+//!   `weft_health_connections_shed_total` by reason.
 //! - **Request headers within 2 s** ([`HEADER_READ_TIMEOUT`]). A probe sends its request
 //!   as soon as it connects and gives up after 1 s (kubelet's default probe timeout), so
 //!   an honest client never comes close; an idle connection is closed after 2 s.
@@ -18,29 +29,29 @@
 //!   does not depend on such details of hyper.
 //! - **Reads of at most 8 KiB** (hyper's minimum buffer): requests here are a line and a
 //!   few headers; the default (~400 KiB per connection) let 256 slow clients hold 100 MB.
-//! - **At most 256 connections at once** ([`connection_cap`]), fewer with a low fd limit:
-//!   never more than a quarter of the soft `RLIMIT_NOFILE`, so the health port cannot
-//!   take the descriptors etcd, netlink and the subnet.env writer need. 256 is far above
-//!   what probes need (a few per second) and bounds memory to a few MB. Over the cap a
-//!   new connection is closed at once: a probe then fails fast and is retried, instead
-//!   of waiting in a queue behind the flood.
+//! - **Never more than a quarter of the fd limit** ([`connection_cap`]): the health port
+//!   cannot take the descriptors etcd, netlink and the subnet.env writer need.
 //! - **Accept errors back off** from 10 ms doubling to 1 s (a successful accept resets
 //!   it). At the fd limit `accept` fails at once, again and again; retrying at once spun
 //!   a core. Errors are logged through a [`LogLimiter`]: once, on change, every 30 s.
+
+mod admission;
 
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::state_view::{self, StateClient, StateQuery, Unavailable};
+use admission::{Admission, ConnectionId, ConnectionTable};
+pub use admission::{Limits, ShedReason};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 use weft_subnet::backoff::Backoff;
 
@@ -48,20 +59,24 @@ use weft_subnet::backoff::Backoff;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// See the module docs.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(5);
-/// See the module docs.
-pub const MAX_CONNECTIONS: usize = 256;
+/// Default of `--healthz-max-connections`.
+pub const MAX_CONNECTIONS: u16 = 256;
+/// Default of `--healthz-max-connections-per-address`: an eighth of the server, far
+/// above what one prober or scraper needs (one or two at a time).
+pub const MAX_CONNECTIONS_PER_ADDRESS: u16 = 32;
 /// hyper's smallest allowed read buffer.
 const READ_BUFFER: usize = 8192;
 const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// How many connections the server serves at once, given the soft fd limit (`None`:
-/// unknown): [`MAX_CONNECTIONS`], but never more than a quarter of the limit.
-pub fn connection_cap(fd_soft_limit: Option<u64>) -> usize {
+/// How many connections the server serves at once: `wanted`, but never more than a
+/// quarter of the soft fd limit (`None`: unknown), and at least one.
+pub fn connection_cap(wanted: usize, fd_soft_limit: Option<u64>) -> usize {
     let quarter = fd_soft_limit.map_or(u64::MAX, |limit| limit / 4);
     usize::try_from(quarter)
         .unwrap_or(usize::MAX)
-        .clamp(1, MAX_CONNECTIONS)
+        .min(wanted)
+        .max(1)
 }
 
 fn fd_soft_limit() -> Option<u64> {
@@ -78,28 +93,68 @@ pub struct Endpoints {
     pub state: StateClient,
 }
 
-/// Binds the health server; the returned future serves until dropped.
-pub async fn bind(
+/// Starts the health server on a thread of its own, listening on `address`, and returns
+/// the address it bound once it listens. `limits` are the wanted ones; the capacity is
+/// lowered to a quarter of the fd limit.
+pub async fn start(
     address: SocketAddr,
+    limits: Limits,
     endpoints: Endpoints,
-) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
-    let listener = TcpListener::bind(address).await?;
-    let bound = listener.local_addr()?;
-    let cap = connection_cap(fd_soft_limit());
-    debug!(max_connections = cap, "health server limits");
-    Ok((bound, serve(listener, endpoints, cap)))
+) -> std::io::Result<SocketAddr> {
+    let limits = Limits {
+        capacity: connection_cap(limits.capacity, fd_soft_limit()),
+        ..limits
+    };
+    let (bound_tx, bound_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("weftd-health".to_string())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match TcpListener::bind(address).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(listener.local_addr());
+                debug!(?limits, "health server limits");
+                serve(listener, endpoints, limits).await;
+            });
+        })?;
+    bound_rx
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the health server's thread ended")))
 }
 
-/// The accept loop: admits up to `cap` connections, closes the rest at once, and backs off
-/// on accept errors.
-async fn serve(listener: TcpListener, endpoints: Endpoints, cap: usize) {
-    let slots = Arc::new(Semaphore::new(cap));
+type Table = Arc<Mutex<ConnectionTable<oneshot::Sender<()>>>>;
+
+/// Locks the table; a panic elsewhere cannot leave it inconsistent (every change is one
+/// call), so a poisoned lock is used as it is.
+fn lock(table: &Table) -> std::sync::MutexGuard<'_, ConnectionTable<oneshot::Sender<()>>> {
+    table.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The accept loop: admits connections by the [`admission`] rules, and backs off on
+/// accept errors.
+async fn serve(listener: TcpListener, endpoints: Endpoints, limits: Limits) {
+    let table: Table = Arc::new(Mutex::new(ConnectionTable::new(limits)));
     let mut backoff = Backoff::new(ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX);
     let mut accept_errors = LogLimiter::new(REMINDER_PERIOD);
-    let mut rejections = LogLimiter::new(REMINDER_PERIOD);
+    let mut shedding = Shedding::new(limits);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 let delay = backoff.next_delay();
                 log_accept_error(&mut accept_errors, &e, delay);
@@ -110,22 +165,60 @@ async fn serve(listener: TcpListener, endpoints: Endpoints, cap: usize) {
         backoff.reset();
         // Errors are not reported as recovered: at the fd limit accepts alternate between
         // failing and succeeding, and each recovery line would make the next error news.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Dropping the stream closes it.
-            log_rejection(&mut rejections, cap);
-            continue;
+        let (shed_tx, shed_rx) = oneshot::channel();
+        let admission = lock(&table).admit(peer.ip(), shed_tx);
+        let id = match admission {
+            Admission::Admitted(id) => id,
+            Admission::AdmittedShedding { id, shed, reason } => {
+                // Dropping the sender wakes the shed connection's task, which closes it.
+                // Yielding lets it run before the next accept: a backlog of a flood
+                // would otherwise be accepted in one go (tokio's budget is 128), each
+                // new connection open before the one it replaces is closed, and the
+                // server would briefly hold half as many descriptors again as its cap.
+                drop(shed);
+                shedding.shed(reason, peer.ip(), &endpoints.metrics);
+                tokio::task::yield_now().await;
+                id
+            }
+            Admission::Refused(reason) => {
+                // Dropping the stream closes it.
+                shedding.shed(reason, peer.ip(), &endpoints.metrics);
+                continue;
+            }
         };
         let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, endpoints).await;
-            drop(slot);
-        });
+        let registration = Registration {
+            table: table.clone(),
+            id,
+        };
+        tokio::spawn(serve_connection(stream, endpoints, registration, shed_rx));
     }
 }
 
-/// Serves one request on `stream` within the limits of the module docs.
-async fn serve_connection(stream: TcpStream, endpoints: Endpoints) {
+/// A connection's place in the table, given back when its task ends (whichever way).
+struct Registration {
+    table: Table,
+    id: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.table).closed(self.id);
+    }
+}
+
+/// Serves one request on `stream` within the limits of the module docs, unless the
+/// table sheds it first (`shed` resolves).
+async fn serve_connection(
+    stream: TcpStream,
+    endpoints: Endpoints,
+    registration: Registration,
+    shed: oneshot::Receiver<()>,
+) {
+    let table = registration.table.clone();
+    let id = registration.id;
     let service = hyper::service::service_fn(move |request| {
+        lock(&table).in_service(id);
         let endpoints = endpoints.clone();
         async move { Ok::<_, std::convert::Infallible>(respond(&request, &endpoints).await) }
     });
@@ -136,11 +229,58 @@ async fn serve_connection(stream: TcpStream, endpoints: Endpoints) {
         .max_buf_size(READ_BUFFER)
         .serve_connection(TokioIo::new(stream), service);
     // Errors here are the client's (a timeout, a malformed request, a reset): nothing to
-    // report. Past the lifetime, dropping the connection closes it.
-    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!("health connection closed: {e}"),
-        Err(_) => debug!("health connection closed after {CONNECTION_LIFETIME:?}"),
+    // report. Past the lifetime, or when shed, dropping the connection closes it.
+    tokio::select! {
+        served = tokio::time::timeout(CONNECTION_LIFETIME, connection) => match served {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("health connection closed: {e}"),
+            Err(_) => debug!("health connection closed after {CONNECTION_LIFETIME:?}"),
+        },
+        _ = shed => {}
+    }
+    drop(registration);
+}
+
+/// Counts and logs the connections the table sheds: each one in the metrics, in the log
+/// once per reason, then a reminder every 30 s while it goes on.
+struct Shedding {
+    limits: Limits,
+    logs: [LogLimiter; 2],
+}
+
+impl Shedding {
+    fn new(limits: Limits) -> Shedding {
+        Shedding {
+            limits,
+            logs: [
+                LogLimiter::new(REMINDER_PERIOD),
+                LogLimiter::new(REMINDER_PERIOD),
+            ],
+        }
+    }
+
+    fn shed(&mut self, reason: ShedReason, address: IpAddr, metrics: &Metrics) {
+        metrics.record_health_shed(reason);
+        let (log, message) = match reason {
+            ShedReason::AddressLimit => (
+                &mut self.logs[0],
+                "health server: an address holds its limit of connections \
+                 (--healthz-max-connections-per-address); closing its oldest idle ones",
+            ),
+            ShedReason::ServerFull => (
+                &mut self.logs[1],
+                "health server: at its limit of connections (--healthz-max-connections); \
+                 closing the oldest idle ones of the address holding the most",
+            ),
+        };
+        let limits = self.limits;
+        match log.failure(message, Instant::now()) {
+            Verdict::New => warn!(%address, ?limits, "{message}"),
+            Verdict::Reminder { unlogged, .. } => {
+                warn!(%address, ?limits, "{message} ({unlogged} more since the last line)")
+            }
+            Verdict::Quiet => {}
+        }
     }
 }
 
@@ -152,17 +292,6 @@ fn log_accept_error(limiter: &mut LogLimiter, error: &std::io::Error, delay: Dur
             warn!("{message}; backing off (now {delay:?}; {unlogged} more since the last line)")
         }
         Verdict::Quiet => debug!("{message}; backing off {delay:?}"),
-    }
-}
-
-fn log_rejection(limiter: &mut LogLimiter, cap: usize) {
-    let message = format!("health server at its limit of {cap} connections; closing new ones");
-    match limiter.failure(&message, Instant::now()) {
-        Verdict::New => warn!("{message}"),
-        Verdict::Reminder { unlogged, .. } => {
-            warn!("{message} ({unlogged} more closed since the last line)")
-        }
-        Verdict::Quiet => {}
     }
 }
 
@@ -301,15 +430,20 @@ mod tests {
 
     #[test]
     fn the_cap_leaves_three_quarters_of_the_fds_to_the_daemon() {
-        assert_eq!(connection_cap(None), MAX_CONNECTIONS);
-        assert_eq!(connection_cap(Some(1_048_576)), MAX_CONNECTIONS);
-        assert_eq!(connection_cap(Some(1024)), 256);
-        assert_eq!(connection_cap(Some(64)), 16);
+        assert_eq!(connection_cap(256, None), 256);
         assert_eq!(
-            connection_cap(Some(2)),
+            connection_cap(usize::from(MAX_CONNECTIONS), Some(1_048_576)),
+            256
+        );
+        assert_eq!(connection_cap(256, Some(1024)), 256);
+        assert_eq!(connection_cap(256, Some(64)), 16);
+        assert_eq!(connection_cap(1000, Some(1_048_576)), 1000, "as asked");
+        assert_eq!(
+            connection_cap(256, Some(2)),
             1,
             "one connection at the very least"
         );
+        assert_eq!(connection_cap(0, None), 1);
     }
 
     /// Sends `request` on a fresh connection and reads until the server closes it. A
@@ -323,19 +457,23 @@ mod tests {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
-    async fn start(cap: usize) -> (SocketAddr, Arc<Readiness>) {
+    async fn start(capacity: usize, per_address: usize) -> (SocketAddr, Arc<Readiness>) {
         let readiness = Readiness::new("no lease yet");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         // The inbox is dropped: /debug/state answers "starting" here.
         let (endpoints, _) = endpoints(readiness.clone());
-        tokio::spawn(serve(listener, endpoints, cap));
+        let limits = Limits {
+            capacity,
+            per_address,
+        };
+        tokio::spawn(serve(listener, endpoints, limits));
         (address, readiness)
     }
 
     #[tokio::test]
     async fn answers_one_request_and_closes_even_when_asked_to_keep_alive() {
-        let (address, readiness) = start(4).await;
+        let (address, readiness) = start(4, 4).await;
         let answer = exchange(
             address,
             b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
@@ -354,7 +492,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_is_closed_after_the_header_timeout() {
-        let (address, _) = start(4).await;
+        let (address, _) = start(4, 4).await;
         let mut idle = TcpStream::connect(address).await.unwrap();
         let start = Instant::now();
         let mut buffer = [0u8; 512];
@@ -371,7 +509,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_with_an_unfinished_body_does_not_hold_the_connection() {
-        let (address, _) = start(4).await;
+        let (address, _) = start(4, 4).await;
         let mut stream = TcpStream::connect(address).await.unwrap();
         let start = Instant::now();
         let request = b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nab";
@@ -391,31 +529,79 @@ mod tests {
         );
     }
 
+    /// Shorter than the header timeout: a connection closed within it was shed.
+    const SOON: Duration = Duration::from_millis(500);
+
+    /// Reads from `stream` until the server closes it; `Err` when it is still open after
+    /// `wait`.
+    async fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> Result<(), ()> {
+        let mut buffer = [0u8; 512];
+        loop {
+            match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0) | Err(_)) => return Ok(()),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn over_the_cap_new_connections_are_closed_at_once_and_slots_come_back() {
-        let (address, _) = start(2).await;
-        let first = TcpStream::connect(address).await.unwrap();
-        let second = TcpStream::connect(address).await.unwrap();
+    async fn over_the_limits_the_oldest_idle_connection_makes_room_for_the_newest() {
+        // Two slots for one address: the two idle connections hold them.
+        let (address, _) = start(8, 2).await;
+        let mut oldest = TcpStream::connect(address).await.unwrap();
+        let mut second = TcpStream::connect(address).await.unwrap();
         // Give the server a moment to admit both.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let start = Instant::now();
         let answer = exchange(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert_eq!(answer, "", "closed without an answer");
-        assert!(start.elapsed() < Duration::from_secs(1), "closed at once");
-        drop((first, second));
-        let answer = wait_for_answer(address).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(start.elapsed() < Duration::from_secs(1), "answered at once");
+        // The request took the oldest idle connection's place: it is closed, long before
+        // the 2 s header timeout would have closed it.
+        assert_eq!(closed_by_server(&mut oldest, SOON).await, Ok(()));
+        assert!(
+            start.elapsed() < HEADER_READ_TIMEOUT,
+            "{:?}",
+            start.elapsed()
+        );
+        // The second one was kept, and is answered when it asks.
+        second
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        second.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
     }
 
-    /// Tries `/healthz` every 50 ms for up to 5 s until it answers.
-    async fn wait_for_answer(address: SocketAddr) -> String {
-        for _ in 0..100 {
-            let answer = exchange(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-            if !answer.is_empty() {
-                return answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    #[tokio::test]
+    async fn a_full_server_sheds_the_heaviest_address_not_a_newcomer() {
+        // The server holds 3; 127.0.0.1 holds all 3, idle. A connection from 127.0.0.2
+        // (another address of the loopback device) is served, and one of 127.0.0.1's
+        // idle connections is closed for it.
+        let (address, _) = start(3, 3).await;
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(TcpStream::connect(address).await.unwrap());
         }
-        panic!("no answer within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut other = socket.connect(address).await.unwrap();
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        other.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        assert_eq!(
+            closed_by_server(&mut idle[0], SOON).await,
+            Ok(()),
+            "the oldest"
+        );
+        // Well within its 2 s header timeout, which would close it too.
+        assert_eq!(closed_by_server(&mut idle[1], SOON).await, Err(()), "kept");
     }
 }

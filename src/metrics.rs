@@ -17,6 +17,7 @@
 
 use crate::datapath::{Pass, PeerStats};
 use crate::drift::{Cause, ChangeKind};
+use crate::health::ShedReason;
 use crate::readiness::Readiness;
 use crate::triggers::PassTrigger;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -172,6 +173,7 @@ pub struct Metrics {
     lease_renewals: Family<ResultLabel, Counter>,
     subnet_env_writes: Counter,
     subnet_env_write_failures: Counter,
+    health_shed: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -204,6 +206,7 @@ impl Metrics {
             lease_renewals: Family::default(),
             subnet_env_writes: Counter::default(),
             subnet_env_write_failures: Counter::default(),
+            health_shed: Family::default(),
         };
         m.zero_series();
         m.register()
@@ -256,6 +259,14 @@ impl Metrics {
         }
         for operation in self.manager.operations() {
             zero(&self.datastore_errors, OperationLabel { operation });
+        }
+        for reason in ShedReason::ALL {
+            zero(
+                &self.health_shed,
+                ReasonLabel {
+                    reason: reason.label(),
+                },
+            );
         }
         if self.manager == SubnetManager::Etcd {
             for result in [Renewal::Renewed, Renewal::Failed, Renewal::Lost] {
@@ -375,6 +386,14 @@ impl Metrics {
             "weft_subnet_env_write_failures",
             "Failed writes of subnet.env (retried every 5 s; /readyz says why)",
             self.subnet_env_write_failures.clone(),
+        );
+        r.register(
+            "weft_health_connections_shed",
+            "Connections to the health server closed before they sent a request, to make \
+             room for others, by reason: address_limit (their address held \
+             --healthz-max-connections-per-address) or server_full (the server held \
+             --healthz-max-connections; the address holding the most gave up one)",
+            self.health_shed.clone(),
         );
         self
     }
@@ -502,6 +521,15 @@ impl Metrics {
     }
 
     /// A write of subnet.env.
+    /// The health server closed a connection before its request ([`ShedReason`]).
+    pub fn record_health_shed(&self, reason: ShedReason) {
+        self.health_shed
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
     pub fn record_subnet_env_write(&self, ok: bool) {
         if ok {
             self.subnet_env_writes.inc();

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::cluster::{CONFIG_KEY, Cluster};
 use support::netns::block_on_in;
+use support::process::{cpu_ticks, cpu_ticks_split, status_kb};
 use support::wait_for;
 
 fn lease_value(i: usize) -> String {
@@ -271,16 +272,6 @@ fn scale_5000_peers() {
     }
 }
 
-/// A field of /proc/<pid>/status, in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// GETs `path` from weftd's health port 200 times from inside `netns` (one connection
 /// each, as Prometheus does); returns the sorted wall times and the last answer.
 fn timed_gets(netns: &str, path: &'static str, count: usize) -> (Vec<Duration>, String) {
@@ -497,27 +488,6 @@ fn bench_sizes(default: &[usize]) -> Vec<usize> {
 /// The weftd binary under test (WEFT_BENCH_WEFTD, else this build's).
 fn weftd_binary() -> String {
     std::env::var("WEFT_BENCH_WEFTD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string())
-}
-
-/// utime + stime of a process, in clock ticks (1/100 s), dead threads included.
-fn cpu_ticks(pid: u32) -> u64 {
-    let (user, kernel) = cpu_ticks_split(pid);
-    user + kernel
-}
-
-/// utime and stime of a process (in its own code, in the kernel for it), in clock ticks.
-fn cpu_ticks_split(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    (
-        fields[11].parse::<u64>().unwrap(),
-        fields[12].parse::<u64>().unwrap(),
-    )
 }
 
 /// CPU time of a process's live threads in nanoseconds (/proc/<pid>/task/*/schedstat):

@@ -257,6 +257,13 @@ fn matrix() -> Vec<Case> {
                 let weftd = container(docs, "kube-flannel");
                 assert_eq!(weftd["livenessProbe"]["httpGet"]["path"], "/healthz");
                 assert_eq!(weftd["readinessProbe"]["httpGet"]["path"], "/readyz");
+                // What the health server guarantees under a flood (answers within 100 ms)
+                // fits kubelet's 1 s timeout; three misses in a row before acting.
+                for probe in ["livenessProbe", "readinessProbe"] {
+                    assert_eq!(weftd[probe]["timeoutSeconds"], 1, "{probe}");
+                    assert_eq!(weftd[probe]["failureThreshold"], 3, "{probe}");
+                }
+                assert_eq!(cli.healthz_ip, "0.0.0.0", "every address, as flannel");
                 let spec = pod_spec(docs);
                 assert_eq!(spec["hostNetwork"], true);
                 assert_eq!(spec["priorityClassName"], "system-node-critical");
@@ -304,6 +311,22 @@ fn matrix() -> Vec<Case> {
                         ("prometheus.io/path".to_string(), json!("/metrics")),
                     ])
                 );
+            },
+        },
+        Case {
+            name: "health server on the node's own IP",
+            values: "weft:\n  healthz:\n    bindNodeIP: true\n",
+            check: |docs, _, _| {
+                let weftd = container(docs, "kube-flannel");
+                let env = weftd["env"].as_array().unwrap();
+                assert!(
+                    env.contains(&json!({"name": "FLANNELD_HEALTHZ_IP",
+                        "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})),
+                    "{env:?}"
+                );
+                // The probes still ask the pod's IP, which is the node's (hostNetwork).
+                assert!(weftd["livenessProbe"]["httpGet"].get("host").is_none());
+                assert_eq!(pod_spec(docs)["hostNetwork"], true);
             },
         },
         Case {

@@ -12,6 +12,7 @@ pub mod kube_api;
 pub mod kube_cluster;
 pub mod netns;
 pub mod pods;
+pub mod process;
 pub mod prometheus;
 pub mod rules;
 pub mod vxlan;
