@@ -126,8 +126,31 @@ fn weftd_accepts(docs: &[Value]) -> (Cli, NetworkConfig) {
 // ---------------------------------------------------------------------------------------
 // The Containerfile.
 
-/// The Containerfile's instructions, continuation lines joined.
+/// The Containerfile's instructions, continuation lines joined, with the global `ARG`s'
+/// defaults (the base images) put in for their `${NAME}`, as a build without
+/// `--build-arg` sees them.
 fn containerfile_instructions() -> Vec<String> {
+    let mut args = Vec::new();
+    let mut instructions = Vec::new();
+    for instruction in containerfile_lines() {
+        if let Some((name, default)) = instruction
+            .strip_prefix("ARG ")
+            .and_then(|a| a.split_once('='))
+        {
+            args.push((format!("${{{name}}}"), default.to_string()));
+            continue;
+        }
+        let mut instruction = instruction;
+        for (name, value) in &args {
+            instruction = instruction.replace(name, value);
+        }
+        instructions.push(instruction);
+    }
+    instructions
+}
+
+/// The Containerfile's instructions as written, continuation lines joined.
+fn containerfile_lines() -> Vec<String> {
     let text = std::fs::read_to_string(chart::repo().join("Containerfile")).expect("Containerfile");
     let mut instructions = Vec::new();
     let mut current = String::new();
@@ -874,6 +897,21 @@ fn the_containerfile_provides_every_command_the_chart_runs() {
         instructions.last().unwrap() == "ENTRYPOINT [\"/opt/bin/weftd\"]",
         "{instructions:#?}"
     );
+    // The build stage has what etcd-client's build script needs: protoc and the .proto
+    // files of protobuf's well-known types, which Debian ships in libprotobuf-dev, not in
+    // protobuf-compiler. The Containerfile lacked it until the image was first built here,
+    // on a minimal bookworm base (scripts/k8s-test.sh).
+    let build_installs = instructions
+        .iter()
+        .take_while(|i| !i.starts_with("FROM docker.io/library/debian"))
+        .find(|i| i.contains("apt-get install"))
+        .expect("the build stage installs packages");
+    for package in ["protobuf-compiler", "libprotobuf-dev"] {
+        assert!(
+            build_installs.split(' ').any(|word| word == package),
+            "the build stage lacks {package}: {build_installs}"
+        );
+    }
     // The run stage is Debian bookworm-slim (the glibc weftd is built against), with the
     // tools weftd runs for the traffic rules: iptables, iptables-save and -restore and
     // their IPv6 twins (package iptables), nft (package nftables).

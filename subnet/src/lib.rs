@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod backoff;
+pub mod causes;
 pub mod config;
 pub mod etcd;
 pub mod family;

@@ -804,3 +804,18 @@ async fn the_node_watch_lists_then_watches() {
     assert!(outputs.recv().await.is_none(), "an extra output");
     server.assert_done().await;
 }
+
+/// Found on the first real cluster: with no route to the API server, the error said only
+/// "ServiceError: client error (Connect)" for minutes. The message now carries the cause
+/// at the bottom of kube's chain (here, nothing listens on the port).
+#[tokio::test]
+async fn a_failed_request_says_why() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let config = kube::Config::new(format!("http://{address}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let error = manager(client).get_node().await.unwrap_err().to_string();
+    assert!(error.starts_with("cannot get node n1: "), "{error}");
+    assert!(error.contains("Connection refused"), "{error}");
+}

@@ -24,6 +24,7 @@ pub use tracker::{NodeTracker, Notice, OwnNode, TrackerOutput};
 
 pub use crate::backoff::RetryPolicy;
 use crate::backoff::{Backoff, retry_later};
+use crate::causes::Causes;
 use crate::lease::{Lease, LeaseAttrs};
 use crate::observer::{Observer, WatchRestart, unobserved};
 use ::kube::api::{Api, Patch, PatchParams};
@@ -43,7 +44,7 @@ use tracing::{debug, error, info, warn};
 /// A failed step against the API server, naming what was attempted.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("cannot read kubeconfig {path}: {cause}")]
+    #[error("cannot read kubeconfig {path}: {}", Causes(cause))]
     Kubeconfig {
         path: String,
         cause: ::kube::config::KubeconfigError,
@@ -55,7 +56,7 @@ pub enum KubeError {
          --kubeconfig-file nor --kube-api-url is set"
     )]
     NotInCluster(::kube::config::InClusterError),
-    #[error("cannot build the Kubernetes client: {0}")]
+    #[error("cannot build the Kubernetes client: {}", Causes(.0))]
     Client(::kube::Error),
     #[error("env variables POD_NAME and POD_NAMESPACE must be set")]
     NoNodeName,
@@ -63,7 +64,8 @@ pub enum KubeError {
     PodNotScheduled { namespace: String, name: String },
     #[error("node {0:?} does not exist in the Kubernetes API (yet)")]
     NodeNotFound(String),
-    #[error("{what}: {cause}")]
+    /// The cause's whole chain: kube's own text often hides why (see `causes`).
+    #[error("{what}: {}", Causes(cause))]
     Api { what: String, cause: ::kube::Error },
 }
 

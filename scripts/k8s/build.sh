@@ -1,0 +1,198 @@
+# Sourced by scripts/k8s-test.sh: builds (or takes from the cache) what the real-cluster
+# tier runs, with no image registry: Kubernetes' components from the k8s.io/kubernetes Go
+# module, the sandbox (pause) image, the test image (agnhost and busybox), and weft's
+# image from the repository's Containerfile, on local base images.
+#
+# Everything goes to $K8S_CACHE (default /var/cache/weft-k8s), keyed by version, so a
+# second run rebuilds nothing but weft's image (and that only when the sources changed:
+# buildah reuses its layers).
+
+K8S_VERSION=${WEFT_K8S_VERSION:-v1.34.4}
+K8S_CACHE=${WEFT_K8S_CACHE:-/var/cache/weft-k8s}
+K8S_BIN=$K8S_CACHE/bin-$K8S_VERSION
+# Component binaries the tier runs (kubectl too, at the cluster's version).
+K8S_COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
+# CoreDNS, for Service names (the version kubeadm installs with this release).
+COREDNS_VERSION=${WEFT_K8S_COREDNS_VERSION:-v1.12.1}
+COREDNS_IMAGE=localhost/coredns:$COREDNS_VERSION
+# Image names. The sandbox image is the name containerd's CRI config asks for.
+PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
+TEST_IMAGE=localhost/weft-k8s-test:$K8S_VERSION
+WEFT_IMAGE_REPOSITORY=localhost/weft
+WEFT_IMAGE_TAG=k8s-test
+# The Containerfile's base images, made here with debootstrap (its ARGs name them).
+BASE_DEBIAN=localhost/weft-base/debian:bookworm-slim
+BASE_RUST=localhost/weft-base/rust:1-bookworm
+IMAGES_DIR=$K8S_CACHE/images
+
+go_env() {
+    export GOPATH=$K8S_CACHE/gopath GOMODCACHE=$K8S_CACHE/gopath/pkg/mod
+    export GOCACHE=$K8S_CACHE/gocache GOFLAGS=-modcacherw GOTOOLCHAIN=local
+}
+
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl
+# from k8s.io/kubernetes at $K8S_VERSION, and agnhost (test/images/agnhost, the e2e test
+# image's binary). The module replaces its staging modules with local paths, so `go
+# install ...@version` is refused: a go.mod of our own requires it and replaces each
+# staging module with its published v0 version (the list is the module's own replace
+# block).
+build_components() {
+    if [ -f "$K8S_BIN/.complete" ]; then
+        echo "== Kubernetes $K8S_VERSION components: cached in $K8S_BIN"
+        return
+    fi
+    command -v go >/dev/null || { echo "k8s-test.sh: go not found (the polyglot machine has Go 1.26)" >&2; exit 1; }
+    go_env
+    local src=$K8S_CACHE/build-$K8S_VERSION minor=${K8S_VERSION#v1.}
+    mkdir -p "$src" "$K8S_BIN.partial"
+    echo "== building Kubernetes $K8S_VERSION components from the Go module (cold: ~10 min)"
+    local module
+    module=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [ -d "$module" ] || { echo "k8s-test.sh: cannot download k8s.io/kubernetes@$K8S_VERSION" >&2; exit 1; }
+    {
+        printf 'module weft.test/k8s-build\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
+        sed -n '/^replace (/,/^)/p' "$module/go.mod" | awk -v v="v0.$minor" '/=>/ { print "\t" $1 " => " $1 " " v }'
+        printf ')\n'
+    } >"$src/go.mod"
+    local packages=() command
+    for command in $K8S_COMMANDS; do packages+=("k8s.io/kubernetes/cmd/$command"); done
+    packages+=(k8s.io/kubernetes/test/images/agnhost)
+    # The version the binaries report (kubectl version, the Node's kubeletVersion), as
+    # Kubernetes' own build stamps it (hack/lib/version.sh).
+    local stamp="" package
+    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        stamp+=" -X $package.gitVersion=$K8S_VERSION -X $package.gitMajor=1"
+        stamp+=" -X $package.gitMinor=${minor%%.*} -X $package.gitTreeState=clean"
+    done
+    (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags="-s -w$stamp" -o "$K8S_BIN.partial/" "${packages[@]}")
+    # The sandbox's one process: pause.c from the same module, static (build/pause/Makefile).
+    gcc -Os -Wall -Werror -static -DVERSION="$K8S_VERSION-weft" -o "$K8S_BIN.partial/pause" \
+        "$module/build/pause/linux/pause.c"
+    touch "$K8S_BIN.partial/.complete"
+    rm -rf "$K8S_BIN"
+    mv "$K8S_BIN.partial" "$K8S_BIN"
+}
+
+# CoreDNS from its Go module (github.com/coredns/coredns, main package at the root).
+build_coredns() {
+    local dir=$K8S_CACHE/coredns-$COREDNS_VERSION
+    if [ -f "$dir/.complete" ]; then
+        echo "== CoreDNS $COREDNS_VERSION: cached in $dir"
+        return
+    fi
+    go_env
+    echo "== building CoreDNS $COREDNS_VERSION from its Go module (cold: ~5 min)"
+    mkdir -p "$dir"
+    CGO_ENABLED=0 GOBIN="$dir" go install -trimpath -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+    touch "$dir/.complete"
+}
+
+# The Debian mirror this machine's apt uses (deb822 or one-line format).
+debian_mirror() {
+    local mirror
+    mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+    echo "${mirror:-http://deb.debian.org/debian}"
+}
+
+image_present() { buildah inspect --type image "$1" >/dev/null 2>&1; }
+
+# Commits the root filesystem in directory $1 as image $2.
+commit_rootfs() {
+    local container
+    container=$(buildah from scratch)
+    buildah copy --quiet "$container" "$1" / >/dev/null
+    buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$container"
+    buildah commit --quiet "$container" "$2" >/dev/null
+    buildah rm "$container" >/dev/null
+}
+
+# The Containerfile's two bases, made locally: Debian bookworm (debootstrap minbase, this
+# machine's mirror and apt sources) and, on it, a Rust toolchain (this machine's, copied:
+# rustup cannot download one here) with gcc and libc headers, as in the official image.
+build_base_images() {
+    if ! image_present "$BASE_DEBIAN"; then
+        echo "== base image $BASE_DEBIAN (debootstrap, once)"
+        local root=$K8S_CACHE/rootfs-bookworm
+        rm -rf "$root.partial"
+        debootstrap --variant=minbase bookworm "$root.partial" "$(debian_mirror)" >"$K8S_CACHE/debootstrap.log" 2>&1 ||
+            { tail -20 "$K8S_CACHE/debootstrap.log" >&2; exit 1; }
+        rm -rf "$root.partial/var/cache/apt/archives/"*.deb "$root.partial/var/lib/apt/lists/"*
+        commit_rootfs "$root.partial" "$BASE_DEBIAN"
+        rm -rf "$root.partial"
+    fi
+    if ! image_present "$BASE_RUST"; then
+        echo "== base image $BASE_RUST (this machine's Rust toolchain, once)"
+        local toolchain
+        toolchain=$(rustc --print sysroot)
+        local container
+        container=$(buildah from "$BASE_DEBIAN")
+        buildah run --isolation chroot "$container" -- sh -ec \
+            'apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*'
+        buildah copy --quiet "$container" "$toolchain" /usr/local/rust >/dev/null
+        buildah config --env CARGO_HOME=/usr/local/cargo \
+            --env PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            "$container"
+        buildah commit --quiet "$container" "$BASE_RUST" >/dev/null
+        buildah rm "$container" >/dev/null
+    fi
+}
+
+# An image from the files in directory $1 (an entrypoint $3), as $2.
+image_from_dir() {
+    local container
+    container=$(buildah from scratch)
+    buildah copy --quiet "$container" "$1" / >/dev/null
+    buildah config --entrypoint "$3" "$container"
+    buildah commit --quiet "$container" "$2" >/dev/null
+    buildah rm "$container" >/dev/null
+}
+
+# The sandbox image (pause), the test image (agnhost, the standard e2e test server and
+# client, with busybox for ping, sh, wget and nc), and weft's image from the
+# Containerfile, each saved as a docker archive for `ctr images import`.
+build_images() {
+    mkdir -p "$IMAGES_DIR"
+    build_base_images
+    if [ ! -f "$IMAGES_DIR/pause.tar" ]; then
+        local dir=$IMAGES_DIR/pause-root
+        rm -rf "$dir" && mkdir -p "$dir"
+        cp "$K8S_BIN/pause" "$dir/pause"
+        image_from_dir "$dir" "$PAUSE_IMAGE" '["/pause"]'
+        buildah push --quiet "$PAUSE_IMAGE" "docker-archive:$IMAGES_DIR/pause.tar:$PAUSE_IMAGE"
+        rm -rf "$dir"
+    fi
+    if [ ! -f "$IMAGES_DIR/test-$K8S_VERSION.tar" ]; then
+        local dir=$IMAGES_DIR/test-root
+        rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tmp"
+        cp "$K8S_BIN/agnhost" "$dir/agnhost"
+        cp /bin/busybox "$dir/bin/busybox"
+        local applet
+        for applet in sh ping wget nc sleep cat ip hostname; do ln -s busybox "$dir/bin/$applet"; done
+        image_from_dir "$dir" "$TEST_IMAGE" '["/agnhost"]'
+        buildah push --quiet "$TEST_IMAGE" "docker-archive:$IMAGES_DIR/test-$K8S_VERSION.tar:$TEST_IMAGE"
+        rm -rf "$dir"
+    fi
+    if [ ! -f "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" ]; then
+        local dir=$IMAGES_DIR/coredns-root
+        rm -rf "$dir" && mkdir -p "$dir"
+        cp "$K8S_CACHE/coredns-$COREDNS_VERSION/coredns" "$dir/coredns"
+        image_from_dir "$dir" "$COREDNS_IMAGE" '["/coredns"]'
+        buildah push --quiet "$COREDNS_IMAGE" "docker-archive:$IMAGES_DIR/coredns-$COREDNS_VERSION.tar:$COREDNS_IMAGE"
+        rm -rf "$dir"
+    fi
+    # weft's image: the users' recipe, the repository's Containerfile, on the local bases.
+    # The host's cargo registry is lent to the build stage so crates are not fetched again.
+    echo "== weft's image from Containerfile (buildah; the first build compiles weftd: ~15 min)"
+    local started=$SECONDS
+    mkdir -p "${CARGO_HOME:-$HOME/.cargo}/registry"
+    buildah bud --isolation chroot --layers --quiet \
+        --build-arg BUILD_IMAGE="$BASE_RUST" --build-arg RUNTIME_IMAGE="$BASE_DEBIAN" \
+        --volume "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry" \
+        -t "$WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG" -f Containerfile . >"$K8S_CACHE/weft-image.log" 2>&1 ||
+        { tail -30 "$K8S_CACHE/weft-image.log" >&2; echo "k8s-test.sh: weft's image did not build (log: $K8S_CACHE/weft-image.log)" >&2; exit 1; }
+    rm -f "$IMAGES_DIR/weft.tar"
+    buildah push --quiet "$WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG" \
+        "docker-archive:$IMAGES_DIR/weft.tar:$WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG"
+    echo "   weft's image built in $((SECONDS - started)) s"
+}

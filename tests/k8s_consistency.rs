@@ -1,0 +1,207 @@
+//! The real-cluster tier (scripts/k8s-test.sh and scripts/k8s/) is too slow for CI, so
+//! nothing runs it on every change. This test (no root, seconds) keeps it in step with the
+//! chart and the Containerfile it installs: the values it gives helm render through the
+//! chart into the image it builds, never pulled; every host path weft's DaemonSet mounts is
+//! one each node has its own copy of; containerd's CNI directories are the chart's; the
+//! Containerfile takes the base images the tier passes; the labels and names the checks
+//! look for are the chart's; every component binary the scripts run is one they build.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::process::Command;
+use support::chart::{self, documents, object, render_values};
+
+const SCRIPTS: [&str; 4] = [
+    "scripts/k8s-test.sh",
+    "scripts/k8s/build.sh",
+    "scripts/k8s/cluster.sh",
+    "scripts/k8s/checks.sh",
+];
+
+/// Runs `command` in bash with the tier's libraries sourced (they only define variables
+/// and functions), from the repository's root; returns its standard output.
+fn tier(command: &str) -> String {
+    let script = format!(
+        ". scripts/k8s/build.sh && . scripts/k8s/cluster.sh && . scripts/k8s/checks.sh && {command}"
+    );
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(chart::repo())
+        .output()
+        .expect("bash");
+    assert!(
+        output.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+fn variable(name: &str) -> String {
+    tier(&format!("echo \"${name}\"")).trim().to_string()
+}
+
+fn daemonset(docs: &[Value]) -> &Value {
+    object(docs, "DaemonSet", "kube-flannel-ds")
+}
+
+#[test]
+fn the_scripts_are_valid_bash() {
+    for script in SCRIPTS {
+        let status = Command::new("bash")
+            .args(["-n", script])
+            .current_dir(chart::repo())
+            .status()
+            .expect("bash");
+        assert!(status.success(), "bash -n {script}");
+    }
+}
+
+#[test]
+fn the_values_the_tier_gives_helm_install_its_own_image_never_pulled() {
+    let image = format!(
+        "{}:{}",
+        variable("WEFT_IMAGE_REPOSITORY"),
+        variable("WEFT_IMAGE_TAG")
+    );
+    for backend in ["vxlan", "host-gw"] {
+        let values = tier(&format!("helm_values {backend}"));
+        let rendered = render_values(&values).unwrap_or_else(|e| panic!("{values}\n{e}"));
+        let docs = documents(&rendered);
+        let spec = &daemonset(&docs)["spec"]["template"]["spec"];
+        let containers = spec["containers"]
+            .as_array()
+            .into_iter()
+            .chain(spec["initContainers"].as_array())
+            .flatten();
+        for container in containers {
+            assert_eq!(container["image"], image.as_str(), "{container}");
+            assert_eq!(container["imagePullPolicy"], "Never", "{container}");
+        }
+        let config = object(&docs, "ConfigMap", "kube-flannel-cfg");
+        let net_conf: Value =
+            serde_json::from_str(config["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+        assert_eq!(net_conf["Network"], variable("CLUSTER_CIDR").as_str());
+        assert_eq!(net_conf["Backend"]["Type"], backend);
+    }
+}
+
+#[test]
+fn every_host_path_of_the_daemonset_is_the_nodes_own() {
+    let private: BTreeSet<String> = variable("NODE_PRIVATE_DIRS")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    // The iptables lock may be shared: it only serialises iptables between the nodes.
+    let shared = ["/run/xtables.lock"];
+    let docs = documents(&render_values(&tier("helm_values vxlan")).unwrap());
+    let volumes = daemonset(&docs)["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    let host_paths: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert!(host_paths.contains(&"/run/flannel"), "{host_paths:?}");
+    for path in host_paths {
+        assert!(
+            private.contains(path) || shared.contains(&path),
+            "the DaemonSet mounts host path {path}, which the tier's nodes share: add it to \
+             NODE_PRIVATE_DIRS in scripts/k8s/cluster.sh"
+        );
+    }
+}
+
+#[test]
+fn containerd_looks_for_cni_where_the_chart_installs_it() {
+    let config = tier("containerd_config wk-n1");
+    let docs = documents(&render_values(&tier("helm_values vxlan")).unwrap());
+    let volumes = &daemonset(&docs)["spec"]["template"]["spec"]["volumes"];
+    let host_path = |name: &str| {
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .to_string()
+    };
+    assert!(
+        config.contains(&format!("bin_dir = \"{}\"", host_path("cni-plugin"))),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("conf_dir = \"{}\"", host_path("cni"))),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("sandbox_image = \"{}\"", variable("PAUSE_IMAGE"))),
+        "{config}"
+    );
+}
+
+#[test]
+fn the_containerfile_takes_the_base_images_the_tier_passes() {
+    let containerfile = std::fs::read_to_string(chart::repo().join("Containerfile")).unwrap();
+    let build = std::fs::read_to_string(chart::repo().join("scripts/k8s/build.sh")).unwrap();
+    for arg in ["BUILD_IMAGE", "RUNTIME_IMAGE"] {
+        assert!(
+            containerfile.contains(&format!("\nARG {arg}=")),
+            "the Containerfile has no ARG {arg}"
+        );
+        assert!(
+            containerfile.contains(&format!("FROM ${{{arg}}}")),
+            "no stage is FROM ${{{arg}}}"
+        );
+        assert!(
+            build.contains(&format!("--build-arg {arg}=")),
+            "build.sh does not pass {arg}"
+        );
+    }
+    let ignore = std::fs::read_to_string(chart::repo().join(".dockerignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l == "target/"),
+        "the build context would carry target/"
+    );
+}
+
+#[test]
+fn the_checks_find_weft_by_the_charts_names_and_labels() {
+    let docs = documents(&render_values(&tier("helm_values vxlan")).unwrap());
+    let labels = &daemonset(&docs)["spec"]["template"]["metadata"]["labels"];
+    let selector = variable("WEFT_LABEL");
+    let (key, value) = selector.split_once('=').unwrap();
+    assert_eq!(labels[key], value, "{labels}");
+    let checks = std::fs::read_to_string(chart::repo().join("scripts/k8s/checks.sh")).unwrap();
+    assert!(checks.contains("daemonset/kube-flannel-ds"));
+    // The checks scrape the health port the chart gives weftd.
+    let args =
+        chart::strings(&daemonset(&docs)["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let port = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--healthz-port="))
+        .expect("--healthz-port");
+    assert!(checks.contains(&format!(":{port}/metrics")), "port {port}");
+}
+
+#[test]
+fn every_component_the_scripts_run_is_one_they_build() {
+    let built: BTreeSet<String> = variable("K8S_COMMANDS")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let pattern = regex::Regex::new(r#"\$K8S_BIN/([a-z-]+)"#).unwrap();
+    for script in SCRIPTS {
+        let text = std::fs::read_to_string(chart::repo().join(script)).unwrap();
+        for capture in pattern.captures_iter(&text) {
+            let command = &capture[1];
+            assert!(
+                built.contains(command) || ["agnhost", "pause"].contains(&command),
+                "{script} runs $K8S_BIN/{command}, which build_components does not build"
+            );
+        }
+    }
+}
