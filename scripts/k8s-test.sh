@@ -19,7 +19,7 @@
 #
 # Environment: WEFT_K8S_VERSION (v1.34.4), WEFT_K8S_CACHE, WEFT_K8S_LOGS
 # (/var/log/weft-k8s: every daemon's log, kept after the run), WEFT_K8S_KEEP=1 (leave the
-# cluster up; `scripts/k8s-test.sh --down` removes it), WEFT_K8S_TIMEOUT (2400 s in all).
+# cluster up; `scripts/k8s-test.sh --down` removes it), WEFT_K8S_TIMEOUT (3600 s in all, a cold build included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -32,9 +32,11 @@ if [ "${1:-}" = --down ]; then
     exit 0
 fi
 if [ -z "${WEFT_K8S_TIMED:-}" ]; then
-    # The whole run is bounded; the trap below still tears down on the timeout's TERM.
+    # The whole run is bounded (a cold build included). The timeout's TERM goes to the
+    # whole process group, so a kubectl that waits is ended too and the trap below tears
+    # down at once; KILL only if the teardown itself hangs.
     export WEFT_K8S_TIMED=1
-    exec timeout --foreground --kill-after=60 "${WEFT_K8S_TIMEOUT:-2400}" "$0" "$@"
+    exec timeout --kill-after=300 "${WEFT_K8S_TIMEOUT:-3600}" scripts/k8s-test.sh "$@"
 fi
 
 started=$SECONDS
@@ -78,12 +80,16 @@ check() { # check NAME COMMAND...: one PASS/FAIL line
 
 finish() {
     local status=$?
-    trap - EXIT INT TERM
+    # The teardown runs to its end: a second Ctrl-C, a TERM or a closed output (a tee
+    # ended by the Ctrl-C) must not cut it short, and no step's failure stops the rest.
+    trap '' INT TERM PIPE
+    trap - EXIT
+    set +e
     if [ -n "${WEFT_K8S_KEEP:-}" ]; then
         echo "== left running (WEFT_K8S_KEEP): scripts/k8s-test.sh --down removes it"
     else
-        echo "== teardown"
         cluster_down
+        echo "== teardown done"
         if leftovers; then
             echo "FAIL nothing is left behind (above: what is)"
             failed=$((failed + 1))
@@ -103,8 +109,14 @@ trap 'exit 130' INT TERM
 if leftovers >/dev/null 2>&1; then
     echo "== removing what an earlier run left"
     cluster_down
+    if leftovers; then
+        echo "k8s-test.sh: an earlier run left the above and it could not be removed" >&2
+        exit 1
+    fi
 fi
-rm -rf "$K8S_LOGS"
+# Only the tier's own logs (WEFT_K8S_LOGS may name a directory holding other files).
+mkdir -p "$K8S_LOGS"
+rm -f "$K8S_LOGS"/*.log
 
 echo "== cluster up"
 step=$SECONDS

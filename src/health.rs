@@ -43,6 +43,9 @@ use crate::readiness::Readiness;
 use crate::state_view::{self, StateClient, StateQuery, Unavailable};
 use admission::{Admission, ConnectionId, ConnectionTable};
 pub use admission::{Limits, ShedReason};
+
+/// The metric label of a new connection closed because nothing was idle to shed.
+pub const REFUSED: &str = "refused";
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -64,6 +67,8 @@ pub const MAX_CONNECTIONS: u16 = 256;
 /// Default of `--healthz-max-connections-per-address`: an eighth of the server, far
 /// above what one prober or scraper needs (one or two at a time).
 pub const MAX_CONNECTIONS_PER_ADDRESS: u16 = 32;
+/// See [`listen`]; tokio's default is 1024.
+const BACKLOG: u32 = 4096;
 /// hyper's smallest allowed read buffer.
 const READ_BUFFER: usize = 8192;
 const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
@@ -120,7 +125,7 @@ pub async fn start(
                 }
             };
             runtime.block_on(async move {
-                let listener = match TcpListener::bind(address).await {
+                let listener = match listen(address) {
                     Ok(listener) => listener,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));
@@ -135,6 +140,20 @@ pub async fn start(
     bound_rx
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other("the health server's thread ended")))
+}
+
+/// The listening socket, with a backlog of [`BACKLOG`] (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default): a flood's connections wait there while the
+/// health thread is off the CPU, and a probe's SYN is dropped only when it is full.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's bind: a restarted weftd can listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
 }
 
 type Table = Arc<Mutex<ConnectionTable<oneshot::Sender<()>>>>;
@@ -167,31 +186,41 @@ async fn serve(listener: TcpListener, endpoints: Endpoints, limits: Limits) {
         // failing and succeeding, and each recovery line would make the next error news.
         let (shed_tx, shed_rx) = oneshot::channel();
         let admission = lock(&table).admit(peer.ip(), shed_tx);
-        let id = match admission {
-            Admission::Admitted(id) => id,
-            Admission::AdmittedShedding { id, shed, reason } => {
-                // Dropping the sender wakes the shed connection's task, which closes it.
-                // Yielding lets it run before the next accept: a backlog of a flood
-                // would otherwise be accepted in one go (tokio's budget is 128), each
-                // new connection open before the one it replaces is closed, and the
-                // server would briefly hold half as many descriptors again as its cap.
-                drop(shed);
-                shedding.shed(reason, peer.ip(), &endpoints.metrics);
-                tokio::task::yield_now().await;
-                id
-            }
+        let (id, shed) = match admission {
+            Admission::Admitted(id) => (id, None),
+            Admission::AdmittedShedding {
+                id,
+                shed,
+                shed_address,
+                reason,
+            } => (id, Some((shed, shed_address, reason))),
             Admission::Refused(reason) => {
                 // Dropping the stream closes it.
-                shedding.shed(reason, peer.ip(), &endpoints.metrics);
+                shedding.refused(reason, peer.ip(), &endpoints.metrics);
                 continue;
             }
         };
-        let endpoints = endpoints.clone();
+        // Registered before any await, so the entry goes with the task whatever happens.
         let registration = Registration {
             table: table.clone(),
             id,
         };
-        tokio::spawn(serve_connection(stream, endpoints, registration, shed_rx));
+        if let Some((shed, address, reason)) = shed {
+            // Dropping the sender wakes the shed connection's task, which closes it.
+            // Yielding lets it run before the next accept: a backlog of a flood would
+            // otherwise be accepted in one go (tokio's budget is 128), each new connection
+            // open before the one it replaces is closed, and the server would briefly hold
+            // half as many descriptors again as its cap.
+            drop(shed);
+            shedding.shed(reason, address, &endpoints.metrics);
+            tokio::task::yield_now().await;
+        }
+        tokio::spawn(serve_connection(
+            stream,
+            endpoints.clone(),
+            registration,
+            shed_rx,
+        ));
     }
 }
 
@@ -241,40 +270,57 @@ async fn serve_connection(
     drop(registration);
 }
 
-/// Counts and logs the connections the table sheds: each one in the metrics, in the log
-/// once per reason, then a reminder every 30 s while it goes on.
+/// Counts and logs the connections closed before their request: each one in the
+/// metrics, in the log once per kind, then a reminder every 30 s while it goes on.
 struct Shedding {
     limits: Limits,
-    logs: [LogLimiter; 2],
+    logs: [LogLimiter; 3],
 }
 
 impl Shedding {
     fn new(limits: Limits) -> Shedding {
         Shedding {
             limits,
-            logs: [
-                LogLimiter::new(REMINDER_PERIOD),
-                LogLimiter::new(REMINDER_PERIOD),
-            ],
+            logs: std::array::from_fn(|_| LogLimiter::new(REMINDER_PERIOD)),
         }
     }
 
+    /// An idle connection from `address` was closed to make room.
     fn shed(&mut self, reason: ShedReason, address: IpAddr, metrics: &Metrics) {
-        metrics.record_health_shed(reason);
-        let (log, message) = match reason {
+        metrics.record_health_shed(reason.label());
+        let (index, message) = match reason {
             ShedReason::AddressLimit => (
-                &mut self.logs[0],
+                0,
                 "health server: an address holds its limit of connections \
                  (--healthz-max-connections-per-address); closing its oldest idle ones",
             ),
             ShedReason::ServerFull => (
-                &mut self.logs[1],
+                1,
                 "health server: at its limit of connections (--healthz-max-connections); \
                  closing the oldest idle ones of the address holding the most",
             ),
         };
+        self.log(index, message, address);
+    }
+
+    /// A new connection from `address` was closed: every slot it could take is answering.
+    fn refused(&mut self, reason: ShedReason, address: IpAddr, metrics: &Metrics) {
+        metrics.record_health_shed(REFUSED);
+        let message = match reason {
+            ShedReason::AddressLimit => {
+                "health server: an address holds its limit of connections, all answering \
+                 requests; closing its new ones"
+            }
+            ShedReason::ServerFull => {
+                "health server: every connection is answering a request; closing new ones"
+            }
+        };
+        self.log(2, message, address);
+    }
+
+    fn log(&mut self, index: usize, message: &str, address: IpAddr) {
         let limits = self.limits;
-        match log.failure(message, Instant::now()) {
+        match self.logs[index].failure(message, Instant::now()) {
             Verdict::New => warn!(%address, ?limits, "{message}"),
             Verdict::Reminder { unlogged, .. } => {
                 warn!(%address, ?limits, "{message} ({unlogged} more since the last line)")

@@ -17,7 +17,7 @@
 
 use crate::datapath::{Pass, PeerStats};
 use crate::drift::{Cause, ChangeKind};
-use crate::health::ShedReason;
+use crate::health::{REFUSED, ShedReason};
 use crate::readiness::Readiness;
 use crate::triggers::PassTrigger;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -260,13 +260,12 @@ impl Metrics {
         for operation in self.manager.operations() {
             zero(&self.datastore_errors, OperationLabel { operation });
         }
-        for reason in ShedReason::ALL {
-            zero(
-                &self.health_shed,
-                ReasonLabel {
-                    reason: reason.label(),
-                },
-            );
+        for reason in ShedReason::ALL
+            .map(ShedReason::label)
+            .into_iter()
+            .chain([REFUSED])
+        {
+            zero(&self.health_shed, ReasonLabel { reason });
         }
         if self.manager == SubnetManager::Etcd {
             for result in [Renewal::Renewed, Renewal::Failed, Renewal::Lost] {
@@ -389,10 +388,12 @@ impl Metrics {
         );
         r.register(
             "weft_health_connections_shed",
-            "Connections to the health server closed before they sent a request, to make \
-             room for others, by reason: address_limit (their address held \
-             --healthz-max-connections-per-address) or server_full (the server held \
-             --healthz-max-connections; the address holding the most gave up one)",
+            "Connections to the health server closed before they sent a request, by \
+             reason: address_limit (the oldest idle one of an address holding \
+             --healthz-max-connections-per-address, for its newest), server_full (the \
+             oldest idle one of the address holding the most, the server holding \
+             --healthz-max-connections) or refused (a new one: every slot it could take \
+             was answering a request)",
             self.health_shed.clone(),
         );
         self
@@ -521,12 +522,11 @@ impl Metrics {
     }
 
     /// A write of subnet.env.
-    /// The health server closed a connection before its request ([`ShedReason`]).
-    pub fn record_health_shed(&self, reason: ShedReason) {
+    /// The health server closed a connection before its request: a [`ShedReason`]'s
+    /// label, or [`REFUSED`].
+    pub fn record_health_shed(&self, reason: &'static str) {
         self.health_shed
-            .get_or_create(&ReasonLabel {
-                reason: reason.label(),
-            })
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -207,7 +207,8 @@ impl Node {
         }
     }
 
-    /// `weft_health_connections_shed_total`, all reasons, from the node's address.
+    /// `weft_health_connections_shed_total{reason="address_limit"}` (a flood from one
+    /// address sheds its own oldest idle connections), from the node's address.
     fn shed_total(&self) -> u64 {
         let prober = Prober::metrics(&self.name, NODE_ADDRESS, NODE_ADDRESS);
         let netns = prober.netns.clone();
@@ -216,7 +217,9 @@ impl Node {
         let answer = answer.unwrap_or_else(|e| panic!("/metrics after {latency:?}: {e}"));
         answer
             .lines()
-            .filter(|l| l.starts_with("weft_health_connections_shed_total{"))
+            .filter(|l| {
+                l.starts_with("weft_health_connections_shed_total{reason=\"address_limit\"}")
+            })
             .map(|l| {
                 l.rsplit(' ')
                     .next()

@@ -148,42 +148,45 @@ image_from_dir() {
     buildah rm "$container" >/dev/null
 }
 
-# The sandbox image (pause), the test image (agnhost, the standard e2e test server and
-# client, with busybox for ping, sh, wget and nc), and weft's image from the
-# Containerfile, each saved as a docker archive for `ctr images import`.
+# Saves image $2, with entrypoint $3, made of what `$4 DIR` puts in an empty directory,
+# as the docker archive $1 (for `ctr images import`); once.
+archive_image() {
+    local archive=$1 image=$2 entrypoint=$3 fill=$4
+    [ -f "$archive" ] && return
+    local dir=$archive.root
+    rm -rf "$dir" && mkdir -p "$dir"
+    "$fill" "$dir"
+    image_from_dir "$dir" "$image" "$entrypoint"
+    buildah push --quiet "$image" "docker-archive:$archive:$image"
+    rm -rf "$dir"
+}
+
+fill_pause() { cp "$K8S_BIN/pause" "$1/pause"; }
+
+# agnhost (the e2e test server and client) and busybox for ping and a shell. (busybox's
+# wget and nc crash here: a static glibc binary cannot load NSS to look up an address;
+# the checks use agnhost's /dial instead.)
+fill_test() {
+    mkdir -p "$1/bin" "$1/tmp"
+    cp "$K8S_BIN/agnhost" "$1/agnhost"
+    cp /bin/busybox "$1/bin/busybox"
+    local applet
+    for applet in sh ping sleep cat hostname; do ln -s busybox "$1/bin/$applet"; done
+}
+
+fill_coredns() { cp "$K8S_CACHE/coredns-$COREDNS_VERSION/coredns" "$1/coredns"; }
+
+# The sandbox image (pause), the test image, CoreDNS's, and weft's image from the
+# Containerfile, each saved as a docker archive.
 build_images() {
     mkdir -p "$IMAGES_DIR"
     build_base_images
-    if [ ! -f "$IMAGES_DIR/pause.tar" ]; then
-        local dir=$IMAGES_DIR/pause-root
-        rm -rf "$dir" && mkdir -p "$dir"
-        cp "$K8S_BIN/pause" "$dir/pause"
-        image_from_dir "$dir" "$PAUSE_IMAGE" '["/pause"]'
-        buildah push --quiet "$PAUSE_IMAGE" "docker-archive:$IMAGES_DIR/pause.tar:$PAUSE_IMAGE"
-        rm -rf "$dir"
-    fi
-    if [ ! -f "$IMAGES_DIR/test-$K8S_VERSION.tar" ]; then
-        local dir=$IMAGES_DIR/test-root
-        rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tmp"
-        cp "$K8S_BIN/agnhost" "$dir/agnhost"
-        cp /bin/busybox "$dir/bin/busybox"
-        local applet
-        for applet in sh ping wget nc sleep cat ip hostname; do ln -s busybox "$dir/bin/$applet"; done
-        image_from_dir "$dir" "$TEST_IMAGE" '["/agnhost"]'
-        buildah push --quiet "$TEST_IMAGE" "docker-archive:$IMAGES_DIR/test-$K8S_VERSION.tar:$TEST_IMAGE"
-        rm -rf "$dir"
-    fi
-    if [ ! -f "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" ]; then
-        local dir=$IMAGES_DIR/coredns-root
-        rm -rf "$dir" && mkdir -p "$dir"
-        cp "$K8S_CACHE/coredns-$COREDNS_VERSION/coredns" "$dir/coredns"
-        image_from_dir "$dir" "$COREDNS_IMAGE" '["/coredns"]'
-        buildah push --quiet "$COREDNS_IMAGE" "docker-archive:$IMAGES_DIR/coredns-$COREDNS_VERSION.tar:$COREDNS_IMAGE"
-        rm -rf "$dir"
-    fi
+    archive_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE" '["/pause"]' fill_pause
+    archive_image "$IMAGES_DIR/test-$K8S_VERSION.tar" "$TEST_IMAGE" '["/agnhost"]' fill_test
+    archive_image "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" "$COREDNS_IMAGE" '["/coredns"]' fill_coredns
     # weft's image: the users' recipe, the repository's Containerfile, on the local bases.
     # The host's cargo registry is lent to the build stage so crates are not fetched again.
-    echo "== weft's image from Containerfile (buildah; the first build compiles weftd: ~15 min)"
+    echo "== weft's image from Containerfile (buildah; compiling weftd takes ~5 min when the sources changed)"
     local started=$SECONDS
     mkdir -p "${CARGO_HOME:-$HOME/.cargo}/registry"
     buildah bud --isolation chroot --layers --quiet \
@@ -191,6 +194,10 @@ build_images() {
         --volume "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry" \
         -t "$WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG" -f Containerfile . >"$K8S_CACHE/weft-image.log" 2>&1 ||
         { tail -30 "$K8S_CACHE/weft-image.log" >&2; echo "k8s-test.sh: weft's image did not build (log: $K8S_CACHE/weft-image.log)" >&2; exit 1; }
+    # Crates the build fetched into a sudo user's registry are theirs again.
+    if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then
+        chown -R --from=0 "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "${CARGO_HOME:-$HOME/.cargo}/registry"
+    fi
     rm -f "$IMAGES_DIR/weft.tar"
     buildah push --quiet "$WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG" \
         "docker-archive:$IMAGES_DIR/weft.tar:$WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG"

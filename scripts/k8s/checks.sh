@@ -196,34 +196,48 @@ check_cluster_ip() {
     [ "$(echo "$hostnames" | grep -c netexec)" -eq 3 ]
 }
 
-# ping -i 0.2 from a pod on one node to a pod on another during "$@": prints the loss and
-# fails unless none was lost.
+# 10 pings a second for $3 seconds from pod $1 to address $2 during "$@" (the action):
+# prints the loss and fails unless nothing was lost, the action succeeded, and the pings
+# lasted past its end (so the daemon's start after it was pinged too).
 ping_during() {
     local summary
-    summary=$(ping_loss_during "$@")
+    summary=$(ping_loss_during "$@") || { echo "$summary" >&2; return 1; }
     echo "$summary" >&2
     case $summary in *" 0% packet loss"*) return 0 ;; *) return 1 ;; esac
 }
 
-# As ping_during, but only reports the loss (a backend change cannot be lossless: between
-# two nodes' turns of the rolling update one speaks vxlan, the other host-gw).
+# As ping_during, but the loss is only reported (a backend change cannot be lossless:
+# between two nodes' turns of the rolling update one speaks vxlan, the other host-gw).
 report_loss_during() {
-    ping_loss_during "$@" >&2
+    local summary
+    summary=$(ping_loss_during "$@")
+    local status=$?
+    echo "$summary" >&2
+    return $status
 }
 
+# Prints ping's summary; fails if the action failed or outlasted the pings.
 ping_loss_during() {
-    local from=$1 to_ip=$2 count=$3
+    local from=$1 to_ip=$2 seconds=$3
     shift 3
     local log
     log=$(mktemp)
-    in_pod "$from" ping -i 0.2 -c "$count" -W 1 "$to_ip" >"$log" 2>&1 &
-    local pinger=$!
-    "$@"
+    in_pod "$from" ping -i 0.1 -c $((seconds * 10)) -W 1 "$to_ip" >"$log" 2>&1 &
+    local pinger=$! started=$SECONDS action=0
+    "$@" || action=$?
+    local took=$((SECONDS - started))
     wait "$pinger" || true
-    local summary
-    summary=$(grep -E "packets transmitted" "$log" || echo "no summary: $(tail -3 "$log")")
+    echo "  $(grep -E "packets transmitted" "$log" || echo "no ping summary: $(tail -3 "$log")")"
     rm -f "$log"
-    echo "  $summary"
+    if [ "$action" -ne 0 ]; then
+        echo "  the action ($*) failed: status $action"
+        return 1
+    fi
+    if [ "$took" -ge "$seconds" ]; then
+        echo "  the action took ${took}s, longer than the ${seconds}s of pings"
+        return 1
+    fi
+    echo "  the action took ${took}s"
 }
 
 # Two pods on different nodes: "from-pod to-ip" (the second on $1's node if given).
@@ -239,19 +253,24 @@ pod_pair() {
     fi
 }
 
+# Deletes weft's pod on node $1 and waits for its replacement to be Ready.
 restart_weft_on() {
     local old
     old=$(kubectl -n "$NAMESPACE" get pods -l "$WEFT_LABEL" --field-selector "spec.nodeName=$1" -o name)
-    kubectl -n "$NAMESPACE" delete "$old" --wait=true >/dev/null
-    wait_until 120 weft_pods_ready 3
+    [ "$(echo "$old" | grep -c .)" -eq 1 ] || { echo "  weft's pod on $1: '$old'"; return 1; }
+    kubectl -n "$NAMESPACE" delete "$old" --wait=true >/dev/null || return 1
+    wait_until 120 weft_pods_ready 3 || return 1
+    local new
+    new=$(kubectl -n "$NAMESPACE" get pods -l "$WEFT_LABEL" --field-selector "spec.nodeName=$1" -o name)
+    [ -n "$new" ] && [ "$new" != "$old" ] || { echo "  not recreated: '$new'"; return 1; }
     sleep 2
 }
 
 upgrade_to_host_gw() {
     helm_values host-gw >"$K8S_STATE/values-host-gw.yaml"
-    helm_weft upgrade "$RELEASE" charts/weft -n "$NAMESPACE" -f "$K8S_STATE/values-host-gw.yaml" >/dev/null
-    kubectl -n "$NAMESPACE" rollout status daemonset/kube-flannel-ds --timeout=300s >/dev/null
-    sleep 3
+    helm_weft upgrade "$RELEASE" charts/weft -n "$NAMESPACE" -f "$K8S_STATE/values-host-gw.yaml" >/dev/null &&
+        kubectl -n "$NAMESPACE" rollout status daemonset/kube-flannel-ds --timeout=300s >/dev/null &&
+        sleep 3
 }
 
 check_host_gw_in_place() {
@@ -392,8 +411,8 @@ run_checks() {
 
     local from to_ip
     read -r from to_ip < <(pod_pair wk-n1)
-    check "weft's pod on wk-n1 deleted under 5 pings/s to a pod there: recreated, 0 lost" \
-        ping_during "$from" "$to_ip" 150 restart_weft_on wk-n1
+    check "weft's pod on wk-n1 deleted under 10 pings/s to a pod there: recreated, 0 lost" \
+        ping_during "$from" "$to_ip" 60 restart_weft_on wk-n1
 
     measure_pod_startup
 
@@ -404,8 +423,8 @@ run_checks() {
     wait_until 120 test_pods_settled 3
 
     read -r from to_ip < <(pod_pair wk-n1)
-    check "helm upgrade to host-gw rolls out, under 5 pings/s across nodes (loss reported)" \
-        report_loss_during "$from" "$to_ip" 300 upgrade_to_host_gw
+    check "helm upgrade to host-gw rolls out, under 10 pings/s across nodes (loss reported)" \
+        report_loss_during "$from" "$to_ip" 120 upgrade_to_host_gw
     check "after the upgrade: flannel.1 gone, host-gw routes via the peer's address" \
         check_host_gw_in_place
     check "pods still reach each other on host-gw" check_pod_to_pod

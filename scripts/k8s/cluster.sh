@@ -215,18 +215,27 @@ node_host_up() {
     # control plane's host, which forwards nothing further.
     ip -n "$node" route add default via "$CP_IP"
     ip netns exec "$node" sysctl -qw net.ipv4.ip_forward=1
-    mkdir -p "$dir"/{kubelet,pod-logs,containerd,containerd-opt,etc} "$K8S_RUN/$node"
+    mkdir -p "$dir"/{kubelet,pod-logs,containerd,containerd-opt,etc} "$dir/sysctl-vm" \
+        "$dir/sysctl-kernel/keys" "$K8S_RUN/$node"
     local path
-    for path in $NODE_PRIVATE_DIRS; do mkdir -p "$path" "$dir/private$path"; done
+    for path in $NODE_PRIVATE_DIRS; do
+        # The host's own path is only a mount point here; one made for it goes again.
+        [ -d "$path" ] || { mkdir -p "$path" && echo "$path" >>"$K8S_RUN/host-dirs-made"; }
+        mkdir -p "$dir/private$path"
+    done
     # containerd's CRI needs loopback; the chart's conflist delegates to bridge, host-local
     # and portmap (weft's init container adds `flannel`).
     cp /usr/lib/cni/* "$dir/private/opt/cni/bin/"
     tr -d - </proc/sys/kernel/random/uuid >"$dir/machine-id"
-    # kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops, which are
-    # the whole machine's: inside the node it reads these files instead, finds the values
-    # it wants and writes nothing.
-    echo 1 >"$dir/sysctl-1"
-    echo 10 >"$dir/sysctl-10"
+    # kubelet sets six kernel settings that are the whole machine's (setupKernelTunables):
+    # inside the node it reads these files instead, finds the values it wants and writes
+    # nothing to the host.
+    local sysctl value
+    for sysctl in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \
+        kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000; do
+        value=${sysctl#*=}
+        echo "$value" >"$dir/sysctl-${sysctl%%=*}"
+    done
     # Its own cgroup root in every v1 hierarchy (kubelet wants it to exist).
     local hierarchy
     for hierarchy in /sys/fs/cgroup/*/; do
@@ -239,9 +248,10 @@ node_host_up() {
     local binds="hostname $node"
     for path in $NODE_PRIVATE_DIRS; do binds+="; mount --bind $dir/private$path $path"; done
     binds+="; mount --bind $dir/machine-id /etc/machine-id"
-    binds+="; mount --bind $dir/sysctl-1 /proc/sys/vm/overcommit_memory"
-    binds+="; mount --bind $dir/sysctl-10 /proc/sys/kernel/panic"
-    binds+="; mount --bind $dir/sysctl-1 /proc/sys/kernel/panic_on_oops"
+    for sysctl in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops \
+        kernel/keys/root_maxkeys kernel/keys/root_maxbytes; do
+        binds+="; mount --bind $dir/sysctl-$sysctl /proc/sys/$sysctl"
+    done
     nsenter --net="/run/netns/$node" -- unshare --mount="$K8S_RUN/ns/$node.mnt" \
         --uts="$K8S_RUN/ns/$node.uts" --propagation slave sh -ec "$binds"
 }
@@ -388,6 +398,13 @@ nodes_registered() {
     [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -eq 3 ]
 }
 
+# Whether process $1 is one the tier started (its command line names the tier's files).
+ours() {
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+    case $cmdline in *"$K8S_STATE"* | *"$K8S_RUN"* | *"$K8S_BIN"*) return 0 ;; *) return 1 ;; esac
+}
+
 # Kills every process in the cgroups under $1 (a kubelet's cgroup root), in every
 # hierarchy, then removes the cgroups deepest first.
 kill_cgroup_tree() {
@@ -418,10 +435,12 @@ cluster_down() {
         "$K8S_RUN"/pids/kube-* "$K8S_RUN"/pids/etcd; do
         [ -f "$file" ] || continue
         pid=$(cat "$file")
+        rm -f "$file"
+        # A pid file an earlier run left may name a process that is no longer ours.
+        ours "$pid" || continue
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
-        rm -f "$file"
     done
     local node
     for node in $K8S_NODES; do
@@ -444,6 +463,10 @@ cluster_down() {
     for node in $K8S_NODES "$CP_NS" "$SWITCH_NS"; do
         ip netns del "$node" 2>/dev/null || true
     done
+    # The host directories made as mount points, if still empty.
+    if [ -f "$K8S_RUN/host-dirs-made" ]; then
+        sort -r "$K8S_RUN/host-dirs-made" | while read -r dir; do rmdir "$dir" 2>/dev/null; done
+    fi
     # Only once nothing is mounted under them (test-rig.md §9: never rm -rf over mounts).
     local dir
     for dir in "$K8S_STATE" "$K8S_RUN"; do

@@ -29,10 +29,12 @@ pub struct ConnectionId(u64);
 pub enum Admission<H> {
     /// Serve it; nothing else closed.
     Admitted(ConnectionId),
-    /// Serve it, and close the idle connection whose handle is given, for this reason.
+    /// Serve it, and close the idle connection whose handle is given (from
+    /// `shed_address`), for this reason.
     AdmittedShedding {
         id: ConnectionId,
         shed: H,
+        shed_address: IpAddr,
         reason: ShedReason,
     },
     /// Close the new connection: every slot it could take is answering a request.
@@ -131,7 +133,7 @@ impl<H> ConnectionTable<H> {
         } else {
             None
         };
-        let shed = shed.map(|(index, reason)| (self.remove_at(index).handle, reason));
+        let shed = shed.map(|(index, reason)| (self.remove_at(index), reason));
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
         self.entries.push(Entry {
@@ -143,7 +145,12 @@ impl<H> ConnectionTable<H> {
         *self.per_address.entry(address).or_insert(0) += 1;
         match shed {
             None => Admission::Admitted(id),
-            Some((shed, reason)) => Admission::AdmittedShedding { id, shed, reason },
+            Some((shed, reason)) => Admission::AdmittedShedding {
+                id,
+                shed: shed.handle,
+                shed_address: shed.address,
+                reason,
+            },
         }
     }
 
@@ -267,8 +274,18 @@ mod tests {
         admitted(t.admit(ip("10.244.2.2"), "g1"));
         admitted(t.admit(ip("10.244.2.2"), "g2"));
         match t.admit(ip("198.18.0.1"), "probe") {
-            Admission::AdmittedShedding { shed, reason, .. } => {
+            Admission::AdmittedShedding {
+                shed,
+                shed_address,
+                reason,
+                ..
+            } => {
                 assert_eq!((shed, reason), ("f1", ShedReason::ServerFull));
+                assert_eq!(
+                    shed_address,
+                    ip("10.244.1.2"),
+                    "the heaviest, not the newcomer"
+                );
             }
             other => panic!("{other:?}"),
         }
