@@ -45,7 +45,7 @@ build_components() {
     go_env
     local src=$K8S_CACHE/build-$K8S_VERSION minor=${K8S_VERSION#v1.}
     mkdir -p "$src" "$K8S_BIN.partial"
-    echo "== building Kubernetes $K8S_VERSION components from the Go module (cold: ~10 min)"
+    echo "== building Kubernetes $K8S_VERSION components from the Go module (cold, with CoreDNS: ~8 min)"
     local module
     module=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
     [ -d "$module" ] || { echo "k8s-test.sh: cannot download k8s.io/kubernetes@$K8S_VERSION" >&2; exit 1; }
@@ -64,7 +64,9 @@ build_components() {
         stamp+=" -X $package.gitVersion=$K8S_VERSION -X $package.gitMajor=1"
         stamp+=" -X $package.gitMinor=${minor%%.*} -X $package.gitTreeState=clean"
     done
-    (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags="-s -w$stamp" -o "$K8S_BIN.partial/" "${packages[@]}")
+    # go's "downloading ..." lines (hundreds) go to a log; shown when the build fails.
+    (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags="-s -w$stamp" -o "$K8S_BIN.partial/" "${packages[@]}") \
+        >"$K8S_CACHE/go-build.log" 2>&1 || { tail -30 "$K8S_CACHE/go-build.log" >&2; exit 1; }
     # The sandbox's one process: pause.c from the same module, static (build/pause/Makefile).
     gcc -Os -Wall -Werror -static -DVERSION="$K8S_VERSION-weft" -o "$K8S_BIN.partial/pause" \
         "$module/build/pause/linux/pause.c"
@@ -81,9 +83,10 @@ build_coredns() {
         return
     fi
     go_env
-    echo "== building CoreDNS $COREDNS_VERSION from its Go module (cold: ~5 min)"
+    echo "== building CoreDNS $COREDNS_VERSION from its Go module"
     mkdir -p "$dir"
-    CGO_ENABLED=0 GOBIN="$dir" go install -trimpath -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+    CGO_ENABLED=0 GOBIN="$dir" go install -trimpath -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" \
+        >"$K8S_CACHE/coredns-build.log" 2>&1 || { tail -30 "$K8S_CACHE/coredns-build.log" >&2; exit 1; }
     touch "$dir/.complete"
 }
 

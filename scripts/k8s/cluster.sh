@@ -64,6 +64,8 @@ start_daemon() {
     shift
     nohup "$@" >>"$K8S_LOGS/$name.log" 2>&1 </dev/null &
     echo $! >"$K8S_RUN/pids/$name"
+    # Not a job of this shell: the teardown's kill is not reported as "Killed".
+    disown $!
 }
 
 kubectl() { ip netns exec "$CP_NS" "$K8S_BIN/kubectl" --kubeconfig "$PKI/admin.kubeconfig" "$@"; }
