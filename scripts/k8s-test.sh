@@ -32,11 +32,12 @@ if [ "${1:-}" = --down ]; then
     exit 0
 fi
 if [ -z "${WEFT_K8S_TIMED:-}" ]; then
-    # The whole run is bounded (a cold build included). The timeout's TERM goes to the
-    # whole process group, so a kubectl that waits is ended too and the trap below tears
-    # down at once; KILL only if the teardown itself hangs.
+    # The whole run is bounded (a cold build included). --foreground keeps Ctrl-C working
+    # from a terminal; its TERM reaches this shell, which runs the teardown (the trap
+    # below) once the command it waits for ends, at most 300 s (a rollout's timeout).
+    # KILL only if that and the teardown take longer than --kill-after.
     export WEFT_K8S_TIMED=1
-    exec timeout --kill-after=300 "${WEFT_K8S_TIMEOUT:-3600}" scripts/k8s-test.sh "$@"
+    exec timeout --foreground --kill-after=900 "${WEFT_K8S_TIMEOUT:-3600}" scripts/k8s-test.sh "$@"
 fi
 
 started=$SECONDS

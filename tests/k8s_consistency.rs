@@ -43,6 +43,20 @@ fn variable(name: &str) -> String {
     tier(&format!("echo \"${name}\"")).trim().to_string()
 }
 
+/// The words of a variable that holds a list.
+fn words(name: &str) -> BTreeSet<String> {
+    variable(name)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The chart rendered with the values the tier gives `helm install` for `backend`.
+fn rendered(backend: &str) -> Vec<Value> {
+    let values = tier(&format!("helm_values {backend}"));
+    documents(&render_values(&values).unwrap_or_else(|e| panic!("{values}\n{e}")))
+}
+
 fn daemonset(docs: &[Value]) -> &Value {
     object(docs, "DaemonSet", "kube-flannel-ds")
 }
@@ -67,9 +81,7 @@ fn the_values_the_tier_gives_helm_install_its_own_image_never_pulled() {
         variable("WEFT_IMAGE_TAG")
     );
     for backend in ["vxlan", "host-gw"] {
-        let values = tier(&format!("helm_values {backend}"));
-        let rendered = render_values(&values).unwrap_or_else(|e| panic!("{values}\n{e}"));
-        let docs = documents(&rendered);
+        let docs = rendered(backend);
         let spec = &daemonset(&docs)["spec"]["template"]["spec"];
         let containers = spec["containers"]
             .as_array()
@@ -90,13 +102,10 @@ fn the_values_the_tier_gives_helm_install_its_own_image_never_pulled() {
 
 #[test]
 fn every_host_path_of_the_daemonset_is_the_nodes_own() {
-    let private: BTreeSet<String> = variable("NODE_PRIVATE_DIRS")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let private = words("NODE_PRIVATE_DIRS");
     // The iptables lock may be shared: it only serialises iptables between the nodes.
     let shared = ["/run/xtables.lock"];
-    let docs = documents(&render_values(&tier("helm_values vxlan")).unwrap());
+    let docs = rendered("vxlan");
     let volumes = daemonset(&docs)["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .expect("volumes");
@@ -117,7 +126,7 @@ fn every_host_path_of_the_daemonset_is_the_nodes_own() {
 #[test]
 fn containerd_looks_for_cni_where_the_chart_installs_it() {
     let config = tier("containerd_config wk-n1");
-    let docs = documents(&render_values(&tier("helm_values vxlan")).unwrap());
+    let docs = rendered("vxlan");
     let volumes = &daemonset(&docs)["spec"]["template"]["spec"]["volumes"];
     let host_path = |name: &str| {
         volumes
@@ -170,7 +179,7 @@ fn the_containerfile_takes_the_base_images_the_tier_passes() {
 
 #[test]
 fn the_checks_find_weft_by_the_charts_names_and_labels() {
-    let docs = documents(&render_values(&tier("helm_values vxlan")).unwrap());
+    let docs = rendered("vxlan");
     let labels = &daemonset(&docs)["spec"]["template"]["metadata"]["labels"];
     let selector = variable("WEFT_LABEL");
     let (key, value) = selector.split_once('=').unwrap();
@@ -189,10 +198,7 @@ fn the_checks_find_weft_by_the_charts_names_and_labels() {
 
 #[test]
 fn every_component_the_scripts_run_is_one_they_build() {
-    let built: BTreeSet<String> = variable("K8S_COMMANDS")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let built = words("K8S_COMMANDS");
     let pattern = regex::Regex::new(r#"\$K8S_BIN/([a-z-]+)"#).unwrap();
     for script in SCRIPTS {
         let text = std::fs::read_to_string(chart::repo().join(script)).unwrap();
