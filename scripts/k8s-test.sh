@@ -99,6 +99,11 @@ finish() {
             passed=$((passed + 1))
         fi
     fi
+    if [ "$status" -ne 0 ]; then
+        # Timed out, interrupted or a step failed: the checks not reached count as one.
+        echo "FAIL the run reached its end (it stopped with status $status)"
+        failed=$((failed + 1))
+    fi
     timing "whole run" $((SECONDS - started))
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
