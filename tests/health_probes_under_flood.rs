@@ -56,11 +56,17 @@ const MIN_SHED: u64 = 1_000;
 /// The floods share the machine's two cores: one at a time.
 static ONE_FLOOD_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Held for a whole test: no other flood runs meanwhile (a failed test's poisoning is
+/// of no matter here).
+fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_FLOOD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn probes_from_the_node_and_loopback_answer_while_a_pod_floods() {
-    let _one = ONE_FLOOD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let _one = one_flood_at_a_time();
     let node = Node::new();
     let report = node.flood_while_probing(
         Some(FLOOD_POD),
@@ -76,9 +82,7 @@ fn probes_from_the_node_and_loopback_answer_while_a_pod_floods() {
 
 #[test]
 fn probes_from_the_node_answer_while_loopback_floods() {
-    let _one = ONE_FLOOD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let _one = one_flood_at_a_time();
     let node = Node::new();
     let report = node.flood_while_probing(
         Some(LOOPBACK),
@@ -93,9 +97,7 @@ fn probes_from_the_node_answer_while_loopback_floods() {
 #[test]
 #[ignore = "benchmark: scripts/bench.sh health"]
 fn bench_probe_latency_under_flood() {
-    let _one = ONE_FLOOD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let _one = one_flood_at_a_time();
     for (label, flood) in [
         ("no flood", None),
         ("pod flood", Some(FLOOD_POD)),

@@ -90,15 +90,13 @@ test_pods_settled() {
 
 in_pod() { kubectl -n "$TEST_NS" exec "$1" -- "${@:2}"; }
 
-# An HTTP GET of /$4 on $2:$3 made by the netexec server in the pod at $1 (agnhost's
-# /dial, as Kubernetes' own e2e tests do: the connection is the pod's), asked from the
-# pod's node; prints the answer's body. busybox's wget cannot do it: a static glibc
-# binary crashes looking up even an address through NSS.
+# An HTTP GET of /$5 on $3:$4 made by the netexec server in the pod at $2, which runs on
+# node $1 (agnhost's /dial, as Kubernetes' own e2e tests do: the connection is the
+# pod's), asked from that node; prints the answer's body. busybox's wget cannot do it: a
+# static glibc binary crashes looking up even an address through NSS.
 dial() {
-    local node
-    node=$(test_pods | awk -v ip="$1" '$2 == ip { print $3; exit }')
-    innode "$node" curl -s -m 10 \
-        "http://$1:8080/dial?request=$4&host=$2&port=$3&protocol=http&tries=1" |
+    innode "$1" curl -s -m 10 \
+        "http://$2:8080/dial?request=$5&host=$3&port=$4&protocol=http&tries=1" |
         python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin).get("responses") or []))'
 }
 
@@ -146,7 +144,7 @@ check_pod_to_pod() {
                 echo "  ping $from ($from_node) -> $to_ip ($to_node) failed"
                 ok=1
             fi
-            seen=$(dial "$from_ip" "$to_ip" 8080 clientip || true)
+            seen=$(dial "$from_node" "$from_ip" "$to_ip" 8080 clientip || true)
             if [ "${seen%:*}" != "$from_ip" ]; then
                 echo "  $from ($from_ip, $from_node) -> $to_ip ($to_node): server saw '$seen'"
                 ok=1
@@ -163,7 +161,7 @@ check_node_to_pod_and_back() {
             [ "$(innode "$node" curl -s -m 5 "http://$pod_ip:8080/hostname")" = "$pod" ] ||
                 { echo "  $node -> $pod ($pod_ip) failed"; ok=1; }
             # pod -> node: kube-proxy's health port on every node address.
-            case $(dial "$pod_ip" "$(node_ip "$node")" 10256 healthz) in *'"healthy":true'*) ;;
+            case $(dial "$pod_node" "$pod_ip" "$(node_ip "$node")" 10256 healthz) in *'"healthy":true'*) ;;
                 *) echo "  $pod ($pod_node) -> $node failed"; ok=1 ;; esac
         done
     done < <(test_pods)
@@ -180,7 +178,7 @@ install_coredns() {
 check_service_by_name() {
     local ok=0 pod pod_ip pod_node answer
     while read -r pod pod_ip pod_node; do
-        answer=$(dial "$pod_ip" "netexec.$TEST_NS.svc.cluster.local" 80 hostname || true)
+        answer=$(dial "$pod_node" "$pod_ip" "netexec.$TEST_NS.svc.cluster.local" 80 hostname || true)
         case $answer in netexec-*) ;; *) echo "  $pod ($pod_node): '$answer'"; ok=1 ;; esac
     done < <(test_pods)
     return $ok
@@ -191,7 +189,7 @@ check_cluster_ip() {
     local pod pod_ip pod_node service hostnames i
     read -r pod pod_ip pod_node < <(test_pods | head -1)
     service=$(kubectl -n "$TEST_NS" get service netexec -o jsonpath='{.spec.clusterIP}')
-    hostnames=$(for i in $(seq 30); do dial "$pod_ip" "$service" 80 hostname; done | sort | uniq -c)
+    hostnames=$(for i in $(seq 30); do dial "$pod_node" "$pod_ip" "$service" 80 hostname; done | sort | uniq -c)
     echo "  from $pod ($pod_node) to $service: $(echo "$hostnames" | tr '\n' ' ')"
     [ "$(echo "$hostnames" | grep -c netexec)" -eq 3 ]
 }
