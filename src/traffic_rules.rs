@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, watch};
-use weft_backend::rules::{CheckReport, FamilyNets, Firewall, RuleSpec};
+use weft_rules::{CheckReport, FamilyNets, Firewall, RuleSpec};
 use weft_subnet::config::SubnetPool;
 use weft_subnet::family::Net;
 use weft_subnet::{NetworkConfig, SubnetKey};

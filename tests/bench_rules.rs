@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use support::netns::{Netns, block_on_in};
 use support::rules::{Tools, tool_dir};
 use support::unique;
-use weft_backend::rules::{FamilyNets, Firewall, RuleSpec};
+use weft_rules::{FamilyNets, Firewall, RuleSpec};
 
 const ROUNDS: usize = 30;
 

@@ -10,7 +10,7 @@ use support::rules::{
     Tools, flannel_forward, flannel_lines, flannel_masq, flannel_save, nft_table, run_ok, tool_dir,
 };
 use support::unique;
-use weft_backend::rules::{CheckReport, FamilyNets, Firewall, RuleSpec};
+use weft_rules::{CheckReport, FamilyNets, Firewall, RuleSpec};
 
 const N4: &str = "10.244.0.0/16";
 const P4: &str = "10.244.1.0/24";

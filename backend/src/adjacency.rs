@@ -5,7 +5,7 @@
 //! route per peer, and installs host-gw routes that can never work when it is not).
 
 use std::net::IpAddr;
-use weft_subnet::family::{Family, Net, to_u128};
+use weft_lease::family::{Family, Net, to_u128};
 
 /// Whether `ip` lies inside one of the `connected` networks of its family.
 pub fn on_link(connected: &[Net], ip: IpAddr) -> bool {

@@ -34,8 +34,8 @@ use ledger::{Ips, Ledger, Macs};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use weft_subnet::family::{Family, Net};
-use weft_subnet::{Lease, SubnetKey};
+use weft_lease::family::{Family, Net};
+use weft_lease::{Lease, SubnetKey};
 
 /// What this node is, as far as peers may collide with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,7 +435,7 @@ fn check_mac(identity: &Identity, mac: Mac, ips: &Ips, claims: &Holders<'_, '_>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_subnet::LeaseAttrs;
+    use weft_lease::LeaseAttrs;
 
     const MAC_OWN: Mac = [0x02, 0, 0, 0, 0, 0x01];
 

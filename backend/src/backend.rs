@@ -8,8 +8,8 @@ use crate::mac::Mac;
 use crate::nexthop::NexthopPlan;
 use crate::vxlan::{self, VxlanConfig};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use weft_subnet::family::Family;
-use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+use weft_lease::family::Family;
+use weft_lease::{Lease, LeaseAttrs, SubnetKey};
 
 pub use crate::desired::{SkipKind, Skipped};
 

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use weft_subnet::SubnetKey;
-use weft_subnet::family::Net;
+use weft_lease::SubnetKey;
+use weft_lease::family::Net;
 
 /// The name of the device an entry is on. Every route, neighbour and FDB entry names its
 /// device, and at thousands of peers a `String` each was a heap allocation per entry (and

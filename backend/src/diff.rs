@@ -20,7 +20,7 @@ use std::collections::HashSet;
 type ObservedSet<T> = HashSet<T, foldhash::quality::RandomState>;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use weft_subnet::family::Net;
+use weft_lease::family::Net;
 
 /// One change to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,8 @@
 use crate::adjacency;
 use crate::desired::{Desired, DeviceName, Route, SkipKind, Skipped};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use weft_subnet::family::{Family, Net};
-use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+use weft_lease::family::{Family, Net};
+use weft_lease::{Lease, LeaseAttrs, SubnetKey};
 
 /// flannel's NAT check, with its message: host-gw routes via the public IP, so it must be
 /// the interface's own address.

@@ -14,7 +14,6 @@ pub mod hostgw;
 pub mod kernel;
 pub mod mac;
 pub mod nexthop;
-pub mod rules;
 pub mod vxlan;
 
 /// The route protocol number weft marks its routes with (`ip route ... proto 91`), so

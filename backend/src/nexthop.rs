@@ -20,7 +20,7 @@
 
 use crate::desired::Desired;
 use std::num::NonZeroU32;
-use weft_subnet::family::{Family, Net, from_u128};
+use weft_lease::family::{Family, Net, from_u128};
 
 /// The first id of IPv4 routes' nexthops; IPv6's follow at [`V6_BASE`]. High enough to
 /// stay clear of the small ids people and tools pick by hand.

@@ -18,9 +18,9 @@ use crate::desired::{
 use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
-use weft_subnet::family::{Family, Net};
-use weft_subnet::text::describe;
-use weft_subnet::{BackendData, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use weft_lease::family::{Family, Net};
+use weft_lease::text::describe;
+use weft_lease::{BackendData, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
 pub const OVERHEAD_V4: u32 = 50;

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use weft_backend::mac;
 use weft_backend::vxlan::{VxlanConfig, vtep_mac};
-use weft_subnet::BackendData;
+use weft_lease::BackendData;
 use weft_testkit::{check, json, outcome, text};
 
 /// The vxlan `Backend` fields, and those of its BackendData.

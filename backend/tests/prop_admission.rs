@@ -15,8 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use weft_backend::admission::{Admission, Identity, Judged, RejectKind};
 use weft_backend::mac::Mac;
 use weft_backend::vxlan::vtep_mac;
-use weft_subnet::family::{Family, Net};
-use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+use weft_lease::family::{Family, Net};
+use weft_lease::{Lease, LeaseAttrs, SubnetKey};
 use weft_testkit::check;
 
 const OWN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];

@@ -1,21 +1,19 @@
 //! weft-subnet: everything about leasing pod subnets, and nothing about the kernel.
 //!
-//! The pure core (config validation, lease encoding, allocation, the lease watcher) has no
-//! I/O and is tested without root or a datastore. The etcd edge lives in [`etcd`] and is
+//! The pure core (config validation, lease encoding, allocation, the lease watcher) is the
+//! crate weft-lease, re-exported here. The etcd edge lives in [`etcd`] and is
 //! tested against a real etcd; the Kubernetes edge lives in [`kube`] and is tested at the
 //! HTTP level (exact calls through a mock service, and a stateful fake API server).
 
-pub mod alloc;
 pub mod backoff;
 pub mod causes;
-pub mod config;
 pub mod etcd;
-pub mod family;
 pub mod kube;
-pub mod lease;
 pub mod observer;
-pub mod text;
-pub mod watch;
 
-pub use config::{BackendType, NetworkConfig, RawConfig};
-pub use lease::{BackendData, Lease, LeaseAttrs, SubnetKey};
+// The shared model lives in weft-lease (no I/O, no datastore crates); re-exported so a
+// datastore user names one crate.
+pub use weft_lease::{
+    BackendData, BackendType, Lease, LeaseAttrs, NetworkConfig, RawConfig, SubnetKey,
+};
+pub use weft_lease::{alloc, config, family, lease, text, watch};

@@ -10,8 +10,8 @@
 use crate::mac::Mac;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use weft_subnet::SubnetKey;
-use weft_subnet::family::{Family, Net};
+use weft_lease::SubnetKey;
+use weft_lease::family::{Family, Net};
 
 /// The public addresses of a peer, one per family this node uses.
 pub(super) type Ips = [Option<IpAddr>; 2];

@@ -16,7 +16,7 @@ use rtnetlink::packet_route::neighbour::NeighbourMessage;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tokio::sync::mpsc;
-use weft_subnet::family::Net;
+use weft_lease::family::Net;
 
 /// A kernel change, as far as reconciliation cares.
 #[derive(Debug, Clone, PartialEq, Eq)]

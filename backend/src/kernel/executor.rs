@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use weft_subnet::family::{Family, Net};
+use weft_lease::family::{Family, Net};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;

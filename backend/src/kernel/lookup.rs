@@ -9,7 +9,7 @@ use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::route::{RouteFlags, RouteMessage};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use weft_subnet::family::Net;
+use weft_lease::family::Net;
 
 const ENETUNREACH: i32 = 101;
 const EHOSTUNREACH: i32 = 113;

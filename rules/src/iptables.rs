@@ -150,7 +150,7 @@ pub fn restore_input(tables: &[(&str, Vec<String>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::render::{FWD, POSTRTG, forward_rules};
+    use crate::render::{FWD, POSTRTG, forward_rules};
 
     fn rules() -> Vec<String> {
         forward_rules("10.244.0.0/16".parse().unwrap())

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
-use weft_subnet::family::Family;
+use weft_lease::family::Family;
 
 /// Longest a tool may run. `iptables-restore --wait` waits for the xtables lock, which a
 /// busy kube-proxy may hold for seconds, but not for this long.

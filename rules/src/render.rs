@@ -2,7 +2,7 @@
 //! `iptables-save` notation, exactly as `iptables-save` prints them, so what is read back
 //! can be compared line by line; the nftables rules as an `nft -f` script.
 
-use weft_subnet::family::{Family, Net};
+use weft_lease::family::{Family, Net};
 
 /// The networks the rules of one family are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
