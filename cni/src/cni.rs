@@ -1,16 +1,15 @@
 //! The CNI protocol side (spec 1.0.0, accepting the older versions kubelets still send):
-//! the `CNI_*` environment, the version rules, the checks every command starts with, error
-//! objects with the spec's well-known codes, and what goes to stdout and the exit status.
-//! The commands themselves are in `plugin`.
+//! one invocation from `CNI_*` environment and stdin to stdout and exit status, the version
+//! rules and the checks every command starts with. The commands themselves are in
+//! `plugin`; the values both use (command, error objects and codes) in `protocol`.
 //!
 //! The checks and their wording follow libcni's `skel` package, which flannel's plugin (and
 //! the bridge and host-local plugins) are built on, so runtimes and people see the same
 //! errors from weft as from them.
 
-use crate::delegate::DelegateError;
-use crate::netconf::{Fields, Header, NetConfError};
-use crate::subnet_env::LoadError;
-use crate::{exec, plugin};
+use crate::netconf::{Fields, Header};
+use crate::plugin;
+use crate::protocol::{CmdArgs, CniError, Code, Command, Failure};
 use serde::Serialize;
 use std::io::Read;
 
@@ -18,191 +17,6 @@ use std::io::Read;
 pub const SUPPORTED_VERSIONS: [&str; 6] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 /// The version weft reports for itself and uses when the config's is unknown.
 pub const LATEST_VERSION: &str = "1.0.0";
-
-/// The spec's well-known error codes (and the generic one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Code {
-    IncompatibleVersion = 1,
-    InvalidEnvironment = 4,
-    IoFailure = 5,
-    DecodingFailure = 6,
-    InvalidNetworkConfig = 7,
-    TryAgainLater = 11,
-    Generic = 999,
-}
-
-/// A CNI error object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CniError {
-    pub code: u32,
-    pub msg: String,
-    pub details: String,
-}
-
-impl CniError {
-    pub fn new(code: Code, msg: impl Into<String>) -> CniError {
-        CniError {
-            code: code as u32,
-            msg: msg.into(),
-            details: String::new(),
-        }
-    }
-
-    pub fn with_details(mut self, details: impl Into<String>) -> CniError {
-        self.details = details.into();
-        self
-    }
-
-    /// The error object as printed on stdout.
-    pub fn to_json(&self, cni_version: &str) -> Vec<u8> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Wire<'a> {
-            cni_version: &'a str,
-            code: u32,
-            msg: &'a str,
-            #[serde(skip_serializing_if = "str::is_empty")]
-            details: &'a str,
-        }
-        let wire = Wire {
-            cni_version,
-            code: self.code,
-            msg: &self.msg,
-            details: &self.details,
-        };
-        pretty(&wire)
-    }
-}
-
-/// How a command failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// weft's own error.
-    Error(CniError),
-    /// The delegate's error object and exit status, passed on untouched.
-    Relay { stdout: Vec<u8>, status: u8 },
-}
-
-impl From<CniError> for Failure {
-    fn from(e: CniError) -> Failure {
-        Failure::Error(e)
-    }
-}
-
-/// A netconf field of the wrong type: the config is unusable as written.
-impl From<NetConfError> for Failure {
-    fn from(e: NetConfError) -> Failure {
-        CniError::new(Code::InvalidNetworkConfig, e.to_string()).into()
-    }
-}
-
-/// flannel returns these as generic errors (999); they are configuration errors.
-impl From<DelegateError> for Failure {
-    fn from(e: DelegateError) -> Failure {
-        CniError::new(Code::InvalidNetworkConfig, e.to_string()).into()
-    }
-}
-
-impl From<LoadError> for Failure {
-    fn from(e: LoadError) -> Failure {
-        let code = match e {
-            // weftd will write it: the runtime should retry, which it does anyway.
-            LoadError::NotYetWritten { .. } => Code::TryAgainLater,
-            LoadError::Io { .. } => Code::IoFailure,
-            LoadError::Missing { .. } | LoadError::Invalid(_) => Code::Generic,
-        };
-        CniError::new(code, e.to_string()).into()
-    }
-}
-
-impl From<exec::ExecError> for Failure {
-    /// A delegate's own error object is relayed with its exit status; anything else
-    /// becomes a generic error.
-    fn from(e: exec::ExecError) -> Failure {
-        match e {
-            exec::ExecError::Failed(f) if f.has_error_json() => Failure::Relay {
-                status: f
-                    .status
-                    .and_then(|s| u8::try_from(s).ok())
-                    .filter(|s| *s != 0)
-                    .unwrap_or(1),
-                stdout: f.stdout,
-            },
-            other => CniError::new(Code::Generic, other.to_string()).into(),
-        }
-    }
-}
-
-/// The commands of spec 1.0.0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Add,
-    Del,
-    Check,
-    Version,
-}
-
-/// What the environment says about the invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CmdArgs {
-    pub command: Command,
-    pub container_id: String,
-    pub netns: String,
-    pub ifname: String,
-    /// `CNI_PATH`, where delegates are looked up.
-    pub cni_path: String,
-}
-
-impl CmdArgs {
-    /// Reads the `CNI_*` variables. An empty variable counts as missing, as in libcni.
-    pub fn from_env(getenv: &dyn Fn(&str) -> Option<String>) -> Result<CmdArgs, CniError> {
-        let var = |name| getenv(name).unwrap_or_default();
-        let command = match var("CNI_COMMAND").as_str() {
-            "ADD" => Command::Add,
-            "DEL" => Command::Del,
-            "CHECK" => Command::Check,
-            "VERSION" => Command::Version,
-            "" => {
-                return Err(CniError::new(
-                    Code::InvalidEnvironment,
-                    "required env variables [CNI_COMMAND] missing",
-                ));
-            }
-            other => {
-                return Err(CniError::new(
-                    Code::InvalidEnvironment,
-                    format!("unknown CNI_COMMAND: {other}"),
-                ));
-            }
-        };
-        let args = CmdArgs {
-            command,
-            container_id: var("CNI_CONTAINERID"),
-            netns: var("CNI_NETNS"),
-            ifname: var("CNI_IFNAME"),
-            cni_path: var("CNI_PATH"),
-        };
-        if command != Command::Version {
-            let missing: Vec<&str> = [
-                ("CNI_CONTAINERID", &args.container_id, true),
-                // DEL must work after the namespace is gone.
-                ("CNI_NETNS", &args.netns, command != Command::Del),
-                ("CNI_IFNAME", &args.ifname, true),
-                ("CNI_PATH", &args.cni_path, true),
-            ]
-            .into_iter()
-            .filter(|(_, value, required)| *required && value.is_empty())
-            .map(|(name, _, _)| name)
-            .collect();
-            if !missing.is_empty() {
-                let msg = format!("required env variables [{}] missing", missing.join(","));
-                return Err(CniError::new(Code::InvalidEnvironment, msg));
-            }
-        }
-        Ok(args)
-    }
-}
 
 /// CNI's rule for container IDs and network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`. It
 /// also keeps the container ID a plain file name under `dataDir`.
@@ -379,17 +193,6 @@ fn version_info() -> Vec<u8> {
         supported_versions: SUPPORTED_VERSIONS,
     })
     .unwrap_or_default();
-    out.push(b'\n');
-    out
-}
-
-/// JSON with libcni's four-space indentation.
-fn pretty(value: &impl Serialize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
-    // Serialising plain strings and numbers into a Vec cannot fail.
-    let _ = value.serialize(&mut serializer);
     out.push(b'\n');
     out
 }
@@ -572,21 +375,6 @@ mod tests {
         );
         let (json, status) = invoke(&check, r#"{"cniVersion":"1.0.0","name":"cbr0"}"#);
         assert_eq!((json, status), (serde_json::Value::Null, 0));
-    }
-
-    #[test]
-    fn error_json_shape() {
-        let e = CniError::new(Code::TryAgainLater, "later");
-        assert_eq!(
-            String::from_utf8(e.to_json("0.3.1")).unwrap(),
-            "{\n    \"cniVersion\": \"0.3.1\",\n    \"code\": 11,\n    \"msg\": \"later\"\n}\n"
-        );
-        let e = e.with_details("why");
-        assert!(
-            String::from_utf8(e.to_json("1.0.0"))
-                .unwrap()
-                .contains("\"details\": \"why\"")
-        );
     }
 
     #[test]

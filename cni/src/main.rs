@@ -4,7 +4,8 @@
 //! flannel's plugin (a `bridge` with `host-local` IPAM by default), saves it for DEL, and
 //! runs the delegate.
 //!
-//! Modules, one job each: `cni` (protocol, environment, versions, errors), `netconf`
+//! Modules, one job each: `cni` (one invocation: checks, versions, the answer), `protocol`
+//! (the CNI values `cni` and `plugin` share: command, environment, errors), `netconf`
 //! (input config), `subnet_env` (subnet.env), `delegate` (the delegate config, pure),
 //! `gojson` and `cidr` (Go's encoding and address printing, so the bytes match flannel's),
 //! `store` (saved configs), `exec` (running the delegate), `plugin` (the commands).
@@ -52,6 +53,7 @@ mod netconf;
 mod plugin;
 #[cfg(test)]
 mod proptests;
+mod protocol;
 mod store;
 mod subnet_env;
 

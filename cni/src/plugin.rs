@@ -1,4 +1,5 @@
-//! The commands: ADD, DEL and CHECK, once `cni` has done the common checks.
+//! The commands: ADD, DEL and CHECK, once `cni` has done the common checks. Needs only
+//! `protocol` from the CNI side, never `cni` itself (which calls in here).
 //!
 //! - ADD: netconf → (wait for) subnet.env → delegate config → saved under
 //!   `dataDir/<containerID>` → delegate's ADD → its result printed as it gave it.
@@ -8,8 +9,8 @@
 //!   nothing usable saved, means there is nothing weft can undo: success.
 //! - CHECK: the configuration is validated; the node is not inspected (see below).
 
-use crate::cni::{CmdArgs, CniError, Code, Failure};
 use crate::netconf::{Fields, NetConf};
+use crate::protocol::{CmdArgs, CniError, Code, Failure};
 use crate::store::Store;
 use crate::{delegate, exec, subnet_env};
 
