@@ -27,6 +27,7 @@ become_root() {
     local keep=(PATH="$PATH" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}")
     local var
     for var in CARGO_TARGET_DIR CI RUST_LOG WEFT_DEMO_NO_CLEANUP WEFT_FRESH_ROOT WEFT_FRESH_MIRROR \
+        WEFT_HOT_ALLOW_STALE WEFT_HOT_MIN_SHARE \
         WEFT_K8S_VERSION WEFT_K8S_CACHE WEFT_K8S_LOGS WEFT_K8S_KEEP WEFT_K8S_TIMEOUT WEFT_K8S_COREDNS_VERSION; do
         [ -n "${!var+x}" ] && keep+=("$var=${!var}")
     done
