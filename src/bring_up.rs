@@ -2,7 +2,6 @@
 //! networks, and the backend with its datapath, built from one [`BackendSpec`] (the only
 //! place that decides whether this build can run a config's backend).
 
-use crate::datapath::{Datapath, Surroundings};
 use crate::host_check;
 use crate::iface::{self, ExternalInterface, IfaceRequest};
 use anyhow::{Context, bail};
@@ -14,6 +13,7 @@ use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
 use weft_backend::nexthop::NexthopPlan;
+use weft_backend::reconcile::{Reconciler, Surroundings};
 use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::BackendData;
 use weft_subnet::config::BackendType;
@@ -82,7 +82,7 @@ pub fn check_network(
 }
 
 /// Refuses an own subnet that overlaps a network of the host (see [`host_check`]).
-pub fn check_own_subnet(own: &SubnetKey, datapath: &Datapath) -> anyhow::Result<()> {
+pub fn check_own_subnet(own: &SubnetKey, datapath: &Reconciler) -> anyhow::Result<()> {
     host_check::check_own_subnet(own, &datapath.surroundings().host_networks)
         .map_err(anyhow::Error::msg)
 }
@@ -98,7 +98,7 @@ pub async fn build_datapath(
     host: &HostSnapshot,
     published: PublishedData,
     nexthop_objects: bool,
-) -> anyhow::Result<(Datapath, mpsc::UnboundedReceiver<KernelEvent>)> {
+) -> anyhow::Result<(Reconciler, mpsc::UnboundedReceiver<KernelEvent>)> {
     let kernel = Kernel::connect().context("cannot open netlink")?;
     let nexthop_objects = if nexthop_objects {
         kernel_has_nexthop_objects(&kernel).await
@@ -133,7 +133,7 @@ pub async fn build_datapath(
     };
     let kernel_events =
         weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
-    let mut datapath = Datapath::new(backend, kernel, surroundings);
+    let mut datapath = Reconciler::new(backend, kernel, surroundings);
     datapath.use_nexthop_objects(nexthop_objects);
     Ok((datapath, kernel_events))
 }

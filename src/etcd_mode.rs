@@ -156,7 +156,7 @@ async fn connect(
 }
 
 /// Whether the lease named by the previous subnet.env is missing from etcd (then the
-/// store may have been emptied or restored; see [`crate::datapath::Datapath::hold_removals`]).
+/// store may have been emptied or restored; see [`weft_backend::reconcile::Reconciler::hold_removals`]).
 async fn own_lease_missing(
     manager: &EtcdSubnetManager,
     previous: Option<SubnetKey>,
@@ -256,7 +256,7 @@ impl EtcdNode<'_> {
         self.own.store_reset();
     }
 
-    /// Holds peer removals for `--datastore-reset-grace` (see `Datapath::hold_removals`).
+    /// Holds peer removals for `--datastore-reset-grace` (see `Reconciler::hold_removals`).
     fn hold_removals(&mut self, why: &str) {
         let grace = Duration::from_secs(self.cli.datastore_reset_grace);
         warn!(

@@ -8,8 +8,6 @@
 pub mod bring_up;
 pub mod cli;
 pub mod daemon;
-pub mod datapath;
-pub mod drift;
 pub mod etcd_mode;
 pub mod health;
 pub mod host_check;

@@ -15,8 +15,6 @@
 //! scraped. README.md's metric table is generated from this registry and checked by
 //! `the_readme_documents_every_metric`.
 
-use crate::datapath::{Pass, PeerStats};
-use crate::drift::{Cause, ChangeKind};
 use crate::health::{REFUSED, ShedReason};
 use crate::readiness::Readiness;
 use crate::triggers::PassTrigger;
@@ -31,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use weft_backend::admission::RejectKind;
 use weft_backend::backend::SkipKind;
+use weft_backend::reconcile::drift::{Cause, ChangeKind};
+use weft_backend::reconcile::{Pass, PeerStats};
 use weft_subnet::observer::{DatastoreObserver, WatchRestart};
 
 /// The Content-Type of `/metrics`.
@@ -602,8 +602,8 @@ impl DatastoreObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drift::PassCounts;
     use std::collections::{BTreeMap, BTreeSet};
+    use weft_backend::reconcile::drift::PassCounts;
 
     /// A family as exposed: type, help, and its label names with the values seen.
     #[derive(Debug, Default)]

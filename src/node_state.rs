@@ -3,8 +3,6 @@
 //! in place, subnet.env written), the shared triggers of the event loop, and the log
 //! lines about peers.
 
-use crate::datapath::{Datapath, Reaction};
-use crate::drift::Cause;
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -17,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
 use weft_backend::kernel::KernelEvent;
+use weft_backend::reconcile::drift::Cause;
+use weft_backend::reconcile::{Reaction, Reconciler};
 use weft_rules::Firewall;
 use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
 use weft_subnet::{NetworkConfig, SubnetKey};
@@ -40,7 +40,7 @@ pub struct NodeState {
     pub env_written: bool,
     /// Keeps a lasting subnet.env write failure from logging on every tick.
     env_write_log: LogLimiter,
-    pub datapath: Datapath,
+    pub datapath: Reconciler,
     /// Whether the last reconcile pass applied everything.
     pub datapath_ok: bool,
     pub triggers: Triggers,
@@ -83,7 +83,7 @@ impl NodeState {
         config: NetworkConfig,
         own: SubnetKey,
         readiness: Arc<Readiness>,
-        datapath: Datapath,
+        datapath: Reconciler,
         mut triggers: Triggers,
         reporting: Reporting,
     ) -> NodeState {

@@ -14,6 +14,7 @@ pub mod hostgw;
 pub mod kernel;
 pub mod mac;
 pub mod nexthop;
+pub mod reconcile;
 pub mod vxlan;
 
 /// The route protocol number weft marks its routes with (`ip route ... proto 91`), so

@@ -14,7 +14,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft::datapath::{Datapath, Surroundings};
 use weft_backend::backend::VxlanBackend;
 use weft_backend::desired::{
     ForeignRoute, Observed, ObservedLink, ObservedNexthop, ObservedRoute, VxlanAttrs,
@@ -22,10 +21,11 @@ use weft_backend::desired::{
 use weft_backend::diff::{self, Op};
 use weft_backend::kernel::{KernelEvent, RouteAt};
 use weft_backend::nexthop::{NexthopPlan, V4_BASE};
+use weft_backend::reconcile::{Reconciler, Surroundings};
 use weft_backend::vxlan::{self, VxlanConfig};
-use weft_subnet::family::Net;
-use weft_subnet::watch::LeaseEvent;
-use weft_subnet::{Lease, LeaseAttrs, SubnetKey};
+use weft_lease::family::Net;
+use weft_lease::watch::LeaseEvent;
+use weft_lease::{Lease, LeaseAttrs, SubnetKey};
 use weft_testkit::check;
 
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 0, 0, 0, 1];
@@ -161,7 +161,7 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-fn datapath(direct_routing: bool) -> Datapath {
+fn datapath(direct_routing: bool) -> Reconciler {
     datapath_in(direct_routing, "10.244.0.0/16")
 }
 
@@ -197,7 +197,7 @@ fn backend(direct_routing: bool) -> VxlanBackend {
     }
 }
 
-fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
+fn datapath_in(direct_routing: bool, network: &str) -> Reconciler {
     let surroundings = Surroundings {
         network_v4: Some(network.parse().unwrap()),
         network_v6: None,
@@ -206,7 +206,7 @@ fn datapath_in(direct_routing: bool, network: &str) -> Datapath {
     };
     let backend = backend(direct_routing);
     let own = backend.node.own;
-    let mut datapath = Datapath::detached(Box::new(backend), surroundings);
+    let mut datapath = Reconciler::detached(Box::new(backend), surroundings);
     datapath.set_own(own);
     datapath
 }
@@ -347,7 +347,7 @@ fn route_at(kernel: &Observed, net: Net) -> RouteAt {
 
 /// A full pass on the model kernel: planned, applied, recorded. It reads the nexthop
 /// objects only when the datapath asks, as `Kernel::observe` does.
-fn full_pass(dp: &mut Datapath, kernel: &mut Observed) -> Result<(), TestCaseError> {
+fn full_pass(dp: &mut Reconciler, kernel: &mut Observed) -> Result<(), TestCaseError> {
     let desired = dp.full_desired();
     let mut seen = kernel.clone();
     if !dp.reads_nexthops() {
@@ -363,7 +363,7 @@ fn full_pass(dp: &mut Datapath, kernel: &mut Observed) -> Result<(), TestCaseErr
 
 /// A targeted pass on the model kernel; `false` when it fell back to a full pass.
 fn targeted_pass(
-    dp: &mut Datapath,
+    dp: &mut Reconciler,
     kernel: &mut Observed,
     admin_deleted: bool,
 ) -> Result<bool, TestCaseError> {
@@ -401,7 +401,7 @@ fn targeted_pass(
 }
 
 /// The admin deletes one of weft's entries; the datapath hears of it.
-fn admin_deletes(dp: &mut Datapath, kernel: &mut Observed, kind: u8, n: u8) -> bool {
+fn admin_deletes(dp: &mut Reconciler, kernel: &mut Observed, kind: u8, n: u8) -> bool {
     let event = match kind {
         0 if !kernel.routes.is_empty() => {
             let gone = kernel.routes.remove(n as usize % kernel.routes.len());
@@ -441,7 +441,7 @@ fn admin_deletes(dp: &mut Datapath, kernel: &mut Observed, kind: u8, n: u8) -> b
 }
 
 /// What a full pass would change now (held removals excluded while they are held).
-fn full_pass_changes(dp: &mut Datapath, kernel: &Observed, held: bool) -> Vec<Op> {
+fn full_pass_changes(dp: &mut Reconciler, kernel: &Observed, held: bool) -> Vec<Op> {
     let mut desired = dp.full_desired();
     desired.withdraw_foreign(kernel);
     desired.demote_taken_nexthops(&kernel.taken_nexthops());

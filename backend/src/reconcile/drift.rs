@@ -22,14 +22,14 @@
 //! - everything in the first pass of the process: **startup** (what a previous run or
 //!   another daemon left is not known).
 
+use crate::desired::{Desired, Fdb, Neighbour, Observed, Route};
+use crate::diff::Op;
+use crate::mac::{self, Mac};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::time::SystemTime;
-use weft_backend::desired::{Desired, Fdb, Neighbour, Observed, Route};
-use weft_backend::diff::Op;
-use weft_backend::mac::{self, Mac};
-use weft_subnet::family::Net;
+use weft_lease::family::Net;
 
 /// What a change touched; bounded, so it can label a metric. (weft installs no policy
 /// rules, so there is no `rule` kind.)
@@ -751,7 +751,7 @@ pub fn describe_fdb(e: &Fdb) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_backend::desired::ObservedRoute;
+    use crate::desired::ObservedRoute;
 
     fn net(text: &str) -> Net {
         text.parse().unwrap()

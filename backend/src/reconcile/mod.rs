@@ -1,12 +1,12 @@
 //! The datapath of this node: what the backend programs and how it converges.
 //!
 //! The datapath keeps the full set of peer leases and converges in two ways:
-//! - a **full pass** ([`Datapath::converge`]): the backend's desired state, the kernel's
+//! - a **full pass** ([`Reconciler::converge`]): the backend's desired state, the kernel's
 //!   observed state, the diff, applied. It runs at startup, on the reconcile timer, after
 //!   lost notifications, at the end of a datastore grace period, when the node itself
 //!   changed, and whenever the targeted path cannot tell what to do. `alloc` wants
 //!   nothing, so its passes only sweep routes weft left marked as its own;
-//! - a **targeted pass** ([`Datapath::converge_changes`], in [`incremental`]): the
+//! - a **targeted pass** ([`Reconciler::converge_changes`], in [`incremental`]): the
 //!   entries of the peers whose lease changed, and the entries kernel notifications
 //!   reported deleted, against the drift tracker's model of the kernel. Its cost is the
 //!   number of changes, not of peers (no dump).
@@ -16,26 +16,30 @@
 //! desired routes whose prefix a foreign route occupies are withdrawn rather than
 //! installed over it. Both are logged once.
 
+pub mod drift;
 mod incremental;
+mod reports;
+pub mod view;
 
 pub use incremental::{Planned, Reaction, Step};
 
-use crate::drift::{self, ChangeKind, EntryId, EntryState, PassCounts, Tracker};
-use crate::state_view::{EntryView, PeerView, Verdict};
+use crate::admission::{Admission, Identity, Judged, RejectKind};
+use crate::backend::{Backend, SkipKind};
+use crate::diff;
+use crate::kernel::{Kernel, KernelError, KernelEvent};
+use crate::nexthop::NexthopPlan;
+use drift::{ChangeKind, EntryId, EntryState, PassCounts, Tracker};
+use reports::Reports;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
-use weft_backend::admission::{Admission, Identity, Judged, RejectKind};
-use weft_backend::backend::{Backend, SkipKind};
-use weft_backend::diff;
-use weft_backend::kernel::{Kernel, KernelError, KernelEvent};
-use weft_backend::nexthop::NexthopPlan;
-use weft_subnet::family::{Family, Net};
-use weft_subnet::watch::LeaseEvent;
-use weft_subnet::{Lease, SubnetKey};
+use view::{EntryView, PeerView, Verdict};
+use weft_lease::family::{Family, Net};
+use weft_lease::watch::LeaseEvent;
+use weft_lease::{Lease, SubnetKey};
 
 /// The outcome of one reconcile pass.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -72,29 +76,19 @@ pub struct Surroundings {
 
 /// This node's datapath: a backend and the kernel.
 #[derive(Debug)]
-pub struct Datapath {
+pub struct Reconciler {
     pub backend: Box<dyn Backend>,
-    /// `None` for a model datapath ([`Datapath::detached`]): planning only.
+    /// `None` for a model datapath ([`Reconciler::detached`]): planning only.
     kernel: Option<Kernel>,
     /// Shared with the lease watcher (see [`PeerLease`]).
     peers: BTreeMap<SubnetKey, Arc<Lease>>,
     surroundings: Surroundings,
     own: Option<SubnetKey>,
     admission: Admission,
-    /// Rejected or skipped peers already reported, so each reason is logged once.
-    reported: HashSet<(SubnetKey, String)>,
-    /// Foreign-route conflicts already reported.
-    reported_conflicts: HashSet<(Net, String)>,
-    /// Routes without their nexthop object (another program holds its id), reported.
-    reported_taken_nexthops: HashSet<Net>,
-    /// Peers rejected by admission since start, by rule (each peer and reason once).
-    pub rejections: BTreeMap<RejectKind, u64>,
-    /// Rejections first reported since the last pass, for its metrics.
-    new_rejections: Vec<RejectKind>,
+    /// What has been logged once, and the counts the metrics read.
+    reports: Reports,
     /// Peers whose lease changed since admission last judged them.
     unjudged: BTreeSet<SubnetKey>,
-    /// The last pass's skipped peers, for the state view and the metrics.
-    last_skipped: BTreeMap<SubnetKey, Vec<(SkipKind, String)>>,
     /// Causes of changes, and the state of each entry as of the last pass.
     tracker: Tracker,
     stats: PeerStats,
@@ -113,7 +107,7 @@ pub struct Datapath {
     /// `--ip-blackhole-route`: a blackhole route for this node's own subnets.
     blackhole_own: bool,
     /// Peer routes go through nexthop objects (the kernel has them, the operator wants
-    /// them; see [`weft_backend::nexthop`]).
+    /// them; see [`crate::nexthop`]).
     nexthop_objects: bool,
     /// The nexthop ids the backend was given.
     nexthop_plan: NexthopPlan,
@@ -127,36 +121,35 @@ pub struct Datapath {
     nexthops_unknown: bool,
 }
 
-impl Datapath {
-    pub fn new(backend: Box<dyn Backend>, kernel: Kernel, surroundings: Surroundings) -> Datapath {
-        Datapath::with_kernel(backend, Some(kernel), surroundings)
+impl Reconciler {
+    pub fn new(
+        backend: Box<dyn Backend>,
+        kernel: Kernel,
+        surroundings: Surroundings,
+    ) -> Reconciler {
+        Reconciler::with_kernel(backend, Some(kernel), surroundings)
     }
 
     /// A datapath without a kernel: it plans (full and targeted passes) but cannot apply.
     /// The property tests run it against a model kernel.
-    pub fn detached(backend: Box<dyn Backend>, surroundings: Surroundings) -> Datapath {
-        Datapath::with_kernel(backend, None, surroundings)
+    pub fn detached(backend: Box<dyn Backend>, surroundings: Surroundings) -> Reconciler {
+        Reconciler::with_kernel(backend, None, surroundings)
     }
 
     fn with_kernel(
         backend: Box<dyn Backend>,
         kernel: Option<Kernel>,
         surroundings: Surroundings,
-    ) -> Datapath {
-        Datapath {
+    ) -> Reconciler {
+        Reconciler {
             backend,
             kernel,
             peers: BTreeMap::new(),
             surroundings,
             own: None,
             admission: Admission::default(),
-            reported: HashSet::new(),
-            reported_conflicts: HashSet::new(),
-            reported_taken_nexthops: HashSet::new(),
-            rejections: BTreeMap::new(),
-            new_rejections: Vec::new(),
+            reports: Reports::default(),
             unjudged: BTreeSet::new(),
-            last_skipped: BTreeMap::new(),
             tracker: Tracker::default(),
             stats: PeerStats::default(),
             device_indices: HashMap::new(),
@@ -302,11 +295,12 @@ impl Datapath {
         };
         for rejection in rejections {
             if self
-                .reported
+                .reports
+                .logged
                 .insert((rejection.key, rejection.reason.clone()))
             {
-                *self.rejections.entry(rejection.kind).or_default() += 1;
-                self.new_rejections.push(rejection.kind);
+                *self.reports.rejections.entry(rejection.kind).or_default() += 1;
+                self.reports.new_rejections.push(rejection.kind);
                 warn!(
                     subnet = %rejection.key,
                     rule = rejection.kind.label(),
@@ -321,7 +315,7 @@ impl Datapath {
     /// Replaces the peer set (the full set of remote leases). Only leases that differ
     /// are cloned, and each one that does is noted for the targeted path, with its lease
     /// as of the last pass. O(peers): the daemon passes the lease watcher's changes with
-    /// [`Datapath::apply_peer_events`] instead.
+    /// [`Reconciler::apply_peer_events`] instead.
     pub fn set_peers(&mut self, peers: impl IntoIterator<Item = impl PeerLease>) {
         let mut previous = std::mem::take(&mut self.peers);
         // Collected, then built in bulk: inserted one by one in key order, the map's nodes
@@ -408,8 +402,8 @@ impl Datapath {
     /// during a grace period. Whatever the targeted path had noted is covered by it.
     pub fn plan_full(
         &mut self,
-        mut desired: weft_backend::desired::Desired,
-        observed: &weft_backend::desired::Observed,
+        mut desired: crate::desired::Desired,
+        observed: &crate::desired::Observed,
     ) -> FullPlan {
         // Covered by this pass; dropped first, as the diff is the pass's peak.
         self.changed.clear();
@@ -428,7 +422,7 @@ impl Datapath {
     }
 
     /// The full desired state now (admission, the backend, the blackholes), for a full pass.
-    pub fn full_desired(&mut self) -> weft_backend::desired::Desired {
+    pub fn full_desired(&mut self) -> crate::desired::Desired {
         self.desired()
     }
 
@@ -436,7 +430,7 @@ impl Datapath {
     pub fn record_full(
         &mut self,
         plan: &FullPlan,
-        observed: &weft_backend::desired::Observed,
+        observed: &crate::desired::Observed,
         failures: Vec<(diff::Op, String)>,
     ) -> Pass {
         let counts = self.tracker.record_pass(
@@ -469,7 +463,7 @@ impl Datapath {
                 .map(|(op, e)| format!("{op}: {e}"))
                 .collect(),
             counts,
-            new_rejections: std::mem::take(&mut self.new_rejections),
+            new_rejections: std::mem::take(&mut self.reports.new_rejections),
         };
         for failure in &pass.failures {
             warn!("datapath change failed (retried on the next pass): {failure}");
@@ -508,7 +502,7 @@ impl Datapath {
     }
 
     /// The backend's desired state for the admitted peers; skipped peers logged once.
-    fn desired(&mut self) -> weft_backend::desired::Desired {
+    fn desired(&mut self) -> crate::desired::Desired {
         self.admit_changes();
         let this = &*self;
         let (mut desired, skipped) = self.backend.desired_state(
@@ -523,12 +517,14 @@ impl Datapath {
                 .blackholes
                 .extend([own.ipv4, own.ipv6].into_iter().flatten());
         }
-        self.last_skipped.clear();
+        self.reports.last_skipped.clear();
         self.note_skipped(skipped);
         // Forget peers that are gone, so the memory is bounded and a returning peer with
         // the same problem is reported again.
         let peers = &self.peers;
-        self.reported.retain(|(key, _)| peers.contains_key(key));
+        self.reports
+            .logged
+            .retain(|(key, _)| peers.contains_key(key));
         desired
     }
 
@@ -536,32 +532,29 @@ impl Datapath {
     /// while it lasts.
     fn withdraw_foreign(
         &mut self,
-        desired: &mut weft_backend::desired::Desired,
-        observed: &weft_backend::desired::Observed,
+        desired: &mut crate::desired::Desired,
+        observed: &crate::desired::Observed,
     ) {
         let conflicts = desired.withdraw_foreign(observed);
         let current: HashSet<(Net, String)> = conflicts
             .into_iter()
             .map(|(route, foreign)| (route.destination, foreign))
             .collect();
-        for (destination, foreign) in current.difference(&self.reported_conflicts) {
+        for (destination, foreign) in current.difference(&self.reports.conflicts) {
             warn!(
                 subnet = %destination,
                 "not installing the route for peer subnet {destination}: the foreign route \
                  `{foreign}` is there, and weft never replaces a route it does not own"
             );
         }
-        self.reported_conflicts = current;
+        self.reports.conflicts = current;
     }
 
     /// The backend's desired state for one peer, its routes' nexthops as in a full pass.
     pub(crate) fn peer_desired(
         &self,
         lease: &Lease,
-    ) -> (
-        weft_backend::desired::Desired,
-        Vec<weft_backend::desired::Skipped>,
-    ) {
+    ) -> (crate::desired::Desired, Vec<crate::desired::Skipped>) {
         let (mut want, skipped) = self.backend.desired_state(&mut std::iter::once(lease));
         want.demote_taken_nexthops(&self.taken_nexthops);
         (want, skipped)
@@ -581,8 +574,8 @@ impl Datapath {
     /// object; each logged once while it lasts.
     fn demote_taken_nexthops(
         &mut self,
-        desired: &mut weft_backend::desired::Desired,
-        observed: &weft_backend::desired::Observed,
+        desired: &mut crate::desired::Desired,
+        observed: &crate::desired::Observed,
     ) {
         if observed.nexthops_read {
             self.taken_nexthops = observed.taken_nexthops();
@@ -592,7 +585,7 @@ impl Datapath {
             .demote_taken_nexthops(&self.taken_nexthops)
             .into_iter()
             .map(|route| {
-                if !self.reported_taken_nexthops.contains(&route.destination) {
+                if !self.reports.taken_nexthops.contains(&route.destination) {
                     warn!(
                         subnet = %route.destination,
                         "the route for peer subnet {} goes without a nexthop object: another \
@@ -605,7 +598,7 @@ impl Datapath {
                 route.destination
             })
             .collect();
-        self.reported_taken_nexthops = demoted;
+        self.reports.taken_nexthops = demoted;
     }
 
     /// During a datastore grace period, takes the removals out of `ops` and returns them.
@@ -632,7 +625,7 @@ impl Datapath {
     }
 
     /// Peer counts for the metrics, from the pass's desired state.
-    fn peer_stats(&self, desired: &weft_backend::desired::Desired) -> PeerStats {
+    fn peer_stats(&self, desired: &crate::desired::Desired) -> PeerStats {
         let mut stats = PeerStats {
             leases: self.peers.len(),
             ..PeerStats::default()
@@ -653,7 +646,7 @@ impl Datapath {
         for rejection in self.admission.rejections() {
             *skipped.entry(rejection.kind.label()).or_default() += 1;
         }
-        for reasons in self.last_skipped.values() {
+        for reasons in self.reports.last_skipped.values() {
             let kinds: HashSet<SkipKind> = reasons.iter().map(|(k, _)| *k).collect();
             for kind in kinds {
                 *skipped.entry(kind.label()).or_default() += 1;
@@ -700,7 +693,8 @@ impl Datapath {
         let (want, skipped) = self.peer_desired(lease);
         for route in want.routes.values() {
             let withdrawn_by = self
-                .reported_conflicts
+                .reports
+                .conflicts
                 .iter()
                 .find(|(net, _)| *net == route.destination)
                 .map(|(_, foreign)| foreign.clone());
@@ -762,7 +756,7 @@ impl Datapath {
     /// observation, so a pass at thousands of peers is not dumped twice.
     async fn refresh_device_indices(
         &mut self,
-        desired: &weft_backend::desired::Desired,
+        desired: &crate::desired::Desired,
         ops: &[diff::Op],
     ) {
         let devices_changed = ops
@@ -791,7 +785,7 @@ impl Datapath {
     }
 }
 
-/// A peer lease as [`Datapath::set_peers`] takes it: the lease watcher's (shared, not
+/// A peer lease as [`Reconciler::set_peers`] takes it: the lease watcher's (shared, not
 /// copied: at thousands of peers a second copy of every lease is megabytes), or a plain
 /// lease (copied).
 pub trait PeerLease {
@@ -823,7 +817,7 @@ impl PeerLease for &Lease {
 /// removals held for a datastore grace period.
 #[derive(Debug)]
 pub struct FullPlan {
-    pub desired: weft_backend::desired::Desired,
+    pub desired: crate::desired::Desired,
     pub ops: Vec<diff::Op>,
     pub held: Vec<diff::Op>,
 }
@@ -849,7 +843,7 @@ fn is_relevant(
             ..
         } => {
             let on_ours = oif.is_some_and(|i| ours(&i));
-            let by_us = *protocol == weft_backend::ROUTE_PROTOCOL;
+            let by_us = *protocol == crate::ROUTE_PROTOCOL;
             if *deleted {
                 on_ours || by_us
             } else {
@@ -863,7 +857,7 @@ fn is_relevant(
         // full pass notices one at an id weft wants).
         KernelEvent::Nexthop {
             protocol, deleted, ..
-        } => *deleted && *protocol == weft_backend::ROUTE_PROTOCOL,
+        } => *deleted && *protocol == crate::ROUTE_PROTOCOL,
         KernelEvent::Overrun => true,
     }
 }
@@ -871,7 +865,7 @@ fn is_relevant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_backend::ROUTE_PROTOCOL;
+    use crate::ROUTE_PROTOCOL;
 
     fn relevant(event: KernelEvent) -> bool {
         let devices = HashMap::from([(7, "flannel.1".to_string())]);
@@ -957,7 +951,7 @@ mod tests {
         }
         let dropped: Vec<_> = events
             .into_iter()
-            .filter(weft_backend::kernel::is_own_addition)
+            .filter(crate::kernel::is_own_addition)
             .collect();
         assert_eq!(dropped.len(), 6, "{dropped:?}");
         for event in dropped {
@@ -981,9 +975,9 @@ mod tests {
 
     /// A model node (no kernel) of the `alloc` backend, which programs no peers, with
     /// its subnet.
-    fn alloc_node() -> Datapath {
-        let mut dp = Datapath::detached(
-            Box::new(weft_backend::backend::AllocBackend { mtu: 1500 }),
+    fn alloc_node() -> Reconciler {
+        let mut dp = Reconciler::detached(
+            Box::new(crate::backend::AllocBackend { mtu: 1500 }),
             Surroundings::default(),
         );
         dp.set_own(SubnetKey::parse("10.244.1.0-24").unwrap());
@@ -992,8 +986,8 @@ mod tests {
 
     /// A full pass against `observed`, recorded with every op failed if `fail`; its ops.
     fn full_pass_on(
-        dp: &mut Datapath,
-        observed: &weft_backend::desired::Observed,
+        dp: &mut Reconciler,
+        observed: &crate::desired::Observed,
         fail: bool,
     ) -> Vec<diff::Op> {
         let desired = dp.full_desired();
@@ -1016,7 +1010,7 @@ mod tests {
         full_pass_on(&mut dp, &Default::default(), false);
         let peer = Lease {
             key: SubnetKey::parse("10.244.2.0-24").unwrap(),
-            attrs: weft_subnet::LeaseAttrs::default(),
+            attrs: weft_lease::LeaseAttrs::default(),
             etcd_lease: 1,
             expiration: None,
             revision: 2,
@@ -1035,10 +1029,10 @@ mod tests {
     /// outside weft's own ops may have put one there.
     #[test]
     fn nexthop_objects_are_read_when_they_may_hold_something_to_act_on() {
-        use weft_backend::desired::{Observed, ObservedNexthop};
+        use crate::desired::{Observed, ObservedNexthop};
         let mut dp = alloc_node();
         // An empty kernel, read as `Kernel::observe` would.
-        let full_pass = |dp: &mut Datapath| {
+        let full_pass = |dp: &mut Reconciler| {
             let observed = Observed {
                 nexthops_read: dp.reads_nexthops(),
                 ..Observed::default()

@@ -22,20 +22,20 @@
 //!   (devices, addresses, lost notifications) starts a full pass, and the reconcile
 //!   timer's full pass catches anything else.
 
-use super::{Datapath, Judged, Pass};
-use crate::drift::{self, ChangeKind, EntryId};
+use super::drift::{self, ChangeKind, EntryId};
+use super::{Judged, Pass, Reconciler};
+use crate::desired::{Desired, Fdb, Route};
+use crate::diff::Op;
+use crate::kernel::{KernelError, KernelEvent, RouteAt};
+use crate::mac::Mac;
+use crate::nexthop::NexthopPlan;
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, warn};
-use weft_backend::desired::{Desired, Fdb, Route};
-use weft_backend::diff::Op;
-use weft_backend::kernel::{KernelError, KernelEvent, RouteAt};
-use weft_backend::mac::Mac;
-use weft_backend::nexthop::NexthopPlan;
-use weft_subnet::family::{Family, Net};
-use weft_subnet::{Lease, SubnetKey};
+use weft_lease::family::{Family, Net};
+use weft_lease::{Lease, SubnetKey};
 
 /// One of weft's entries a notification reported deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub struct Planned {
     pub held: Vec<Op>,
 }
 
-impl Datapath {
+impl Reconciler {
     /// A targeted pass for the peers changed and the entries reported deleted since the
     /// last pass; a full pass when one is due (see the module docs).
     pub async fn converge_changes(&mut self) -> Result<Pass, KernelError> {
@@ -159,7 +159,7 @@ impl Datapath {
             if let Some(lease) = before.filter(|_| !rejected_before.contains(&key)) {
                 merge(&mut step.old, self.peer_desired(lease).0);
             }
-            self.last_skipped.remove(&key);
+            self.reports.last_skipped.remove(&key);
             if let Some(lease) = self.admitted(&key) {
                 let (want, skipped) = self.peer_desired(lease);
                 merge(&mut step.new, want);
@@ -177,7 +177,9 @@ impl Datapath {
             .cloned()
             .collect();
         let peers = &self.peers;
-        self.reported.retain(|(key, _)| peers.contains_key(key));
+        self.reports
+            .logged
+            .retain(|(key, _)| peers.contains_key(key));
         step
     }
 
@@ -302,7 +304,7 @@ impl Datapath {
         let had = self.dirty_value(dirty);
         match (dirty, mac) {
             (Dirty::Neighbour { device, ip }, Some(mac)) => {
-                let n = weft_backend::desired::Neighbour {
+                let n = crate::desired::Neighbour {
                     device: device.as_str().into(),
                     ip: *ip,
                     mac,
@@ -343,12 +345,13 @@ impl Datapath {
 
     /// Logs each newly skipped peer once and records why it is skipped (for the metrics
     /// and /debug/state).
-    pub(super) fn note_skipped(&mut self, skipped: Vec<weft_backend::desired::Skipped>) {
+    pub(super) fn note_skipped(&mut self, skipped: Vec<crate::desired::Skipped>) {
         for skip in skipped {
-            if self.reported.insert((skip.key, skip.reason.clone())) {
+            if self.reports.logged.insert((skip.key, skip.reason.clone())) {
                 warn!(subnet = %skip.key, "ignoring peer lease: {}", skip.reason);
             }
-            self.last_skipped
+            self.reports
+                .last_skipped
                 .entry(skip.key)
                 .or_default()
                 .push((skip.kind, skip.reason));
@@ -512,7 +515,7 @@ impl Datapath {
     /// re-judged by the lookups; a new conflict is logged once. Returns how many of the
     /// step's old routes were programmed (not withdrawn), by family (v4, v6).
     fn update_conflicts(&mut self, step: &Step, foreign: &[(Net, String)]) -> [usize; 2] {
-        let before = std::mem::take(&mut self.reported_conflicts);
+        let before = std::mem::take(&mut self.reports.conflicts);
         let withdrawn: HashSet<Net> = before.iter().map(|(net, _)| *net).collect();
         let mut programmed = [0, 0];
         for net in step.old.routes.keys().filter(|n| !withdrawn.contains(n)) {
@@ -520,7 +523,7 @@ impl Datapath {
         }
         let judged =
             |net: &Net| step.old.routes.contains_key(net) || step.new.routes.contains_key(net);
-        self.reported_conflicts = before
+        self.reports.conflicts = before
             .iter()
             .filter(|(net, _)| !judged(net))
             .cloned()
@@ -534,7 +537,7 @@ impl Datapath {
                      route `{foreign}` is there, and weft never replaces a route it does not own"
                 );
             }
-            self.reported_conflicts.insert(conflict.clone());
+            self.reports.conflicts.insert(conflict.clone());
         }
         programmed
     }
