@@ -32,19 +32,26 @@ pub enum BackendSpec {
 pub const IMPLEMENTED_BACKENDS: [BackendType; 3] =
     [BackendType::Vxlan, BackendType::HostGw, BackendType::Alloc];
 
+/// Why this build cannot run a configured backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UnrunnableBackend {
+    #[error(transparent)]
+    Vxlan(#[from] vxlan::VxlanConfigError),
+    #[error(
+        "backend type {0} is not implemented in this weftd build (implemented: {implemented})",
+        implemented = IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")
+    )]
+    NotImplemented(BackendType),
+}
+
 impl BackendSpec {
     /// The backend of `config`, or why this build cannot run it.
-    pub fn from_config(config: &NetworkConfig) -> Result<BackendSpec, String> {
+    pub fn from_config(config: &NetworkConfig) -> Result<BackendSpec, UnrunnableBackend> {
         match config.backend.kind {
-            BackendType::Vxlan => VxlanConfig::for_network(config)
-                .map(BackendSpec::Vxlan)
-                .map_err(|e| e.to_string()),
+            BackendType::Vxlan => Ok(BackendSpec::Vxlan(VxlanConfig::for_network(config)?)),
             BackendType::HostGw => Ok(BackendSpec::HostGw),
             BackendType::Alloc => Ok(BackendSpec::Alloc),
-            other => Err(format!(
-                "backend type {other} is not implemented in this weftd build (implemented: {})",
-                IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")
-            )),
+            other => Err(UnrunnableBackend::NotImplemented(other)),
         }
     }
 }
@@ -78,13 +85,19 @@ pub fn check_network(
     external: &ExternalInterface,
 ) -> anyhow::Result<()> {
     let connected = host_check::connected_networks(host, |name| name.starts_with("flannel"));
-    host_check::check_network(config, &connected, &external.name).map_err(anyhow::Error::msg)
+    Ok(host_check::check_network(
+        config,
+        &connected,
+        &external.name,
+    )?)
 }
 
 /// Refuses an own subnet that overlaps a network of the host (see [`host_check`]).
 pub fn check_own_subnet(own: &SubnetKey, datapath: &Reconciler) -> anyhow::Result<()> {
-    host_check::check_own_subnet(own, &datapath.surroundings().host_networks)
-        .map_err(anyhow::Error::msg)
+    Ok(host_check::check_own_subnet(
+        own,
+        &datapath.surroundings().host_networks,
+    )?)
 }
 
 /// Backend data (v4, v6) this node published before.

@@ -5,10 +5,13 @@
 //! `FLANNELD_*` variable is an error naming the variable instead of a logged warning, and
 //! `--subnet-lease-ttl` is a weft extension (flannel hard-codes 24 h).
 
+use crate::settings::{EtcdSettings, KubeSettings, NodeSettings};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
+use weft_subnet::etcd::{EtcdOptions, TlsFiles};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -247,6 +250,64 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
         }
     }
     out
+}
+
+impl Cli {
+    /// What a node holding a subnet needs.
+    pub fn node_settings(&self) -> NodeSettings {
+        let cli = self;
+        NodeSettings {
+            subnet_file: cli.subnet_file.clone(),
+            ip_masq: cli.ip_masq,
+            masq_fully_random: !cli.ip_masq_fully_random_disable,
+            forward_rules: cli.iptables_forward_rules,
+            rules_resync: Duration::from_secs(cli.iptables_resync.into()),
+            blackhole_own: cli.ip_blackhole_route,
+            reconcile_interval: Duration::from_secs(cli.reconcile_interval),
+            nexthop_objects: cli.nexthop_objects,
+        }
+    }
+
+    /// etcd mode's settings.
+    pub fn etcd_settings(&self) -> EtcdSettings {
+        let cli = self;
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let mut options = EtcdOptions::new(
+            cli.etcd_endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        );
+        options.prefix.clone_from(&cli.etcd_prefix);
+        options.username = non_empty(&cli.etcd_username);
+        options.password = non_empty(&cli.etcd_password);
+        options.tls = TlsFiles {
+            ca_file: non_empty(&cli.etcd_cafile).map(Into::into),
+            cert_file: non_empty(&cli.etcd_certfile).map(Into::into),
+            key_file: non_empty(&cli.etcd_keyfile).map(Into::into),
+        };
+        options.lease_ttl = Duration::from_secs(cli.subnet_lease_ttl.max(1));
+        EtcdSettings {
+            options,
+            lease_ttl: Duration::from_secs(cli.subnet_lease_ttl),
+            renew_margin: Duration::from_secs(u64::from(cli.subnet_lease_renew_margin) * 60),
+            reset_grace: Duration::from_secs(cli.datastore_reset_grace),
+        }
+    }
+
+    /// Kubernetes mode's settings.
+    pub fn kube_settings(&self) -> KubeSettings {
+        let cli = self;
+        KubeSettings {
+            net_config_path: cli.net_config_path.clone(),
+            annotation_prefix: cli.kube_annotation_prefix.clone(),
+            api_url: cli.kube_api_url.clone(),
+            kubeconfig_file: cli.kubeconfig_file.clone(),
+            set_network_unavailable: cli.set_node_network_unavailable,
+        }
+    }
 }
 
 #[cfg(test)]

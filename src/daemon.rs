@@ -9,7 +9,8 @@ use crate::metrics::{Metrics, SubnetManager};
 use crate::node_state::Reporting;
 use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
-use crate::state_view;
+use crate::state_channel;
+use crate::{etcd_mode, kube_mode};
 use anyhow::{Context, bail};
 use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         SubnetManager::Etcd
     };
     let metrics = Arc::new(Metrics::new(manager, readiness.clone()));
-    let (state, state_inbox) = state_view::channel();
+    let (state, state_inbox) = state_channel::channel();
     if cli.healthz_port > 0 {
         let ip: IpAddr = cli
             .healthz_ip
@@ -63,12 +64,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         metrics,
         state_inbox,
     };
+    let node = cli.node_settings();
     match manager {
         SubnetManager::Kube => {
-            crate::kube_mode::run(&cli, request, shutdown, readiness, reporting).await
+            let kube = cli.kube_settings();
+            let settings = kube_mode::Settings { node, kube };
+            kube_mode::run(&settings, request, shutdown, readiness, reporting).await
         }
         SubnetManager::Etcd => {
-            crate::etcd_mode::run(&cli, request, shutdown, readiness, reporting).await
+            let etcd = cli.etcd_settings();
+            let settings = etcd_mode::Settings { node, etcd };
+            etcd_mode::run(&settings, request, shutdown, readiness, reporting).await
         }
     }
 }

@@ -4,44 +4,47 @@
 //! Startup follows flannel's order: network config (retried until valid and runnable)
 //! → external interface → backend → lease (retried; conflicts and "out of subnets"
 //! never crash the daemon) → first lease listing → datapath → subnet.env → ready. Then
-//! the event loop: the lease watch, the renewal timer, and the triggers both modes share.
+//! the shared node loop (`node_loop`), fed by the lease watch, with the renewal timer as
+//! this mode's own timer.
 //! Nothing is torn down on exit: restarts must not disturb traffic.
 
 use crate::bring_up::{self, BackendSpec, PublishedData};
-use crate::cli::Cli;
 use crate::iface::{ExternalInterface, IfaceRequest};
 use crate::metrics::Renewal;
-use crate::node_state::{NodeState, Reporting, log_peer_events};
+use crate::node_loop::{NodeLoop, Received, Source};
+use crate::node_state::{NodeState, Reporting};
 use crate::own_lease::{Next, OwnLease};
 use crate::readiness::Readiness;
+use crate::settings::{EtcdSettings, NodeSettings};
 use crate::shutdown::Shutdown;
 use crate::subnet_file;
-use crate::triggers::{PassTrigger, Triggers, sleep_until};
-use anyhow::bail;
+use crate::triggers::Triggers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use weft_subnet::config::BackendType;
-use weft_subnet::etcd::{EtcdOptions, EtcdSubnetManager, RenewOutcome, TlsFiles};
-use weft_subnet::watch::{LeaseWatcher, WatchBatch};
+use weft_subnet::etcd::{EtcdOptions, EtcdSubnetManager, RenewOutcome};
+use weft_subnet::watch::{OwnLeaseChange, WatchBatch};
 use weft_subnet::{Lease, NetworkConfig, SubnetKey};
 
 /// Runs etcd mode until shutdown.
 pub async fn run(
-    cli: &Cli,
+    settings: &Settings,
     request: IfaceRequest,
     mut shutdown: Shutdown,
     readiness: Arc<Readiness>,
     reporting: Reporting,
 ) -> anyhow::Result<()> {
-    let Some(mut node) = start(cli, request, &mut shutdown, &readiness, reporting).await? else {
+    let Some(node) = start(settings, request, &mut shutdown, &readiness, reporting).await? else {
         return Ok(());
     };
     let (sink, mut batches) = mpsc::channel(64);
-    let watcher_manager = node.manager.clone();
+    let watcher_manager = node.source.manager.clone();
     let watch_task = tokio::spawn(async move { watcher_manager.watch_leases(sink).await });
-    let result = node.run(&mut batches, &mut shutdown).await;
+    let result = NodeLoop::new(node.source, node.state)
+        .run(&mut batches, &mut shutdown)
+        .await;
     watch_task.abort();
     if result.is_ok() {
         info!("shutting down; the lease, subnet.env and the datapath are left in place");
@@ -49,23 +52,36 @@ pub async fn run(
     result
 }
 
+/// What etcd mode runs on: this node's settings and etcd's.
+#[derive(Debug)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub etcd: EtcdSettings,
+}
+
+/// A node holding its lease, ready for the loop.
+struct Started {
+    source: EtcdSource,
+    state: NodeState,
+}
+
 /// Startup up to a held lease; `None` when shut down meanwhile.
-async fn start<'a>(
-    cli: &'a Cli,
+async fn start(
+    settings: &Settings,
     request: IfaceRequest,
     shutdown: &mut Shutdown,
     readiness: &Arc<Readiness>,
     reporting: Reporting,
-) -> anyhow::Result<Option<EtcdNode<'a>>> {
-    let previous = subnet_file::read_previous(&cli.subnet_file);
+) -> anyhow::Result<Option<Started>> {
+    let previous = subnet_file::read_previous(&settings.node.subnet_file);
+    let file = settings.node.subnet_file.display();
     match previous {
-        Some(key) => {
-            info!(subnet = %key, file = %cli.subnet_file.display(), "previous subnet found")
-        }
-        None => debug!(file = %cli.subnet_file.display(), "no previous subnet"),
+        Some(key) => info!(subnet = %key, file = %file, "previous subnet found"),
+        None => debug!(file = %file, "no previous subnet"),
     }
     let observer: weft_subnet::observer::Observer = reporting.metrics.clone();
-    let Some((manager, config)) = connect(cli, shutdown, readiness, observer).await? else {
+    let connecting = connect(&settings.etcd.options, shutdown, readiness, observer);
+    let Some((manager, config)) = connecting.await? else {
         return Ok(None);
     };
     let (host, external) = bring_up::choose_interface(request, &config).await?;
@@ -76,10 +92,11 @@ async fn start<'a>(
     } else {
         PublishedData::default()
     };
+    let nexthop_objects = settings.node.nexthop_objects;
     let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published, cli.nexthop_objects).await?;
+        bring_up::build_datapath(&config, &external, &host, published, nexthop_objects).await?;
     let attrs = datapath
-        .backend
+        .backend()
         .lease_attrs(external.ext_addr, external.ext_v6_addr);
 
     readiness.set_not_ready("no subnet lease yet");
@@ -90,10 +107,10 @@ async fn start<'a>(
     };
     log_lease("lease acquired", &lease);
     bring_up::check_own_subnet(&lease.key, &datapath)?;
-    let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
+    let triggers = Triggers::new(kernel_events, settings.node.reconcile_interval);
     let key = lease.key;
-    let state = NodeState::new(
-        cli,
+    let mut state = NodeState::new(
+        &settings.node,
         config,
         key,
         readiness.clone(),
@@ -104,38 +121,38 @@ async fn start<'a>(
     let own = OwnLease::new(
         lease,
         attrs,
-        Duration::from_secs(cli.subnet_lease_ttl),
-        Duration::from_secs(u64::from(cli.subnet_lease_renew_margin) * 60),
+        settings.etcd.lease_ttl,
+        settings.etcd.renew_margin,
     );
-    let mut node = EtcdNode {
-        cli,
+    let mut source = EtcdSource {
         manager,
         own,
-        state,
-        watcher: LeaseWatcher::new(Some(key)),
+        reset_grace: settings.etcd.reset_grace,
         reported_config: None,
     };
-    node.lease_changed();
+    source.lease_changed(&mut state);
     if let Some(previous) = own_missing {
-        node.hold_removals(&format!(
-            "this node's lease {previous} from subnet.env is not in etcd (expired, deleted, \
-             or etcd was emptied or restored)"
-        ));
+        source.hold_removals(
+            &mut state,
+            &format!(
+                "this node's lease {previous} from subnet.env is not in etcd (expired, \
+                 deleted, or etcd was emptied or restored)"
+            ),
+        );
     }
-    Ok(Some(node))
+    Ok(Some(Started { source, state }))
 }
 
 /// Connects to etcd and reads the network config (both retried until they work);
 /// `None` when shut down meanwhile.
 async fn connect(
-    cli: &Cli,
+    options: &EtcdOptions,
     shutdown: &mut Shutdown,
     readiness: &Readiness,
     observer: weft_subnet::observer::Observer,
 ) -> anyhow::Result<Option<(Arc<EtcdSubnetManager>, NetworkConfig)>> {
-    let options = etcd_options(cli);
     let Some(manager) = shutdown
-        .until(EtcdSubnetManager::connect_retrying(&options))
+        .until(EtcdSubnetManager::connect_retrying(options))
         .await
     else {
         return Ok(None);
@@ -172,114 +189,103 @@ async fn own_lease_missing(
     }
 }
 
-/// This node in etcd mode: its lease, the peers, and what depends on them.
-struct EtcdNode<'a> {
-    cli: &'a Cli,
+/// etcd mode's side of the node loop: the lease watch's batches, this node's lease and
+/// its renewal, and the config key.
+#[derive(Debug)]
+struct EtcdSource {
     manager: Arc<EtcdSubnetManager>,
     own: OwnLease,
-    state: NodeState,
-    watcher: LeaseWatcher,
+    /// `--datastore-reset-grace`.
+    reset_grace: Duration,
     /// The config text last reported as changed, so each change is logged once.
     reported_config: Option<Option<String>>,
 }
 
-impl EtcdNode<'_> {
-    /// The event loop: the first listing programs the datapath, then every batch, the
-    /// renewal timer and the shared triggers.
-    async fn run(
-        &mut self,
-        batches: &mut mpsc::Receiver<WatchBatch>,
-        shutdown: &mut Shutdown,
-    ) -> anyhow::Result<()> {
-        // Program the datapath only once the peers are known: converging with an empty
-        // peer set would remove the entries a previous run left, and drop traffic on a
-        // restart.
-        let Some(first) = shutdown.until(batches.recv()).await else {
-            return Ok(());
-        };
-        let Some(first) = first else {
-            bail!("the lease watch stopped unexpectedly")
-        };
-        self.on_batch(first, shutdown).await;
-        self.state.converge(PassTrigger::Startup).await;
-        self.state.write_subnet_env();
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => return Ok(()),
-                batch = batches.recv() => {
-                    let Some(batch) = batch else { bail!("the lease watch stopped unexpectedly") };
-                    // Take every batch already waiting, so a burst costs one reconcile pass.
-                    let mut pending = vec![batch];
-                    while let Ok(more) = batches.try_recv() {
-                        pending.push(more);
-                    }
-                    for batch in pending {
-                        self.on_batch(batch, shutdown).await;
-                    }
-                    self.state.peers_changed();
-                }
-                () = sleep_until(self.own.renew_at) => self.renew(shutdown).await,
-                trigger = self.state.next_trigger() => self.state.on_trigger(trigger?).await,
-            }
-        }
-    }
+impl Source for EtcdSource {
+    type Item = WatchBatch;
+    const WATCH: &'static str = "the lease watch";
 
-    /// Applies one batch from the lease watch.
-    async fn on_batch(&mut self, batch: WatchBatch, shutdown: &mut Shutdown) {
+    fn receive(&mut self, batch: WatchBatch, state: &mut NodeState) -> Received {
         match batch {
-            WatchBatch::StoreReset(reason) => return self.store_reset(&reason),
-            WatchBatch::Config(value) => return self.config_written(value),
-            _ => {}
-        }
-        let Some(changes) = self.watcher.ingest(batch) else {
-            return;
-        };
-        log_peer_events(&changes.peers);
-        self.state.peer_events(changes.peers);
-        if let Some(change) = changes.own {
-            let next = self.own.observe(change);
-            self.lease_changed();
-            if next == Next::Reacquire {
-                self.reacquire(shutdown).await;
+            WatchBatch::StoreReset(reason) => self.store_reset(state, &reason),
+            WatchBatch::Config(value) => self.config_written(state, value),
+            batch => {
+                return Received {
+                    batch: Some(batch),
+                    own_subnet: None,
+                };
             }
+        }
+        Received::default()
+    }
+
+    async fn own_lease_seen(
+        &mut self,
+        change: OwnLeaseChange,
+        state: &mut NodeState,
+        shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
+        let next = self.own.observe(change);
+        self.lease_changed(state);
+        match next {
+            Next::Reacquire => self.reacquire(state, shutdown).await,
+            Next::Nothing => None,
         }
     }
 
+    fn wake_at(&self) -> Option<Instant> {
+        self.own.renew_at
+    }
+
+    async fn wake(&mut self, state: &mut NodeState, shutdown: &mut Shutdown) -> Option<SubnetKey> {
+        match self.renew(state).await {
+            Next::Reacquire => self.reacquire(state, shutdown).await,
+            Next::Nothing => None,
+        }
+    }
+
+    async fn programmed(&mut self, _shutdown: &mut Shutdown) -> bool {
+        true
+    }
+}
+
+impl EtcdSource {
     /// etcd went back in time; a fresh snapshot follows. This node's lease is re-asserted
     /// (or re-created by the snapshot's "own key deleted"), and peer entries are kept for
     /// the grace period while the other nodes do the same.
-    fn store_reset(&mut self, reason: &str) {
-        self.hold_removals(&format!("etcd went back in time ({reason})"));
-        self.state.readiness.set_not_ready(format!(
+    fn store_reset(&mut self, state: &mut NodeState, reason: &str) {
+        self.hold_removals(state, &format!("etcd went back in time ({reason})"));
+        state.set_not_ready(format!(
             "etcd went back in time ({reason}); re-publishing this node's lease"
         ));
         self.own.store_reset();
     }
 
     /// Holds peer removals for `--datastore-reset-grace` (see `Reconciler::hold_removals`).
-    fn hold_removals(&mut self, why: &str) {
-        let grace = Duration::from_secs(self.cli.datastore_reset_grace);
+    fn hold_removals(&mut self, state: &mut NodeState, why: &str) {
+        let grace = self.reset_grace;
         warn!(
             "{why}: re-listing leases, re-publishing this node's lease, and keeping peer \
              entries for {grace:?} while peers re-publish"
         );
-        self.state.datapath.hold_removals(Instant::now() + grace);
+        state.hold_removals(Instant::now() + grace);
     }
 
     /// The config key was written. Like flannel, a running node keeps the config it
     /// started with; unlike flannel, it says so.
-    fn config_written(&mut self, value: Option<String>) {
+    fn config_written(&mut self, state: &NodeState, value: Option<String>) {
         if self.reported_config.as_ref() == Some(&value) {
             return;
         }
         let key = self.manager.config_key();
-        let current = self.state.config.summary();
+        let running = state.config();
+        let current = running.summary();
         match value.as_deref().map(NetworkConfig::parse) {
             None => warn!(
                 "the network config was deleted from etcd ({key}); this node keeps running \
                  on the config it started with: {current}"
             ),
-            Some(Ok(config)) if config == self.state.config => {
+            Some(Ok(config)) if config == *running => {
                 debug!("the network config in etcd was rewritten unchanged");
             }
             Some(Ok(config)) => warn!(
@@ -295,71 +301,51 @@ impl EtcdNode<'_> {
         self.reported_config = Some(value);
     }
 
-    async fn renew(&mut self, shutdown: &mut Shutdown) {
+    async fn renew(&mut self, state: &mut NodeState) -> Next {
         self.own.renew_at = None;
-        let next = match self.manager.renew_lease(&self.own.lease).await {
+        match self.manager.renew_lease(&self.own.lease).await {
             Ok(RenewOutcome::Renewed(lease)) => {
                 debug!(subnet = %lease.key, etcd_lease = lease.etcd_lease, "lease renewed");
-                self.state.metrics.record_renewal(Renewal::Renewed);
+                state.metrics().record_renewal(Renewal::Renewed);
                 self.own.renewed(lease);
-                self.lease_changed();
+                self.lease_changed(state);
                 Next::Nothing
             }
             Ok(RenewOutcome::Lost { current }) => {
-                self.state.metrics.record_renewal(Renewal::Lost);
+                state.metrics().record_renewal(Renewal::Lost);
                 self.own.renew_lost(current)
             }
             Err(e) => {
-                self.state.metrics.record_renewal(Renewal::Failed);
+                state.metrics().record_renewal(Renewal::Failed);
                 let retry = self.own.renew_failed();
                 warn!("cannot renew the lease, retrying in {retry:?}: {e}");
                 Next::Nothing
             }
-        };
-        if next == Next::Reacquire {
-            self.reacquire(shutdown).await;
         }
     }
 
     /// The own lease's expiry, for `/debug/state` and the metrics.
-    fn lease_changed(&mut self) {
-        self.state.lease_expiry = self.own.lease.expiration;
-        self.state
-            .metrics
-            .set_lease_expiry(self.own.lease.expiration);
+    fn lease_changed(&self, state: &mut NodeState) {
+        state.set_lease_expiry(self.own.lease.expiration);
     }
 
-    /// Re-acquires a lease, preferring the same subnet.
-    async fn reacquire(&mut self, shutdown: &mut Shutdown) {
+    /// Re-acquires a lease, preferring the same subnet; the subnet held afterwards
+    /// (`None`: shut down meanwhile).
+    async fn reacquire(
+        &mut self,
+        state: &mut NodeState,
+        shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
         let old = self.own.lease.key;
-        self.state
-            .readiness
-            .set_not_ready(format!("re-acquiring the lease on {old}"));
-        let acquiring =
-            self.manager
-                .acquire_retrying(&self.state.config, &self.own.attrs, Some(old));
-        let Some(acquired) = shutdown.until(acquiring).await else {
-            return;
-        };
+        state.set_not_ready(format!("re-acquiring the lease on {old}"));
+        let acquiring = self
+            .manager
+            .acquire_retrying(state.config(), &self.own.attrs, Some(old));
+        let acquired = shutdown.until(acquiring).await?;
         self.own.acquired(acquired);
-        self.lease_changed();
+        self.lease_changed(state);
         log_lease("lease re-acquired", &self.own.lease);
-        let new = self.own.lease.key;
-        self.state.set_own(new);
-        if new == old {
-            self.state.update_readiness();
-            return;
-        }
-        error!(
-            old = %old,
-            new = %new,
-            "this node now has a different subnet; pods created before keep addresses from the \
-             old one and must be recreated"
-        );
-        log_peer_events(&self.watcher.set_own(Some(new)));
-        self.state.set_peers(&self.watcher);
-        self.state.converge(PassTrigger::SubnetChange).await;
-        self.state.write_subnet_env();
+        Some(self.own.lease.key)
     }
 }
 
@@ -395,26 +381,4 @@ fn log_lease(what: &str, lease: &Lease) {
         etcd_lease = lease.etcd_lease,
         "{what}"
     );
-}
-
-fn etcd_options(cli: &Cli) -> EtcdOptions {
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let mut options = EtcdOptions::new(
-        cli.etcd_endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-    );
-    options.prefix.clone_from(&cli.etcd_prefix);
-    options.username = non_empty(&cli.etcd_username);
-    options.password = non_empty(&cli.etcd_password);
-    options.tls = TlsFiles {
-        ca_file: non_empty(&cli.etcd_cafile).map(Into::into),
-        cert_file: non_empty(&cli.etcd_certfile).map(Into::into),
-        key_file: non_empty(&cli.etcd_keyfile).map(Into::into),
-    };
-    options.lease_ttl = Duration::from_secs(cli.subnet_lease_ttl.max(1));
-    options
 }

@@ -2,7 +2,7 @@
 //! lease, the datapath is programmed and subnet.env is written). Readiness is truthful:
 //! it turns false again, with the reason in the body, when the lease is lost. The same
 //! server answers `/metrics` (Prometheus text format, see `metrics`) and `/debug/state`
-//! (JSON, see `state_view`).
+//! (JSON, see `state_wire`).
 //!
 //! ## Limits
 //! The port listens on `--healthz-ip`, 0.0.0.0 by default as in flannel, so anyone who
@@ -35,17 +35,17 @@
 //!   it). At the fd limit `accept` fails at once, again and again; retrying at once spun
 //!   a core. Errors are logged through a [`LogLimiter`]: once, on change, every 30 s.
 
-mod admission;
+pub mod admission;
 
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
-use crate::state_view::{self, StateClient, StateQuery, Unavailable};
+use crate::state_channel::{StateClient, Unavailable};
+use crate::state_view::StateQuery;
+use crate::state_wire::StateDoc;
 use admission::{Admission, ConnectionId, ConnectionTable};
-pub use admission::{Limits, ShedReason};
+pub use admission::{Limits, REFUSED, ShedReason};
 
-/// The metric label of a new connection closed because nothing was idle to shed.
-pub const REFUSED: &str = "refused";
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -362,14 +362,11 @@ async fn respond<B>(request: &Request<B>, endpoints: &Endpoints) -> Response<Ful
         "/debug/state" => match StateQuery::parse(request.uri().query()) {
             Err(problem) => (StatusCode::BAD_REQUEST, TEXT, format!("{problem}\n")),
             Ok(query) => match endpoints.state.ask(query).await {
-                Ok(state) => (StatusCode::OK, JSON, format!("{state:#}\n")),
+                Ok(state) => (StatusCode::OK, JSON, json_text(&state)),
                 Err(Unavailable::Starting) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     JSON,
-                    format!(
-                        "{:#}\n",
-                        state_view::starting_json(&endpoints.readiness.get())
-                    ),
+                    json_text(&StateDoc::starting(&endpoints.readiness.get())),
                 ),
                 Err(Unavailable::Busy) => (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -390,17 +387,27 @@ async fn respond<B>(request: &Request<B>, endpoints: &Endpoints) -> Response<Ful
     response
 }
 
+/// A document as `/debug/state` sends it: pretty JSON, one trailing newline.
+fn json_text(doc: &StateDoc) -> String {
+    match serde_json::to_string_pretty(doc) {
+        Ok(text) => text + "\n",
+        // Plain data of strings and numbers: serializing cannot fail; say so if it did.
+        Err(e) => format!("{{\"error\": \"cannot serialize the state: {e}\"}}\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state_channel;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn endpoints(readiness: Arc<Readiness>) -> (Endpoints, state_view::StateInbox) {
+    fn endpoints(readiness: Arc<Readiness>) -> (Endpoints, state_channel::StateInbox) {
         let metrics = Arc::new(Metrics::new(
             crate::metrics::SubnetManager::Etcd,
             readiness.clone(),
         ));
-        let (state, inbox) = state_view::channel();
+        let (state, inbox) = state_channel::channel();
         let endpoints = Endpoints {
             readiness,
             metrics,
@@ -456,8 +463,8 @@ mod tests {
         inbox.start_serving();
         tokio::spawn(async move {
             let request = inbox.requests.recv().await.unwrap();
-            let page = serde_json::json!({ "offset": request.query.offset });
-            let _ = request.reply.send(page);
+            let reason = format!("a stand-in page at offset {}", request.query.offset);
+            let _ = request.reply.send(StateDoc::starting(&Err(reason)));
         });
         let state = Request::get("/debug/state?offset=7").body(()).unwrap();
         let response = respond(&state, &endpoints).await;
@@ -466,7 +473,11 @@ mod tests {
             response.headers()[hyper::header::CONTENT_TYPE],
             "application/json"
         );
-        assert!(body(response).await.contains("\"offset\": 7"));
+        assert!(
+            body(response)
+                .await
+                .contains("\"not_ready_reason\": \"a stand-in page at offset 7\"")
+        );
         let bad = Request::get("/debug/state?limit=all").body(()).unwrap();
         assert_eq!(
             respond(&bad, &endpoints).await.status(),

@@ -40,11 +40,46 @@ pub fn connected_networks(
 /// Refuses a cluster network that overlaps a network of the host: any overlap with the
 /// external interface (the underlay), and on other devices anything but a network that
 /// fits inside one pod subnet (the CNI bridge of an earlier run carries such an address).
+/// A network of the host that the cluster network or this node's subnet would collide
+/// with: the node refuses to start (each message says what to change).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostConflict {
+    #[error(
+        "the cluster network {network} overlaps {host_net} on {device}, this node's external \
+         interface: pod routes would capture the traffic between nodes; choose a Network \
+         that does not overlap the node network"
+    )]
+    Underlay {
+        network: Net,
+        host_net: Net,
+        device: String,
+    },
+    #[error(
+        "the cluster network {network} overlaps {host_net} on {device}: pods could not reach \
+         that network, or it could not reach them; choose a Network that does not overlap \
+         the host's networks"
+    )]
+    HostNetwork {
+        network: Net,
+        host_net: Net,
+        device: String,
+    },
+    #[error(
+        "this node's subnet {subnet} overlaps {host_net} on {device}; free that network or \
+         give this node another subnet"
+    )]
+    OwnSubnet {
+        subnet: Net,
+        host_net: Net,
+        device: String,
+    },
+}
+
 pub fn check_network(
     config: &NetworkConfig,
     connected: &[(Net, String)],
     external: &str,
-) -> Result<(), String> {
+) -> Result<(), HostConflict> {
     for pool in [config.ipv4, config.ipv6].into_iter().flatten() {
         let network = pool.network;
         for (host_net, device) in connected {
@@ -52,19 +87,20 @@ pub fn check_network(
                 continue;
             }
             let pod_sized = host_net.prefix >= pool.subnet_len && network.contains(host_net.addr);
+            let (host_net, device) = (*host_net, device.clone());
             if device == external {
-                return Err(format!(
-                    "the cluster network {network} overlaps {host_net} on {device}, this \
-                     node's external interface: pod routes would capture the traffic \
-                     between nodes; choose a Network that does not overlap the node network"
-                ));
+                return Err(HostConflict::Underlay {
+                    network,
+                    host_net,
+                    device,
+                });
             }
             if !pod_sized {
-                return Err(format!(
-                    "the cluster network {network} overlaps {host_net} on {device}: pods \
-                     could not reach that network, or it could not reach them; choose a \
-                     Network that does not overlap the host's networks"
-                ));
+                return Err(HostConflict::HostNetwork {
+                    network,
+                    host_net,
+                    device,
+                });
             }
         }
     }
@@ -72,15 +108,16 @@ pub fn check_network(
 }
 
 /// Refuses an own subnet that overlaps a host network other than its own pods' bridge.
-pub fn check_own_subnet(own: &SubnetKey, connected: &[(Net, String)]) -> Result<(), String> {
+pub fn check_own_subnet(own: &SubnetKey, connected: &[(Net, String)]) -> Result<(), HostConflict> {
     for subnet in [own.ipv4, own.ipv6].into_iter().flatten() {
         for (host_net, device) in connected {
             let inside = host_net.prefix >= subnet.prefix && subnet.contains(host_net.addr);
             if host_net.overlaps(&subnet) && !inside {
-                return Err(format!(
-                    "this node's subnet {subnet} overlaps {host_net} on {device}; free that \
-                     network or give this node another subnet"
-                ));
+                return Err(HostConflict::OwnSubnet {
+                    subnet,
+                    host_net: *host_net,
+                    device: device.clone(),
+                });
             }
         }
     }
@@ -151,7 +188,8 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            check_network(&config("198.18.0.0/16"), &connected(), "eth0"),
+            check_network(&config("198.18.0.0/16"), &connected(), "eth0")
+                .map_err(|e| e.to_string()),
             Err(
                 "the cluster network 198.18.0.0/16 overlaps 198.18.40.0/24 on eth0, this \
                  node's external interface: pod routes would capture the traffic between \
@@ -166,7 +204,7 @@ mod tests {
         let mut connected = connected();
         connected.push(("172.17.0.0/16".parse().unwrap(), "docker0".into()));
         assert_eq!(
-            check_network(&config("172.16.0.0/12"), &connected, "eth0"),
+            check_network(&config("172.16.0.0/12"), &connected, "eth0").map_err(|e| e.to_string()),
             Err(
                 "the cluster network 172.16.0.0/12 overlaps 172.17.0.0/16 on docker0: pods \
                  could not reach that network, or it could not reach them; choose a Network \
@@ -183,7 +221,7 @@ mod tests {
         let mut connected = connected();
         connected.push(("10.244.0.0/22".parse().unwrap(), "eth1".into()));
         assert_eq!(
-            check_own_subnet(&own, &connected),
+            check_own_subnet(&own, &connected).map_err(|e| e.to_string()),
             Err(
                 "this node's subnet 10.244.3.0/24 overlaps 10.244.0.0/22 on eth1; free that \
                  network or give this node another subnet"

@@ -5,7 +5,9 @@
 //! (waited for) → external interface (preferring the Node's InternalIP) → backend (the
 //! VTEP MAC read back from the Node's own `backend-data`) → podCIDR (waited for, checked
 //! against the network) → annotations published → first Node listing → datapath →
-//! subnet.env → ready → `NetworkUnavailable=False`. Then the Node watch drives the datapath.
+//! subnet.env → ready → `NetworkUnavailable=False`. Then the shared node loop
+//! (`node_loop`), fed by the Node watch, with the annotations' re-publish as this mode's
+//! own timer.
 //!
 //! Unlike flannel, which writes its annotations once at startup, weftd keeps them
 //! asserted: when this Node's annotations drift (an admin edit, a `public-ip-overwrite`
@@ -13,13 +15,15 @@
 //! published again.
 
 use crate::bring_up::{self, BackendSpec};
-use crate::cli::Cli;
 use crate::iface::IfaceRequest;
-use crate::node_state::{NodeState, Reporting, log_peer_events};
+use crate::node_loop::{NodeLoop, Received, Source};
+use crate::node_state::{NodeState, Reporting};
 use crate::readiness::Readiness;
+use crate::settings::{KubeSettings, NodeSettings};
 use crate::shutdown::Shutdown;
-use crate::triggers::{PassTrigger, Triggers, sleep_until};
-use anyhow::{Context, bail};
+use crate::triggers::Triggers;
+use anyhow::Context;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -29,27 +33,29 @@ use weft_subnet::kube::{
     self as kube_subnet, AnnotationKeys, ClusterNetworks, KubeSubnetManager, Node, NodeNameSource,
     OwnNode, RetryPolicy, TrackerOutput, node,
 };
-use weft_subnet::watch::{LeaseWatcher, WatchBatch};
-use weft_subnet::{LeaseAttrs, NetworkConfig};
+use weft_subnet::watch::OwnLeaseChange;
+use weft_subnet::{LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// How soon a failed re-publish of this node's annotations is retried.
 const REPUBLISH_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs Kubernetes mode until shutdown.
 pub async fn run(
-    cli: &Cli,
+    settings: &Settings,
     request: IfaceRequest,
     mut shutdown: Shutdown,
     readiness: Arc<Readiness>,
     reporting: Reporting,
 ) -> anyhow::Result<()> {
-    let Some(mut node) = start(cli, request, &mut shutdown, &readiness, reporting).await? else {
+    let Some(node) = start(settings, request, &mut shutdown, &readiness, reporting).await? else {
         return Ok(());
     };
     let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
-    let watch_manager = node.manager.clone();
+    let watch_manager = node.source.manager.clone();
     let watch_task = tokio::spawn(async move { watch_manager.watch_nodes(sink).await });
-    let result = node.run(&mut outputs, &mut shutdown).await;
+    let result = NodeLoop::new(node.source, node.state)
+        .run(&mut outputs, &mut shutdown)
+        .await;
     watch_task.abort();
     if result.is_ok() {
         info!("shutting down; the annotations, subnet.env and the datapath are left in place");
@@ -57,22 +63,36 @@ pub async fn run(
     result
 }
 
+/// What Kubernetes mode runs on: this node's settings and the API's.
+#[derive(Debug)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub kube: KubeSettings,
+}
+
+/// A node holding its podCIDR, ready for the loop.
+struct Started {
+    source: KubeSource,
+    state: NodeState,
+}
+
 /// Startup up to a held podCIDR; `None` when shut down meanwhile.
-async fn start<'a>(
-    cli: &'a Cli,
+async fn start(
+    settings: &Settings,
     mut request: IfaceRequest,
     shutdown: &mut Shutdown,
     readiness: &Arc<Readiness>,
     reporting: Reporting,
-) -> anyhow::Result<Option<KubeNode<'a>>> {
-    let config = read_config(cli)?;
+) -> anyhow::Result<Option<Started>> {
+    let kube = &settings.kube;
+    let config = read_config(&kube.net_config_path)?;
     info!(config = %config.summary(), "network config");
-    let keys = AnnotationKeys::new(&cli.kube_annotation_prefix)?;
+    let keys = AnnotationKeys::new(&kube.annotation_prefix)?;
     let networks = ClusterNetworks {
         ipv4: config.ipv4.map(|p| p.network),
         ipv6: config.ipv6.map(|p| p.network),
     };
-    let client = kube_subnet::client(&cli.kube_api_url, &cli.kubeconfig_file).await?;
+    let client = kube_subnet::client(&kube.api_url, &kube.kubeconfig_file).await?;
     let mut report = |problem: &str| readiness.set_not_ready(problem.to_string());
     let names = NodeNameSource::from_env();
     let resolving = names.resolve_retrying(&client, RetryPolicy::default(), &mut report);
@@ -91,10 +111,11 @@ async fn start<'a>(
     let (host, external) = bring_up::choose_interface(request, &config).await?;
     bring_up::check_network(&config, &host, &external)?;
     let published = node::published_backend_data(&own_node, &keys);
+    let nexthop_objects = settings.node.nexthop_objects;
     let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published, cli.nexthop_objects).await?;
+        bring_up::build_datapath(&config, &external, &host, published, nexthop_objects).await?;
     let attrs = datapath
-        .backend
+        .backend()
         .lease_attrs(external.ext_addr, external.ext_v6_addr);
 
     readiness.set_not_ready(format!("no podCIDR from node {node_name} yet"));
@@ -103,23 +124,25 @@ async fn start<'a>(
     };
     info!(subnet = %lease.key, node = %node_name, "lease acquired from the Node's podCIDR");
     bring_up::check_own_subnet(&lease.key, &datapath)?;
-    let triggers = Triggers::new(kernel_events, Duration::from_secs(cli.reconcile_interval));
-    let readiness = readiness.clone();
+    let triggers = Triggers::new(kernel_events, settings.node.reconcile_interval);
     let state = NodeState::new(
-        cli, config, lease.key, readiness, datapath, triggers, reporting,
+        &settings.node,
+        config,
+        lease.key,
+        readiness.clone(),
+        datapath,
+        triggers,
+        reporting,
     );
-    state
-        .readiness
-        .set_not_ready("waiting for the first Node listing");
-    Ok(Some(KubeNode {
-        cli,
+    state.set_not_ready("waiting for the first Node listing");
+    let source = KubeSource {
         manager,
         attrs,
+        set_network_unavailable: kube.set_network_unavailable,
         republish_at: None,
         problems: Vec::new(),
-        state,
-        watcher: LeaseWatcher::new(Some(lease.key)),
-    }))
+    };
+    Ok(Some(Started { source, state }))
 }
 
 /// The Node's `node-public-ip(v6)` annotations and InternalIPs, for choosing the interface.
@@ -147,8 +170,7 @@ fn addresses_from_node(own_node: &Node, keys: &AnnotationKeys, request: &mut Ifa
 }
 
 /// net-conf.json, parsed as flannel's kube mode does (not validated), with its messages.
-fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
-    let path = &cli.net_config_path;
+fn read_config(path: &Path) -> anyhow::Result<NetworkConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read net conf: {}", path.display()))?;
     let config = RawConfig::parse(&text)
@@ -159,118 +181,91 @@ fn read_config(cli: &Cli) -> anyhow::Result<NetworkConfig> {
     Ok(config)
 }
 
-/// This node in Kubernetes mode: the peers from the Node watch, and its own Node kept
-/// carrying what this node publishes.
-struct KubeNode<'a> {
-    cli: &'a Cli,
+/// Kubernetes mode's side of the node loop: the Node tracker's outputs, and this node's
+/// own Node kept carrying what this node publishes.
+#[derive(Debug)]
+struct KubeSource {
     manager: KubeSubnetManager,
     attrs: LeaseAttrs,
+    /// `--set-node-network-unavailable`.
+    set_network_unavailable: bool,
     republish_at: Option<Instant>,
     /// Operator mistakes on this Node (a malformed overwrite) last reported.
     problems: Vec<String>,
-    state: NodeState,
-    watcher: LeaseWatcher,
 }
 
-impl KubeNode<'_> {
-    /// The event loop: the first listing programs the datapath, then every tracker
-    /// output, the re-publish timer and the shared triggers.
-    async fn run(
-        &mut self,
-        outputs: &mut mpsc::Receiver<TrackerOutput>,
-        shutdown: &mut Shutdown,
-    ) -> anyhow::Result<()> {
-        // Program the datapath only once the peers are known (see etcd mode).
-        loop {
-            let Some(output) = shutdown.until(outputs.recv()).await else {
-                return Ok(());
-            };
-            let Some(output) = output else {
-                bail!("the Node watch stopped unexpectedly")
-            };
-            let snapshot = matches!(output.batch, Some(WatchBatch::Snapshot(_)));
-            self.apply(output);
-            if snapshot {
-                break;
-            }
-        }
-        self.state.converge(PassTrigger::Startup).await;
-        self.state.write_subnet_env();
-        if self.cli.set_node_network_unavailable {
-            let mut report = |problem: &str| warn!("{problem}");
-            if shutdown
-                .until(self.manager.complete(&mut report))
-                .await
-                .is_none()
-            {
-                return Ok(());
-            }
-        }
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => return Ok(()),
-                output = outputs.recv() => {
-                    let Some(output) = output else { bail!("the Node watch stopped unexpectedly") };
-                    let mut pending = vec![output];
-                    while let Ok(more) = outputs.try_recv() {
-                        pending.push(more);
-                    }
-                    let mut peers_changed = false;
-                    for output in pending {
-                        peers_changed |= self.apply(output);
-                    }
-                    // This Node's own updates (kubelet heartbeats) change nothing to program.
-                    if peers_changed {
-                        self.state.peers_changed();
-                    }
+impl Source for KubeSource {
+    type Item = TrackerOutput;
+    const WATCH: &'static str = "the Node watch";
+
+    fn receive(&mut self, output: TrackerOutput, state: &mut NodeState) -> Received {
+        let own_subnet = match output.own {
+            Some(OwnNode::Present(node)) => {
+                if self.drifted(&node) {
+                    // Re-publish from the event loop's timer, not from here: one GET + PATCH.
+                    self.republish_at.get_or_insert_with(Instant::now);
                 }
-                () = sleep_until(self.republish_at) => self.republish().await,
-                trigger = self.state.next_trigger() => self.state.on_trigger(trigger?).await,
+                self.pod_subnet(&node, state.own())
             }
+            Some(OwnNode::Deleted) => {
+                warn!(
+                    node = %self.manager.node_name(),
+                    "this node's Node object is gone; keeping the datapath, and publishing \
+                     again when it comes back"
+                );
+                None
+            }
+            None => None,
+        };
+        Received {
+            batch: output.batch,
+            own_subnet,
         }
     }
 
+    /// A Node is never its own peer: the tracker reports a peer under this node's key
+    /// as a conflict, so the lease watcher has nothing of this node's to report.
+    async fn own_lease_seen(
+        &mut self,
+        _change: OwnLeaseChange,
+        _state: &mut NodeState,
+        _shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
+        None
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.republish_at
+    }
+
     /// Publishes this node's annotations and condition again (one GET and PATCH).
-    async fn republish(&mut self) {
+    async fn wake(
+        &mut self,
+        _state: &mut NodeState,
+        _shutdown: &mut Shutdown,
+    ) -> Option<SubnetKey> {
         self.republish_at = None;
         match self.manager.get_node().await {
             Ok(node) => self.reassert(&node).await,
             Err(e) => self.retry_later(&e.to_string()),
         }
+        None
     }
 
-    /// Applies one tracker output; returns whether the datapath's input changed (peers,
-    /// or this node's subnet).
-    fn apply(&mut self, output: TrackerOutput) -> bool {
-        let mut changed = false;
-        if let Some(batch) = output.batch {
-            changed = true;
-            let Some(changes) = self.watcher.ingest(batch) else {
-                return changed;
-            };
-            log_peer_events(&changes.peers);
-            // A peer under this node's own key was already reported as a conflict by the
-            // tracker; the lease watcher keeps it out of the peer set.
-            self.state.peer_events(changes.peers);
+    /// `NetworkUnavailable=False` once the node is programmed, as flannel does.
+    async fn programmed(&mut self, shutdown: &mut Shutdown) -> bool {
+        if !self.set_network_unavailable {
+            return true;
         }
-        match output.own {
-            Some(OwnNode::Present(node)) => {
-                changed |= self.check_pod_cidr(&node);
-                if self.drifted(&node) {
-                    // Re-publish from the event loop, not from here: one GET + PATCH.
-                    self.republish_at.get_or_insert_with(Instant::now);
-                }
-            }
-            Some(OwnNode::Deleted) => warn!(
-                node = %self.manager.node_name(),
-                "this node's Node object is gone; keeping the datapath, and publishing \
-                 again when it comes back"
-            ),
-            None => {}
-        }
-        changed
+        let mut report = |problem: &str| warn!("{problem}");
+        shutdown
+            .until(self.manager.complete(&mut report))
+            .await
+            .is_some()
     }
+}
 
+impl KubeSource {
     /// Whether the Node lacks what this node publishes (annotations or condition).
     /// Reports operator mistakes on the Node when they change.
     fn drifted(&mut self, node: &Node) -> bool {
@@ -283,7 +278,7 @@ impl KubeNode<'_> {
             self.problems = problems;
         }
         kube_subnet::annotations::annotation_changes(&current, &wanted).is_some()
-            || (self.cli.set_node_network_unavailable && !node::network_marked_available(node))
+            || (self.set_network_unavailable && !node::network_marked_available(node))
     }
 
     async fn reassert(&mut self, node: &Node) {
@@ -295,7 +290,7 @@ impl KubeNode<'_> {
             }
             Err(e) => return self.retry_later(&e.to_string()),
         }
-        if self.cli.set_node_network_unavailable && !node::network_marked_available(node) {
+        if self.set_network_unavailable && !node::network_marked_available(node) {
             match self.manager.mark_network_available().await {
                 Ok(()) => info!("set condition NetworkUnavailable=False (FlannelIsUp) again"),
                 Err(e) => self.retry_later(&e.to_string()),
@@ -308,31 +303,15 @@ impl KubeNode<'_> {
         self.republish_at = Some(Instant::now() + REPUBLISH_RETRY);
     }
 
-    /// A Node re-created with another podCIDR: adopt it, as etcd mode adopts a
-    /// re-acquired subnet, and say loudly what it means for existing pods. Returns
-    /// whether the subnet changed.
-    fn check_pod_cidr(&mut self, node: &Node) -> bool {
-        let (watcher, state) = (&mut self.watcher, &mut self.state);
-        let key = match node::pod_subnets(node, self.manager.networks()) {
-            Ok(key) => key,
+    /// The subnet this Node's podCIDR names when it is not `own` (a Node re-created with
+    /// another podCIDR: the loop adopts it, as etcd mode adopts a re-acquired subnet).
+    fn pod_subnet(&self, node: &Node, own: SubnetKey) -> Option<SubnetKey> {
+        match node::pod_subnets(node, self.manager.networks()) {
+            Ok(key) => (key != own).then_some(key),
             Err(e) => {
-                error!("{e}; keeping subnet {}", state.own);
-                return false;
+                error!("{e}; keeping subnet {own}");
+                None
             }
-        };
-        if key == state.own {
-            return false;
         }
-        error!(
-            old = %state.own,
-            new = %key,
-            "this node's podCIDR changed; pods created before keep addresses from the old \
-             one and must be recreated"
-        );
-        log_peer_events(&watcher.set_own(Some(key)));
-        state.set_own(key);
-        state.set_peers(watcher);
-        state.write_subnet_env();
-        true
     }
 }

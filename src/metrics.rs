@@ -15,7 +15,7 @@
 //! scraped. README.md's metric table is generated from this registry and checked by
 //! `the_readme_documents_every_metric`.
 
-use crate::health::{REFUSED, ShedReason};
+use crate::health::admission::{REFUSED, ShedReason};
 use crate::readiness::Readiness;
 use crate::triggers::PassTrigger;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -280,6 +280,15 @@ impl Metrics {
     }
 
     fn register(mut self) -> Metrics {
+        self.register_node();
+        self.register_reconcile();
+        self.register_datastore();
+        self.register_files_and_health();
+        self
+    }
+
+    /// This node and its peers.
+    fn register_node(&mut self) {
         let r = &mut self.registry;
         r.register(
             "weft_build_info",
@@ -317,6 +326,11 @@ impl Metrics {
              counted once)",
             self.peer_rejections.clone(),
         );
+    }
+
+    /// Reconcile passes and the kernel changes they made.
+    fn register_reconcile(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "weft_reconcile_passes",
             "Reconcile passes run, by what triggered them: lease_change and entry_repair run \
@@ -347,6 +361,11 @@ impl Metrics {
             "Kernel changes that failed, by kind of entry (retried by the next pass)",
             self.change_failures.clone(),
         );
+    }
+
+    /// The datastore, and this node's lease in it.
+    fn register_datastore(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "weft_datastore_watch_restarts",
             "Times the datastore watch started over, by reason",
@@ -376,6 +395,11 @@ impl Metrics {
                 self.lease_renewals.clone(),
             );
         }
+    }
+
+    /// subnet.env writes and the health server.
+    fn register_files_and_health(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "weft_subnet_env_writes",
             "Successful writes of subnet.env",
@@ -396,7 +420,6 @@ impl Metrics {
              was answering a request)",
             self.health_shed.clone(),
         );
-        self
     }
 
     pub fn subnet_manager(&self) -> SubnetManager {

@@ -1,12 +1,16 @@
 //! What both subnet managers share once a node holds a subnet: the datapath, the traffic
 //! rules, subnet.env, readiness (ready = subnet held, datapath programmed, traffic rules
 //! in place, subnet.env written), the shared triggers of the event loop, and the log
-//! lines about peers.
+//! lines about peers. The loop that drives it is `node_loop`; the modes reach it only
+//! through its methods.
 
 use crate::log_limit::{LogLimiter, REMINDER_PERIOD, Verdict, whole_seconds};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::state_view::{self, LastPass, NodeView, StateInbox, StateRequest, StateView};
+use crate::settings::NodeSettings;
+use crate::state_channel::{StateInbox, StateRequest};
+use crate::state_view::{LastPass, NodeView, StateView};
+use crate::state_wire::StateDoc;
 use crate::subnet_file::{self, SubnetEnv};
 use crate::traffic_rules::{self, Outcome, TrafficRules};
 use crate::triggers::{PassTrigger, TICK, Trigger, Triggers};
@@ -31,31 +35,31 @@ pub struct Reporting {
 /// See the module docs.
 #[derive(Debug)]
 pub struct NodeState {
-    pub subnet_file: PathBuf,
-    pub ip_masq: bool,
-    pub config: NetworkConfig,
+    subnet_file: PathBuf,
+    ip_masq: bool,
+    config: NetworkConfig,
     /// This node's subnets.
-    pub own: SubnetKey,
-    pub readiness: Arc<Readiness>,
-    pub env_written: bool,
+    own: SubnetKey,
+    readiness: Arc<Readiness>,
+    env_written: bool,
     /// Keeps a lasting subnet.env write failure from logging on every tick.
     env_write_log: LogLimiter,
-    pub datapath: Reconciler,
+    datapath: Reconciler,
     /// Whether the last reconcile pass applied everything.
-    pub datapath_ok: bool,
-    pub triggers: Triggers,
-    pub rules: TrafficRules,
-    pub rules_status: RulesStatus,
+    datapath_ok: bool,
+    triggers: Triggers,
+    rules: TrafficRules,
+    rules_status: RulesStatus,
     /// This node's subnet changed since the traffic rules were last in place (so a
     /// rewrite is a node change, not a repair).
     rules_own_changed: bool,
     /// Whether a traffic-rules check has ever succeeded (until then, rewrites count as
     /// startup).
     rules_ever_in_place: bool,
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     state_inbox: StateInbox,
     /// When this node's lease expires (etcd mode; `None`: it does not, or Kubernetes).
-    pub lease_expiry: Option<SystemTime>,
+    lease_expiry: Option<SystemTime>,
     last_pass: Option<LastPass>,
 }
 
@@ -79,7 +83,7 @@ const RULES_LOG_EVERY: Duration = Duration::from_secs(60);
 impl NodeState {
     /// A node that holds `own` and has not written subnet.env yet.
     pub fn new(
-        cli: &crate::cli::Cli,
+        settings: &NodeSettings,
         config: NetworkConfig,
         own: SubnetKey,
         readiness: Arc<Readiness>,
@@ -95,14 +99,14 @@ impl NodeState {
                  iptables; flannel refuses to start here, weftd goes on"
             );
         }
-        let spec = traffic_rules::rule_spec(cli, &config, own);
+        let spec = traffic_rules::rule_spec(settings, &config, own);
         let (rules, outcomes) = TrafficRules::start(spec, Firewall::from_env());
-        triggers.with_rules(Duration::from_secs(cli.iptables_resync.into()), outcomes);
+        triggers.with_rules(settings.rules_resync, outcomes);
         reporting.metrics.set_backend(config.backend.kind.name());
         reporting.state_inbox.start_serving();
         let mut state = NodeState {
-            subnet_file: cli.subnet_file.clone(),
-            ip_masq: cli.ip_masq,
+            subnet_file: settings.subnet_file.clone(),
+            ip_masq: settings.ip_masq,
             config,
             own,
             readiness,
@@ -120,9 +124,46 @@ impl NodeState {
             lease_expiry: None,
             last_pass: None,
         };
-        state.datapath.set_blackhole_own(cli.ip_blackhole_route);
+        state.datapath.set_blackhole_own(settings.blackhole_own);
         state.set_own(own);
         state
+    }
+
+    /// This node's subnets.
+    pub fn own(&self) -> SubnetKey {
+        self.own
+    }
+
+    /// The network config this node runs on (the one it started with).
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Not ready, and why (re-acquiring, the datastore went back in time).
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.readiness.set_not_ready(reason);
+    }
+
+    /// When this node's lease expires, for `/debug/state` and the metrics.
+    pub fn set_lease_expiry(&mut self, expiry: Option<SystemTime>) {
+        self.lease_expiry = expiry;
+        self.metrics.set_lease_expiry(expiry);
+    }
+
+    /// Passes add and repair but remove no peer entries until `until`, then a pass
+    /// sweeps (see `Reconciler::hold_removals`).
+    pub fn hold_removals(&mut self, until: Instant) {
+        self.datapath.hold_removals(until);
+        self.schedule_sweep();
+    }
+
+    /// The pass that ends a hold on removals, if one is running.
+    pub fn schedule_sweep(&mut self) {
+        self.triggers.sweep_at(self.datapath.removals_held_until());
     }
 
     fn subnet_env(&self) -> SubnetEnv {
@@ -131,7 +172,7 @@ impl NodeState {
             subnet: self.own.ipv4,
             ipv6_network: self.config.ipv6.map(|p| p.network),
             ipv6_subnet: self.own.ipv6,
-            mtu: self.datapath.backend.pod_mtu(),
+            mtu: self.datapath.backend().pod_mtu(),
             ip_masq: self.ip_masq,
         }
     }
@@ -264,7 +305,7 @@ impl NodeState {
     pub fn peers_changed(&mut self) {
         self.triggers.converge_now(PassTrigger::LeaseChange);
         self.rules.check_now();
-        self.triggers.sweep_at(self.datapath.removals_held_until());
+        self.schedule_sweep();
     }
 
     /// The next shared trigger; an error when kernel notifications stopped. `/debug/state`
@@ -314,7 +355,7 @@ impl NodeState {
             matching,
             peers,
         };
-        let _ = request.reply.send(state_view::render_json(&view, now));
+        let _ = request.reply.send(StateDoc::from_view(&view, now));
     }
 
     pub async fn on_trigger(&mut self, trigger: Trigger) {
@@ -360,7 +401,8 @@ impl NodeState {
                 }
                 self.rules_status = RulesStatus::InPlace;
             }
-            Err(reason) => {
+            Err(error) => {
+                let reason = error.to_string();
                 let now = Instant::now();
                 let logged = match &self.rules_status {
                     RulesStatus::Failed { reason: r, logged }

@@ -1,26 +1,68 @@
 //! `weftd status`: asks a running weftd for `/debug/state` and prints it as a table.
 //!
 //! It talks to the health server (`--healthz-ip`/`--healthz-port`, as given to weftd, or
-//! `--url`) with one plain HTTP/1.1 GET over a TCP connection: the server is weftd's own,
-//! answers with a Content-Length and closes, so no HTTP client library is needed.
+//! `--url`) with one HTTP/1.1 GET (hyper's client connection, the same HTTP stack the
+//! server uses), and reads the answer into the same typed document the server sent
+//! (`state_wire`).
 //!
 //! Exit status: 0 when the node is ready and every peer is `ok` or `repaired`; 2 when it
 //! answered but is not ready or some peer is not; 1 when it could not be asked.
 
 use crate::cli::normalize_args;
 use crate::state_view;
+use crate::state_wire::StateDoc;
+use crate::status_table;
 use clap::Parser;
-use serde_json::Value;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// For the whole exchange once connected.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// More than any page of 1,000 peers needs.
-const MAX_ANSWER: u64 = 32 * 1024 * 1024;
+const MAX_ANSWER: usize = 32 * 1024 * 1024;
+
+/// Why `weftd status` could not show the state.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("--url={0}: only http:// URLs are supported")]
+    NotHttp(String),
+    #[error("give --healthz-port (weftd's) or --url")]
+    NoTarget,
+    #[error("--healthz-ip={0}: not an IP address")]
+    BadIp(String),
+    #[error("{authority}: {error}")]
+    Resolve {
+        authority: String,
+        error: std::io::Error,
+    },
+    #[error("cannot connect to {authority}: {error}")]
+    Connect {
+        authority: String,
+        error: std::io::Error,
+    },
+    #[error("{authority}: {error}")]
+    Http {
+        authority: String,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{authority}: no answer within {IO_TIMEOUT:?}")]
+    Timeout { authority: String },
+    #[error("http://{authority}{path} answered {code}: {body}")]
+    NotState {
+        authority: String,
+        path: String,
+        code: u16,
+        body: String,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
 
 /// See the module docs.
 #[derive(Debug, Clone, Parser)]
@@ -56,7 +98,7 @@ pub struct StatusCli {
 
 impl StatusCli {
     /// `host:port` and the path with its query.
-    fn target(&self) -> Result<(String, String), String> {
+    fn target(&self) -> Result<(String, String), StatusError> {
         let query = format!(
             "offset={}&limit={}&only={}",
             self.offset,
@@ -66,7 +108,7 @@ impl StatusCli {
         if let Some(url) = &self.url {
             let rest = url
                 .strip_prefix("http://")
-                .ok_or_else(|| format!("--url={url}: only http:// URLs are supported"))?;
+                .ok_or_else(|| StatusError::NotHttp(url.clone()))?;
             let (authority, path) = match rest.find('/') {
                 Some(i) => rest.split_at(i),
                 None => (rest, "/debug/state"),
@@ -74,13 +116,11 @@ impl StatusCli {
             let separator = if path.contains('?') { '&' } else { '?' };
             return Ok((authority.to_string(), format!("{path}{separator}{query}")));
         }
-        let Some(port) = self.healthz_port else {
-            return Err("give --healthz-port (weftd's) or --url".into());
-        };
+        let port = self.healthz_port.ok_or(StatusError::NoTarget)?;
         let ip: IpAddr = self
             .healthz_ip
             .parse()
-            .map_err(|_| format!("--healthz-ip={}: not an IP address", self.healthz_ip))?;
+            .map_err(|_| StatusError::BadIp(self.healthz_ip.clone()))?;
         let ip = match ip {
             IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
             IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -93,55 +133,83 @@ impl StatusCli {
     }
 }
 
-/// One GET; returns the status code and the body.
-pub fn http_get(authority: &str, path: &str) -> Result<(u16, String), String> {
-    let address = authority
-        .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
+/// One GET on a runtime of its own (`weftd status` is a short-lived client); returns
+/// the status code and the body.
+fn http_get(authority: &str, path: &str) -> Result<(u16, Bytes), StatusError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StatusError::Runtime)?;
+    runtime.block_on(get(authority, path))
+}
+
+async fn get(authority: &str, path: &str) -> Result<(u16, Bytes), StatusError> {
+    let stream = connect(authority).await?;
+    let http = |error: Box<dyn std::error::Error + Send + Sync>| StatusError::Http {
+        authority: authority.to_string(),
+        error,
+    };
+    let exchange = async {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(e.into()))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| http(e.into()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http(e.into()))?;
+        let code = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(http)?;
+        Ok((code, body.to_bytes()))
+    };
+    tokio::time::timeout(IO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| StatusError::Timeout {
+            authority: authority.to_string(),
+        })?
+}
+
+async fn connect(authority: &str) -> Result<tokio::net::TcpStream, StatusError> {
+    let connect_error = |error| StatusError::Connect {
+        authority: authority.to_string(),
+        error,
+    };
+    let address = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|error| StatusError::Resolve {
+            authority: authority.to_string(),
+            error,
+        })?
         .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let io = |e: std::io::Error| format!("{authority}: {e}");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    let mut answer = Vec::new();
-    stream
-        .take(MAX_ANSWER)
-        .read_to_end(&mut answer)
-        .map_err(io)?;
-    parse_response(&answer)
-}
-
-/// Splits an HTTP/1.1 response into its status code and body.
-fn parse_response(answer: &[u8]) -> Result<(u16, String), String> {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "the answer is not an HTTP response".to_string())?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "unexpected status line: {}",
-                head.lines().next().unwrap_or("")
-            )
+        .ok_or_else(|| StatusError::Resolve {
+            authority: authority.to_string(),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         })?;
-    Ok((code, body.to_string()))
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(connected) => connected.map_err(connect_error),
+        Err(_) => Err(connect_error(std::io::ErrorKind::TimedOut.into())),
+    }
 }
 
-/// Whether the node is ready and every peer is ok or repaired.
-fn healthy(state: &Value) -> bool {
-    let summary = &state["summary"];
-    let fine = ["ok", "repaired"]
-        .iter()
-        .filter_map(|k| summary[*k].as_u64())
-        .sum::<u64>();
-    state["node"]["ready"].as_bool() == Some(true) && summary["peers"].as_u64() == Some(fine)
+/// Asks for the state and reads the document.
+fn fetch(authority: &str, path: &str) -> Result<(StateDoc, Bytes), StatusError> {
+    let (code, body) = http_get(authority, path)?;
+    match serde_json::from_slice::<StateDoc>(&body) {
+        Ok(doc) => Ok((doc, body)),
+        Err(_) => Err(StatusError::NotState {
+            authority: authority.to_string(),
+            path: path.to_string(),
+            code,
+            body: String::from_utf8_lossy(&body).trim().to_string(),
+        }),
+    }
 }
 
 /// Runs `weftd status ARGS` (`args[0]` is the program, `args[1]` is `status`).
@@ -149,33 +217,23 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
     let mut args = normalize_args(args);
     args.remove(1);
     let cli = StatusCli::parse_from(args);
-    let (authority, path) = match cli.target() {
-        Ok(target) => target,
+    let fetched = cli
+        .target()
+        .and_then(|(authority, path)| fetch(&authority, &path));
+    let (doc, body) = match fetched {
+        Ok(fetched) => fetched,
         Err(problem) => {
             eprintln!("weftd status: {problem}");
             return ExitCode::FAILURE;
         }
-    };
-    let (code, body) = match http_get(&authority, &path) {
-        Ok(answer) => answer,
-        Err(problem) => {
-            eprintln!("weftd status: {problem}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Ok(state) = serde_json::from_str::<Value>(&body) else {
-        eprintln!(
-            "weftd status: http://{authority}{path} answered {code}: {}",
-            body.trim()
-        );
-        return ExitCode::FAILURE;
     };
     if cli.json {
-        println!("{state:#}");
+        // As weftd served it (already pretty-printed JSON).
+        print!("{}", String::from_utf8_lossy(&body));
     } else {
-        print!("{}", state_view::status_table(&state));
+        print!("{}", status_table::render(&doc));
     }
-    if healthy(&state) {
+    if doc.healthy() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
@@ -195,11 +253,11 @@ mod tests {
     #[test]
     fn the_target_comes_from_weftds_flags_or_a_url() {
         assert_eq!(
-            cli(&["-healthz-port=8081", "--problems"]).target(),
-            Ok((
+            cli(&["-healthz-port=8081", "--problems"]).target().unwrap(),
+            (
                 "127.0.0.1:8081".into(),
                 "/debug/state?offset=0&limit=100&only=problems".into()
-            ))
+            )
         );
         assert_eq!(
             cli(&["--healthz-ip=0.0.0.0", "--healthz-port=9"])
@@ -221,33 +279,68 @@ mod tests {
                 "--offset=100",
                 "--limit=50"
             ])
-            .target(),
-            Ok((
+            .target()
+            .unwrap(),
+            (
                 "198.18.0.11:8081".into(),
                 "/debug/state?offset=100&limit=50&only=all".into()
-            ))
+            )
         );
-        assert!(cli(&["--url=https://x/debug/state"]).target().is_err());
-        assert!(cli(&[]).target().unwrap_err().contains("--healthz-port"));
-    }
-
-    #[test]
-    fn responses_split_into_code_and_body() {
-        let answer = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(answer), Ok((503, "{}".into())));
-        assert!(parse_response(b"garbage").is_err());
+        assert_eq!(
+            cli(&["--url=https://x/debug/state"])
+                .target()
+                .unwrap_err()
+                .to_string(),
+            "--url=https://x/debug/state: only http:// URLs are supported"
+        );
+        assert!(
+            cli(&[])
+                .target()
+                .unwrap_err()
+                .to_string()
+                .contains("--healthz-port")
+        );
     }
 
     #[test]
     fn healthy_means_ready_with_every_peer_fine() {
         let state = |ready: bool, missing: u64| {
-            serde_json::json!({
-                "node": {"ready": ready},
-                "summary": {"peers": 3 + missing, "ok": 2, "repaired": 1, "missing": missing},
-            })
+            serde_json::from_value::<StateDoc>(serde_json::json!({
+                "node": {"subnet": "10.244.1.0/24", "backend": "vxlan", "subnet_manager": "etcd",
+                         "lease_expires_at": null, "ready": ready, "not_ready_reason": null},
+                "last_pass": null,
+                "summary": {"peers": 3 + missing, "ok": 2, "repaired": 1, "pending": 0,
+                            "withdrawn": 0, "missing": missing, "skipped": 0, "rejected": 0},
+                "page": {"offset": 0, "limit": 100, "only": "all", "matching": 0,
+                         "returned": 0, "next_offset": null},
+                "peers": [],
+            }))
+            .unwrap()
         };
-        assert!(healthy(&state(true, 0)));
-        assert!(!healthy(&state(true, 1)));
-        assert!(!healthy(&state(false, 0)));
+        assert!(state(true, 0).healthy());
+        assert!(!state(true, 1).healthy());
+        assert!(!state(false, 0).healthy());
+    }
+
+    #[test]
+    fn an_answer_that_is_not_the_state_is_shown_with_its_code() {
+        // A server on this test's own loopback port that answers like a proxy would.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 12\r\nconnection: close\r\n\r\nno upstream\n",
+            );
+        });
+        let problem = fetch(&authority, "/debug/state?offset=0").unwrap_err();
+        server.join().unwrap();
+        assert_eq!(
+            problem.to_string(),
+            format!("http://{authority}/debug/state?offset=0 answered 502: no upstream")
+        );
     }
 }

@@ -6,16 +6,30 @@
 //! slow tool therefore never holds up lease handling, the datapath or shutdown; wakes
 //! that arrive during a check are coalesced into one more check.
 
+use crate::settings::NodeSettings;
 use std::sync::Arc;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, watch};
-use weft_rules::{CheckReport, FamilyNets, Firewall, RuleSpec};
+use weft_rules::{CheckReport, FamilyNets, Firewall, RuleSpec, RulesError};
 use weft_subnet::config::SubnetPool;
 use weft_subnet::family::Net;
 use weft_subnet::{NetworkConfig, SubnetKey};
 
 /// What one check came to: its report, or why it failed.
-pub type Outcome = Result<CheckReport, String>;
+pub type Outcome = Result<CheckReport, RulesFailure>;
+
+/// A failed check as it crosses from the rules task to the event loop: the error's text,
+/// which is all the loop uses (to log it once and to say why the node is not ready), in
+/// a type that compares, so a repeated failure is recognised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RulesFailure(String);
+
+impl From<RulesError> for RulesFailure {
+    fn from(error: RulesError) -> RulesFailure {
+        RulesFailure(error.to_string())
+    }
+}
 
 /// The handle the node keeps; dropping it ends the task.
 #[derive(Debug)]
@@ -59,11 +73,11 @@ impl TrafficRules {
 }
 
 /// The rules a node with these flags, config and subnets wants.
-pub fn rule_spec(cli: &crate::cli::Cli, config: &NetworkConfig, own: SubnetKey) -> RuleSpec {
+pub fn rule_spec(settings: &NodeSettings, config: &NetworkConfig, own: SubnetKey) -> RuleSpec {
     RuleSpec {
-        masquerade: cli.ip_masq,
-        fully_random: !cli.ip_masq_fully_random_disable,
-        forward: cli.iptables_forward_rules,
+        masquerade: settings.ip_masq,
+        fully_random: settings.masq_fully_random,
+        forward: settings.forward_rules,
         nftables: config.enable_nftables,
         v4: family_nets(config.ipv4, own.ipv4),
         v6: family_nets(config.ipv6, own.ipv6),
@@ -111,7 +125,7 @@ async fn run(
 ) {
     loop {
         let current = spec.borrow_and_update().clone();
-        let outcome = firewall.check(&current).await.map_err(|e| e.to_string());
+        let outcome = firewall.check(&current).await.map_err(RulesFailure::from);
         if outcomes.send(outcome).is_err() {
             return;
         }
@@ -127,10 +141,12 @@ mod tests {
     use super::*;
     use std::ffi::OsString;
 
-    fn cli(args: &[&str]) -> crate::cli::Cli {
+    fn cli(args: &[&str]) -> NodeSettings {
         let mut all = vec![OsString::from("weftd")];
         all.extend(args.iter().map(OsString::from));
-        crate::cli::Cli::try_parse_flannel_style(all).unwrap()
+        crate::cli::Cli::try_parse_flannel_style(all)
+            .unwrap()
+            .node_settings()
     }
 
     fn key(v4: Option<&str>, v6: Option<&str>) -> SubnetKey {

@@ -218,6 +218,8 @@ pub async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::traffic_rules::RulesFailure;
+    use weft_rules::RulesError;
 
     #[tokio::test(start_paused = true)]
     async fn scheduled_passes_fire_in_order_and_once() {
@@ -298,12 +300,20 @@ mod tests {
         let first = t.next().await;
         assert!(matches!(first, Some(Trigger::RulesCheck | Trigger::Tick)));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
-        outcomes_tx.send(Err("no iptables".into())).unwrap();
+        outcomes_tx
+            .send(Err(RulesFailure::from(RulesError::NotApplied(
+                "no iptables".into(),
+            ))))
+            .unwrap();
         let mut seen = vec![first];
         for _ in 0..2 {
             seen.push(t.next().await);
         }
-        assert!(seen.contains(&Some(Trigger::RulesChecked(Err("no iptables".into())))));
+        assert!(seen.iter().any(|t| matches!(
+            t,
+            Some(Trigger::RulesChecked(Err(failure)))
+                if failure.to_string() == "the rules are still wrong after applying them: no iptables"
+        )));
         assert!(seen.contains(&Some(Trigger::RulesCheck)));
         // A dropped task is not an error: no more outcomes, the timer goes on.
         drop(outcomes_tx);

@@ -149,8 +149,8 @@ fn prop_state_query_parses_within_bounds_or_refuses() {
                 prop_assert!((1..=MAX_LIMIT).contains(&q.limit), "limit {}", q.limit);
                 Ok("ok")
             }
-            Err(message) => {
-                prop_assert!(!message.is_empty());
+            Err(refused) => {
+                prop_assert!(!refused.to_string().is_empty());
                 Ok("err")
             }
         },

@@ -176,7 +176,9 @@ pub fn incompatibility(want: &VxlanLink, have: &ObservedLink) -> Option<String> 
     None
 }
 
-/// Computes the operations that take the kernel from `observed` to `desired`.
+/// Computes the operations that take the kernel from `observed` to `desired`, in a safe
+/// order: devices, then new entries (neighbour and FDB before the routes that use them),
+/// then routes; removals after, routes before their nexthop objects and entries.
 pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
     // At least this many entries are missing: sized once, so a first pass (thousands of
     // peers, nothing in the kernel yet) does not grow the largest vector of the pass by
@@ -189,18 +191,52 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
     for device in &desired.devices {
         device_ops(device, observed, &mut ops, &mut fresh);
     }
-    let on_fresh = |name: &str| fresh.contains(name);
-    let our_devices: HashSet<&str> = desired.device_names().collect();
+    let devices = Devices {
+        fresh,
+        ours: desired.device_names().collect(),
+    };
+    missing_entry_ops(desired, observed, &devices, &mut ops);
+    let deleted_with_route = route_ops(desired, observed, &devices, &mut ops);
+    nexthop_ops(desired, observed, deleted_with_route, &mut ops);
+    stale_entry_ops(desired, observed, &devices, &mut ops);
+    blackhole_ops(desired, observed, &mut ops);
+    stray_device_ops(observed, &devices, &mut ops);
+    ops
+}
 
+/// weft's devices in this pass, and those being (re)created, whose entries are gone.
+struct Devices<'a> {
+    fresh: HashSet<&'a str>,
+    ours: HashSet<&'a str>,
+}
+
+impl Devices<'_> {
+    fn fresh(&self, name: &str) -> bool {
+        self.fresh.contains(name)
+    }
+
+    /// One of weft's devices that keeps its entries.
+    fn kept(&self, name: &str) -> bool {
+        self.ours.contains(name) && !self.fresh(name)
+    }
+}
+
+/// Neighbour and FDB entries wanted and not in the kernel.
+fn missing_entry_ops(
+    desired: &Desired,
+    observed: &Observed,
+    devices: &Devices<'_>,
+    ops: &mut Vec<Op>,
+) {
     let observed_neigh: ObservedSet<&Neighbour> = observed
         .neighbours
         .iter()
-        .filter(|n| !on_fresh(&n.device))
+        .filter(|n| !devices.fresh(&n.device))
         .collect();
     let observed_fdb: ObservedSet<&Fdb> = observed
         .fdb
         .iter()
-        .filter(|e| !on_fresh(&e.device))
+        .filter(|e| !devices.fresh(&e.device))
         .collect();
     for neighbour in desired.neighbours.values() {
         if !observed_neigh.contains(neighbour) {
@@ -212,11 +248,20 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::ReplaceFdb(fdb.clone()));
         }
     }
+}
 
+/// Routes wanted and not in place, then weft's routes nothing wants; returns the nexthop
+/// objects the deleted routes used.
+fn route_ops(
+    desired: &Desired,
+    observed: &Observed,
+    devices: &Devices<'_>,
+    ops: &mut Vec<Op>,
+) -> Vec<NonZeroU32> {
     let live_routes: Vec<_> = observed
         .routes
         .iter()
-        .filter(|r| !on_fresh(&r.route.device))
+        .filter(|r| !devices.fresh(&r.route.device))
         .collect();
     // Indexed, so a steady-state pass over thousands of peers stays linear. Only marked
     // routes count as in place: a wanted route without weft's mark (flannel's, on a
@@ -231,8 +276,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::ReplaceRoute(route.clone()));
         }
     }
-    // Objects whose route's deletion deletes them.
-    let mut deleted_with_route: Vec<NonZeroU32> = Vec::new();
+    let mut deleted_with_route = Vec::new();
     for observed_route in &live_routes {
         let route = &observed_route.route;
         // Ours, and nothing wants this prefix any more. A wanted prefix with a different
@@ -242,46 +286,57 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::DelRoute(route.clone()));
         }
     }
-    // After the routes: deleting a nexthop object deletes the routes through it. Only
-    // weft's own (marked) objects; another program's at one of weft's ids stays. (The
-    // set is built only when there is one: a steady pass observes none.)
-    if observed.nexthops.iter().any(|n| n.ours) {
-        let used: HashSet<NonZeroU32> = desired
-            .routes
-            .values()
-            .filter_map(|r| r.nexthop)
-            .chain(deleted_with_route)
-            .collect();
-        for nexthop in &observed.nexthops {
-            if nexthop.ours && !used.contains(&nexthop.id) {
-                ops.push(Op::DelNexthop(nexthop.id));
-            }
+    deleted_with_route
+}
+
+/// After the routes: deleting a nexthop object deletes the routes through it. Only
+/// weft's own (marked) objects; another program's at one of weft's ids stays. (The set
+/// is built only when there is one: a steady pass observes none.)
+fn nexthop_ops(
+    desired: &Desired,
+    observed: &Observed,
+    deleted_with_route: Vec<NonZeroU32>,
+    ops: &mut Vec<Op>,
+) {
+    if !observed.nexthops.iter().any(|n| n.ours) {
+        return;
+    }
+    let used: HashSet<NonZeroU32> = desired
+        .routes
+        .values()
+        .filter_map(|r| r.nexthop)
+        .chain(deleted_with_route)
+        .collect();
+    for nexthop in &observed.nexthops {
+        if nexthop.ours && !used.contains(&nexthop.id) {
+            ops.push(Op::DelNexthop(nexthop.id));
         }
     }
+}
 
+/// weft's neighbour and FDB entries nothing wants.
+fn stale_entry_ops(
+    desired: &Desired,
+    observed: &Observed,
+    devices: &Devices<'_>,
+    ops: &mut Vec<Op>,
+) {
     for neighbour in &observed.neighbours {
-        let ours = our_devices.contains(neighbour.device.as_str()) && !on_fresh(&neighbour.device);
-        if ours
-            && desired
-                .neighbours
-                .get(&(neighbour.device.clone(), neighbour.ip))
-                != Some(neighbour)
-        {
-            // A replace already rewrote an entry whose MAC changed.
-            if !desired
-                .neighbours
-                .contains_key(&(neighbour.device.clone(), neighbour.ip))
-            {
-                ops.push(Op::DelNeighbour(neighbour.clone()));
-            }
+        let key = (neighbour.device.clone(), neighbour.ip);
+        // A wanted entry whose MAC changed was rewritten by a replace already.
+        if devices.kept(neighbour.device.as_str()) && !desired.neighbours.contains_key(&key) {
+            ops.push(Op::DelNeighbour(neighbour.clone()));
         }
     }
     for fdb in &observed.fdb {
-        let ours = our_devices.contains(fdb.device.as_str()) && !on_fresh(&fdb.device);
-        if ours && !desired.fdb.contains_key(&(fdb.device.clone(), fdb.mac)) {
+        let key = (fdb.device.clone(), fdb.mac);
+        if devices.kept(fdb.device.as_str()) && !desired.fdb.contains_key(&key) {
             ops.push(Op::DelFdb(fdb.clone()));
         }
     }
+}
+
+fn blackhole_ops(desired: &Desired, observed: &Observed, ops: &mut Vec<Op>) {
     let observed_blackholes: HashSet<&Net> = observed.blackholes.iter().collect();
     for net in &desired.blackholes {
         if !observed_blackholes.contains(net) {
@@ -293,8 +348,12 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::DelBlackhole(*net));
         }
     }
+}
+
+/// VXLAN devices of flannel's naming that no backend of this node uses.
+fn stray_device_ops(observed: &Observed, devices: &Devices<'_>, ops: &mut Vec<Op>) {
     for name in &observed.stray_devices {
-        if !our_devices.contains(name.as_str()) {
+        if !devices.ours.contains(name.as_str()) {
             ops.push(Op::DeleteLink {
                 name: name.clone(),
                 reason: "no backend of this node uses it any more (left by another backend \
@@ -303,7 +362,6 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Op> {
             });
         }
     }
-    ops
 }
 
 fn device_ops<'a>(

@@ -197,8 +197,41 @@ pub fn desired_state<'a>(
     node: &Node,
     peers: impl IntoIterator<Item = &'a Lease>,
 ) -> (Desired, Vec<Skipped>) {
-    let mut desired = Desired::default();
+    let mut desired = Desired {
+        devices: devices(config, node),
+        ..Desired::default()
+    };
     let mut skipped = Vec::new();
+    let mut entries = Entries::default();
+    let names = EntryDevices::new(config, node);
+    for peer in peers {
+        if peer.attrs.backend_type != "vxlan" {
+            skipped.push(Skipped {
+                key: peer.key,
+                kind: SkipKind::OtherBackend,
+                reason: format!(
+                    "its backend type is {:?}, not \"vxlan\"",
+                    peer.attrs.backend_type
+                ),
+            });
+            continue;
+        }
+        for path in peer_paths(node, peer) {
+            if let Err((kind, reason)) = add_path(config, node, &names, &path, &mut entries) {
+                skipped.push(Skipped {
+                    key: peer.key,
+                    kind,
+                    reason,
+                });
+            }
+        }
+    }
+    entries.build_into(&mut desired);
+    (desired, skipped)
+}
+
+/// This node's VXLAN devices, one per family it has a subnet and a local address in.
+fn devices(config: &VxlanConfig, node: &Node) -> Vec<Device> {
     let base = node.base_mtu(config);
     let families = [
         (
@@ -216,6 +249,7 @@ pub fn desired_state<'a>(
             OVERHEAD_V6,
         ),
     ];
+    let mut devices = Vec::new();
     for (family, own, local, mac, overhead) in families {
         let (Some(own), Some(local)) = (own, local) else {
             continue;
@@ -225,7 +259,7 @@ pub fn desired_state<'a>(
             addr: own.addr,
             prefix: family.width(),
         };
-        desired.devices.push(Device {
+        devices.push(Device {
             link: VxlanLink {
                 name: config.device_name(family),
                 vni: config.vni,
@@ -240,101 +274,117 @@ pub fn desired_state<'a>(
             address: single,
         });
     }
-    let mut entries = Entries::default();
-    // One allocation per device name, shared by every entry on it.
-    let external_name = DeviceName::from(&node.external_name);
-    let device_names = [
-        DeviceName::from(config.device_name(Family::V4)),
-        DeviceName::from(config.device_name(Family::V6)),
-    ];
-    for peer in peers {
-        if peer.attrs.backend_type != "vxlan" {
-            skipped.push(Skipped {
-                key: peer.key,
-                kind: SkipKind::OtherBackend,
-                reason: format!(
-                    "its backend type is {:?}, not \"vxlan\"",
-                    peer.attrs.backend_type
-                ),
-            });
-            continue;
-        }
-        let v4 = (node.own.ipv4.is_some() && node.local_v4.is_some())
-            .then_some(())
-            .and(peer.key.ipv4)
-            .map(|subnet| {
-                (
-                    subnet,
-                    IpAddr::V4(peer.attrs.public_ip),
-                    peer.attrs.backend_data.as_ref(),
-                    Family::V4,
-                )
-            });
-        let v6 = (node.own.ipv6.is_some() && node.local_v6.is_some())
-            .then_some(())
-            .and(peer.key.ipv6)
-            .and_then(|subnet| {
-                peer.attrs.public_ipv6.map(|ip| {
-                    (
-                        subnet,
-                        IpAddr::V6(ip),
-                        peer.attrs.backend_v6_data.as_ref(),
-                        Family::V6,
-                    )
-                })
-            });
-        for (subnet, public_ip, data, family) in v4.into_iter().chain(v6) {
-            if public_ip.is_unspecified() {
-                skipped.push(Skipped {
-                    key: peer.key,
-                    kind: SkipKind::NoPublicIp,
-                    reason: "it has no public IP".into(),
-                });
-                continue;
-            }
-            if config.direct_routing && crate::adjacency::on_link(&node.connected, public_ip) {
-                entries.add_route(Route {
-                    destination: subnet,
-                    gateway: public_ip,
-                    device: external_name.clone(),
-                    onlink: false,
-                    nexthop: None,
-                });
-                continue;
-            }
-            let Some(peer_mac) = vtep_mac(data) else {
-                skipped.push(Skipped {
-                    key: peer.key,
-                    kind: SkipKind::NoVtepMac,
-                    reason: format!("its {family:?} BackendData has no valid VtepMAC"),
-                });
-                continue;
-            };
-            let device = match family {
-                Family::V4 => device_names[0].clone(),
-                Family::V6 => device_names[1].clone(),
-            };
-            entries.add_neighbour(Neighbour {
-                device: device.clone(),
-                ip: subnet.ip(),
-                mac: peer_mac,
-            });
-            entries.add_fdb(Fdb {
-                device: device.clone(),
-                mac: peer_mac,
-                destination: public_ip,
-            });
-            entries.add_route(Route {
-                destination: subnet,
-                gateway: subnet.ip(),
-                device,
-                onlink: true,
-                nexthop: None,
-            });
+    devices
+}
+
+/// The device names entries go on, one allocation each, shared by every entry on it.
+struct EntryDevices {
+    external: DeviceName,
+    v4: DeviceName,
+    v6: DeviceName,
+}
+
+impl EntryDevices {
+    fn new(config: &VxlanConfig, node: &Node) -> EntryDevices {
+        EntryDevices {
+            external: DeviceName::from(&node.external_name),
+            v4: DeviceName::from(config.device_name(Family::V4)),
+            v6: DeviceName::from(config.device_name(Family::V6)),
         }
     }
-    entries.build_into(&mut desired);
-    (desired, skipped)
+
+    fn vxlan(&self, family: Family) -> DeviceName {
+        match family {
+            Family::V4 => self.v4.clone(),
+            Family::V6 => self.v6.clone(),
+        }
+    }
+}
+
+/// One way to a peer's subnet in one family.
+struct PeerPath<'a> {
+    subnet: Net,
+    public_ip: IpAddr,
+    data: Option<&'a BackendData>,
+    family: Family,
+}
+
+/// The peer's subnets in the families this node runs VXLAN in.
+fn peer_paths<'a>(node: &Node, peer: &'a Lease) -> impl Iterator<Item = PeerPath<'a>> {
+    let v4 = (node.own.ipv4.is_some() && node.local_v4.is_some())
+        .then_some(())
+        .and(peer.key.ipv4)
+        .map(|subnet| PeerPath {
+            subnet,
+            public_ip: IpAddr::V4(peer.attrs.public_ip),
+            data: peer.attrs.backend_data.as_ref(),
+            family: Family::V4,
+        });
+    let v6 = (node.own.ipv6.is_some() && node.local_v6.is_some())
+        .then_some(())
+        .and(peer.key.ipv6)
+        .and_then(|subnet| {
+            peer.attrs.public_ipv6.map(|ip| PeerPath {
+                subnet,
+                public_ip: IpAddr::V6(ip),
+                data: peer.attrs.backend_v6_data.as_ref(),
+                family: Family::V6,
+            })
+        });
+    v4.into_iter().chain(v6)
+}
+
+/// The entries of one path: a direct route to an L2-adjacent peer (DirectRouting), or
+/// the neighbour, FDB entry and onlink route through the VXLAN device; or why not.
+fn add_path(
+    config: &VxlanConfig,
+    node: &Node,
+    names: &EntryDevices,
+    path: &PeerPath<'_>,
+    entries: &mut Entries,
+) -> Result<(), (SkipKind, String)> {
+    let PeerPath {
+        subnet,
+        public_ip,
+        data,
+        family,
+    } = *path;
+    if public_ip.is_unspecified() {
+        return Err((SkipKind::NoPublicIp, "it has no public IP".into()));
+    }
+    if config.direct_routing && crate::adjacency::on_link(&node.connected, public_ip) {
+        entries.add_route(Route {
+            destination: subnet,
+            gateway: public_ip,
+            device: names.external.clone(),
+            onlink: false,
+            nexthop: None,
+        });
+        return Ok(());
+    }
+    let Some(peer_mac) = vtep_mac(data) else {
+        let reason = format!("its {family:?} BackendData has no valid VtepMAC");
+        return Err((SkipKind::NoVtepMac, reason));
+    };
+    let device = names.vxlan(family);
+    entries.add_neighbour(Neighbour {
+        device: device.clone(),
+        ip: subnet.ip(),
+        mac: peer_mac,
+    });
+    entries.add_fdb(Fdb {
+        device: device.clone(),
+        mac: peer_mac,
+        destination: public_ip,
+    });
+    entries.add_route(Route {
+        destination: subnet,
+        gateway: subnet.ip(),
+        device,
+        onlink: true,
+        nexthop: None,
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub enum Admission<H> {
     Refused(ShedReason),
 }
 
+/// The metric label of a new connection closed because nothing was idle to shed.
+pub const REFUSED: &str = "refused";
+
 /// Why a connection was closed before it sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShedReason {

@@ -17,7 +17,7 @@ use crate::diff::Op;
 use crate::mac::{self, Mac};
 use crate::nexthop::NexthopPlan;
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -100,13 +100,45 @@ impl Kernel {
         desired: &Desired,
         nexthops: bool,
     ) -> Result<Observed, KernelError> {
+        let mut observed = Observed::default();
+        let names = self.observe_links(desired, &mut observed).await?;
+        let ours: HashMap<u32, String> = observed
+            .links
+            .iter()
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+        if !ours.is_empty() {
+            self.observe_addresses(&mut observed).await?;
+        }
+        // Sized once for what the pass expects: no doubling (and no old and new buffer at
+        // once) while 15,000 peers' entries stream in.
+        observed.routes.reserve(desired.routes.len());
+        observed.neighbours.reserve(desired.neighbours.len());
+        observed.fdb.reserve(desired.fdb.len());
+        let mut dumper = self.dumper.lock().await;
+        observe_routes(&mut dumper, desired, &names, &ours, &mut observed).await?;
+        observe_entries(&mut dumper, &ours, &mut observed).await?;
+        drop(dumper);
+        if nexthops {
+            self.observe_nexthops(desired, &mut observed).await?;
+            observed.nexthops_read = true;
+        }
+        Ok(observed)
+    }
+
+    /// weft's devices (and stray VXLAN devices of flannel's naming); returns every link's
+    /// name by index, for reading routes.
+    async fn observe_links(
+        &self,
+        desired: &Desired,
+        observed: &mut Observed,
+    ) -> Result<HashMap<u32, DeviceName>, KernelError> {
         let wanted: HashSet<&str> = desired.device_names().collect();
         let links = self.links().await?;
         let names: HashMap<u32, DeviceName> = links
             .iter()
             .filter_map(|l| link_name(l).map(|n| (l.header.index, DeviceName::from(n))))
             .collect();
-        let mut observed = Observed::default();
         for link in &links {
             let Some(name) = link_name(link) else {
                 continue;
@@ -117,119 +149,32 @@ impl Kernel {
                 observed.stray_devices.push(name.to_string());
             }
         }
-        let ours: HashMap<u32, String> = observed
-            .links
-            .iter()
-            .map(|l| (l.index, l.name.clone()))
-            .collect();
-        if !ours.is_empty() {
-            let addresses: Vec<_> = self
-                .handle
-                .address()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(netlink("dump addresses"))?;
-            for message in addresses {
-                let Some(link) = observed
-                    .links
-                    .iter_mut()
-                    .find(|l| l.index == message.header.index)
-                else {
-                    continue;
-                };
-                let ip = message
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        AddressAttribute::Local(ip) => Some(*ip),
-                        _ => None,
-                    })
-                    .or_else(|| {
-                        message.attributes.iter().find_map(|a| match a {
-                            AddressAttribute::Address(ip) => Some(*ip),
-                            _ => None,
-                        })
-                    });
-                if let Some(ip) = ip {
-                    link.addresses.push((ip, message.header.prefix_len));
-                }
+        Ok(names)
+    }
+
+    /// The addresses of weft's devices.
+    async fn observe_addresses(&self, observed: &mut Observed) -> Result<(), KernelError> {
+        let addresses: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("dump addresses"))?;
+        for message in addresses {
+            let Some(link) = observed
+                .links
+                .iter_mut()
+                .find(|l| l.index == message.header.index)
+            else {
+                continue;
+            };
+            if let Some(ip) = address_of(&message) {
+                link.addresses.push((ip, message.header.prefix_len));
             }
         }
-        // Sized once for what the pass expects: no doubling (and no old and new buffer at
-        // once) while 15,000 peers' entries stream in.
-        observed.routes.reserve(desired.routes.len());
-        observed.neighbours.reserve(desired.neighbours.len());
-        observed.fdb.reserve(desired.fdb.len());
-        let mut dumper = self.dumper.lock().await;
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            // The main table only (filtered by the kernel under strict checking).
-            let mut request = RouteMessage::default();
-            request.header.address_family = family;
-            request.header.table = MAIN_TABLE as u8;
-            dumper
-                .dump(
-                    RouteNetlinkMessage::GetRoute(request),
-                    "dump routes",
-                    |message| {
-                        let RouteNetlinkMessage::NewRoute(message) = message else {
-                            return;
-                        };
-                        match classify_route(&message, &names, &ours, desired) {
-                            Some(SeenRoute::Ours(route)) => observed.routes.push(route),
-                            Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
-                            Some(SeenRoute::Blackhole(net)) => observed.blackholes.push(net),
-                            None => {}
-                        }
-                    },
-                )
-                .await?;
-        }
-        // Neighbours and FDB entries of weft's devices only: one dump per device and kind,
-        // filtered by the kernel (NDA_IFINDEX; for FDB the bridge-port index in the header).
-        let mut devices: Vec<(&u32, &String)> = ours.iter().collect();
-        devices.sort();
-        for (&index, device) in devices {
-            let device = &DeviceName::from(device);
-            for family in [AddressFamily::Unspec, AddressFamily::Bridge] {
-                let mut request = NeighbourMessage::default();
-                request.header.family = family;
-                if family == AddressFamily::Bridge {
-                    request.header.ifindex = index;
-                } else {
-                    request.attributes.push(NeighbourAttribute::IfIndex(index));
-                }
-                let op = if family == AddressFamily::Bridge {
-                    "dump fdb"
-                } else {
-                    "dump neighbours"
-                };
-                dumper
-                    .dump(RouteNetlinkMessage::GetNeighbour(request), op, |message| {
-                        let RouteNetlinkMessage::NewNeighbour(message) = message else {
-                            return;
-                        };
-                        if message.header.ifindex != index {
-                            return;
-                        }
-                        if family == AddressFamily::Bridge {
-                            observed.fdb.extend(observed_fdb(&message, device));
-                        } else {
-                            observed
-                                .neighbours
-                                .extend(observed_neighbour(&message, device));
-                        }
-                    })
-                    .await?;
-            }
-        }
-        drop(dumper);
-        if nexthops {
-            self.observe_nexthops(desired, &mut observed).await?;
-            observed.nexthops_read = true;
-        }
-        Ok(observed)
+        Ok(())
     }
 
     /// The nexthop objects a pass acts on: other programs' in weft's block of ids (a route
@@ -295,6 +240,7 @@ impl Kernel {
         failures
     }
 
+    /// One op: a flat dispatch to the op's own method.
     async fn apply_one(
         &self,
         op: &Op,
@@ -307,183 +253,234 @@ impl Kernel {
                 .ok_or_else(|| KernelError::NoDevice(name.to_string()))
         };
         match op {
-            Op::CreateLink(link) => {
-                self.create_vxlan(link).await?;
-                if let Some((i, _)) = self.link(&link.name).await? {
-                    indices.insert(link.name.clone(), i);
-                }
-                Ok(())
-            }
-            Op::DeleteLink { name, .. } => {
-                let i = index(name)?;
-                let result = self
-                    .handle
-                    .link()
-                    .del(i)
-                    .execute()
-                    .await
-                    .map_err(netlink("delete link"));
-                indices.remove(name);
-                gone_is_fine(result)
-            }
+            Op::CreateLink(link) => self.create_link(link, indices).await,
+            Op::DeleteLink { name, .. } => self.delete_link(name, indices).await,
             Op::SetLink { name, mtu, mac, up } => {
-                let mut builder = LinkUnspec::new_with_index(index(name)?);
-                if let Some(mtu) = mtu {
-                    builder = builder.mtu(*mtu);
-                }
-                if let Some(mac) = mac {
-                    builder = builder.address(mac.to_vec());
-                }
-                if *up {
-                    builder = builder.up();
-                }
-                self.handle
-                    .link()
-                    .set(builder.build())
-                    .execute()
-                    .await
-                    .map_err(netlink("set link"))
+                self.set_link(index(name)?, *mtu, mac.as_ref(), *up).await
             }
-            Op::AddAddress { device, address } => self
-                .handle
-                .address()
-                .add(index(device)?, address.ip(), address.prefix)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink("add address")),
+            Op::AddAddress { device, address } => self.add_address(index(device)?, address).await,
             Op::DelAddress { device, ip, prefix } => {
-                let i = index(device)?;
-                let found: Vec<_> = self
-                    .handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(i)
-                    .set_address_filter(*ip)
-                    .set_prefix_length_filter(*prefix)
-                    .execute()
-                    .try_collect()
-                    .await
-                    .map_err(netlink("find address"))?;
-                for message in found {
-                    gone_is_fine(
-                        self.handle
-                            .address()
-                            .del(message)
-                            .execute()
-                            .await
-                            .map_err(netlink("delete address")),
-                    )?;
-                }
-                Ok(())
+                self.delete_address(index(device)?, *ip, *prefix).await
             }
-            Op::ReplaceNeighbour(n) => self
-                .handle
-                .neighbours()
-                .add(index(&n.device)?, n.ip)
-                .link_layer_address(&n.mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink("replace neighbour")),
-            Op::DelNeighbour(n) => {
-                let mut message = NeighbourMessage::default();
-                message.header.family = family_of(n.ip);
-                message.header.ifindex = index(&n.device)?;
-                message
-                    .attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
-                self.delete_neighbour(message, "delete neighbour").await
-            }
-            Op::ReplaceFdb(e) => self
-                .handle
-                .neighbours()
-                .add_bridge(index(&e.device)?, &e.mac)
-                .flags(NeighbourFlags::Own)
-                .state(NeighbourState::Permanent)
-                .destination(e.destination)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink("replace fdb entry")),
-            Op::DelFdb(e) => {
-                let mut message = NeighbourMessage::default();
-                message.header.family = AddressFamily::Bridge;
-                message.header.ifindex = index(&e.device)?;
-                message.header.flags = NeighbourFlags::Own;
-                message
-                    .attributes
-                    .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
-                message
-                    .attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(
-                        e.destination,
-                    )));
-                self.delete_neighbour(message, "delete fdb entry").await
-            }
-            Op::ReplaceRoute(r) => {
-                let oif = index(&r.device)?;
-                if let Some(id) = r.nexthop {
-                    // The object first: the route names it.
-                    let nexthop = Nexthop {
-                        id,
-                        gateway: r.gateway,
-                        oif,
-                        onlink: r.onlink,
-                    };
-                    self.nexthops.lock().await.ensure(&nexthop).await?;
-                }
-                let message = route_message(r, oif, RouteProtocol::from(ROUTE_PROTOCOL))
-                    .ok_or_else(|| mixed_family(r))?;
-                self.handle
-                    .route()
-                    .add(message)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(netlink("replace route"))
-            }
-            Op::ReplaceBlackhole(net) => self
-                .handle
-                .route()
-                .add(blackhole_message(*net))
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink("replace blackhole route")),
-            Op::DelBlackhole(net) => gone_is_fine(
-                self.handle
-                    .route()
-                    .del(blackhole_message(*net))
-                    .execute()
-                    .await
-                    .map_err(netlink("delete blackhole route")),
-            ),
-            Op::DelRoute(r) => {
-                // The device may already be gone (and the route with it).
-                let Ok(i) = index(&r.device) else {
-                    return Ok(());
-                };
-                // Any protocol: an adopted route may still carry its installer's (flannel's
-                // boot); the kernel deletes only a route with this exact destination,
-                // gateway and device.
-                let message =
-                    route_message(r, i, RouteProtocol::Unspec).ok_or_else(|| mixed_family(r))?;
-                gone_is_fine(
-                    self.handle
-                        .route()
-                        .del(message)
-                        .execute()
-                        .await
-                        .map_err(netlink("delete route")),
-                )?;
-                match r.nexthop {
-                    Some(id) => self.nexthops.lock().await.delete(id).await,
-                    None => Ok(()),
-                }
-            }
+            Op::ReplaceNeighbour(n) => self.replace_neighbour(index(&n.device)?, n).await,
+            Op::DelNeighbour(n) => self.delete_neighbour_entry(index(&n.device)?, n.ip).await,
+            Op::ReplaceFdb(e) => self.replace_fdb(index(&e.device)?, e).await,
+            Op::DelFdb(e) => self.delete_fdb(index(&e.device)?, e).await,
+            Op::ReplaceRoute(r) => self.replace_route(index(&r.device)?, r).await,
+            Op::ReplaceBlackhole(net) => self.replace_blackhole(*net).await,
+            Op::DelBlackhole(net) => self.delete_blackhole(*net).await,
+            // The device may already be gone (and the route with it).
+            Op::DelRoute(r) => match index(&r.device) {
+                Ok(oif) => self.delete_route(oif, r).await,
+                Err(_) => Ok(()),
+            },
             Op::DelNexthop(id) => self.nexthops.lock().await.delete(*id).await,
+        }
+    }
+
+    async fn create_link(
+        &self,
+        link: &VxlanLink,
+        indices: &mut HashMap<String, u32>,
+    ) -> Result<(), KernelError> {
+        self.create_vxlan(link).await?;
+        if let Some((i, _)) = self.link(&link.name).await? {
+            indices.insert(link.name.clone(), i);
+        }
+        Ok(())
+    }
+
+    async fn delete_link(
+        &self,
+        name: &str,
+        indices: &mut HashMap<String, u32>,
+    ) -> Result<(), KernelError> {
+        let i = indices
+            .get(name)
+            .copied()
+            .ok_or_else(|| KernelError::NoDevice(name.to_string()))?;
+        let result = self
+            .handle
+            .link()
+            .del(i)
+            .execute()
+            .await
+            .map_err(netlink("delete link"));
+        indices.remove(name);
+        gone_is_fine(result)
+    }
+
+    async fn set_link(
+        &self,
+        index: u32,
+        mtu: Option<u32>,
+        mac: Option<&Mac>,
+        up: bool,
+    ) -> Result<(), KernelError> {
+        let mut builder = LinkUnspec::new_with_index(index);
+        if let Some(mtu) = mtu {
+            builder = builder.mtu(mtu);
+        }
+        if let Some(mac) = mac {
+            builder = builder.address(mac.to_vec());
+        }
+        if up {
+            builder = builder.up();
+        }
+        self.handle
+            .link()
+            .set(builder.build())
+            .execute()
+            .await
+            .map_err(netlink("set link"))
+    }
+
+    async fn add_address(&self, index: u32, address: &Net) -> Result<(), KernelError> {
+        self.handle
+            .address()
+            .add(index, address.ip(), address.prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add address"))
+    }
+
+    async fn delete_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<(), KernelError> {
+        let found: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(ip)
+            .set_prefix_length_filter(prefix)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("find address"))?;
+        for message in found {
+            gone_is_fine(
+                self.handle
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(netlink("delete address")),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn replace_neighbour(&self, index: u32, n: &Neighbour) -> Result<(), KernelError> {
+        self.handle
+            .neighbours()
+            .add(index, n.ip)
+            .link_layer_address(&n.mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("replace neighbour"))
+    }
+
+    async fn delete_neighbour_entry(&self, index: u32, ip: IpAddr) -> Result<(), KernelError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family_of(ip);
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        self.delete_neighbour(message, "delete neighbour").await
+    }
+
+    async fn replace_fdb(&self, index: u32, e: &Fdb) -> Result<(), KernelError> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &e.mac)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .destination(e.destination)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("replace fdb entry"))
+    }
+
+    async fn delete_fdb(&self, index: u32, e: &Fdb) -> Result<(), KernelError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message.header.flags = NeighbourFlags::Own;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(
+                e.destination,
+            )));
+        self.delete_neighbour(message, "delete fdb entry").await
+    }
+
+    async fn replace_route(&self, oif: u32, r: &Route) -> Result<(), KernelError> {
+        if let Some(id) = r.nexthop {
+            // The object first: the route names it.
+            let nexthop = Nexthop {
+                id,
+                gateway: r.gateway,
+                oif,
+                onlink: r.onlink,
+            };
+            self.nexthops.lock().await.ensure(&nexthop).await?;
+        }
+        let message = route_message(r, oif, RouteProtocol::from(ROUTE_PROTOCOL))
+            .ok_or_else(|| mixed_family(r))?;
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("replace route"))
+    }
+
+    async fn replace_blackhole(&self, net: Net) -> Result<(), KernelError> {
+        self.handle
+            .route()
+            .add(blackhole_message(net))
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("replace blackhole route"))
+    }
+
+    async fn delete_blackhole(&self, net: Net) -> Result<(), KernelError> {
+        gone_is_fine(
+            self.handle
+                .route()
+                .del(blackhole_message(net))
+                .execute()
+                .await
+                .map_err(netlink("delete blackhole route")),
+        )
+    }
+
+    async fn delete_route(&self, oif: u32, r: &Route) -> Result<(), KernelError> {
+        // Any protocol: an adopted route may still carry its installer's (flannel's
+        // boot); the kernel deletes only a route with this exact destination, gateway
+        // and device.
+        let message =
+            route_message(r, oif, RouteProtocol::Unspec).ok_or_else(|| mixed_family(r))?;
+        gone_is_fine(
+            self.handle
+                .route()
+                .del(message)
+                .execute()
+                .await
+                .map_err(netlink("delete route")),
+        )?;
+        match r.nexthop {
+            Some(id) => self.nexthops.lock().await.delete(id).await,
+            None => Ok(()),
         }
     }
 
@@ -865,4 +862,92 @@ fn observed_fdb(message: &NeighbourMessage, device: &DeviceName) -> Option<Fdb> 
         mac: mac_address,
         destination: destination?,
     })
+}
+
+/// An address message's address: its local address (point-to-point), else its address.
+fn address_of(message: &AddressMessage) -> Option<IpAddr> {
+    let attribute = |local: bool| {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) if local => Some(*ip),
+            AddressAttribute::Address(ip) if !local => Some(*ip),
+            _ => None,
+        })
+    };
+    attribute(true).or_else(|| attribute(false))
+}
+
+/// Routes of the main table, sorted into weft's, foreign ones over wanted prefixes, and
+/// weft's blackholes.
+async fn observe_routes(
+    dumper: &mut Dumper,
+    desired: &Desired,
+    names: &HashMap<u32, DeviceName>,
+    ours: &HashMap<u32, String>,
+    observed: &mut Observed,
+) -> Result<(), KernelError> {
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        // The main table only (filtered by the kernel under strict checking).
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        request.header.table = MAIN_TABLE as u8;
+        let sort = |message| {
+            let RouteNetlinkMessage::NewRoute(message) = message else {
+                return;
+            };
+            match classify_route(&message, names, ours, desired) {
+                Some(SeenRoute::Ours(route)) => observed.routes.push(route),
+                Some(SeenRoute::Foreign(route)) => observed.foreign_routes.push(route),
+                Some(SeenRoute::Blackhole(net)) => observed.blackholes.push(net),
+                None => {}
+            }
+        };
+        dumper
+            .dump(RouteNetlinkMessage::GetRoute(request), "dump routes", sort)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Neighbours and FDB entries of weft's devices only: one dump per device and kind,
+/// filtered by the kernel (NDA_IFINDEX; for FDB the bridge-port index in the header).
+async fn observe_entries(
+    dumper: &mut Dumper,
+    ours: &HashMap<u32, String>,
+    observed: &mut Observed,
+) -> Result<(), KernelError> {
+    let mut devices: Vec<(&u32, &String)> = ours.iter().collect();
+    devices.sort();
+    for (&index, device) in devices {
+        let device = &DeviceName::from(device);
+        for family in [AddressFamily::Unspec, AddressFamily::Bridge] {
+            let fdb = family == AddressFamily::Bridge;
+            let mut request = NeighbourMessage::default();
+            request.header.family = family;
+            if fdb {
+                request.header.ifindex = index;
+            } else {
+                request.attributes.push(NeighbourAttribute::IfIndex(index));
+            }
+            let op = if fdb { "dump fdb" } else { "dump neighbours" };
+            let keep = |message| {
+                let RouteNetlinkMessage::NewNeighbour(message) = message else {
+                    return;
+                };
+                if message.header.ifindex != index {
+                    return;
+                }
+                if fdb {
+                    observed.fdb.extend(observed_fdb(&message, device));
+                } else {
+                    observed
+                        .neighbours
+                        .extend(observed_neighbour(&message, device));
+                }
+            };
+            dumper
+                .dump(RouteNetlinkMessage::GetNeighbour(request), op, keep)
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -77,7 +77,7 @@ pub struct Surroundings {
 /// This node's datapath: a backend and the kernel.
 #[derive(Debug)]
 pub struct Reconciler {
-    pub backend: Box<dyn Backend>,
+    backend: Box<dyn Backend>,
     /// `None` for a model datapath ([`Reconciler::detached`]): planning only.
     kernel: Option<Kernel>,
     /// Shared with the lease watcher (see [`PeerLease`]).
@@ -163,6 +163,11 @@ impl Reconciler {
             taken_nexthops: BTreeSet::new(),
             nexthops_unknown: true,
         }
+    }
+
+    /// The backend this reconciler programs (lease attributes, pod MTU).
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
     fn kernel(&self) -> Result<&Kernel, KernelError> {
@@ -664,23 +669,15 @@ impl Reconciler {
     /// last pass, and its verdict; the entries' descriptions only with `detail` (a
     /// summary of thousands of peers needs the verdicts alone).
     pub fn peer_view(&self, lease: &Lease, now: SystemTime, detail: bool) -> PeerView {
-        let describe = |text: &dyn Fn() -> String| if detail { text() } else { String::new() };
         let mut view = PeerView {
             key: lease.key,
-            public_ip: lease.attrs.public_ip.to_string(),
+            public_ip: public_ip_text(lease),
             backend_type: lease.attrs.backend_type.clone(),
             verdict: Verdict::Ok,
             why: Vec::new(),
             entries: Vec::new(),
             last_repair: None,
         };
-        if let Some(v6) = lease.attrs.public_ipv6 {
-            view.public_ip = if lease.attrs.public_ip.is_unspecified() {
-                v6.to_string()
-            } else {
-                format!("{},{v6}", lease.attrs.public_ip)
-            };
-        }
         if let Some(rejection) = self.admission.rejection(&lease.key) {
             view.verdict = Verdict::Rejected;
             view.why
@@ -691,51 +688,7 @@ impl Reconciler {
             return view;
         }
         let (want, skipped) = self.peer_desired(lease);
-        for route in want.routes.values() {
-            let withdrawn_by = self
-                .reports
-                .conflicts
-                .iter()
-                .find(|(net, _)| *net == route.destination)
-                .map(|(_, foreign)| foreign.clone());
-            view.entries.push(EntryView {
-                kind: ChangeKind::Route,
-                desired: describe(&|| route.to_string()),
-                state: self.tracker.entry_state_of(
-                    ChangeKind::Route,
-                    "",
-                    EntryId::Net(route.destination),
-                    drift::route_value(route),
-                ),
-                withdrawn_by,
-            });
-        }
-        for n in want.neighbours.values() {
-            view.entries.push(EntryView {
-                kind: ChangeKind::Neighbour,
-                desired: describe(&|| drift::describe_neighbour(n)),
-                state: self.tracker.entry_state_of(
-                    ChangeKind::Neighbour,
-                    &n.device,
-                    EntryId::Ip(n.ip),
-                    drift::neighbour_value(n),
-                ),
-                withdrawn_by: None,
-            });
-        }
-        for e in want.fdb.values() {
-            view.entries.push(EntryView {
-                kind: ChangeKind::Fdb,
-                desired: describe(&|| drift::describe_fdb(e)),
-                state: self.tracker.entry_state_of(
-                    ChangeKind::Fdb,
-                    &e.device,
-                    EntryId::Mac(e.mac),
-                    drift::fdb_value(e),
-                ),
-                withdrawn_by: None,
-            });
-        }
+        view.entries = self.entry_views(&want, detail);
         view.last_repair = view
             .entries
             .iter()
@@ -750,6 +703,61 @@ impl Reconciler {
             view.why = skipped.into_iter().map(|s| s.reason).collect();
         }
         view
+    }
+
+    /// The state of each entry in `want` as of the last pass.
+    fn entry_views(&self, want: &crate::desired::Desired, detail: bool) -> Vec<EntryView> {
+        let describe = |text: &dyn Fn() -> String| if detail { text() } else { String::new() };
+        let mut entries = Vec::new();
+        for route in want.routes.values() {
+            let withdrawn_by = self
+                .reports
+                .conflicts
+                .iter()
+                .find(|(net, _)| *net == route.destination)
+                .map(|(_, foreign)| foreign.clone());
+            let id = EntryId::Net(route.destination);
+            entries.push(EntryView {
+                kind: ChangeKind::Route,
+                desired: describe(&|| route.to_string()),
+                state: (self.tracker).entry_state_of(
+                    ChangeKind::Route,
+                    "",
+                    id,
+                    drift::route_value(route),
+                ),
+                withdrawn_by,
+            });
+        }
+        for n in want.neighbours.values() {
+            let value = drift::neighbour_value(n);
+            entries.push(EntryView {
+                kind: ChangeKind::Neighbour,
+                desired: describe(&|| drift::describe_neighbour(n)),
+                state: (self.tracker).entry_state_of(
+                    ChangeKind::Neighbour,
+                    &n.device,
+                    EntryId::Ip(n.ip),
+                    value,
+                ),
+                withdrawn_by: None,
+            });
+        }
+        for e in want.fdb.values() {
+            let value = drift::fdb_value(e);
+            entries.push(EntryView {
+                kind: ChangeKind::Fdb,
+                desired: describe(&|| drift::describe_fdb(e)),
+                state: (self.tracker).entry_state_of(
+                    ChangeKind::Fdb,
+                    &e.device,
+                    EntryId::Mac(e.mac),
+                    value,
+                ),
+                withdrawn_by: None,
+            });
+        }
+        entries
     }
 
     /// A (re)created device has a new index; read just the links, not a full
@@ -859,6 +867,15 @@ fn is_relevant(
             protocol, deleted, ..
         } => *deleted && *protocol == crate::ROUTE_PROTOCOL,
         KernelEvent::Overrun => true,
+    }
+}
+
+/// A peer's public addresses as a person reads them: `198.18.0.12`, `fd00::12`, or both.
+fn public_ip_text(lease: &Lease) -> String {
+    match lease.attrs.public_ipv6 {
+        Some(v6) if lease.attrs.public_ip.is_unspecified() => v6.to_string(),
+        Some(v6) => format!("{},{v6}", lease.attrs.public_ip),
+        None => lease.attrs.public_ip.to_string(),
     }
 }
 

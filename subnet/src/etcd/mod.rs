@@ -49,8 +49,8 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
-/// How to reach etcd and how to lease.
-#[derive(Debug, Clone)]
+/// How to reach etcd and how to lease. Its `Debug` shows no password.
+#[derive(Clone)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub prefix: String,
@@ -61,6 +61,20 @@ pub struct EtcdOptions {
     pub lease_ttl: Duration,
     /// Upper bound for one unary etcd request.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 impl EtcdOptions {
@@ -862,7 +876,16 @@ fn tls_options(files: &TlsFiles) -> Result<Option<TlsOptions>, EtcdError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{StorePosition, prefix_end};
+    use super::{EtcdOptions, StorePosition, prefix_end};
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let mut options = EtcdOptions::new(vec!["https://198.18.0.1:2379".into()]);
+        options.password = Some("hunter2-secret".into());
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 
     #[test]
     fn the_prefix_range_ends_after_the_last_key_with_the_prefix() {
