@@ -29,11 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let request = iface_request(&cli)?;
     let shutdown = Shutdown::install()?;
     let readiness = Readiness::new("starting: no network config yet");
-    let manager = if cli.kube_subnet_mgr {
-        SubnetManager::Kube
-    } else {
-        SubnetManager::Etcd
-    };
+    let manager = subnet_manager(&cli);
     let metrics = Arc::new(Metrics::new(manager, readiness.clone()));
     let (state, state_inbox) = state_channel::channel();
     if cli.healthz_port > 0 {
@@ -76,6 +72,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = etcd_mode::Settings { node, etcd };
             etcd_mode::run(&settings, request, shutdown, readiness, reporting).await
         }
+    }
+}
+
+/// `--kube-subnet-mgr` picks Kubernetes; etcd otherwise, as in flannel.
+fn subnet_manager(cli: &Cli) -> SubnetManager {
+    if cli.kube_subnet_mgr {
+        SubnetManager::Kube
+    } else {
+        SubnetManager::Etcd
     }
 }
 

@@ -19,6 +19,7 @@ use crate::settings::{EtcdSettings, NodeSettings};
 use crate::shutdown::Shutdown;
 use crate::subnet_file;
 use crate::triggers::Triggers;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -73,12 +74,7 @@ async fn start(
     readiness: &Arc<Readiness>,
     reporting: Reporting,
 ) -> anyhow::Result<Option<Started>> {
-    let previous = subnet_file::read_previous(&settings.node.subnet_file);
-    let file = settings.node.subnet_file.display();
-    match previous {
-        Some(key) => info!(subnet = %key, file = %file, "previous subnet found"),
-        None => debug!(file = %file, "no previous subnet"),
-    }
+    let previous = previous_subnet(&settings.node.subnet_file);
     let observer: weft_subnet::observer::Observer = reporting.metrics.clone();
     let connecting = connect(&settings.etcd.options, shutdown, readiness, observer);
     let Some((manager, config)) = connecting.await? else {
@@ -141,6 +137,16 @@ async fn start(
         );
     }
     Ok(Some(Started { source, state }))
+}
+
+/// The subnet named by an earlier run's subnet.env, preferred when acquiring.
+fn previous_subnet(file: &Path) -> Option<SubnetKey> {
+    let previous = subnet_file::read_previous(file);
+    match previous {
+        Some(key) => info!(subnet = %key, file = %file.display(), "previous subnet found"),
+        None => debug!(file = %file.display(), "no previous subnet"),
+    }
+    previous
 }
 
 /// Connects to etcd and reads the network config (both retried until they work);
