@@ -6,7 +6,9 @@
 //! text for a [`RuleSpec`]; [`iptables`]: `iptables-save` output → the state of flannel's
 //! chains → an `iptables-restore --noflush` payload; [`nfnetlink`]: the few netfilter
 //! netlink messages weft sends), and [`Firewall`] is the small executor that reads the
-//! kernel and applies changes.
+//! kernel and applies changes. Its two ways of holding the rules implement one small
+//! interface (`mode::RuleMode`: sync, remove leftovers): `iptables_mode` and `nft_mode`;
+//! `tools` finds and runs the binaries.
 //!
 //! **Cost of a check.** A check first reads the nftables generation counter over netlink
 //! (one request, no child process). The kernel bumps it on every nftables change, and
@@ -22,10 +24,17 @@ pub mod iptables;
 pub mod nfnetlink;
 pub mod render;
 
-mod executor;
+mod firewall;
+mod iptables_mode;
+mod mode;
+mod nft_mode;
+mod report;
+mod tools;
 
-pub use executor::{CheckReport, Firewall};
+pub use firewall::Firewall;
 pub use render::{FamilyNets, RuleSpec};
+pub use report::CheckReport;
+pub use tools::{IptablesVariant, parse_version};
 
 /// Why a rules check failed.
 #[derive(Debug, thiserror::Error)]
