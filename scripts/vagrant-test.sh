@@ -172,7 +172,7 @@ if ! vagrant_within 1200 up --provider=libvirt >"$RUN/up.log" 2>&1; then
 fi
 UP_SECONDS=$(($(date +%s) - T_UP))
 say "vagrant up took ${UP_SECONDS}s"
-grep -E 'weftd started' "$RUN/up.log" | sed 's/^/    /' || true
+grep -E 'weftd ready' "$RUN/up.log" | sed 's/^/    /' || true
 
 vagrant ssh-config >"$RUN/ssh-config"
 SSH_OPTS=(-F "$RUN/ssh-config" -o ControlMaster=auto -o "ControlPath=$RUN/ssh-%h" -o ControlPersist=300 -o LogLevel=ERROR)

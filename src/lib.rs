@@ -28,6 +28,7 @@ pub mod state_wire;
 pub mod status;
 pub mod status_table;
 pub mod subnet_file;
+pub mod systemd;
 pub mod traffic_rules;
 pub mod triggers;
 

@@ -56,6 +56,9 @@ pub struct NodeState {
     /// Whether a traffic-rules check has ever succeeded (until then, rewrites count as
     /// startup).
     rules_ever_in_place: bool,
+    /// Where the traffic rules live, and why: nftables, or which iptables (for the state
+    /// view).
+    rules_backend: Option<String>,
     metrics: Arc<Metrics>,
     state_inbox: StateInbox,
     /// When this node's lease expires (etcd mode; `None`: it does not, or Kubernetes).
@@ -119,6 +122,7 @@ impl NodeState {
             rules_status: RulesStatus::NotChecked,
             rules_own_changed: false,
             rules_ever_in_place: false,
+            rules_backend: None,
             metrics: reporting.metrics,
             state_inbox: reporting.state_inbox,
             lease_expiry: None,
@@ -349,6 +353,7 @@ impl NodeState {
                 lease_expires: self.lease_expiry,
                 ready: self.readiness.get(),
                 last_pass: self.last_pass.clone(),
+                traffic_rules: self.rules_backend.clone(),
             },
             summary: summary.into_iter().collect(),
             query,
@@ -385,6 +390,13 @@ impl NodeState {
         self.metrics.record_rules_check(counted, cause);
         match outcome {
             Ok(report) => {
+                if let Some(iptables) = &report.iptables {
+                    self.rules_backend = Some(if self.config.enable_nftables {
+                        "nftables (EnableNFTables)".to_string()
+                    } else {
+                        iptables.clone()
+                    });
+                }
                 self.rules_own_changed = false;
                 self.rules_ever_in_place = true;
                 for change in &report.repaired {

@@ -1,5 +1,6 @@
 //! Whether this node is ready, and if not, why: set by the node's loops, read by
-//! `/readyz`, the `weft_ready` gauge and `/debug/state`.
+//! `/readyz`, the `weft_ready` gauge and `/debug/state`, and told to systemd as it
+//! changes (`systemd`: `READY=1`, `STATUS=` the reason).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,11 +18,20 @@ impl Readiness {
     }
 
     pub fn set_ready(&self) {
-        *self.lock() = Ok(());
+        let mut state = self.lock();
+        if state.is_err() {
+            *state = Ok(());
+            crate::systemd::ready();
+        }
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.lock() = Err(reason.into());
+        let reason = reason.into();
+        let mut state = self.lock();
+        if state.as_ref().err() != Some(&reason) {
+            crate::systemd::status(&reason);
+            *state = Err(reason);
+        }
     }
 
     pub fn get(&self) -> Result<(), String> {

@@ -22,6 +22,7 @@ impl Shutdown {
                 _ = int.recv() => "SIGINT",
             };
             info!("received {name}");
+            crate::systemd::stopping();
             let _ = sender.send(true);
         });
         Ok(Shutdown { receiver })

@@ -96,6 +96,8 @@ pub struct NodeView {
     pub lease_expires: Option<SystemTime>,
     pub ready: Result<(), String>,
     pub last_pass: Option<LastPass>,
+    /// Where the traffic rules live (nftables, or which iptables and why).
+    pub traffic_rules: Option<String>,
 }
 
 /// The last reconcile pass.
@@ -181,6 +183,11 @@ mod tests {
                     failed: 0,
                     duration: Duration::from_micros(1234),
                 }),
+                traffic_rules: Some(
+                    "iptables-legacy v1.8.9 (Legacy): kubelet's chains are in iptables-legacy \
+                     (the host's variant)"
+                        .into(),
+                ),
             },
             summary: vec![
                 (Verdict::Ok, 1),
@@ -285,6 +292,12 @@ mod tests {
             lines[0],
             "node 10.244.1.0/24 (vxlan, etcd): ready; lease expires 1970-01-02T00:00:00Z"
         );
+        assert_eq!(
+            lines[1],
+            "traffic rules: iptables-legacy v1.8.9 (Legacy): kubelet's chains are in \
+             iptables-legacy (the host's variant)"
+        );
+        let lines = &lines[1..];
         assert_eq!(
             lines[1],
             "last pass 12s ago (kernel_event): 1 changes, 0 failed, 1.2 ms"

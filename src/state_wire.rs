@@ -49,6 +49,9 @@ pub struct NodeDoc {
     pub lease_expires_at: Option<String>,
     pub ready: bool,
     pub not_ready_reason: Option<String>,
+    /// Where the traffic rules live: nftables, or which iptables and why.
+    #[serde(default)]
+    pub traffic_rules: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +182,7 @@ impl NodeDoc {
             lease_expires_at: node.lease_expires.and_then(timestamp),
             ready: node.ready.is_ok(),
             not_ready_reason: node.ready.as_ref().err().cloned(),
+            traffic_rules: node.traffic_rules.clone(),
         }
     }
 }

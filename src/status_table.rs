@@ -40,6 +40,9 @@ fn node_line(node: &NodeDoc) -> String {
         let _ = write!(line, "; lease expires {expires}");
     }
     line.push('\n');
+    if let Some(rules) = &node.traffic_rules {
+        let _ = writeln!(line, "traffic rules: {rules}");
+    }
     line
 }
 

@@ -83,6 +83,77 @@ fn want_v6() -> Vec<String> {
     )
 }
 
+/// A host with both iptables variants (weft's image is one): the rules go where the
+/// host's kubelet keeps its chains, decided as the kube ecosystem's iptables-wrapper
+/// decides, and nothing lands in the other variant.
+#[test]
+fn with_both_variants_the_rules_follow_the_variant_kubelet_uses() {
+    let cases = [
+        (
+            "iptables-legacy",
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "KUBE-IPTABLES-HINT",
+        ),
+        (
+            "iptables-nft",
+            "iptables-nft-save",
+            "iptables-legacy-save",
+            "KUBE-KUBELET-CANARY",
+        ),
+    ];
+    for (kubelet, chosen, other, chain) in cases {
+        let ns = Netns::new(&unique("wr-host"));
+        // What kubelet (1.17 and later) leaves in the mangle table of its variant.
+        run_ok(&ns, &[kubelet, "-t", "mangle", "-N", chain]);
+        let tools = tool_dir(Tools::BothVariants);
+        let (_fw, report) = check(&ns, firewall(&tools), &spec(false, true));
+        let choice = report.iptables.clone().unwrap_or_default();
+        assert!(
+            choice.starts_with(kubelet)
+                && choice.ends_with(&format!(
+                    "kubelet's chains are in {kubelet} (the host's variant)"
+                )),
+            "{choice}"
+        );
+        assert_eq!(flannel_lines(&ns, chosen), want_v4(true), "{kubelet}");
+        assert_eq!(
+            flannel_lines(&ns, other),
+            Vec::<String>::new(),
+            "nothing in the variant kubelet does not use"
+        );
+    }
+    // No kubelet chains anywhere: the default iptables (the nft one here).
+    let ns = Netns::new(&unique("wr-host"));
+    let tools = tool_dir(Tools::BothVariants);
+    let (_fw, report) = check(&ns, firewall(&tools), &spec(false, false));
+    assert_eq!(
+        report.iptables.as_deref(),
+        Some("iptables v1.8.9 (Nft): no kubelet chains in either variant: the default iptables")
+            .map(|s| s.replace("1.8.9", &iptables_version()))
+            .as_deref()
+    );
+    assert_eq!(flannel_lines(&ns, "iptables-nft-save"), want_v4(true));
+    assert_eq!(
+        flannel_lines(&ns, "iptables-legacy-save"),
+        Vec::<String>::new()
+    );
+}
+
+/// The system's iptables version, as `iptables-nft --version` prints it (`1.8.9`).
+fn iptables_version() -> String {
+    let output = std::process::Command::new("iptables-nft")
+        .arg("--version")
+        .output()
+        .expect("iptables-nft --version");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let word = text
+        .split_whitespace()
+        .find(|w| w.starts_with('v'))
+        .expect("a version");
+    word.trim_start_matches('v').to_string()
+}
+
 #[test]
 fn iptables_nft_rules_are_flannels_and_repaired_with_no_process_when_unchanged() {
     let ns = Netns::new(&unique("wr-ipt"));

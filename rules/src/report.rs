@@ -12,4 +12,7 @@ pub struct CheckReport {
     pub repaired: Vec<String>,
     /// Problems removing the other mode's leftovers (best effort, as in flannel).
     pub cleanup_errors: Vec<String>,
+    /// At the first check: which iptables holds the rules, and why (e.g.
+    /// `iptables-legacy v1.8.9 (Legacy): kubelet's chains are in iptables-legacy ...`).
+    pub iptables: Option<String>,
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 use weft_lease::family::Family;
 
 /// Longest a tool may run. `iptables-restore --wait` waits for the xtables lock, which a
@@ -127,38 +127,119 @@ impl IptablesTools {
         }
     }
 
-    /// Finds iptables (`iptables`, else `iptables-nft`, else `iptables-legacy`, each with
-    /// its -save and -restore tools). Runs `iptables --version` once.
+    /// Finds iptables and decides which variant holds the rules. A host (or an image)
+    /// with both `iptables-nft` and `iptables-legacy` gets the variant its kubelet and
+    /// kube-proxy use, decided as the kube ecosystem's iptables-wrapper decides (see
+    /// [`host_variant`]); otherwise `iptables`, else `iptables-nft`, else
+    /// `iptables-legacy`, each with its -save and -restore tools. Runs `iptables --version`
+    /// once.
     pub(crate) async fn discover(
         path: &SearchPath,
         report: &mut CheckReport,
     ) -> Option<IptablesTools> {
-        for base in ["iptables", "iptables-nft", "iptables-legacy"] {
-            let Some(v4) = FamilyTools::find(path, base) else {
-                continue;
-            };
-            let version = match run(&v4.binary, &["--version"], None, report).await {
-                Ok(text) => text,
-                Err(e) => {
-                    warn!("{e}");
-                    continue;
-                }
-            };
-            let Some((version, variant)) = parse_version(&version) else {
-                let binary = v4.binary.display();
-                warn!("cannot tell the version of {binary}: {version:?}");
-                continue;
-            };
-            let v6 = FamilyTools::find(path, &base.replacen("iptables", "ip6tables", 1));
-            debug!(binary = %v4.binary.display(), ?version, ?variant, "using iptables");
-            return Some(IptablesTools {
-                variant,
-                version,
-                tools: [Some(v4), v6],
-            });
+        let mut order = vec![
+            ("iptables", "the first iptables on the search path"),
+            ("iptables-nft", "the only iptables variant found"),
+            ("iptables-legacy", "the only iptables variant found"),
+        ];
+        let both = ["iptables-nft", "iptables-legacy"]
+            .iter()
+            .all(|base| FamilyTools::find(path, base).is_some());
+        if both {
+            let (base, reason) = host_variant(path, report).await;
+            order.insert(0, (base, reason));
+        }
+        for (base, reason) in order {
+            if let Some(tools) = Self::try_base(path, base, reason, report).await {
+                return Some(tools);
+            }
         }
         None
     }
+
+    async fn try_base(
+        path: &SearchPath,
+        base: &str,
+        reason: &str,
+        report: &mut CheckReport,
+    ) -> Option<IptablesTools> {
+        let v4 = FamilyTools::find(path, base)?;
+        let version = match run(&v4.binary, &["--version"], None, report).await {
+            Ok(text) => text,
+            Err(e) => {
+                warn!("{e}");
+                return None;
+            }
+        };
+        let Some((version, variant)) = parse_version(&version) else {
+            let binary = v4.binary.display();
+            warn!("cannot tell the version of {binary}: {version:?}");
+            return None;
+        };
+        let v6 = FamilyTools::find(path, &base.replacen("iptables", "ip6tables", 1));
+        let (major, minor, patch) = version;
+        let choice = format!("{base} v{major}.{minor}.{patch} ({variant:?}): {reason}");
+        info!(binary = %v4.binary.display(), "traffic rules through {choice}");
+        report.iptables = Some(choice);
+        Some(IptablesTools {
+            variant,
+            version,
+            tools: [Some(v4), v6],
+        })
+    }
+}
+
+/// The iptables variant this host's kubelet and kube-proxy use, as the kube ecosystem's
+/// iptables-wrapper (kubernetes-sigs/iptables-wrappers) decides it: kubelet (1.17 and
+/// later) creates `KUBE-IPTABLES-HINT` or `KUBE-KUBELET-CANARY` in the mangle table, so
+/// the variant whose rules hold one of them is the host's; iptables-nft is asked first
+/// (its mangle table alone), then iptables-legacy (its whole ruleset: asking for the
+/// mangle table would create it). With neither, the host's default: `iptables` on the
+/// search path when there is one (the wrapper's default is nft, which is what a
+/// container image's plain `iptables` is).
+async fn host_variant(path: &SearchPath, report: &mut CheckReport) -> (&'static str, &'static str) {
+    let holds = |output: Result<String, RulesError>| output.is_ok_and(|o| has_kubelet_chains(&o));
+    for save in ["iptables-nft-save", "ip6tables-nft-save"] {
+        if let Some(save) = path.find(save)
+            && holds(run(&save, &["-t", "mangle"], None, report).await)
+        {
+            return (
+                "iptables-nft",
+                "kubelet's chains are in iptables-nft (the host's variant)",
+            );
+        }
+    }
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        if let Some(save) = path.find(save)
+            && holds(run(&save, &[], None, report).await)
+        {
+            return (
+                "iptables-legacy",
+                "kubelet's chains are in iptables-legacy (the host's variant)",
+            );
+        }
+    }
+    if path.find("iptables").is_some() {
+        (
+            "iptables",
+            "no kubelet chains in either variant: the default iptables",
+        )
+    } else {
+        (
+            "iptables-nft",
+            "no kubelet chains in either variant: nft, the default",
+        )
+    }
+}
+
+/// Whether `iptables-save` output declares one of kubelet's chains.
+pub fn has_kubelet_chains(save_output: &str) -> bool {
+    save_output.lines().any(|line| {
+        line.strip_prefix(':').is_some_and(|chain| {
+            let name = chain.split_whitespace().next().unwrap_or("");
+            name == "KUBE-IPTABLES-HINT" || name == "KUBE-KUBELET-CANARY"
+        })
+    })
 }
 
 impl FamilyTools {
@@ -249,5 +330,21 @@ mod tests {
             Some(((1, 6, 1), IptablesVariant::Legacy))
         );
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn kubelet_chains_are_found_in_save_output() {
+        let nft_mangle = "# Generated by iptables-nft-save v1.8.9\n*mangle\n\
+                          :PREROUTING ACCEPT [0:0]\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+        assert!(has_kubelet_chains(nft_mangle));
+        assert!(has_kubelet_chains(
+            "*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n"
+        ));
+        // A rule mentioning the name, or a longer name, is not the chain.
+        assert!(!has_kubelet_chains(
+            "*filter\n-A FORWARD -j KUBE-IPTABLES-HINT\nCOMMIT\n"
+        ));
+        assert!(!has_kubelet_chains(":KUBE-IPTABLES-HINTS - [0:0]\n"));
+        assert!(!has_kubelet_chains(""));
     }
 }

@@ -17,6 +17,9 @@ pub enum Tools {
     Both,
     /// `iptables-legacy*` as `iptables*` (a host whose default iptables is legacy).
     LegacyAsDefault,
+    /// `iptables-nft*` and `iptables-legacy*`, with `iptables*` the nft ones (Debian's
+    /// default alternative, and weft's image).
+    BothVariants,
 }
 
 /// A directory of symlinks to the system's tools, standing for a host that has only
@@ -46,6 +49,11 @@ pub fn tool_dir(tools: Tools) -> tempfile::TempDir {
             links.push(("nft".into(), "nft".into()));
         }
         Tools::LegacyAsDefault => xtables("legacy", &mut links, true),
+        Tools::BothVariants => {
+            xtables("nft", &mut links, false);
+            xtables("legacy", &mut links, false);
+            xtables("nft", &mut links, true);
+        }
     }
     for (name, real) in links {
         let target = Path::new("/usr/sbin").join(&real);
