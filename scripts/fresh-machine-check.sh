@@ -12,6 +12,10 @@
 #   ./scripts/fresh-machine-check.sh            as root (a container, a cloud image, CI)
 #   ./scripts/fresh-machine-check.sh --as-user  as a user with sudo (the run installs sudo
 #                                               and adds user `dev` before the commands)
+#   ./scripts/fresh-machine-check.sh --vagrant  the Vagrant tier's install step instead
+#                                               (`scripts/vagrant-test.sh --install-only`), on
+#                                               a root that carries a newer qemu-utils (a
+#                                               backport), as this machine kind's image does
 #
 # Safety: every mount lives in a private mount and PID namespace (unshare) that dies with
 # the run, so nothing can stay mounted; the toolchain is bound read-only; the cached root is
@@ -82,7 +86,21 @@ if [ "${1:-}" = --inner ]; then
     grep -F " $M" /proc/mounts | sed "s| $M| <root>|" |
         awk '$2 !~ "^<root>/(sys|dev)/" { split($4, o, ","); printf "   %s (%s, %s)\n", $2, $3, o[1] }'
     : >"$RUN/logs/summary"
-    for command in ./scripts/demo.sh ./scripts/test.sh; do
+    commands=(./scripts/demo.sh ./scripts/test.sh)
+    if [ "$MODE" = vagrant ]; then
+        # What the image of this machine kind carries: a qemu-utils newer than the
+        # release's (from bookworm-backports), whose Breaks stop the release's
+        # qemu-system-x86 from installing next to it. The backports list is gone
+        # afterwards, as on the image.
+        start=$(date +%s)
+        in_root bash -c "export DEBIAN_FRONTEND=noninteractive
+            echo 'deb $MIRROR $SUITE-backports main' >/etc/apt/sources.list.d/backports.list
+            apt-get update -qq && apt-get install -y -qq --no-install-recommends -t $SUITE-backports qemu-utils >/dev/null
+            rm /etc/apt/sources.list.d/backports.list && apt-get update -qq"
+        echo "== machine setup: qemu-utils $(in_root dpkg-query -W -f '${Version}' qemu-utils) from $SUITE-backports ($(($(date +%s) - start)) s)"
+        commands=("./scripts/vagrant-test.sh --install-only")
+    fi
+    for command in "${commands[@]}"; do
         echo
         echo "== [$MODE] $command"
         start=$(date +%s.%N)
@@ -101,7 +119,7 @@ if [ "${1:-}" = --inner ]; then
         seconds=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%d", e - s + 0.5 }')
         result=ok
         [ "$status" -eq 0 ] || result="FAILED (exit $status)"
-        last=$(grep -E '^weft: [0-9]+ passed' "$RUN/logs/${command##*/}.log" | tail -1 || true)
+        last=$(grep -E '^weft: [0-9]+ passed|^vagrant-test: ' "$RUN/logs/${command##*/}.log" | tail -1 || true)
         printf '%s\t%s\t%dm%02ds\t%s\n' "$command" "$result" $((seconds / 60)) $((seconds % 60)) "$last" \
             >>"$RUN/logs/summary"
     done
@@ -126,7 +144,8 @@ become_root scripts/fresh-machine-check.sh "$@"
 case "${1:-}" in
     "") AS_USER=false MODE=root ;;
     --as-user) AS_USER=true MODE="user with sudo" ;;
-    *) echo "usage: $0 [--as-user]" >&2; exit 2 ;;
+    --vagrant) AS_USER=false MODE=vagrant ;;
+    *) echo "usage: $0 [--as-user | --vagrant]" >&2; exit 2 ;;
 esac
 
 # Refuses to delete a directory while anything is mounted under it.
@@ -193,7 +212,7 @@ git -C "$RUN/weft" checkout -q --detach "$COMMIT"
 [ -z "$(git status --porcelain)" ] || echo "   note: uncommitted changes are not checked (the clone is of HEAD)"
 echo "== fresh clone of ${COMMIT:0:7} ($(git log -1 --format=%s "$COMMIT" | cut -c1-60))"
 
-export RUN BASE AS_USER MODE RUSTUP_DIR CARGO_BIN_DIR SYSTEM_PATH USER_PATH
+export RUN BASE AS_USER MODE RUSTUP_DIR CARGO_BIN_DIR SYSTEM_PATH USER_PATH MIRROR SUITE
 set +e
 unshare --mount --pid --fork --propagation private -- bash "$(pwd)/scripts/fresh-machine-check.sh" --inner
 inner=$?

@@ -4,7 +4,11 @@
 # scripts/test.sh or CI. Needs root.
 #
 #   scripts/vagrant-test.sh
+#   scripts/vagrant-test.sh --install-only   only step 0, the packages (what
+#                                             scripts/fresh-machine-check.sh --vagrant runs)
 #
+# 0. installs what it needs (vagrant, vagrant-libvirt, libvirt, QEMU, debootstrap), QEMU's
+#    packages pinned to one version;
 # 1. builds weftd and the CNI plugin (release), and the offline Debian box unless it is
 #    cached (tests/vagrant/build-box.sh; no box download, no bootloader, direct kernel boot);
 # 2. starts virtlogd, and libvirtd inside its own network namespace (weft-vg), so that the
@@ -25,6 +29,12 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 . scripts/common.sh
 become_root scripts/vagrant-test.sh "$@"
+INSTALL_ONLY=false
+case "${1:-}" in
+    "") ;;
+    --install-only) INSTALL_ONLY=true ;;
+    *) echo "usage: $0 [--install-only]" >&2; exit 2 ;;
+esac
 
 START=$(date +%s)
 CACHE=${WEFT_VAGRANT_CACHE:-/var/cache/weft-vagrant}
@@ -50,6 +60,29 @@ check() { # check NAME COMMAND...: one PASS/FAIL line
     fi
 }
 
+# qemu_pins PACKAGE...: the packages to install, QEMU's pinned to one version: that of the
+# installed qemu-system-x86, else its candidate; installed QEMU packages of another
+# version are listed too, pinned, so apt replaces them together.
+qemu_pins() {
+    local want version pkg installed
+    version=$(dpkg-query -W -f '${Version}' qemu-system-x86 2>/dev/null || true)
+    [ -n "$version" ] || version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+    for want in "$@"; do
+        case $want in
+            qemu-*) [ -n "$version" ] && [ "$version" != "(none)" ] && echo "$want=$version" || echo "$want" ;;
+            *) echo "$want" ;;
+        esac
+    done
+    [ -n "$version" ] && [ "$version" != "(none)" ] || return 0
+    while read -r pkg installed; do
+        case " $* " in *" $pkg "*) continue ;; esac
+        if [ "$installed" != "$version" ] && apt-cache madison "$pkg" | awk '{ print $3 }' | grep -qxF "$version"; then
+            echo "$pkg=$version"
+        fi
+    done < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\n' 'qemu-*' 2>/dev/null |
+        awk '$1 ~ /^ii/ { print $2, $3 }')
+}
+
 # ---- packages -------------------------------------------------------------------------
 missing=()
 for pair in vagrant:vagrant vagrant-libvirt:/usr/share/vagrant-plugins/plugins.d/vagrant-libvirt.json \
@@ -60,7 +93,21 @@ for pair in vagrant:vagrant vagrant-libvirt:/usr/share/vagrant-plugins/plugins.d
 done
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get update -q >/dev/null
+    # QEMU's packages must come from one release: an image may carry a newer qemu-utils
+    # (a backport) that Breaks the release's qemu-system-common ("qemu-utils : Breaks:
+    # qemu-system-common (< 1:8.0+dfsg-5~)"). So every QEMU package installed or to be
+    # installed is pinned to qemu-system-x86's version (downgrading a newer one).
+    mapfile -t missing < <(qemu_pins "${missing[@]}")
+    allow=(--allow-downgrades)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${allow[@]}" "${missing[@]}" >/dev/null
+fi
+if [ "$INSTALL_ONLY" = true ]; then
+    qemu-system-x86_64 --version | head -1
+    qemu-img --version | head -1
+    vagrant --version
+    echo "vagrant-test: the packages are installed"
+    exit 0
 fi
 
 # ---- binaries and box ---------------------------------------------------------------
