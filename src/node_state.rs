@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
+use weft_backend::backend::MtuChange;
 use weft_backend::kernel::KernelEvent;
 use weft_backend::reconcile::drift::Cause;
 use weft_backend::reconcile::{Reaction, Reconciler};
@@ -437,6 +438,9 @@ impl NodeState {
     /// one for deleted entries of weft's, a full one for what it cannot describe, at
     /// once after a notification overrun (changes may have been missed).
     fn on_kernel_event(&mut self, event: &KernelEvent) {
+        if let Some(change) = self.datapath.follow_underlay(event) {
+            return self.underlay_mtu_changed(change);
+        }
         if *event == KernelEvent::Overrun {
             self.datapath.reread_nexthops();
             self.triggers.converge_now(PassTrigger::KernelEvent);
@@ -453,6 +457,36 @@ impl NodeState {
                 self.triggers.converge_soon(PassTrigger::KernelEvent);
             }
         }
+    }
+}
+
+impl NodeState {
+    /// The underlay's MTU changed (the reconciler recomputed its MTUs): a full pass sets
+    /// the devices' MTU, and subnet.env says the new FLANNEL_MTU for pods created from
+    /// now on. Pods already running keep theirs: the kernel does not change the MTU of a
+    /// pod's interface, and a pod whose MTU is now too large loses large packets until
+    /// it is recreated.
+    fn underlay_mtu_changed(&mut self, change: MtuChange) {
+        let MtuChange {
+            underlay_before,
+            underlay_after,
+            pod_before,
+            pod_after,
+        } = change;
+        if pod_before == pod_after {
+            info!(
+                "the underlay's MTU changed from {underlay_before} to {underlay_after}; the \
+                 pod MTU stays {pod_after} (the network config sets it)"
+            );
+            return;
+        }
+        warn!(
+            "the underlay's MTU changed from {underlay_before} to {underlay_after}: the pod \
+             MTU becomes {pod_after} (was {pod_before}) on weft's devices and in subnet.env; \
+             pods created before keep MTU {pod_before} until they are recreated"
+        );
+        self.triggers.converge_now(PassTrigger::KernelEvent);
+        self.write_subnet_env();
     }
 }
 

@@ -39,6 +39,25 @@ pub trait Backend: std::fmt::Debug + Send {
     }
     /// Which nexthop objects the peer routes use from now on (see [`crate::nexthop`]).
     fn set_nexthops(&mut self, _plan: NexthopPlan) {}
+    /// The external (underlay) interface whose MTU the backend's MTUs follow.
+    fn underlay(&self) -> Option<&str> {
+        None
+    }
+    /// The underlay's MTU is now `mtu`: the MTUs derived from it are recomputed. `None`
+    /// when it was already `mtu`.
+    fn follow_underlay_mtu(&mut self, _mtu: u32) -> Option<MtuChange> {
+        None
+    }
+}
+
+/// An underlay MTU change and what it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuChange {
+    pub underlay_before: u32,
+    pub underlay_after: u32,
+    /// FLANNEL_MTU (and the VXLAN devices' MTU) before and after.
+    pub pod_before: u32,
+    pub pod_after: u32,
 }
 
 /// flannel's `alloc`: a lease and subnet.env, no datapath.
@@ -120,6 +139,25 @@ impl Backend for VxlanBackend {
         let v6 = vxlan::vtep_mac(peer.attrs.backend_v6_data.as_ref()).map(|m| (Family::V6, m));
         v4.into_iter().chain(v6).collect()
     }
+
+    fn underlay(&self) -> Option<&str> {
+        Some(&self.node.external_name)
+    }
+
+    fn follow_underlay_mtu(&mut self, mtu: u32) -> Option<MtuChange> {
+        let underlay_before = self.node.external_mtu;
+        if underlay_before == mtu {
+            return None;
+        }
+        let pod_before = self.pod_mtu();
+        self.node.external_mtu = mtu;
+        Some(MtuChange {
+            underlay_before,
+            underlay_after: mtu,
+            pod_before,
+            pod_after: self.pod_mtu(),
+        })
+    }
 }
 
 /// The host-gw backend (see [`hostgw`]).
@@ -154,5 +192,23 @@ impl Backend for HostGwBackend {
 
     fn owns_device(&self, _name: &str) -> bool {
         false
+    }
+
+    fn underlay(&self) -> Option<&str> {
+        Some(&self.node.external_name)
+    }
+
+    fn follow_underlay_mtu(&mut self, mtu: u32) -> Option<MtuChange> {
+        let underlay_before = self.node.external_mtu;
+        if underlay_before == mtu {
+            return None;
+        }
+        self.node.external_mtu = mtu;
+        Some(MtuChange {
+            underlay_before,
+            underlay_after: mtu,
+            pod_before: underlay_before,
+            pod_after: mtu,
+        })
     }
 }

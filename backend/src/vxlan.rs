@@ -421,6 +421,35 @@ mod tests {
     }
 
     #[test]
+    fn an_underlay_mtu_change_is_followed_unless_the_config_sets_the_mtu() {
+        use crate::backend::{Backend, MtuChange, VxlanBackend};
+        use crate::nexthop::NexthopPlan;
+        let config = VxlanConfig::parse(&serde_json::json!({"Type": "vxlan"})).unwrap();
+        let mut backend = VxlanBackend {
+            config,
+            node: node(),
+            nexthops: NexthopPlan::off(),
+        };
+        assert_eq!(backend.underlay(), Some("eth0"));
+        assert_eq!(backend.follow_underlay_mtu(1500), None, "unchanged");
+        assert_eq!(
+            backend.follow_underlay_mtu(9000),
+            Some(MtuChange {
+                underlay_before: 1500,
+                underlay_after: 9000,
+                pod_before: 1450,
+                pod_after: 8950
+            })
+        );
+        let (desired, _) = desired_state(&backend.config, &backend.node, []);
+        assert_eq!(desired.devices[0].link.mtu, 8950, "the device follows");
+        // An MTU in the network config wins over the underlay's.
+        backend.config.mtu = Some(1400);
+        let change = backend.follow_underlay_mtu(1500).unwrap();
+        assert_eq!((change.pod_before, change.pod_after), (1350, 1350));
+    }
+
+    #[test]
     fn config_defaults_and_case_insensitive_keys() {
         let cfg = VxlanConfig::parse(&serde_json::json!({"Type": "vxlan"})).unwrap();
         assert_eq!(

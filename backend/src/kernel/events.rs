@@ -24,6 +24,8 @@ pub enum KernelEvent {
     Link {
         index: u32,
         name: Option<String>,
+        /// The link's MTU, when the message carries it (the underlay's is followed).
+        mtu: Option<u32>,
         deleted: bool,
     },
     Address {
@@ -107,6 +109,10 @@ fn convert(message: RouteNetlinkMessage) -> Option<KernelEvent> {
         index: m.header.index,
         name: m.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }),
+        mtu: m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
             _ => None,
         }),
         deleted,

@@ -24,7 +24,7 @@ pub mod view;
 pub use incremental::{Planned, Reaction, Step};
 
 use crate::admission::{Admission, Identity, Judged, RejectKind};
-use crate::backend::{Backend, SkipKind};
+use crate::backend::{Backend, MtuChange, SkipKind};
 use crate::diff;
 use crate::kernel::{Kernel, KernelError, KernelEvent};
 use crate::nexthop::NexthopPlan;
@@ -760,6 +760,27 @@ impl Reconciler {
         entries
     }
 
+    /// Follows the underlay's MTU from a link notification: when the backend's external
+    /// interface now has another MTU, the backend recomputes its MTUs and the next pass
+    /// is a full one (it sets the devices' MTU). Returns what changed.
+    pub fn follow_underlay(&mut self, event: &KernelEvent) -> Option<MtuChange> {
+        let KernelEvent::Link {
+            name: Some(name),
+            mtu: Some(mtu),
+            deleted: false,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        if self.backend.underlay() != Some(name.as_str()) {
+            return None;
+        }
+        let change = self.backend.follow_underlay_mtu(*mtu)?;
+        self.needs_full = true;
+        Some(change)
+    }
+
     /// A (re)created device has a new index; read just the links, not a full
     /// observation, so a pass at thousands of peers is not dumped twice.
     async fn refresh_device_indices(
@@ -903,6 +924,7 @@ mod tests {
         let link = |index, name: Option<&str>| KernelEvent::Link {
             index,
             name: name.map(String::from),
+            mtu: None,
             deleted: true,
         };
         assert!(relevant(link(7, None)), "our device by index");
