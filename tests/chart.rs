@@ -3,8 +3,10 @@
 //! - static: `helm lint`; a matrix of value sets rendered by the real helm, every render
 //!   valid for Kubernetes (`kubernetes-validate --strict`) and accepted by weftd itself
 //!   (its CLI parses the rendered args, its config parser the rendered net-conf.json); the
-//!   schema's refusals; the plain manifest up to date; the Containerfile providing every
-//!   command the chart runs; the optional scraping (pod annotations, a PodMonitor);
+//!   schema's and the chart's refusals (wireguard among them); a values file of flannel's
+//!   own chart, every key set, rendered unchanged; flannel's network policy sidecar
+//!   (netpol); the plain manifest up to date; the Containerfile providing every command
+//!   the chart runs; the optional scraping (pod annotations, a PodMonitor);
 //! - the key test: the default render *runs*. Two nodes (network namespaces) each run the
 //!   DaemonSet's init containers and its weftd container exactly as rendered (command,
 //!   args, env, volumes at their mountPaths, in a root filesystem of their own, see
@@ -361,6 +363,30 @@ fn matrix() -> Vec<Case> {
             },
         },
         Case {
+            name: "flannel's Windows and wireguard keys with vxlan",
+            values: "flannel:\n  macPrefix: 0E-2A\n  backendPortv6: 51821\n  psk: c2VjcmV0\n  tunnelMode: separate\n  keepaliveInterval: 25\n",
+            check: |docs, _, config| {
+                // As flannel's chart: MacPrefix rendered (weftd ignores it), the
+                // wireguard keys not.
+                assert_eq!(
+                    net_conf(docs)["Backend"],
+                    json!({"Type": "vxlan", "MacPrefix": "0E-2A"})
+                );
+                let Ok(BackendSpec::Vxlan(vxlan)) = BackendSpec::from_config(config) else {
+                    panic!("vxlan")
+                };
+                assert_eq!((vxlan.vni, vxlan.port), (1, 0));
+            },
+        },
+        Case {
+            name: "flannel's Windows and wireguard keys with host-gw",
+            values: "flannel:\n  backend: host-gw\n  macPrefix: 0E-2A\n  backendPortv6: 51821\n  psk: 0\n  tunnelMode: auto\n  keepaliveInterval: 0\n",
+            check: |docs, _, config| {
+                assert_eq!(net_conf(docs)["Backend"], json!({"Type": "host-gw"}));
+                assert_eq!(config.backend.kind, BackendType::HostGw);
+            },
+        },
+        Case {
             name: "dual-stack",
             values: "podCidrv6: fd00:10:244::/56\n",
             check: |docs, _, config| {
@@ -558,12 +584,25 @@ fn every_render_of_the_matrix_is_valid_kubernetes_and_accepted_by_weftd() {
 
 #[test]
 fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
-    let cases: [(&[&str], &[&str]); 18] = [
+    let cases: [(&[&str], &[&str]); 21] = [
         (
             &["flannel.backend=vxlna"],
-            &["/flannel/backend", "'vxlan', 'host-gw'"],
+            &[
+                "flannel.backend: \"vxlna\" is not a backend; set flannel.backend to vxlan or host-gw",
+            ],
         ),
-        (&["flannel.backend=wireguard"], &["/flannel/backend"]),
+        (
+            &["flannel.backend=udp"],
+            &["flannel.backend: weft does not implement flannel's udp backend"],
+        ),
+        (
+            &["flannel.backendPortv6=65536"],
+            &["/flannel/backendPortv6", "maximum"],
+        ),
+        (
+            &["flannel.keepaliveInterval=-1"],
+            &["/flannel/keepaliveInterval", "minimum"],
+        ),
         (
             &["podCidr=10.244.0.0"],
             &["/podCidr", "'10.244.0.0' does not match"],
@@ -590,8 +629,12 @@ fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
             &["/weft/etcd/endpoints", "minItems"],
         ),
         (
-            &["netpol.enabled=true"],
-            &["netpol.enabled", "not part of weft's chart"],
+            &["netpol.image=registry.local/knp:v1"],
+            &["/netpol/image", "want object"],
+        ),
+        (
+            &["netpol.enabeld=true"],
+            &["/netpol", "'enabeld' not allowed"],
         ),
         (&["podCidr="], &["podCidr and podCidrv6 are both empty"]),
         (
@@ -653,6 +696,334 @@ fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
         err.contains("flannel.args has no --kube-subnet-mgr"),
         "{err}"
     );
+    // The network policy sidecar needs the API, which etcd mode takes away.
+    let err = render(&[
+        "--set",
+        "netpol.enabled=true",
+        "--set",
+        "weft.etcd.enabled=true",
+        "--set",
+        "weft.etcd.endpoints={https://198.18.0.1:2379}",
+    ])
+    .unwrap_err();
+    assert_eq!(
+        fail_message(&err),
+        "netpol.enabled needs the Kubernetes API, which weft.etcd.enabled takes away from \
+         weftd's pods (no ServiceAccount token, no ClusterRole); turn one of them off"
+    );
+}
+
+/// The message of the chart's `fail` in helm's error output.
+fn fail_message(err: &str) -> &str {
+    err.lines()
+        .find_map(|l| l.strip_prefix("Error: execution error at ("))
+        .and_then(|l| l.split_once("): "))
+        .map(|(_, message)| message)
+        .unwrap_or_else(|| panic!("not a failure of the chart's own checks: {err}"))
+}
+
+/// The backend flannel's chart offers and weft does not implement fails the render with
+/// a message naming the value, also when a flannel values file sets its other keys.
+#[test]
+fn the_wireguard_backend_fails_the_render_naming_flannel_backend() {
+    const WIREGUARD: &str = "flannel.backend: weft does not implement the wireguard \
+                             backend yet; set flannel.backend to vxlan or host-gw";
+    let err = render(&["--set", "flannel.backend=wireguard"]).unwrap_err();
+    assert_eq!(fail_message(&err), WIREGUARD);
+    let fixture = flannel_values_file();
+    let err = render(&[
+        "-f",
+        fixture.to_str().unwrap(),
+        "--set",
+        "flannel.backend=wireguard",
+    ])
+    .unwrap_err();
+    assert_eq!(fail_message(&err), WIREGUARD);
+}
+
+/// flannel's own values file: every key of flannel's chart, its optional ones set.
+fn flannel_values_file() -> PathBuf {
+    chart::repo().join("tests/fixtures/chart/flannel-values.yaml")
+}
+
+/// `kubernetes-validate --strict` of each (name, render): every object of each passes.
+fn assert_valid_kubernetes(renders: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (n, (name, yaml)) in renders.iter().enumerate() {
+        let file = dir.path().join(format!("render-{n}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        files.push((name, file, documents(yaml).len()));
+    }
+    let paths: Vec<&Path> = files.iter().map(|(_, f, _)| f.as_path()).collect();
+    let report = chart::validate(&paths)
+        .unwrap_or_else(|report| panic!("kubernetes-validate --strict failed:\n{report}"));
+    for (name, file, count) in &files {
+        let passed = report
+            .lines()
+            .filter(|l| l.contains(&format!("{} passed", file.display())))
+            .count();
+        assert_eq!(passed, *count, "{name}: {report}");
+    }
+}
+
+/// `helm lint --strict` of the chart with the values file `values` is clean.
+fn assert_lint_clean(values: &Path) {
+    let (ok, stdout, stderr) = chart::helm(&[
+        "lint",
+        "--strict",
+        chart::chart_dir().to_str().unwrap(),
+        "-f",
+        values.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && !stdout.contains("[WARNING]") && !stderr.contains("warning"),
+        "{stdout}{stderr}"
+    );
+}
+
+/// A values file for flannel's chart installs weft unchanged, and each value does what it
+/// asks for: net-conf.json as flannel's chart renders it (vxlan's keys with MacPrefix,
+/// wireguard's keys left out), weftd's args, probes, resources, placement and paths.
+#[test]
+fn flannels_own_values_file_installs_weft_unchanged() {
+    let fixture = flannel_values_file();
+    let values = documents(&std::fs::read_to_string(&fixture).unwrap()).remove(0);
+    let flannel = &values["flannel"];
+    // It has every key of flannel's chart, the optional ones set.
+    for key in [
+        "image",
+        "flannel_cni",
+        "cniBinDir",
+        "cniConfDir",
+        "skipCNIConfigInstallation",
+        "enableNFTables",
+        "args",
+        "backend",
+        "backendPort",
+        "mtu",
+        "vni",
+        "GBP",
+        "directRouting",
+        "macPrefix",
+        "backendPortv6",
+        "psk",
+        "tunnelMode",
+        "keepaliveInterval",
+        "cniConf",
+        "resources",
+        "healthz",
+        "tolerations",
+        "nodeSelector",
+    ] {
+        assert!(
+            flannel.get(key).is_some(),
+            "the fixture lacks flannel.{key}"
+        );
+    }
+    assert_lint_clean(&fixture);
+    let file = fixture.to_str().unwrap();
+    let yaml = render(&["-f", file]).expect("flannel's values render");
+    let docs = documents(&yaml);
+    let (cli, config) = weftd_accepts(&docs);
+
+    assert_eq!(
+        net_conf(&docs),
+        json!({"Network": "10.244.0.0/16", "EnableNFTables": false,
+               "Backend": {"Type": "vxlan", "Port": 4789, "VNI": 4096, "GBP": true,
+                           "DirectRouting": true, "MTU": 1400, "MacPrefix": "0E-2A"}})
+    );
+    let Ok(BackendSpec::Vxlan(vxlan)) = BackendSpec::from_config(&config) else {
+        panic!("vxlan")
+    };
+    assert_eq!(
+        (
+            vxlan.port,
+            vxlan.vni,
+            vxlan.mtu,
+            vxlan.gbp,
+            vxlan.direct_routing
+        ),
+        (4789, 4096, Some(1400), true, true)
+    );
+    assert!(config.ipv4.is_some() && config.ipv6.is_none() && !config.enable_nftables);
+    assert_eq!(
+        config_file(&docs, "cni-conf.json").trim(),
+        flannel["cniConf"].as_str().unwrap().trim()
+    );
+
+    assert_eq!(
+        weftd_args(&docs),
+        ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"]
+    );
+    assert!(cli.ip_masq && cli.kube_subnet_mgr && cli.healthz_port == 8081);
+    let weftd = container(&docs, "kube-flannel");
+    assert_eq!(weftd_port(&docs, "healthz"), 8081);
+    assert_eq!(weftd["resources"], flannel["resources"]);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        for (key, value) in flannel["healthz"][probe].as_object().unwrap() {
+            assert_eq!(weftd[probe][key], *value, "{probe}.{key}");
+        }
+    }
+    let spec = pod_spec(&docs);
+    assert_eq!(spec["tolerations"], flannel["tolerations"]);
+    assert!(spec.get("nodeSelector").is_none() && spec.get("imagePullSecrets").is_none());
+    let host_paths: BTreeMap<&str, &str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v["hostPath"]["path"].as_str()?)))
+        .collect();
+    assert_eq!(host_paths["cni-plugin"], flannel["cniBinDir"]);
+    assert_eq!(host_paths["cni"], flannel["cniConfDir"]);
+    let names = |key: &str| -> Vec<String> {
+        spec[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names("initContainers"),
+        ["install-cni-plugin", "install-cni"]
+    );
+    // netpol.enabled is false, as in flannel's chart: weftd alone.
+    assert_eq!(names("containers"), ["kube-flannel"]);
+    // flannel's images are ignored: weft's runs in every container.
+    for c in spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["initContainers"].as_array().unwrap())
+    {
+        assert!(
+            c["image"]
+                .as_str()
+                .unwrap()
+                .starts_with("registry.example.invalid/weft:"),
+            "{c}"
+        );
+    }
+
+    // flannel's way of turning the sidecar on: its default image and args.
+    let yaml_netpol =
+        render(&["-f", file, "--set", "netpol.enabled=true"]).expect("with netpol.enabled");
+    let docs_netpol = documents(&yaml_netpol);
+    weftd_accepts(&docs_netpol);
+    let sidecar = container(&docs_netpol, "kube-network-policies");
+    assert_eq!(
+        sidecar["image"],
+        "registry.k8s.io/networking/kube-network-policies:v1.0.0"
+    );
+    assert_eq!(
+        strings(&sidecar["args"]),
+        ["--hostname-override=$(MY_NODE_NAME)", "--v=2"]
+    );
+    let mut without = docs_netpol.clone();
+    take_netpol(&mut without, &docs);
+    assert_eq!(
+        without, docs,
+        "netpol adds only the sidecar, its volume and rules"
+    );
+
+    assert_valid_kubernetes(&[
+        ("flannel's values", &yaml),
+        ("flannel's values with netpol.enabled", &yaml_netpol),
+    ]);
+}
+
+/// Removes from a render with netpol on what netpol adds, per the render `base` without
+/// it: the sidecar, its volume and the ClusterRole's rules after `base`'s. Returns them.
+fn take_netpol(docs: &mut [Value], base: &[Value]) -> (Value, Value, Vec<Value>) {
+    let ds = docs.iter_mut().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let spec = &mut ds["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_array_mut().unwrap();
+    let at = containers
+        .iter()
+        .position(|c| c["name"] == "kube-network-policies")
+        .expect("the kube-network-policies container");
+    let sidecar = containers.remove(at);
+    let volumes = spec["volumes"].as_array_mut().unwrap();
+    let at = volumes
+        .iter()
+        .position(|v| v["name"] == "lib-modules")
+        .expect("the lib-modules volume");
+    let volume = volumes.remove(at);
+    let base_rules = object(base, "ClusterRole", "flannel")["rules"]
+        .as_array()
+        .unwrap()
+        .len();
+    let role = docs
+        .iter_mut()
+        .find(|d| d["kind"] == "ClusterRole")
+        .unwrap();
+    let rules = role["rules"].as_array_mut().unwrap().split_off(base_rules);
+    (sidecar, volume, rules)
+}
+
+/// netpol.enabled runs flannel's network policy sidecar in weftd's pods: its container
+/// (image and args as asked for, the node's name in MY_NODE_NAME, privileged with
+/// NET_ADMIN, the node's /lib/modules read-only), and the ClusterRole grows by what it
+/// lists and watches. Nothing else of the render changes.
+#[test]
+fn netpol_adds_flannels_sidecar_with_the_image_asked_for_and_the_rules_it_watches_with() {
+    let values = "netpol:\n  enabled: true\n  image:\n    repository: registry.local/kube-network-policies\n    tag: v1.1.0\n  args: [\"--hostname-override=$(MY_NODE_NAME)\", \"--v=4\"]\n";
+    let yaml = render_values(values).expect("render with netpol");
+    let docs = documents(&yaml);
+    weftd_accepts(&docs);
+    let defaults = documents(&render(&[]).unwrap());
+    let mut without = docs.clone();
+    let (sidecar, volume, rules) = take_netpol(&mut without, &defaults);
+    assert_eq!(
+        sidecar,
+        json!({
+            "name": "kube-network-policies",
+            "image": "registry.local/kube-network-policies:v1.1.0",
+            "command": ["/bin/netpol"],
+            "args": ["--hostname-override=$(MY_NODE_NAME)", "--v=4"],
+            "env": [{"name": "MY_NODE_NAME",
+                     "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+            "volumeMounts": [{"name": "lib-modules", "mountPath": "/lib/modules",
+                              "readOnly": true}],
+            "resources": {"requests": {"cpu": "100m", "memory": "50Mi"}},
+            "securityContext": {"privileged": true, "capabilities": {"add": ["NET_ADMIN"]}},
+        })
+    );
+    assert_eq!(
+        volume,
+        json!({"name": "lib-modules", "hostPath": {"path": "/lib/modules"}})
+    );
+    // What kube-network-policies lists and watches (pods and namespaces; nodes weftd's
+    // rules already grant), and flannel's chart's rules for it.
+    assert_eq!(
+        rules,
+        [
+            json!({"apiGroups": [""], "resources": ["pods", "namespaces"],
+                   "verbs": ["list", "watch"]}),
+            json!({"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                   "verbs": ["list", "watch"]}),
+            json!({"apiGroups": ["policy.networking.k8s.io"],
+                   "resources": ["adminnetworkpolicies", "baselineadminnetworkpolicies"],
+                   "verbs": ["list", "watch"]}),
+        ]
+    );
+    assert_eq!(
+        without, defaults,
+        "netpol adds only the sidecar, its volume and its rules"
+    );
+    // The sidecar talks to the API with the pod's ServiceAccount token.
+    assert!(
+        pod_spec(&docs)
+            .get("automountServiceAccountToken")
+            .is_none()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let values_file = dir.path().join("values.yaml");
+    std::fs::write(&values_file, values).unwrap();
+    assert_lint_clean(&values_file);
+    assert_valid_kubernetes(&[("netpol", &yaml)]);
 }
 
 /// Values turning both ways of scraping on, with a PodMonitor interval and label.

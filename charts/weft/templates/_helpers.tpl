@@ -36,7 +36,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 net-conf.json, as flannel's chart builds it from the values: Network or
 EnableIPv4=false, IPv6Network + EnableIPv6, EnableNFTables, and the Backend with the
-keys of its type. Built as a dict, so it is always valid JSON.
+keys of its type (vxlan: Port, VNI, GBP, DirectRouting, MTU and MacPrefix, each only when
+set; host-gw: Type only). flannel's wireguard values (backendPortv6, psk, tunnelMode,
+keepaliveInterval) are not rendered for these backends, in flannel's chart neither.
+Built as a dict, so it is always valid JSON.
 */}}
 {{- define "weft.netConf" -}}
 {{- $f := .Values.flannel -}}
@@ -57,6 +60,7 @@ keys of its type. Built as a dict, so it is always valid JSON.
 {{- if $f.GBP }}{{ $_ := set $backend "GBP" true }}{{ end -}}
 {{- if $f.directRouting }}{{ $_ := set $backend "DirectRouting" true }}{{ end -}}
 {{- if $f.mtu }}{{ $_ := set $backend "MTU" (int $f.mtu) }}{{ end -}}
+{{- if $f.macPrefix }}{{ $_ := set $backend "MacPrefix" $f.macPrefix }}{{ end -}}
 {{- end -}}
 {{- $_ := set $conf "Backend" $backend -}}
 {{- toPrettyJson $conf -}}
@@ -93,6 +97,14 @@ weftd's arguments: flannel.args (without --kube-subnet-mgr in etcd mode), then
 Checks the schema cannot express with a clear message. Each `fail` names the value.
 */}}
 {{- define "weft.validate" -}}
+{{- $backend := .Values.flannel.backend -}}
+{{- if eq $backend "wireguard" -}}
+{{- fail "flannel.backend: weft does not implement the wireguard backend yet; set flannel.backend to vxlan or host-gw" -}}
+{{- else if has $backend (list "udp" "ipip" "ipsec" "alloc" "extension" "tencent-vpc") -}}
+{{- fail (printf "flannel.backend: weft does not implement flannel's %s backend; set flannel.backend to vxlan or host-gw" $backend) -}}
+{{- else if not (has $backend (list "vxlan" "host-gw")) -}}
+{{- fail (printf "flannel.backend: %q is not a backend; set flannel.backend to vxlan or host-gw" $backend) -}}
+{{- end -}}
 {{- if and (not .Values.podCidr) (not .Values.podCidrv6) -}}
 {{- fail "podCidr and podCidrv6 are both empty: set podCidr (IPv4), podCidrv6 (IPv6) or both" -}}
 {{- end -}}
@@ -112,8 +124,8 @@ Checks the schema cannot express with a clear message. Each `fail` names the val
 {{- fail "weft.metrics.podMonitor.enabled needs flannel.healthz.port: weftd serves /metrics on its health server, which port 0 turns off" -}}
 {{- end -}}
 {{- end -}}
-{{- if .Values.netpol.enabled -}}
-{{- fail "netpol.enabled: flannel's kube-network-policies sidecar is not part of weft's chart yet; set netpol.enabled=false" -}}
+{{- if and .Values.netpol.enabled .Values.weft.etcd.enabled -}}
+{{- fail "netpol.enabled needs the Kubernetes API, which weft.etcd.enabled takes away from weftd's pods (no ServiceAccount token, no ClusterRole); turn one of them off" -}}
 {{- end -}}
 {{- if not .Values.weft.etcd.enabled -}}
 {{- $kube := false -}}
