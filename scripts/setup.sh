@@ -52,6 +52,7 @@ checks=(
     "python3 with pip|python_pip|python3 python3-pip" # tests (chart tools, metrics parser)
     "iptables, iptables-legacy, iptables-nft|have iptables iptables-legacy iptables-nft|iptables" # traffic rules, tests
     "nft|have nft|nftables"                             # traffic rules (nftables mode), tests
+    "ethtool|have ethtool|ethtool"                      # tests (the VXLAN device's offload, read back)
 )
 
 missing() {

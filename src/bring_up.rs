@@ -4,6 +4,7 @@
 
 use crate::host_check;
 use crate::iface::{self, ExternalInterface, IfaceRequest};
+use crate::settings::NodeSettings;
 use anyhow::{Context, bail};
 use std::net::IpAddr;
 use tokio::sync::mpsc;
@@ -13,6 +14,7 @@ use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
 use weft_backend::nexthop::NexthopPlan;
+use weft_backend::offload::{self, TxChecksum};
 use weft_backend::reconcile::{Reconciler, Surroundings};
 use weft_backend::vxlan::{self, VxlanConfig};
 use weft_subnet::BackendData;
@@ -110,10 +112,10 @@ pub async fn build_datapath(
     external: &ExternalInterface,
     host: &HostSnapshot,
     published: PublishedData,
-    nexthop_objects: bool,
+    settings: &NodeSettings,
 ) -> anyhow::Result<(Reconciler, mpsc::UnboundedReceiver<KernelEvent>)> {
     let kernel = Kernel::connect().context("cannot open netlink")?;
-    let nexthop_objects = if nexthop_objects {
+    let nexthop_objects = if settings.nexthop_objects {
         kernel_has_nexthop_objects(&kernel).await
     } else {
         info!("peer routes are plain gateway routes (--nexthop-objects=false)");
@@ -146,9 +148,26 @@ pub async fn build_datapath(
     };
     let kernel_events =
         weft_backend::kernel::subscribe().context("cannot subscribe to netlink notifications")?;
+    let vxlan = matches!(BackendSpec::from_config(config), Ok(BackendSpec::Vxlan(_)));
     let mut datapath = Reconciler::new(backend, kernel, surroundings);
     datapath.use_nexthop_objects(nexthop_objects);
+    if vxlan {
+        let decision = tx_checksum_decision(settings.tx_checksum, &external.name);
+        info!("VXLAN devices: {decision}");
+        datapath.set_tx_checksum(decision);
+    }
     Ok((datapath, kernel_events))
+}
+
+/// The VXLAN devices' TX checksum offload for this host: its kernel release and the
+/// underlay interface's driver (`/sys/class/net/<name>/device/driver`; none for a veth
+/// or a bridge), decided by `weft_backend::offload::decide`.
+fn tx_checksum_decision(setting: TxChecksum, underlay: &str) -> offload::Decision {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let driver = std::fs::read_link(format!("/sys/class/net/{underlay}/device/driver"))
+        .ok()
+        .and_then(|link| link.file_name().map(|n| n.to_string_lossy().into_owned()));
+    offload::decide(setting, release.trim(), driver.as_deref())
 }
 
 /// Whether the kernel has nexthop objects; logs the decision.

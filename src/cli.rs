@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+use weft_backend::offload::TxChecksum;
 use weft_subnet::etcd::{EtcdOptions, TlsFiles};
 
 /// How log lines are written.
@@ -140,6 +141,13 @@ pub struct Cli {
           require_equals = true, default_value = "true", default_missing_value = "true",
           value_parser = BoolishValueParser::new())]
     pub nexthop_objects: bool,
+    /// weft extension: the VXLAN device's TX checksum offload (`tx-checksum-ip-generic`):
+    /// `auto` turns it off where it is known to corrupt VXLAN packets (kernels before 5.7,
+    /// a vmxnet3 underlay; docs/compatibility.md), `on` and `off` force it. Re-applied
+    /// whenever the device is re-created or changed by hand.
+    #[arg(long, env = "FLANNELD_VXLAN_TX_CHECKSUM", default_value = "auto",
+          value_parser = TxChecksum::parse)]
+    pub vxlan_tx_checksum: TxChecksum,
     /// Setup IP masquerade rule for traffic destined outside of overlay network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_value = "false", default_missing_value = "true",
@@ -265,6 +273,7 @@ impl Cli {
             blackhole_own: cli.ip_blackhole_route,
             reconcile_interval: Duration::from_secs(cli.reconcile_interval),
             nexthop_objects: cli.nexthop_objects,
+            tx_checksum: cli.vxlan_tx_checksum,
         }
     }
 

@@ -88,9 +88,8 @@ async fn start(
     } else {
         PublishedData::default()
     };
-    let nexthop_objects = settings.node.nexthop_objects;
     let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published, nexthop_objects).await?;
+        bring_up::build_datapath(&config, &external, &host, published, &settings.node).await?;
     let attrs = datapath
         .backend()
         .lease_attrs(external.ext_addr, external.ext_v6_addr);

@@ -111,9 +111,8 @@ async fn start(
     let (host, external) = bring_up::choose_interface(request, &config).await?;
     bring_up::check_network(&config, &host, &external)?;
     let published = node::published_backend_data(&own_node, &keys);
-    let nexthop_objects = settings.node.nexthop_objects;
     let (datapath, kernel_events) =
-        bring_up::build_datapath(&config, &external, &host, published, nexthop_objects).await?;
+        bring_up::build_datapath(&config, &external, &host, published, &settings.node).await?;
     let attrs = datapath
         .backend()
         .lease_attrs(external.ext_addr, external.ext_v6_addr);

@@ -109,6 +109,11 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -156,6 +161,7 @@ pub struct Metrics {
     ready: Gauge,
     peer_leases: Gauge,
     peers: Family<PeerLabels, Gauge>,
+    tx_checksum: Family<DeviceLabel, Gauge>,
     peers_skipped: Family<ReasonLabel, Gauge>,
     peer_rejections: Family<RuleLabel, Counter>,
     passes: Family<TriggerLabel, Counter>,
@@ -190,6 +196,7 @@ impl Metrics {
             ready: Gauge::default(),
             peer_leases: Gauge::default(),
             peers: Family::default(),
+            tx_checksum: Family::default(),
             peers_skipped: Family::default(),
             peer_rejections: Family::default(),
             passes: Family::default(),
@@ -313,6 +320,12 @@ impl Metrics {
             "Peers this node programs a route to, by backend and address family, as of \
              the last reconcile pass",
             self.peers.clone(),
+        );
+        r.register(
+            "weft_vxlan_tx_checksum_offload",
+            "The VXLAN devices' TX checksum offload (tx-checksum-ip-generic) as of the last \
+             full pass, by device: 1 on, 0 off (--vxlan-tx-checksum; weftd status says why)",
+            self.tx_checksum.clone(),
         );
         r.register(
             "weft_peers_skipped",
@@ -537,6 +550,18 @@ impl Metrics {
     }
 
     /// When the own etcd lease expires (`None`: it does not).
+    /// Each VXLAN device's TX checksum offload (devices it could not be read on are left
+    /// out).
+    pub fn set_tx_checksum<'a>(&self, devices: impl IntoIterator<Item = (&'a str, bool)>) {
+        self.tx_checksum.clear();
+        for (device, on) in devices {
+            let labels = DeviceLabel {
+                device: device.to_string(),
+            };
+            self.tx_checksum.get_or_create(&labels).set(i64::from(on));
+        }
+    }
+
     pub fn set_lease_expiry(&self, expiry: Option<SystemTime>) {
         let seconds = expiry
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -690,6 +715,8 @@ mod tests {
     fn metrics(manager: SubnetManager) -> Metrics {
         let m = Metrics::new(manager, Readiness::new("starting"));
         m.set_backend("vxlan");
+        // Series that exist only once a VXLAN device does.
+        m.set_tx_checksum([("flannel.1", false)]);
         m
     }
 

@@ -286,6 +286,12 @@ impl NodeState {
         let duration = started.elapsed();
         self.metrics
             .record_pass(trigger, duration, &result, self.datapath.stats());
+        if let Some((_, devices)) = self.datapath.tx_checksum() {
+            let known = devices
+                .iter()
+                .filter_map(|(device, state)| Some((device.as_str(), *state.as_ref().ok()?)));
+            self.metrics.set_tx_checksum(known);
+        }
         self.datapath_ok = match &result {
             Ok(pass) => {
                 self.last_pass = Some(LastPass {
@@ -328,6 +334,26 @@ impl NodeState {
         }
     }
 
+    /// The VXLAN devices' offload for the state view: `off on flannel.1
+    /// (tx-checksum-ip-generic off: auto: ...)`, or why it could not be set.
+    fn tx_checksum_text(&self) -> Option<String> {
+        let (decision, devices) = self.datapath.tx_checksum()?;
+        let states: Vec<String> = devices
+            .iter()
+            .map(|(device, state)| match state {
+                Ok(true) => format!("on on {device}"),
+                Ok(false) => format!("off on {device}"),
+                Err(e) => format!("{device}: cannot set it: {e}"),
+            })
+            .collect();
+        let states = if states.is_empty() {
+            "no device yet".to_string()
+        } else {
+            states.join(", ")
+        };
+        Some(format!("{states} ({decision})"))
+    }
+
     /// Answers a `/debug/state` request with a page of the view.
     fn answer(&self, request: StateRequest) {
         let now = SystemTime::now();
@@ -355,6 +381,7 @@ impl NodeState {
                 ready: self.readiness.get(),
                 last_pass: self.last_pass.clone(),
                 traffic_rules: self.rules_backend.clone(),
+                vxlan_tx_checksum: self.tx_checksum_text(),
             },
             summary: summary.into_iter().collect(),
             query,

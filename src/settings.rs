@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use weft_backend::offload::TxChecksum;
 use weft_subnet::etcd::EtcdOptions;
 
 /// What a node holding a subnet needs, in both modes (`node_state`, `node_loop`).
@@ -26,6 +27,8 @@ pub struct NodeSettings {
     pub reconcile_interval: Duration,
     /// `--nexthop-objects`.
     pub nexthop_objects: bool,
+    /// `--vxlan-tx-checksum`: the VXLAN devices' TX checksum offload.
+    pub tx_checksum: TxChecksum,
 }
 
 /// etcd mode's own settings.

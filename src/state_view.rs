@@ -98,6 +98,8 @@ pub struct NodeView {
     pub last_pass: Option<LastPass>,
     /// Where the traffic rules live (nftables, or which iptables and why).
     pub traffic_rules: Option<String>,
+    /// The VXLAN devices' TX checksum offload, and why.
+    pub vxlan_tx_checksum: Option<String>,
 }
 
 /// The last reconcile pass.
@@ -188,6 +190,7 @@ mod tests {
                      (the host's variant)"
                         .into(),
                 ),
+                vxlan_tx_checksum: None,
             },
             summary: vec![
                 (Verdict::Ok, 1),

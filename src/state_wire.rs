@@ -35,7 +35,7 @@ pub struct RunningDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartingDoc {
     /// Always `null`: a starting node has nothing to describe yet.
-    pub node: Option<NodeDoc>,
+    pub node: Option<Box<NodeDoc>>,
     pub starting: bool,
     pub not_ready_reason: Option<String>,
     pub peers: Vec<PeerDoc>,
@@ -52,6 +52,9 @@ pub struct NodeDoc {
     /// Where the traffic rules live: nftables, or which iptables and why.
     #[serde(default)]
     pub traffic_rules: Option<String>,
+    /// The VXLAN devices' TX checksum offload (`tx-checksum-ip-generic`), and why.
+    #[serde(default)]
+    pub vxlan_tx_checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +186,7 @@ impl NodeDoc {
             ready: node.ready.is_ok(),
             not_ready_reason: node.ready.as_ref().err().cloned(),
             traffic_rules: node.traffic_rules.clone(),
+            vxlan_tx_checksum: node.vxlan_tx_checksum.clone(),
         }
     }
 }

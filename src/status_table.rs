@@ -43,6 +43,9 @@ fn node_line(node: &NodeDoc) -> String {
     if let Some(rules) = &node.traffic_rules {
         let _ = writeln!(line, "traffic rules: {rules}");
     }
+    if let Some(offload) = &node.vxlan_tx_checksum {
+        let _ = writeln!(line, "VXLAN TX checksum offload: {offload}");
+    }
     line
 }
 

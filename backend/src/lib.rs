@@ -14,6 +14,7 @@ pub mod hostgw;
 pub mod kernel;
 pub mod mac;
 pub mod nexthop;
+pub mod offload;
 pub mod reconcile;
 pub mod vxlan;
 

@@ -6,6 +6,7 @@
 //! which the next pass, seeing the device, resolves.
 
 use super::dump::Dumper;
+use super::ethtool::EthtoolSocket;
 use super::nexthop::{Nexthop, NexthopSocket};
 use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
@@ -48,6 +49,8 @@ pub struct Kernel {
     dumper: Arc<tokio::sync::Mutex<Dumper>>,
     /// Nexthop objects (see `nexthop`).
     nexthops: Arc<tokio::sync::Mutex<NexthopSocket>>,
+    /// Device features over ethtool netlink, opened at first use (see `ethtool`).
+    ethtool: Arc<std::sync::Mutex<Option<EthtoolSocket>>>,
 }
 
 impl Kernel {
@@ -57,6 +60,7 @@ impl Kernel {
             handle: super::connect()?,
             dumper: Arc::new(tokio::sync::Mutex::new(Dumper::new()?)),
             nexthops: Arc::new(tokio::sync::Mutex::new(NexthopSocket::new()?)),
+            ethtool: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -238,6 +242,36 @@ impl Kernel {
             }
         }
         failures
+    }
+
+    /// Brings feature `name` of device `index` to `on` (ethtool netlink) and reads it
+    /// back; returns whether it had to change it.
+    pub fn ensure_feature(&self, index: u32, name: &str, on: bool) -> Result<bool, KernelError> {
+        let failed = |op| move |error| KernelError::Ethtool { op, error };
+        let mut guard = self.ethtool.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(EthtoolSocket::open().map_err(failed("open"))?);
+        }
+        let Some(socket) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let result = (|| {
+            if socket.feature(index, name).map_err(failed("get"))? == on {
+                return Ok(false);
+            }
+            socket.set(index, name, on).map_err(failed("set"))?;
+            if socket.feature(index, name).map_err(failed("get"))? != on {
+                let state = if on { "off" } else { "on" };
+                let kept = std::io::Error::other(format!("the kernel kept {name} {state}"));
+                return Err(failed("set")(kept));
+            }
+            Ok(true)
+        })();
+        if result.is_err() {
+            // A fresh socket next time: the family may have moved, or the socket broke.
+            *guard = None;
+        }
+        result
     }
 
     /// One op: a flat dispatch to the op's own method.

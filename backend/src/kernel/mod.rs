@@ -1,6 +1,7 @@
 //! The kernel boundary: the only code in weft that talks netlink.
 
 mod dump;
+pub mod ethtool;
 mod events;
 mod executor;
 mod host;
@@ -29,6 +30,12 @@ pub enum KernelError {
     NoDevice(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An ethtool netlink request (device features) that failed.
+    #[error("ethtool {op} failed: {error}")]
+    Ethtool {
+        op: &'static str,
+        error: std::io::Error,
+    },
     /// A request of weft's own netlink code (nexthop objects) the kernel refused.
     #[error("netlink {op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Errno { op: &'static str, errno: i32 },

@@ -28,6 +28,7 @@ use crate::backend::{Backend, MtuChange, SkipKind};
 use crate::diff;
 use crate::kernel::{Kernel, KernelError, KernelEvent};
 use crate::nexthop::NexthopPlan;
+use crate::offload::{self, Decision};
 use drift::{ChangeKind, EntryId, EntryState, PassCounts, Tracker};
 use reports::Reports;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -114,6 +115,12 @@ pub struct Reconciler {
     /// Ids of weft's block another program's nexthop objects hold (as of the last time
     /// they were read): the routes that would use them go without.
     taken_nexthops: BTreeSet<NonZeroU32>,
+    /// The VXLAN devices' TX checksum offload, as decided at startup (`None`: not a
+    /// VXLAN backend, or nothing to decide).
+    tx_checksum: Option<Decision>,
+    /// Each device's offload as of the last full pass: on or off, or why it could not
+    /// be set.
+    tx_checksum_applied: offload::DeviceStates,
     /// The next full pass reads the nexthop objects: they may hold something to act on
     /// (another program's object in weft's block, or one of weft's no route uses). Only
     /// something outside weft's ops can cause either: startup, a failed op, lost
@@ -156,6 +163,8 @@ impl Reconciler {
             changed: BTreeMap::new(),
             dirty: Vec::new(),
             needs_full: true,
+            tx_checksum: None,
+            tx_checksum_applied: BTreeMap::new(),
             removals_held_until: None,
             blackhole_own: false,
             nexthop_objects: false,
@@ -399,8 +408,53 @@ impl Reconciler {
             "reconcile pass"
         );
         self.refresh_device_indices(&plan.desired, &plan.ops).await;
+        self.apply_tx_checksum();
         self.log_pass(&pass, plan.ops.len(), started);
         Ok(pass)
+    }
+
+    /// The TX checksum offload every device of the backend gets (see [`crate::offload`]).
+    pub fn set_tx_checksum(&mut self, decision: Decision) {
+        self.tx_checksum = Some(decision);
+    }
+
+    /// Each device's offload as of the last full pass, by device name.
+    pub fn tx_checksum(&self) -> Option<(&Decision, &offload::DeviceStates)> {
+        self.tx_checksum
+            .as_ref()
+            .map(|d| (d, &self.tx_checksum_applied))
+    }
+
+    /// Level-triggered like the rest of the pass: read on every full pass (one request
+    /// per device), set where it differs (a re-created device, an admin's `ethtool -K`).
+    fn apply_tx_checksum(&mut self) {
+        let Some(decision) = self.tx_checksum.clone() else {
+            return;
+        };
+        let Ok(kernel) = self.kernel() else {
+            return;
+        };
+        let devices: Vec<(u32, String)> = self
+            .device_indices
+            .iter()
+            .filter(|(_, name)| self.backend.owns_device(name))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        let mut applied = BTreeMap::new();
+        for (index, name) in devices {
+            let result = kernel.ensure_feature(index, offload::FEATURE, decision.on);
+            match &result {
+                Ok(true) => info!(device = %name, "set {decision}"),
+                Ok(false) => {}
+                Err(e) if !matches!(self.tx_checksum_applied.get(&name), Some(Err(_))) => {
+                    warn!(device = %name, "cannot set {}: {e}; retrying on the next full pass", offload::FEATURE);
+                }
+                Err(_) => {}
+            }
+            let state = result.map(|_| decision.on).map_err(|e| e.to_string());
+            applied.insert(name, state);
+        }
+        self.tx_checksum_applied = applied;
     }
 
     /// The full pass's decisions (pure): foreign routes withdrawn, the diff, removals held
