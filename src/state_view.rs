@@ -150,12 +150,7 @@ mod tests {
     }
 
     fn entry(kind: ChangeKind, desired: &str, state: EntryState) -> EntryView {
-        EntryView {
-            kind,
-            desired: desired.into(),
-            state,
-            withdrawn_by: None,
-        }
+        EntryView::new(kind, desired, state)
     }
 
     fn peer(key: &str, verdict: Verdict, entries: Vec<EntryView>, why: &[&str]) -> PeerView {

@@ -570,16 +570,7 @@ fn every_render_of_the_matrix_is_valid_kubernetes_and_accepted_by_weftd() {
         std::fs::write(&file, &yaml).unwrap();
         files.push((case.name, file, docs.len()));
     }
-    let paths: Vec<&Path> = files.iter().map(|(_, f, _)| f.as_path()).collect();
-    let report = chart::validate(&paths)
-        .unwrap_or_else(|report| panic!("kubernetes-validate --strict failed:\n{report}"));
-    for (name, file, count) in &files {
-        let passed = report
-            .lines()
-            .filter(|l| l.contains(&format!("{} passed", file.display())))
-            .count();
-        assert_eq!(passed, *count, "{name}: {report}");
-    }
+    assert_all_pass(&files);
 }
 
 #[test]
@@ -746,6 +737,20 @@ fn flannel_values_file() -> PathBuf {
     chart::repo().join("tests/fixtures/chart/flannel-values.yaml")
 }
 
+/// `kubernetes-validate --strict` of (name, file, objects in it): every object passes.
+fn assert_all_pass<N: std::fmt::Display>(files: &[(N, PathBuf, usize)]) {
+    let paths: Vec<&Path> = files.iter().map(|(_, f, _)| f.as_path()).collect();
+    let report = chart::validate(&paths)
+        .unwrap_or_else(|report| panic!("kubernetes-validate --strict failed:\n{report}"));
+    for (name, file, count) in files {
+        let passed = report
+            .lines()
+            .filter(|l| l.contains(&format!("{} passed", file.display())))
+            .count();
+        assert_eq!(passed, *count, "{name}: {report}");
+    }
+}
+
 /// `kubernetes-validate --strict` of each (name, render): every object of each passes.
 fn assert_valid_kubernetes(renders: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
@@ -755,16 +760,7 @@ fn assert_valid_kubernetes(renders: &[(&str, &str)]) {
         std::fs::write(&file, yaml).unwrap();
         files.push((name, file, documents(yaml).len()));
     }
-    let paths: Vec<&Path> = files.iter().map(|(_, f, _)| f.as_path()).collect();
-    let report = chart::validate(&paths)
-        .unwrap_or_else(|report| panic!("kubernetes-validate --strict failed:\n{report}"));
-    for (name, file, count) in &files {
-        let passed = report
-            .lines()
-            .filter(|l| l.contains(&format!("{} passed", file.display())))
-            .count();
-        assert_eq!(passed, *count, "{name}: {report}");
-    }
+    assert_all_pass(&files);
 }
 
 /// `helm lint --strict` of the chart with the values file `values` is clean.
@@ -1206,13 +1202,7 @@ fn the_pod_monitor_selects_weftds_pods_and_scrapes_the_named_health_port() {
     assert_eq!(others.len(), docs.len() - 1);
     let file = dir.path().join("render.yaml");
     std::fs::write(&file, others.join("\n---\n")).unwrap();
-    let report = chart::validate(&[&file])
-        .unwrap_or_else(|report| panic!("kubernetes-validate --strict failed:\n{report}"));
-    let passed = report
-        .lines()
-        .filter(|l| l.contains(&format!("{} passed", file.display())))
-        .count();
-    assert_eq!(passed, others.len(), "{report}");
+    assert_all_pass(&[("the render", file, others.len())]);
 }
 
 #[test]

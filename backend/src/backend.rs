@@ -50,6 +50,27 @@ pub trait Backend: std::fmt::Debug + Send {
     }
 }
 
+/// Sets the backend's copy of the underlay's MTU (`external`) to `mtu` and says what that
+/// changed, the pod MTU read before and after.
+fn follow_mtu<B: Backend>(
+    backend: &mut B,
+    external: impl Fn(&mut B) -> &mut u32,
+    mtu: u32,
+) -> Option<MtuChange> {
+    let underlay_before = *external(backend);
+    if underlay_before == mtu {
+        return None;
+    }
+    let pod_before = backend.pod_mtu();
+    *external(backend) = mtu;
+    Some(MtuChange {
+        underlay_before,
+        underlay_after: mtu,
+        pod_before,
+        pod_after: backend.pod_mtu(),
+    })
+}
+
 /// An underlay MTU change and what it changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MtuChange {
@@ -145,18 +166,7 @@ impl Backend for VxlanBackend {
     }
 
     fn follow_underlay_mtu(&mut self, mtu: u32) -> Option<MtuChange> {
-        let underlay_before = self.node.external_mtu;
-        if underlay_before == mtu {
-            return None;
-        }
-        let pod_before = self.pod_mtu();
-        self.node.external_mtu = mtu;
-        Some(MtuChange {
-            underlay_before,
-            underlay_after: mtu,
-            pod_before,
-            pod_after: self.pod_mtu(),
-        })
+        follow_mtu(self, |b| &mut b.node.external_mtu, mtu)
     }
 }
 
@@ -199,16 +209,6 @@ impl Backend for HostGwBackend {
     }
 
     fn follow_underlay_mtu(&mut self, mtu: u32) -> Option<MtuChange> {
-        let underlay_before = self.node.external_mtu;
-        if underlay_before == mtu {
-            return None;
-        }
-        self.node.external_mtu = mtu;
-        Some(MtuChange {
-            underlay_before,
-            underlay_after: mtu,
-            pod_before: underlay_before,
-            pod_after: mtu,
-        })
+        follow_mtu(self, |b| &mut b.node.external_mtu, mtu)
     }
 }

@@ -68,6 +68,18 @@ pub struct PeerView {
     pub last_repair: Option<SystemTime>,
 }
 
+impl EntryView {
+    /// An entry no foreign route withdraws.
+    pub fn new(kind: ChangeKind, desired: impl Into<String>, state: EntryState) -> EntryView {
+        EntryView {
+            kind,
+            desired: desired.into(),
+            state,
+            withdrawn_by: None,
+        }
+    }
+}
+
 impl PeerView {
     /// The verdict of a peer from its entries (not skipped or rejected).
     pub fn verdict_of(entries: &[EntryView], now: SystemTime) -> Verdict {
@@ -98,12 +110,7 @@ mod tests {
     }
 
     fn entry(kind: ChangeKind, desired: &str, state: EntryState) -> EntryView {
-        EntryView {
-            kind,
-            desired: desired.into(),
-            state,
-            withdrawn_by: None,
-        }
+        EntryView::new(kind, desired, state)
     }
 
     #[test]
