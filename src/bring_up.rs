@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tracing::info;
-use weft_backend::backend::{AllocBackend, Backend, HostGwBackend, VxlanBackend};
+use weft_backend::backend::{AllocBackend, Backend, ExternalSpec, HostGwBackend, VxlanBackend};
 use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
@@ -224,6 +224,18 @@ fn host_gw_backend(
 
 /// Networks directly connected to the external interface (host-gw routes and vxlan
 /// DirectRouting need the peer on one of them).
+/// The external interface as the backends use it.
+pub fn external_spec(external: &ExternalInterface, host: &HostSnapshot) -> ExternalSpec {
+    ExternalSpec {
+        index: external.index,
+        name: external.name.clone(),
+        mtu: external.mtu,
+        local_v4: external.iface_addr.map(IpAddr::V4),
+        local_v6: external.iface_v6_addr.map(IpAddr::V6),
+        connected: connected_to(external, host),
+    }
+}
+
 fn connected_to(external: &ExternalInterface, host: &HostSnapshot) -> Vec<Net> {
     host.links
         .iter()

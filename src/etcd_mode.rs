@@ -11,7 +11,7 @@
 use crate::bring_up::{self, BackendSpec, PublishedData};
 use crate::iface::{ExternalInterface, IfaceRequest};
 use crate::metrics::Renewal;
-use crate::node_loop::{NodeLoop, Received, Source};
+use crate::node_loop::{NodeLoop, Received, Source, Underlay, WatchTask};
 use crate::node_state::{NodeState, Reporting};
 use crate::own_lease::{Next, OwnLease};
 use crate::readiness::Readiness;
@@ -27,7 +27,11 @@ use tracing::{debug, info, warn};
 use weft_subnet::config::BackendType;
 use weft_subnet::etcd::{EtcdOptions, EtcdSubnetManager, RenewOutcome};
 use weft_subnet::watch::{OwnLeaseChange, WatchBatch};
-use weft_subnet::{Lease, NetworkConfig, SubnetKey};
+use weft_subnet::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+
+/// Quick retries of writing new attributes after an address change, and their pace.
+const PUBLISH_RETRIES: u8 = 30;
+const PUBLISH_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs etcd mode until shutdown.
 pub async fn run(
@@ -41,12 +45,12 @@ pub async fn run(
         return Ok(());
     };
     let (sink, mut batches) = mpsc::channel(64);
-    let watcher_manager = node.source.manager.clone();
-    let watch_task = tokio::spawn(async move { watcher_manager.watch_leases(sink).await });
-    let result = NodeLoop::new(node.source, node.state)
+    let mut source = node.source;
+    source.start_watch(sink);
+    // The watch ends with the loop (its task is aborted when the source is dropped).
+    let result = NodeLoop::new(source, node.state, node.underlay)
         .run(&mut batches, &mut shutdown)
         .await;
-    watch_task.abort();
     if result.is_ok() {
         info!("shutting down; the lease, subnet.env and the datapath are left in place");
     }
@@ -64,6 +68,7 @@ pub struct Settings {
 struct Started {
     source: EtcdSource,
     state: NodeState,
+    underlay: Underlay,
 }
 
 /// Startup up to a held lease; `None` when shut down meanwhile.
@@ -76,11 +81,16 @@ async fn start(
 ) -> anyhow::Result<Option<Started>> {
     let previous = previous_subnet(&settings.node.subnet_file);
     let observer: weft_subnet::observer::Observer = reporting.metrics.clone();
-    let connecting = connect(&settings.etcd.options, shutdown, readiness, observer);
+    let connecting = connect(
+        &settings.etcd.options,
+        shutdown,
+        readiness,
+        observer.clone(),
+    );
     let Some((manager, config)) = connecting.await? else {
         return Ok(None);
     };
-    let (host, external) = bring_up::choose_interface(request, &config).await?;
+    let (host, external) = bring_up::choose_interface(request.clone(), &config).await?;
     bring_up::check_network(&config, &host, &external)?;
     // Only vxlan reuses what was published (its VTEP MACs): no listing for other backends.
     let published = if config.backend.kind == BackendType::Vxlan {
@@ -119,12 +129,7 @@ async fn start(
         settings.etcd.lease_ttl,
         settings.etcd.renew_margin,
     );
-    let mut source = EtcdSource {
-        manager,
-        own,
-        reset_grace: settings.etcd.reset_grace,
-        reported_config: None,
-    };
+    let mut source = EtcdSource::new(manager, own, &settings.etcd, observer);
     source.lease_changed(&mut state);
     if let Some(previous) = own_missing {
         source.hold_removals(
@@ -135,7 +140,12 @@ async fn start(
             ),
         );
     }
-    Ok(Some(Started { source, state }))
+    let underlay = Underlay::new(request, external);
+    Ok(Some(Started {
+        source,
+        state,
+        underlay,
+    }))
 }
 
 /// The subnet named by an earlier run's subnet.env, preferred when acquiring.
@@ -199,6 +209,14 @@ async fn own_lease_missing(
 #[derive(Debug)]
 struct EtcdSource {
     manager: Arc<EtcdSubnetManager>,
+    /// For a new connection when this node's address changed (the old one is bound to
+    /// an address the node no longer has).
+    options: EtcdOptions,
+    observer: weft_subnet::observer::Observer,
+    /// Quick retries left for writing new attributes (see `publish_attrs`).
+    publishing: u8,
+    /// The lease watch, and where it sends its batches.
+    watch: Option<(WatchTask, mpsc::Sender<WatchBatch>)>,
     own: OwnLease,
     /// `--datastore-reset-grace`.
     reset_grace: Duration,
@@ -217,7 +235,7 @@ impl Source for EtcdSource {
             batch => {
                 return Received {
                     batch: Some(batch),
-                    own_subnet: None,
+                    ..Received::default()
                 };
             }
         }
@@ -252,9 +270,61 @@ impl Source for EtcdSource {
     async fn programmed(&mut self, _shutdown: &mut Shutdown) -> bool {
         true
     }
+
+    async fn reconnect(&mut self) {
+        match EtcdSubnetManager::connect(&self.options).await {
+            Ok(manager) => {
+                self.manager = Arc::new(manager.with_observer(self.observer.clone()));
+                if let Some((_, sink)) = self.watch.take() {
+                    self.start_watch(sink);
+                }
+                info!("reconnected to etcd from this node's new address");
+            }
+            Err(e) => warn!(
+                "cannot reconnect to etcd after the address change, keeping the old \
+                 connection: {e}"
+            ),
+        }
+    }
+
+    /// The lease is rewritten with the new attributes by a renewal now (its "lost"
+    /// handling is the renewal's). Failed writes are retried every second for a while,
+    /// then at the renewal's pace.
+    async fn publish_attrs(&mut self, attrs: LeaseAttrs) {
+        self.own.lease.attrs = attrs.clone();
+        self.own.attrs = attrs;
+        self.own.renew_at = Some(Instant::now());
+        self.publishing = PUBLISH_RETRIES;
+    }
 }
 
 impl EtcdSource {
+    fn new(
+        manager: Arc<EtcdSubnetManager>,
+        own: OwnLease,
+        settings: &EtcdSettings,
+        observer: weft_subnet::observer::Observer,
+    ) -> EtcdSource {
+        EtcdSource {
+            manager,
+            options: settings.options.clone(),
+            observer,
+            publishing: 0,
+            watch: None,
+            own,
+            reset_grace: settings.reset_grace,
+            reported_config: None,
+        }
+    }
+
+    /// Watches the leases over the current connection, into `sink`.
+    fn start_watch(&mut self, sink: mpsc::Sender<WatchBatch>) {
+        let manager = self.manager.clone();
+        let batches = sink.clone();
+        let task = WatchTask::spawn(async move { manager.watch_leases(batches).await });
+        self.watch = Some((task, sink));
+    }
+
     /// etcd went back in time; a fresh snapshot follows. This node's lease is re-asserted
     /// (or re-created by the snapshot's "own key deleted"), and peer entries are kept for
     /// the grace period while the other nodes do the same.
@@ -310,6 +380,10 @@ impl EtcdSource {
         self.own.renew_at = None;
         match self.manager.renew_lease(&self.own.lease).await {
             Ok(RenewOutcome::Renewed(lease)) => {
+                if self.publishing > 0 {
+                    info!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, "lease rewritten with this node's new address");
+                    self.publishing = 0;
+                }
                 debug!(subnet = %lease.key, etcd_lease = lease.etcd_lease, "lease renewed");
                 state.metrics().record_renewal(Renewal::Renewed);
                 self.own.renewed(lease);
@@ -322,7 +396,12 @@ impl EtcdSource {
             }
             Err(e) => {
                 state.metrics().record_renewal(Renewal::Failed);
-                let retry = self.own.renew_failed();
+                let mut retry = self.own.renew_failed();
+                if self.publishing > 0 {
+                    self.publishing -= 1;
+                    retry = PUBLISH_RETRY.min(retry);
+                    self.own.renew_at = Some(Instant::now() + retry);
+                }
                 warn!("cannot renew the lease, retrying in {retry:?}: {e}");
                 Next::Nothing
             }

@@ -16,13 +16,14 @@
 
 use crate::bring_up::{self, BackendSpec};
 use crate::iface::IfaceRequest;
-use crate::node_loop::{NodeLoop, Received, Source};
+use crate::node_loop::{NodeLoop, Received, Source, Underlay, WatchTask};
 use crate::node_state::{NodeState, Reporting};
 use crate::readiness::Readiness;
 use crate::settings::{KubeSettings, NodeSettings};
 use crate::shutdown::Shutdown;
 use crate::triggers::Triggers;
 use anyhow::Context;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,12 +52,12 @@ pub async fn run(
         return Ok(());
     };
     let (sink, mut outputs) = mpsc::channel::<TrackerOutput>(64);
-    let watch_manager = node.source.manager.clone();
-    let watch_task = tokio::spawn(async move { watch_manager.watch_nodes(sink).await });
-    let result = NodeLoop::new(node.source, node.state)
+    let mut source = node.source;
+    source.start_watch(sink);
+    // The watch ends with the loop (its task is aborted when the source is dropped).
+    let result = NodeLoop::new(source, node.state, node.underlay)
         .run(&mut outputs, &mut shutdown)
         .await;
-    watch_task.abort();
     if result.is_ok() {
         info!("shutting down; the annotations, subnet.env and the datapath are left in place");
     }
@@ -74,6 +75,7 @@ pub struct Settings {
 struct Started {
     source: KubeSource,
     state: NodeState,
+    underlay: Underlay,
 }
 
 /// Startup up to a held podCIDR; `None` when shut down meanwhile.
@@ -108,7 +110,7 @@ async fn start(
         return Ok(None);
     };
     addresses_from_node(&own_node, &keys, &mut request);
-    let (host, external) = bring_up::choose_interface(request, &config).await?;
+    let (host, external) = bring_up::choose_interface(request.clone(), &config).await?;
     bring_up::check_network(&config, &host, &external)?;
     let published = node::published_backend_data(&own_node, &keys);
     let (datapath, kernel_events) =
@@ -139,9 +141,18 @@ async fn start(
         attrs,
         set_network_unavailable: kube.set_network_unavailable,
         republish_at: None,
+        internal_ips: request.node_ips.clone(),
+        api_url: kube.api_url.clone(),
+        kubeconfig_file: kube.kubeconfig_file.clone(),
+        watch: None,
         problems: Vec::new(),
     };
-    Ok(Some(Started { source, state }))
+    let underlay = Underlay::new(request, external);
+    Ok(Some(Started {
+        source,
+        state,
+        underlay,
+    }))
 }
 
 /// The Node's `node-public-ip(v6)` annotations and InternalIPs, for choosing the interface.
@@ -189,6 +200,13 @@ struct KubeSource {
     /// `--set-node-network-unavailable`.
     set_network_unavailable: bool,
     republish_at: Option<Instant>,
+    /// The Node's InternalIPs as last seen (kubelet updates them after a re-addressing).
+    internal_ips: Vec<IpAddr>,
+    /// For a new client when this node's address changed.
+    api_url: String,
+    kubeconfig_file: String,
+    /// The Node watch, and where it sends its outputs.
+    watch: Option<(WatchTask, mpsc::Sender<TrackerOutput>)>,
     /// Operator mistakes on this Node (a malformed overwrite) last reported.
     problems: Vec<String>,
 }
@@ -198,11 +216,17 @@ impl Source for KubeSource {
     const WATCH: &'static str = "the Node watch";
 
     fn receive(&mut self, output: TrackerOutput, state: &mut NodeState) -> Received {
+        let mut node_ips = None;
         let own_subnet = match output.own {
             Some(OwnNode::Present(node)) => {
                 if self.drifted(&node) {
                     // Re-publish from the event loop's timer, not from here: one GET + PATCH.
                     self.republish_at.get_or_insert_with(Instant::now);
+                }
+                let ips = node::internal_ips(&node);
+                if ips != self.internal_ips {
+                    self.internal_ips.clone_from(&ips);
+                    node_ips = Some(ips);
                 }
                 self.pod_subnet(&node, state.own())
             }
@@ -219,6 +243,7 @@ impl Source for KubeSource {
         Received {
             batch: output.batch,
             own_subnet,
+            node_ips,
         }
     }
 
@@ -251,6 +276,29 @@ impl Source for KubeSource {
         None
     }
 
+    async fn reconnect(&mut self) {
+        match kube_subnet::client(&self.api_url, &self.kubeconfig_file).await {
+            Ok(client) => {
+                self.manager = self.manager.with_client(client);
+                if let Some((_, sink)) = self.watch.take() {
+                    self.start_watch(sink);
+                }
+                info!("reconnected to the API server from this node's new address");
+            }
+            Err(e) => warn!(
+                "cannot reconnect to the API server after the address change, keeping the \
+                 old connection: {e:#}"
+            ),
+        }
+    }
+
+    /// The annotations are published again now, with the new attributes (one GET and
+    /// PATCH, retried as every re-publish is).
+    async fn publish_attrs(&mut self, attrs: LeaseAttrs) {
+        self.attrs = attrs;
+        self.republish_at = Some(Instant::now());
+    }
+
     /// `NetworkUnavailable=False` once the node is programmed, as flannel does.
     async fn programmed(&mut self, shutdown: &mut Shutdown) -> bool {
         if !self.set_network_unavailable {
@@ -265,6 +313,14 @@ impl Source for KubeSource {
 }
 
 impl KubeSource {
+    /// Watches the Nodes over the current client, into `sink`.
+    fn start_watch(&mut self, sink: mpsc::Sender<TrackerOutput>) {
+        let manager = self.manager.clone();
+        let outputs = sink.clone();
+        let task = WatchTask::spawn(async move { manager.watch_nodes(outputs).await });
+        self.watch = Some((task, sink));
+    }
+
     /// Whether the Node lacks what this node publishes (annotations or condition).
     /// Reports operator mistakes on the Node when they change.
     fn drifted(&mut self, node: &Node) -> bool {

@@ -13,15 +13,18 @@
 //! clients stay concrete (`weft_subnet::etcd`, `weft_subnet::kube`), as before; only
 //! the loop's inputs are shared.
 
+use crate::bring_up;
+use crate::iface::{ExternalInterface, IfaceRequest};
 use crate::node_state::{NodeState, log_peer_events};
 use crate::shutdown::Shutdown;
 use crate::triggers::{PassTrigger, sleep_until};
 use anyhow::bail;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 use tokio::sync::mpsc;
-use tracing::error;
-use weft_subnet::SubnetKey;
+use tracing::{error, info, warn};
 use weft_subnet::watch::{LeaseWatcher, OwnLeaseChange, WatchBatch};
+use weft_subnet::{LeaseAttrs, SubnetKey};
 
 /// What a mode's own part of an item leaves for the shared loop.
 #[derive(Debug, Default)]
@@ -31,6 +34,9 @@ pub struct Received {
     /// The datastore gave this node another subnet (a Node re-created with another
     /// podCIDR).
     pub own_subnet: Option<SubnetKey>,
+    /// This node's addresses as the datastore now names them (its Node's InternalIPs,
+    /// which kubelet updates after a re-addressing): the interface is chosen again.
+    pub node_ips: Option<Vec<IpAddr>>,
 }
 
 /// One subnet manager's side of the loop (see the module docs).
@@ -65,6 +71,38 @@ pub trait Source {
     /// The datapath is programmed and subnet.env written for the first time; `false`
     /// when shut down meanwhile.
     async fn programmed(&mut self, shutdown: &mut Shutdown) -> bool;
+
+    /// This node's address changed: connections to the datastore bound to the old one
+    /// stall (until TCP gives up, minutes later), so the mode opens new ones and starts
+    /// its watch again over them.
+    async fn reconnect(&mut self);
+
+    /// This node publishes `attrs` from now on (its public IP changed): the mode writes
+    /// them to the datastore from its own timer (etcd: a lease renewal now; Kubernetes:
+    /// a re-publish of the annotations now), with its retries.
+    async fn publish_attrs(&mut self, attrs: LeaseAttrs);
+}
+
+/// The external interface: how it was asked for (flags, the Node's addresses, the routes
+/// to etcd or `--iface-can-reach`) and what was chosen, so a change of its addresses is
+/// followed by choosing again by the same rules.
+#[derive(Debug)]
+pub struct Underlay {
+    pub request: IfaceRequest,
+    pub external: ExternalInterface,
+    /// The interface addresses the datastore connections were opened from.
+    pub connected_from: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+}
+
+impl Underlay {
+    pub fn new(request: IfaceRequest, external: ExternalInterface) -> Underlay {
+        let connected_from = (external.iface_addr, external.iface_v6_addr);
+        Underlay {
+            request,
+            external,
+            connected_from,
+        }
+    }
 }
 
 /// The loop's state: the mode's source, the node, and the shared lease watcher.
@@ -72,6 +110,7 @@ pub trait Source {
 pub struct NodeLoop<S> {
     source: S,
     state: NodeState,
+    underlay: Underlay,
     watcher: LeaseWatcher,
     /// The startup pass has run: from then on a change of this node's subnet runs a
     /// pass of its own (before, the startup pass covers it).
@@ -79,11 +118,13 @@ pub struct NodeLoop<S> {
 }
 
 impl<S: Source> NodeLoop<S> {
-    pub fn new(source: S, state: NodeState) -> NodeLoop<S> {
+    pub fn new(source: S, mut state: NodeState, underlay: Underlay) -> NodeLoop<S> {
         let watcher = LeaseWatcher::new(Some(state.own()));
+        state.watch_underlay(underlay.external.index);
         NodeLoop {
             source,
             state,
+            underlay,
             watcher,
             started: false,
         }
@@ -118,9 +159,75 @@ impl<S: Source> NodeLoop<S> {
                         self.change_own_subnet(own).await;
                     }
                 }
+                () = sleep_until(self.state.underlay_check_at()) => self.follow_underlay().await,
                 trigger = self.state.next_trigger() => self.state.on_trigger(trigger?).await,
             }
         }
+    }
+
+    /// The external interface's addresses changed (DHCP, re-addressing): the interface
+    /// and the public IP are chosen again by the same rules as at startup. What changed
+    /// is followed without a restart: the reconciler (a VXLAN device whose `local`
+    /// changed is re-created), the published attributes (the peers follow), the log.
+    async fn follow_underlay(&mut self) {
+        self.state.underlay_checked();
+        let request = self.underlay.request.clone();
+        let (host, external) = match bring_up::choose_interface(request, self.state.config()).await
+        {
+            Ok(chosen) => chosen,
+            Err(e) => {
+                let name = &self.underlay.external.name;
+                warn!(
+                    "{name}'s addresses changed and the interface cannot be chosen again: {e:#}; keeping what was chosen"
+                );
+                return;
+            }
+        };
+        let old = &self.underlay.external;
+        if addresses(old) == addresses(&external) {
+            return;
+        }
+        let from = (external.iface_addr, external.iface_v6_addr);
+        if self.underlay.connected_from != from {
+            self.source.reconnect().await;
+            self.underlay.connected_from = from;
+        }
+        let old = &self.underlay.external;
+        let named = &self.underlay.request.node_ips;
+        let addresses_now = [
+            external.iface_addr.map(IpAddr::V4),
+            external.iface_v6_addr.map(IpAddr::V6),
+        ];
+        if !named.is_empty() && !addresses_now.iter().flatten().any(|a| named.contains(a)) {
+            // The Node still names the old address: kubelet updates it, and its update
+            // brings this check again. Until then nothing changes.
+            info!(
+                "{} changed, but this node's Node names {named:?}: waiting for kubelet to \
+                 update it before following",
+                describe(&external)
+            );
+            return;
+        }
+        warn!(
+            "this node's external interface changed: {} -> {}; following it (the peers \
+             follow the published address), no restart",
+            describe(old),
+            describe(&external)
+        );
+        if self.underlay.request.public_ip.is_some() || self.underlay.request.public_ipv6.is_some()
+        {
+            info!("the public IP stays as --public-ip/--public-ipv6 set it");
+        }
+        let (public_v4, public_v6) = (external.ext_addr, external.ext_v6_addr);
+        let spec = bring_up::external_spec(&external, &host);
+        let published = (old.ext_addr, old.ext_v6_addr) != (public_v4, public_v6);
+        let attrs = self.state.follow_external(&spec, public_v4, public_v6);
+        if published {
+            self.source.publish_attrs(attrs).await;
+        }
+        self.state.watch_underlay(external.index);
+        self.underlay.external = external;
+        self.state.converge(PassTrigger::UnderlayChange).await;
     }
 
     /// Program the datapath only once the peers are known: converging with an empty
@@ -190,6 +297,10 @@ impl<S: Source> NodeLoop<S> {
         if let Some(own) = received.own_subnet {
             self.change_own_subnet(own).await;
         }
+        if let Some(ips) = received.node_ips {
+            self.underlay.request.node_ips = ips;
+            self.state.recheck_underlay();
+        }
         ingested
     }
 
@@ -217,6 +328,65 @@ impl<S: Source> NodeLoop<S> {
             self.state.write_subnet_env();
         }
     }
+}
+
+/// A spawned datastore watch, ended when dropped (a reconnect, the end of the loop).
+#[derive(Debug)]
+pub struct WatchTask(tokio::task::JoinHandle<()>);
+
+impl WatchTask {
+    pub fn spawn(watch: impl Future<Output = ()> + Send + 'static) -> WatchTask {
+        WatchTask(tokio::spawn(watch))
+    }
+}
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What of the external interface the node depends on.
+fn addresses(
+    external: &ExternalInterface,
+) -> (
+    u32,
+    Option<Ipv4Addr>,
+    Option<Ipv6Addr>,
+    Option<Ipv4Addr>,
+    Option<Ipv6Addr>,
+) {
+    (
+        external.index,
+        external.iface_addr,
+        external.iface_v6_addr,
+        external.ext_addr,
+        external.ext_v6_addr,
+    )
+}
+
+/// `eth0 198.18.0.11 (public 198.18.0.11)`.
+fn describe(external: &ExternalInterface) -> String {
+    let addresses: Vec<String> = [
+        external.iface_addr.map(|a| a.to_string()),
+        external.iface_v6_addr.map(|a| a.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let public: Vec<String> = [
+        external.ext_addr.map(|a| a.to_string()),
+        external.ext_v6_addr.map(|a| a.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    format!(
+        "{} {} (public {})",
+        external.name,
+        addresses.join(","),
+        public.join(",")
+    )
 }
 
 /// What one item did to the loop's input.

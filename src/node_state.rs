@@ -14,15 +14,17 @@ use crate::state_wire::StateDoc;
 use crate::subnet_file::{self, SubnetEnv};
 use crate::traffic_rules::{self, Outcome, TrafficRules};
 use crate::triggers::{PassTrigger, TICK, Trigger, Triggers};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
-use weft_backend::backend::MtuChange;
+use weft_backend::backend::{ExternalSpec, MtuChange};
 use weft_backend::kernel::KernelEvent;
 use weft_backend::reconcile::drift::Cause;
 use weft_backend::reconcile::{Reaction, Reconciler};
 use weft_rules::Firewall;
+use weft_subnet::LeaseAttrs;
 use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
 use weft_subnet::{NetworkConfig, SubnetKey};
 
@@ -64,6 +66,10 @@ pub struct NodeState {
     state_inbox: StateInbox,
     /// When this node's lease expires (etcd mode; `None`: it does not, or Kubernetes).
     lease_expiry: Option<SystemTime>,
+    /// The external interface's index, whose address changes are followed.
+    underlay_index: Option<u32>,
+    /// When to choose the external interface again (its addresses changed; debounced).
+    underlay_check_at: Option<Instant>,
     last_pass: Option<LastPass>,
 }
 
@@ -79,6 +85,10 @@ pub enum RulesStatus {
         logged: Instant,
     },
 }
+
+/// How long address notifications of the external interface settle before it is
+/// chosen again.
+const UNDERLAY_SETTLE: Duration = Duration::from_millis(300);
 
 /// A failing traffic-rules check is logged when its reason changes, else at most this
 /// often.
@@ -127,11 +137,50 @@ impl NodeState {
             metrics: reporting.metrics,
             state_inbox: reporting.state_inbox,
             lease_expiry: None,
+            underlay_index: None,
+            underlay_check_at: None,
             last_pass: None,
         };
         state.datapath.set_blackhole_own(settings.blackhole_own);
         state.set_own(own);
         state
+    }
+
+    /// Follows the addresses of the external interface `index`.
+    pub fn watch_underlay(&mut self, index: u32) {
+        self.underlay_index = Some(index);
+    }
+
+    /// When the external interface is to be chosen again (its addresses changed).
+    pub fn underlay_check_at(&self) -> Option<Instant> {
+        self.underlay_check_at
+    }
+
+    /// The external interface is to be chosen again soon (the datastore names other
+    /// addresses for this node).
+    pub fn recheck_underlay(&mut self) {
+        self.underlay_check_at
+            .get_or_insert_with(|| Instant::now() + UNDERLAY_SETTLE);
+    }
+
+    pub fn underlay_checked(&mut self) {
+        self.underlay_check_at = None;
+    }
+
+    /// The external interface changed: the reconciler follows (a full pass comes next)
+    /// and the attributes this node publishes from now on are returned.
+    pub fn follow_external(
+        &mut self,
+        external: &ExternalSpec,
+        public_v4: Option<Ipv4Addr>,
+        public_v6: Option<Ipv6Addr>,
+    ) -> LeaseAttrs {
+        let public_ips = [public_v4.map(IpAddr::V4), public_v6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.datapath.follow_external(external, public_ips);
+        self.datapath.backend().lease_attrs(public_v4, public_v6)
     }
 
     /// This node's subnets.
@@ -467,6 +516,14 @@ impl NodeState {
     fn on_kernel_event(&mut self, event: &KernelEvent) {
         if let Some(change) = self.datapath.follow_underlay(event) {
             return self.underlay_mtu_changed(change);
+        }
+        if let KernelEvent::Address { index } = event
+            && Some(*index) == self.underlay_index
+        {
+            // An address change comes as several notifications (one removed, one
+            // added): the interface is chosen again once they have settled.
+            self.underlay_check_at
+                .get_or_insert_with(|| Instant::now() + UNDERLAY_SETTLE);
         }
         if *event == KernelEvent::Overrun {
             self.datapath.reread_nexthops();

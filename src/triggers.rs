@@ -39,10 +39,12 @@ pub enum PassTrigger {
     GraceEnd,
     /// This node's own subnet changed (re-acquired, or a new podCIDR).
     SubnetChange,
+    /// This node's external interface or its address changed.
+    UnderlayChange,
 }
 
 impl PassTrigger {
-    pub const ALL: [PassTrigger; 7] = [
+    pub const ALL: [PassTrigger; 8] = [
         PassTrigger::Startup,
         PassTrigger::LeaseChange,
         PassTrigger::KernelEvent,
@@ -50,6 +52,7 @@ impl PassTrigger {
         PassTrigger::Timer,
         PassTrigger::GraceEnd,
         PassTrigger::SubnetChange,
+        PassTrigger::UnderlayChange,
     ];
 
     pub fn label(self) -> &'static str {
@@ -61,6 +64,7 @@ impl PassTrigger {
             PassTrigger::Timer => "timer",
             PassTrigger::GraceEnd => "grace_end",
             PassTrigger::SubnetChange => "subnet_change",
+            PassTrigger::UnderlayChange => "underlay_change",
         }
     }
 

@@ -39,6 +39,9 @@ pub trait Backend: std::fmt::Debug + Send {
     }
     /// Which nexthop objects the peer routes use from now on (see [`crate::nexthop`]).
     fn set_nexthops(&mut self, _plan: NexthopPlan) {}
+    /// The external interface changed (re-addressed, or another one chosen): the backend
+    /// takes its new index, name, MTU, addresses and connected networks.
+    fn follow_external(&mut self, _external: &ExternalSpec) {}
     /// The external (underlay) interface whose MTU the backend's MTUs follow.
     fn underlay(&self) -> Option<&str> {
         None
@@ -69,6 +72,19 @@ fn follow_mtu<B: Backend>(
         pod_before,
         pod_after: backend.pod_mtu(),
     })
+}
+
+/// The external interface as the backends use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalSpec {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// The interface's addresses (a VXLAN device's `local`).
+    pub local_v4: Option<std::net::IpAddr>,
+    pub local_v6: Option<std::net::IpAddr>,
+    /// The networks connected to it.
+    pub connected: Vec<weft_lease::family::Net>,
 }
 
 /// An underlay MTU change and what it changed.
@@ -161,6 +177,16 @@ impl Backend for VxlanBackend {
         v4.into_iter().chain(v6).collect()
     }
 
+    fn follow_external(&mut self, external: &ExternalSpec) {
+        let node = &mut self.node;
+        node.external_index = external.index;
+        node.external_name.clone_from(&external.name);
+        node.external_mtu = external.mtu;
+        node.local_v4 = external.local_v4;
+        node.local_v6 = external.local_v6;
+        node.connected.clone_from(&external.connected);
+    }
+
     fn underlay(&self) -> Option<&str> {
         Some(&self.node.external_name)
     }
@@ -202,6 +228,13 @@ impl Backend for HostGwBackend {
 
     fn owns_device(&self, _name: &str) -> bool {
         false
+    }
+
+    fn follow_external(&mut self, external: &ExternalSpec) {
+        let node = &mut self.node;
+        node.external_name.clone_from(&external.name);
+        node.external_mtu = external.mtu;
+        node.connected.clone_from(&external.connected);
     }
 
     fn underlay(&self) -> Option<&str> {

@@ -24,7 +24,7 @@ pub mod view;
 pub use incremental::{Planned, Reaction, Step};
 
 use crate::admission::{Admission, Identity, Judged, RejectKind};
-use crate::backend::{Backend, MtuChange, SkipKind};
+use crate::backend::{Backend, ExternalSpec, MtuChange, SkipKind};
 use crate::diff;
 use crate::kernel::{Kernel, KernelError, KernelEvent};
 use crate::nexthop::NexthopPlan;
@@ -812,6 +812,16 @@ impl Reconciler {
             });
         }
         entries
+    }
+
+    /// The external interface changed (see `Backend::follow_external`); `public_ips` are
+    /// the addresses this node now publishes (admission refuses peers claiming them).
+    /// The next pass is a full one: a VXLAN device whose `local` changed is re-created.
+    pub fn follow_external(&mut self, external: &ExternalSpec, public_ips: Vec<IpAddr>) {
+        self.backend.follow_external(external);
+        self.surroundings.public_ips = public_ips;
+        self.needs_full = true;
+        self.tracker.inputs_changed();
     }
 
     /// Follows the underlay's MTU from a link notification: when the backend's external

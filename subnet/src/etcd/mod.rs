@@ -504,6 +504,21 @@ impl EtcdSubnetManager {
         }
     }
 
+    /// Rewrites this node's lease with new attributes (its public IP changed), keeping its
+    /// subnet; `Lost` when the lease is no longer the one this node wrote.
+    pub async fn update_lease_attrs(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+    ) -> Result<RenewOutcome, EtcdError> {
+        match self.rewrite(lease, attrs).await? {
+            Some(updated) => Ok(RenewOutcome::Renewed(updated)),
+            None => Ok(RenewOutcome::Lost {
+                current: self.get_lease(&lease.key).await?,
+            }),
+        }
+    }
+
     /// Reads one lease; `None` when the key is absent or malformed.
     pub async fn get_lease(&self, key: &SubnetKey) -> Result<Option<Lease>, EtcdError> {
         let response = self

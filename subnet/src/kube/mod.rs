@@ -206,6 +206,19 @@ impl std::fmt::Debug for KubeSubnetManager {
 }
 
 impl KubeSubnetManager {
+    /// The same manager over another client: a new connection, after this node's
+    /// address changed (connections bound to the old one stall).
+    pub fn with_client(&self, client: Client) -> KubeSubnetManager {
+        KubeSubnetManager {
+            nodes: Api::all(client),
+            observer: self.observer.clone(),
+            node_name: self.node_name.clone(),
+            keys: self.keys.clone(),
+            networks: self.networks,
+            retry: self.retry,
+        }
+    }
+
     pub fn new(
         client: Client,
         node_name: String,
