@@ -159,7 +159,7 @@ impl<S: Source> NodeLoop<S> {
                         self.change_own_subnet(own).await;
                     }
                 }
-                () = sleep_until(self.state.underlay_check_at()) => self.follow_underlay().await,
+                () = sleep_until(self.state.underlay_check_at()) => self.follow_address_change().await,
                 trigger = self.state.next_trigger() => self.state.on_trigger(trigger?).await,
             }
         }
@@ -169,7 +169,7 @@ impl<S: Source> NodeLoop<S> {
     /// and the public IP are chosen again by the same rules as at startup. What changed
     /// is followed without a restart: the reconciler (a VXLAN device whose `local`
     /// changed is re-created), the published attributes (the peers follow), the log.
-    async fn follow_underlay(&mut self) {
+    async fn follow_address_change(&mut self) {
         self.state.underlay_checked();
         let request = self.underlay.request.clone();
         let (host, external) = match bring_up::choose_interface(request, self.state.config()).await

@@ -514,7 +514,7 @@ impl NodeState {
     /// one for deleted entries of weft's, a full one for what it cannot describe, at
     /// once after a notification overrun (changes may have been missed).
     fn on_kernel_event(&mut self, event: &KernelEvent) {
-        if let Some(change) = self.datapath.follow_underlay(event) {
+        if let Some(change) = self.datapath.follow_underlay_mtu(event) {
             return self.underlay_mtu_changed(change);
         }
         if let KernelEvent::Address { index } = event

@@ -827,7 +827,7 @@ impl Reconciler {
     /// Follows the underlay's MTU from a link notification: when the backend's external
     /// interface now has another MTU, the backend recomputes its MTUs and the next pass
     /// is a full one (it sets the devices' MTU). Returns what changed.
-    pub fn follow_underlay(&mut self, event: &KernelEvent) -> Option<MtuChange> {
+    pub fn follow_underlay_mtu(&mut self, event: &KernelEvent) -> Option<MtuChange> {
         let KernelEvent::Link {
             name: Some(name),
             mtu: Some(mtu),
