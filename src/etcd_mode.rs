@@ -291,9 +291,7 @@ impl Source for EtcdSource {
     /// handling is the renewal's). Failed writes are retried every second for a while,
     /// then at the renewal's pace.
     async fn publish_attrs(&mut self, attrs: LeaseAttrs) {
-        self.own.lease.attrs = attrs.clone();
-        self.own.attrs = attrs;
-        self.own.renew_at = Some(Instant::now());
+        self.own.publish(attrs);
         self.publishing = PUBLISH_RETRIES;
     }
 }
@@ -378,7 +376,12 @@ impl EtcdSource {
 
     async fn renew(&mut self, state: &mut NodeState) -> Next {
         self.own.renew_at = None;
-        match self.manager.renew_lease(&self.own.lease).await {
+        let writing = self.own.to_write().clone();
+        match self
+            .manager
+            .update_lease_attrs(&self.own.lease, &writing)
+            .await
+        {
             Ok(RenewOutcome::Renewed(lease)) => {
                 if self.publishing > 0 {
                     info!(subnet = %lease.key, public_ip = %lease.attrs.public_ip, "lease rewritten with this node's new address");

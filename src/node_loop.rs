@@ -367,26 +367,16 @@ fn addresses(
 
 /// `eth0 198.18.0.11 (public 198.18.0.11)`.
 fn describe(external: &ExternalInterface) -> String {
-    let addresses: Vec<String> = [
-        external.iface_addr.map(|a| a.to_string()),
-        external.iface_v6_addr.map(|a| a.to_string()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let public: Vec<String> = [
-        external.ext_addr.map(|a| a.to_string()),
-        external.ext_v6_addr.map(|a| a.to_string()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    format!(
-        "{} {} (public {})",
-        external.name,
-        addresses.join(","),
-        public.join(",")
-    )
+    let addresses = joined(external.iface_addr, external.iface_v6_addr);
+    let public = joined(external.ext_addr, external.ext_v6_addr);
+    format!("{} {addresses} (public {public})", external.name)
+}
+
+/// `198.18.0.11`, `fd00::11` or both, comma-separated.
+fn joined(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> String {
+    let v4 = v4.map(|a| a.to_string());
+    let v6 = v6.map(|a| a.to_string());
+    v4.into_iter().chain(v6).collect::<Vec<_>>().join(",")
 }
 
 /// What one item did to the loop's input.

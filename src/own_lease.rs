@@ -22,6 +22,9 @@ pub struct OwnLease {
     pub lease: Lease,
     /// What this node publishes.
     pub attrs: LeaseAttrs,
+    /// What it publishes once the key is rewritten (its address changed): until then
+    /// the key rightly holds `attrs`, and a listing showing them is no takeover.
+    pub pending: Option<LeaseAttrs>,
     /// When to renew next; `None` for a reservation (no TTL) or while re-acquiring.
     pub renew_at: Option<Instant>,
     margin: Duration,
@@ -34,6 +37,7 @@ impl OwnLease {
         let mut own = OwnLease {
             lease,
             attrs,
+            pending: None,
             renew_at: None,
             margin: margin.min(ttl / 2),
         };
@@ -65,6 +69,12 @@ impl OwnLease {
             }
             OwnLeaseChange::Written(current) => current,
         };
+        if self.pending.as_ref().is_some_and(|p| {
+            current.attrs.public_ip == p.public_ip && current.attrs.public_ipv6 == p.public_ipv6
+        }) {
+            // This node's own rewrite with its new address, seen before its answer.
+            self.attrs = self.pending.take().unwrap_or_default();
+        }
         if current.attrs.public_ip != self.attrs.public_ip
             || current.attrs.public_ipv6 != self.attrs.public_ipv6
         {
@@ -94,9 +104,24 @@ impl OwnLease {
         Next::Nothing
     }
 
-    /// A renewal went through.
+    /// A renewal went through (with the pending attributes, if any).
     pub fn renewed(&mut self, lease: Lease) {
+        if self.pending.as_ref() == Some(&lease.attrs) {
+            self.attrs = lease.attrs.clone();
+            self.pending = None;
+        }
         self.acquired(lease);
+    }
+
+    /// This node publishes `attrs` from now on: the next renewal, now, writes them.
+    pub fn publish(&mut self, attrs: LeaseAttrs) {
+        self.pending = Some(attrs);
+        self.renew_at = Some(Instant::now());
+    }
+
+    /// What the next renewal writes.
+    pub fn to_write(&self) -> &LeaseAttrs {
+        self.pending.as_ref().unwrap_or(&self.attrs)
     }
 
     /// A renewal found the key changed: `current` is what it holds now.
@@ -284,5 +309,24 @@ mod tests {
             3,
         ))));
         assert_eq!(o.lease.revision, 3);
+    }
+
+    #[test]
+    fn a_listing_of_the_old_address_while_the_new_one_is_pending_is_no_takeover() {
+        let mut own = own();
+        own.publish(attrs("198.18.0.111"));
+        assert!(own.renew_at.is_some(), "written by a renewal now");
+        assert_eq!(own.to_write().public_ip.to_string(), "198.18.0.111");
+        // A new watch's listing still shows the key as this node last wrote it.
+        let listed = OwnLeaseChange::Written(Box::new(lease("198.18.0.11", 7, 10)));
+        assert_eq!(own.observe(listed), Next::Nothing);
+        // The rewrite seen in the watch before its answer: adopted.
+        let rewritten = OwnLeaseChange::Written(Box::new(lease("198.18.0.111", 8, 11)));
+        assert_eq!(own.observe(rewritten), Next::Nothing);
+        assert_eq!(own.attrs.public_ip.to_string(), "198.18.0.111");
+        assert!(own.pending.is_none());
+        // From then on the old address is another node's.
+        let other = OwnLeaseChange::Written(Box::new(lease("198.18.0.11", 9, 12)));
+        assert_eq!(own.observe(other), Next::Reacquire);
     }
 }

@@ -21,6 +21,7 @@ fn an_underlay_address_change_is_followed_live_and_peers_follow() {
     let v = cluster(3);
     let node = &v.c.underlay.hosts[0].ns;
     assert_eq!(v.c.underlay.hosts[0].ip, OLD, "the test's addressing");
+    let subnet_env = std::fs::read_to_string(&v.c.nodes[0].subnet_file).unwrap();
     // A continuous ping from a pod on node 1 to the pod on node 0: 20 per second for
     // 15 s; what it loses measures the outage.
     let target = v.pods[0].ip.clone();
@@ -99,6 +100,17 @@ fn an_underlay_address_change_is_followed_live_and_peers_follow() {
         "{leases:?}"
     );
     assert_eq!(v.c.nodes[0].log_count("lease acquired"), 1, "no restart");
+    assert_eq!(
+        v.c.nodes[0].log_count("lease re-acquired"),
+        0,
+        "the same subnet: {}",
+        v.c.nodes[0].log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&v.c.nodes[0].subnet_file).unwrap(),
+        subnet_env,
+        "subnet.env unchanged"
+    );
     v.c.nodes[0].wait_log(
         &format!("this node's external interface changed: eth0 {OLD} (public {OLD}) -> eth0 {NEW} (public {NEW})"),
         FOLLOW,
