@@ -6,14 +6,17 @@
 # 1. Builds, or takes from $WEFT_K8S_CACHE (/var/cache/weft-k8s, keyed by version),
 #    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
 #    and agnhost from the k8s.io/kubernetes Go module at one pinned release, and pause
-#    from the same module; the images with buildah and no registry: pause, a test image
-#    (agnhost + busybox) and weft's image from the repository's Containerfile.
+#    from the same module; CoreDNS and kube-network-policies (the chart's NetworkPolicy
+#    sidecar) from their modules; the images with buildah and no registry: pause, a test
+#    image (agnhost + busybox), CoreDNS's, kube-network-policies' and weft's image from the
+#    repository's Containerfile.
 # 2. Starts the cluster (scripts/k8s/cluster.sh): etcd and the control plane in one
 #    network namespace, three nodes each with containerd + runc (Debian's), kubelet and
 #    kube-proxy in namespaces of their own, joined by a switch namespace (198.18.0.0/24).
-# 3. `helm install` of charts/weft (kube mode, vxlan, the local image): the DaemonSet's
-#    init containers install the CNI plugin and its config on each node, kubelets call it
-#    through containerd. Nothing of weft is started by hand.
+# 3. `helm install` of charts/weft (kube mode, vxlan, the local image, netpol.enabled
+#    with the local sidecar image): the DaemonSet's init containers install the CNI plugin
+#    and its config on each node, kubelets call it through containerd. Nothing of weft is
+#    started by hand.
 # 4. Checks, one PASS/FAIL line each, then `N passed, N failed`; then tears everything
 #    down (also on failure or Ctrl-C) and checks nothing is left.
 #
@@ -47,7 +50,7 @@ echo "== tools"
 ./scripts/setup.sh test >/dev/null
 missing=()
 for tool in containerd:containerd runc:runc buildah:buildah ctr:containerd conntrack:conntrack \
-    debootstrap:debootstrap busybox:busybox-static socat:socat ethtool:ethtool; do
+    debootstrap:debootstrap busybox:busybox-static socat:socat ethtool:ethtool nft:nftables; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -60,6 +63,7 @@ echo "== build (Kubernetes $K8S_VERSION from its Go module, images with buildah)
 step=$SECONDS
 build_components
 build_coredns
+build_netpol
 timing "components (cached: 0)" $((SECONDS - step))
 step=$SECONDS
 build_images

@@ -4,7 +4,9 @@
 //! chart into the image it builds, never pulled; every host path weft's DaemonSet mounts is
 //! one each node has its own copy of; containerd's CNI directories are the chart's; the
 //! Containerfile takes the base images the tier passes; the labels and names the checks
-//! look for are the chart's; every component binary the scripts run is one they build.
+//! look for are the chart's; every component binary the scripts run is one they build;
+//! every image the tier builds is imported by every node; the NetworkPolicy sidecar the
+//! values enable runs the image the tier builds for it, and its command is in that image.
 
 mod support;
 
@@ -73,6 +75,27 @@ fn the_scripts_are_valid_bash() {
     }
 }
 
+/// The name of the chart's NetworkPolicy sidecar container (netpol.enabled).
+const NETPOL_CONTAINER: &str = "kube-network-policies";
+
+fn netpol_image() -> String {
+    format!(
+        "{}:{}",
+        variable("NETPOL_IMAGE_REPOSITORY"),
+        variable("NETPOL_IMAGE_TAG")
+    )
+}
+
+/// The NetworkPolicy sidecar in a rendering of the tier's values.
+fn netpol_sidecar(docs: &[Value]) -> &Value {
+    daemonset(docs)["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == NETPOL_CONTAINER)
+        .expect("the tier's values enable netpol: the sidecar is rendered")
+}
+
 #[test]
 fn the_values_the_tier_gives_helm_install_its_own_image_never_pulled() {
     let image = format!(
@@ -89,9 +112,23 @@ fn the_values_the_tier_gives_helm_install_its_own_image_never_pulled() {
             .chain(spec["initContainers"].as_array())
             .flatten();
         for container in containers {
+            if container["name"] == NETPOL_CONTAINER {
+                // The chart sets no pull policy for the sidecar: Kubernetes' default,
+                // IfNotPresent for a tag other than `latest`, finds it imported.
+                assert_eq!(container["image"], netpol_image().as_str(), "{container}");
+                assert!(
+                    container["imagePullPolicy"].is_null()
+                        || container["imagePullPolicy"] == "IfNotPresent"
+                        || container["imagePullPolicy"] == "Never",
+                    "{container}"
+                );
+                assert_ne!(variable("NETPOL_IMAGE_TAG"), "latest");
+                continue;
+            }
             assert_eq!(container["image"], image.as_str(), "{container}");
             assert_eq!(container["imagePullPolicy"], "Never", "{container}");
         }
+        netpol_sidecar(&docs);
         let config = object(&docs, "ConfigMap", "kube-flannel-cfg");
         let net_conf: Value =
             serde_json::from_str(config["data"]["net-conf.json"].as_str().unwrap()).unwrap();
@@ -103,8 +140,10 @@ fn the_values_the_tier_gives_helm_install_its_own_image_never_pulled() {
 #[test]
 fn every_host_path_of_the_daemonset_is_the_nodes_own() {
     let private = words("NODE_PRIVATE_DIRS");
-    // The iptables lock may be shared: it only serialises iptables between the nodes.
-    let shared = ["/run/xtables.lock"];
+    // The iptables lock may be shared: it only serialises iptables between the nodes; so
+    // may what the tier lists as shared (read-only, and made if the host lacks it).
+    let mut shared = words("NODE_SHARED_DIRS");
+    shared.insert("/run/xtables.lock".to_string());
     let docs = rendered("vxlan");
     let volumes = daemonset(&docs)["spec"]["template"]["spec"]["volumes"]
         .as_array()
@@ -116,10 +155,29 @@ fn every_host_path_of_the_daemonset_is_the_nodes_own() {
     assert!(host_paths.contains(&"/run/flannel"), "{host_paths:?}");
     for path in host_paths {
         assert!(
-            private.contains(path) || shared.contains(&path),
+            private.contains(path) || shared.contains(path),
             "the DaemonSet mounts host path {path}, which the tier's nodes share: add it to \
              NODE_PRIVATE_DIRS in scripts/k8s/cluster.sh"
         );
+    }
+    // The shared ones are mounted read-only.
+    let containers = daemonset(&docs)["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    for volume in volumes {
+        let Some(path) = volume["hostPath"]["path"].as_str() else {
+            continue;
+        };
+        if !words("NODE_SHARED_DIRS").contains(path) {
+            continue;
+        }
+        for container in containers {
+            for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                if mount["name"] == volume["name"] {
+                    assert_eq!(mount["readOnly"], true, "{path} in {container}");
+                }
+            }
+        }
     }
 }
 
@@ -210,4 +268,54 @@ fn every_component_the_scripts_run_is_one_they_build() {
             );
         }
     }
+}
+
+#[test]
+fn every_image_the_tier_builds_every_node_imports() {
+    let build = std::fs::read_to_string(chart::repo().join("scripts/k8s/build.sh")).unwrap();
+    let imported: BTreeSet<String> = tier("image_archives")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let pattern =
+        regex::Regex::new(r#"(?:archive_image "|docker-archive:)(\$IMAGES_DIR/[^":]+)"#).unwrap();
+    let built: Vec<String> = pattern
+        .captures_iter(&build)
+        .map(|c| variable(&c[1][1..]))
+        .collect();
+    assert!(built.len() >= 5, "{built:?}");
+    for archive in built {
+        assert!(
+            imported.contains(&archive),
+            "build.sh makes {archive}, which image_archives (what each node imports) lacks"
+        );
+    }
+}
+
+#[test]
+fn the_netpol_sidecar_runs_a_file_the_tiers_image_has() {
+    let docs = rendered("vxlan");
+    let sidecar = netpol_sidecar(&docs);
+    let command = chart::strings(&sidecar["command"]);
+    let program = command.first().expect("the sidecar's command");
+    // fill_netpol with a stand-in for the built binary.
+    let cache = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let built = cache.path().join(format!(
+        "kube-network-policies-{}",
+        variable("NETPOL_IMAGE_TAG")
+    ));
+    std::fs::create_dir_all(&built).unwrap();
+    std::fs::write(built.join("netpol"), "stand-in").unwrap();
+    tier(&format!(
+        "K8S_CACHE={} && fill_netpol {}",
+        cache.path().display(),
+        root.path().display()
+    ));
+    let in_image = root.path().join(program.trim_start_matches('/'));
+    assert_eq!(
+        std::fs::read_to_string(&in_image).ok().as_deref(),
+        Some("stand-in"),
+        "the chart runs {program}; fill_netpol does not put the binary there"
+    );
 }

@@ -1,7 +1,8 @@
 # Sourced by scripts/k8s-test.sh: builds (or takes from the cache) what the real-cluster
 # tier runs, with no image registry: Kubernetes' components from the k8s.io/kubernetes Go
-# module, the sandbox (pause) image, the test image (agnhost and busybox), and weft's
-# image from the repository's Containerfile, on local base images.
+# module, the sandbox (pause) image, the test image (agnhost and busybox), CoreDNS's and
+# kube-network-policies' images from their Go modules, and weft's image from the
+# repository's Containerfile, on local base images.
 #
 # Everything goes to $K8S_CACHE (default /var/cache/weft-k8s), keyed by version, so a
 # second run rebuilds nothing but weft's image (and that only when the sources changed:
@@ -15,6 +16,14 @@ K8S_COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube
 # CoreDNS, for Service names (the version kubeadm installs with this release).
 COREDNS_VERSION=${WEFT_K8S_COREDNS_VERSION:-v1.12.1}
 COREDNS_IMAGE=localhost/coredns:$COREDNS_VERSION
+# kube-network-policies, the NetworkPolicy sidecar the chart adds with netpol.enabled
+# (flannel's netpol). The chart's default image is v1.0.0; the Go module proxy serves
+# v0.7.0 and v0.8.0 only (v1.0.0: "not available"), so the tier builds v0.8.0. Its tag
+# gets "-xt-nfqueue" when the kernel cannot queue packets from nftables (netpol_variant).
+NETPOL_MODULE=sigs.k8s.io/kube-network-policies
+NETPOL_VERSION=v0.8.0
+NETPOL_IMAGE_REPOSITORY=localhost/kube-network-policies
+NETPOL_IMAGE_TAG=$NETPOL_VERSION
 # Image names. The sandbox image is the name containerd's CRI config asks for.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 TEST_IMAGE=localhost/weft-k8s-test:$K8S_VERSION
@@ -87,6 +96,102 @@ build_coredns() {
     mkdir -p "$dir"
     CGO_ENABLED=0 GOBIN="$dir" go install -trimpath -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" \
         >"$K8S_CACHE/coredns-build.log" 2>&1 || { tail -30 "$K8S_CACHE/coredns-build.log" >&2; exit 1; }
+    touch "$dir/.complete"
+}
+
+# Whether this kernel runs nftables' `queue` statement (CONFIG_NFT_QUEUE), which
+# kube-network-policies uses to hand a connection's first packet to its userspace verdict:
+# tried in a throwaway network namespace (its table goes with it).
+kernel_has_nft_queue() {
+    local ns=wk-nft-probe status=0
+    ip netns add "$ns" || return 1
+    echo 'table inet weft-probe { chain c { type filter hook postrouting priority 0; queue num 100 bypass; }; }' |
+        ip netns exec "$ns" nft -f - >/dev/null 2>&1 || status=1
+    ip netns del "$ns"
+    return $status
+}
+
+# Which kube-network-policies the tier builds, setting NETPOL_IMAGE_TAG: the module as
+# published or, on a kernel without nftables' queue statement (no CONFIG_NFT_QUEUE and no
+# module to load, as on the project's machine), the module with that one statement
+# replaced by the x_tables NFQUEUE target, through nft_compat
+# (CONFIG_NETFILTER_XT_TARGET_NFQUEUE). Unchanged, the sidecar's rules go to the kernel
+# as one batch, which the queue expression fails whole ("netlink receive: no such file or
+# directory"): no table, nothing enforced. Its policy logic is untouched: only how a
+# packet reaches its queue differs.
+netpol_variant() {
+    if kernel_has_nft_queue; then
+        NETPOL_IMAGE_TAG=$NETPOL_VERSION
+    else
+        NETPOL_IMAGE_TAG=$NETPOL_VERSION-xt-nfqueue
+    fi
+}
+
+# The function netpol_patch adds to the module's package: nftables' `queue num N
+# [bypass]` as `xt target NFQUEUE` (struct xt_NFQ_info_v3 as the target's info).
+NETPOL_XT_NFQUEUE_GO='package networkpolicy
+
+// Added by weft'"'"'s scripts/k8s/build.sh: this kernel lacks nftables'"'"' queue expression
+// (CONFIG_NFT_QUEUE), so packets reach the queue through x_tables'"'"' NFQUEUE target
+// (revision 3) and nft_compat instead.
+
+import (
+	"encoding/binary"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+)
+
+func xtNFQueue(num uint16, bypass bool) expr.Any {
+	// struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }, padded to XT_ALIGN.
+	info := make(xt.Unknown, 8)
+	binary.NativeEndian.PutUint16(info[0:], num)
+	binary.NativeEndian.PutUint16(info[2:], 1)
+	if bypass {
+		binary.NativeEndian.PutUint16(info[4:], 1) // NFQ_FLAG_BYPASS
+	}
+	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &info}
+}
+'
+
+# Applies the x_tables NFQUEUE change to the module's source in directory $1; fails if a
+# queue expression is left (a version whose code no longer matches).
+netpol_patch() {
+    local package=$1/pkg/networkpolicy
+    printf '%s' "$NETPOL_XT_NFQUEUE_GO" >"$package/xt_nfqueue.go"
+    perl -0pi -e 's/&expr\.Queue\{Num: uint16\(c\.config\.QueueID\)\}\n\tif c\.config\.FailOpen \{\n\t\tqueue\.Flag = expr\.QueueFlagBypass\n\t\}/xtNFQueue(uint16(c.config.QueueID), c.config.FailOpen)/g' \
+        "$package/controller.go"
+    perl -pi -e 's/&expr\.Queue\{Num: uint16\(n\.nfQueueID\), Flag: expr\.QueueFlagBypass\}/xtNFQueue(uint16(n.nfQueueID), true)/' \
+        "$package/dnsagent.go"
+    if grep -rn 'expr\.Queue' --include='*.go' --exclude='*_test.go' "$1"; then
+        echo "k8s-test.sh: $NETPOL_MODULE@$NETPOL_VERSION: the NFQUEUE change no longer applies (above)" >&2
+        return 1
+    fi
+}
+
+# kube-network-policies from its Go module (main package ./cmd, which the module's own
+# Dockerfile builds as /bin/netpol, what the chart runs), in the variant netpol_variant
+# chose. It speaks nftables over netlink itself (google/nftables): no nft tool needed.
+build_netpol() {
+    netpol_variant
+    local dir=$K8S_CACHE/kube-network-policies-$NETPOL_IMAGE_TAG
+    if [ -f "$dir/.complete" ]; then
+        echo "== kube-network-policies $NETPOL_IMAGE_TAG: cached in $dir"
+        return
+    fi
+    go_env
+    echo "== building kube-network-policies $NETPOL_IMAGE_TAG from its Go module"
+    local module src=$K8S_CACHE/build-netpol-$NETPOL_IMAGE_TAG
+    module=$(cd "$K8S_CACHE" && go mod download -json "$NETPOL_MODULE@$NETPOL_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [ -d "$module" ] || { echo "k8s-test.sh: cannot download $NETPOL_MODULE@$NETPOL_VERSION" >&2; exit 1; }
+    rm -rf "$src" "$dir"
+    cp -r "$module" "$src"
+    chmod -R u+w "$src"
+    [ "$NETPOL_IMAGE_TAG" = "$NETPOL_VERSION" ] || netpol_patch "$src" || exit 1
+    mkdir -p "$dir"
+    (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$dir/netpol" ./cmd) \
+        >"$K8S_CACHE/netpol-build.log" 2>&1 || { tail -30 "$K8S_CACHE/netpol-build.log" >&2; exit 1; }
+    rm -rf "$src"
     touch "$dir/.complete"
 }
 
@@ -179,14 +284,30 @@ fill_test() {
 
 fill_coredns() { cp "$K8S_CACHE/coredns-$COREDNS_VERSION/coredns" "$1/coredns"; }
 
-# The sandbox image (pause), the test image, CoreDNS's, and weft's image from the
-# Containerfile, each saved as a docker archive.
+# The chart's sidecar runs /bin/netpol; as in the module's own image (distroless/static),
+# the static binary and /tmp.
+fill_netpol() {
+    mkdir -p "$1/bin" "$1/tmp"
+    cp "$K8S_CACHE/kube-network-policies-$NETPOL_IMAGE_TAG/netpol" "$1/bin/netpol"
+}
+
+# The docker archives of the images every node's containerd imports.
+image_archives() {
+    echo "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/test-$K8S_VERSION.tar" \
+        "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" "$IMAGES_DIR/netpol-$NETPOL_IMAGE_TAG.tar" \
+        "$IMAGES_DIR/weft.tar"
+}
+
+# The sandbox image (pause), the test image, CoreDNS's, kube-network-policies', and weft's
+# image from the Containerfile, each saved as a docker archive.
 build_images() {
     mkdir -p "$IMAGES_DIR"
     build_base_images
     archive_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE" '["/pause"]' fill_pause
     archive_image "$IMAGES_DIR/test-$K8S_VERSION.tar" "$TEST_IMAGE" '["/agnhost"]' fill_test
     archive_image "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" "$COREDNS_IMAGE" '["/coredns"]' fill_coredns
+    archive_image "$IMAGES_DIR/netpol-$NETPOL_IMAGE_TAG.tar" "$NETPOL_IMAGE_REPOSITORY:$NETPOL_IMAGE_TAG" \
+        '["/bin/netpol"]' fill_netpol
     # weft's image: the users' recipe, the repository's Containerfile, on the local bases.
     # The host's cargo registry is lent to the build stage so crates are not fetched again.
     echo "== weft's image from Containerfile (buildah; compiling weftd takes ~5 min when the sources changed)"

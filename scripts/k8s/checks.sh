@@ -13,12 +13,19 @@ helm_weft() {
 }
 
 # The values a user sets for this cluster: the controller manager's cluster CIDR, the
-# locally built image (no registry: never pulled).
+# locally built image (no registry: never pulled), and flannel's NetworkPolicy sidecar with
+# the locally built kube-network-policies (the chart has no pull policy for it: Kubernetes'
+# default for a tag other than latest, IfNotPresent, and every node has it imported).
 helm_values() {
     cat <<EOF
 podCidr: "$CLUSTER_CIDR"
 flannel:
   backend: "$1"
+netpol:
+  enabled: true
+  image:
+    repository: $NETPOL_IMAGE_REPOSITORY
+    tag: $NETPOL_IMAGE_TAG
 weft:
   image:
     repository: $WEFT_IMAGE_REPOSITORY
@@ -98,6 +105,180 @@ dial() {
     innode "$1" curl -s -m 10 \
         "http://$2:8080/dial?request=$5&host=$3&port=$4&protocol=http&tries=1" |
         python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin).get("responses") or []))'
+}
+
+# As dial, asking for /hostname, but prints agnhost's answer as one line: "answered NAME"
+# or "failed ERROR" (the connection from the pod failed); fails only when agnhost itself
+# did not answer.
+dial_outcome() {
+    innode "$1" curl -s -m 10 \
+        "http://$2:8080/dial?request=hostname&host=$3&port=8080&protocol=http&tries=1" |
+        python3 -c '
+import json, sys
+answer = json.load(sys.stdin)
+responses = answer.get("responses") or []
+print("answered " + responses[0] if responses else "failed " + "; ".join(answer.get("errors") or []))'
+}
+
+# The pod "name ip node" of pod $1 (NAME) or of the test pod on node $1.
+netpol_pod() { test_pods | awk -v n="$1" '$1 == n || $3 == n { print; exit }'; }
+
+# netpol_answers CLIENT-NAME CLIENT-IP CLIENT-NODE SERVER-NAME SERVER-IP: whether the
+# client pod connects to the server pod (the server's name answers).
+netpol_answers() { [ "$(dial_outcome "$3" "$2" "$5")" = "answered $4" ]; }
+
+# As netpol_answers: whether the client's connection to the server fails (while agnhost in
+# the client answers).
+netpol_refused() {
+    case $(dial_outcome "$3" "$2" "$5") in "failed "*) return 0 ;; *) return 1 ;; esac
+}
+
+# kube-network-policies, the chart's sidecar (netpol.enabled): its container runs and is
+# ready in weft's pod on every node, and its nftables table (inet kube-network-policies)
+# is in every node's network namespace: its rules were accepted by the kernel.
+check_netpol_sidecar() {
+    local ok=0 node state
+    for node in $LIVE_NODES; do
+        state=$(kubectl -n "$NAMESPACE" get pods -l "$WEFT_LABEL" --field-selector "spec.nodeName=$node" \
+            -o jsonpath='{range .items[*].status.containerStatuses[?(@.name=="kube-network-policies")]}{.image} ready={.ready} restarts={.restartCount} running={.state.running.startedAt}{end}')
+        echo "  $node: ${state:-no kube-network-policies container}"
+        case $state in *"ready=true"*"running="[0-9]*) ;; *) ok=1 ;; esac
+        if ! innode "$node" nft list table inet kube-network-policies >/dev/null 2>&1; then
+            echo "  $node: no nftables table inet kube-network-policies"
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+# The NetworkPolicy checks' pods, "name ip node" each: the server, on wk-n1, which the
+# policies select (label netpol-test=server); the client on wk-n3 (labelled
+# netpol-client=allowed for the second policy); the other pod on wk-n2, which no policy
+# selects, and which is the unlabelled client for the second policy.
+NETPOL_SERVER=""
+NETPOL_CLIENT=""
+NETPOL_OTHER=""
+
+netpol_deny_all() {
+    cat <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: $TEST_NS}
+spec:
+  podSelector: {matchLabels: {netpol-test: server}}
+  policyTypes: [Ingress]
+EOF
+}
+
+netpol_allow_labelled() {
+    cat <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-labelled-clients, namespace: $TEST_NS}
+spec:
+  podSelector: {matchLabels: {netpol-test: server}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {netpol-client: allowed}}}]
+EOF
+}
+
+# A NetworkPolicy denying all ingress to the server: the client on another node cannot
+# connect to it (within 30 s of the policy, and still not on a second try), while it still
+# connects to the pod no policy selects, and did connect to the server just before.
+check_netpol_deny() {
+    NETPOL_SERVER=$(netpol_pod wk-n1)
+    NETPOL_OTHER=$(netpol_pod wk-n2)
+    NETPOL_CLIENT=$(netpol_pod wk-n3)
+    local client server other
+    read -ra client <<<"$NETPOL_CLIENT"
+    read -ra server <<<"$NETPOL_SERVER"
+    read -ra other <<<"$NETPOL_OTHER"
+    if [ ${#client[@]} -ne 3 ] || [ ${#server[@]} -ne 3 ] || [ ${#other[@]} -ne 3 ]; then
+        echo "  not one test pod on each of wk-n1, wk-n2, wk-n3: $(test_pods | tr '\n' ';')"
+        return 1
+    fi
+    echo "  server ${server[*]}; client ${client[*]}; other ${other[*]}"
+    netpol_answers "${client[@]}" "${server[0]}" "${server[1]}" ||
+        { echo "  before any policy, the client does not reach the server"; return 1; }
+    kubectl -n "$TEST_NS" label pod "${server[0]}" netpol-test=server >/dev/null || return 1
+    netpol_deny_all | kubectl apply -f - >/dev/null || return 1
+    local started=$SECONDS ok=0
+    if wait_until 30 netpol_refused "${client[@]}" "${server[0]}" "${server[1]}"; then
+        echo "  refused $((SECONDS - started)) s after the policy: $(dial_outcome "${client[2]}" "${client[1]}" "${server[1]}")"
+        netpol_refused "${client[@]}" "${server[0]}" "${server[1]}" ||
+            { echo "  the second try got through"; ok=1; }
+    else
+        echo "  the client still reaches the server 30 s after the policy"
+        ok=1
+    fi
+    netpol_answers "${client[@]}" "${other[0]}" "${other[1]}" ||
+        { echo "  the client no longer reaches the pod no policy selects: $(dial_outcome "${client[2]}" "${client[1]}" "${other[1]}")"; ok=1; }
+    return $ok
+}
+
+# "accept=N drop=M": the verdicts the sidecar on node $1 gave (its packet_count metric, on
+# its metrics port 9080 in the node's network namespace).
+netpol_verdicts() {
+    innode "$1" curl -s -m 5 http://127.0.0.1:9080/metrics | awk '
+        /^kube_network_policies_packet_count\{/ {
+            if ($0 ~ /verdict="accept"/) accept += $NF
+            if ($0 ~ /verdict="drop"/) drop += $NF
+        }
+        END { printf "accept=%d drop=%d\n", accept, drop }'
+}
+
+# A second NetworkPolicy allowing ingress to the server from pods labelled
+# netpol-client=allowed: the client, so labelled, connects (within 30 s); the other pod,
+# unlabelled, is still refused. The server's node's sidecar counted both verdicts: the
+# refusals were its drops, the labelled client's connection its accept.
+check_netpol_allow_labelled() {
+    local client server other ok=0
+    read -ra client <<<"$NETPOL_CLIENT"
+    read -ra server <<<"$NETPOL_SERVER"
+    read -ra other <<<"$NETPOL_OTHER"
+    [ ${#client[@]} -eq 3 ] || { echo "  the deny check chose no pods"; return 1; }
+    netpol_allow_labelled | kubectl apply -f - >/dev/null || return 1
+    kubectl -n "$TEST_NS" label pod "${client[0]}" netpol-client=allowed >/dev/null || return 1
+    local started=$SECONDS
+    if wait_until 30 netpol_answers "${client[@]}" "${server[0]}" "${server[1]}"; then
+        echo "  the labelled client (${client[2]}) connects, $((SECONDS - started)) s after its label"
+    else
+        echo "  the labelled client is still refused 30 s after its label"
+        ok=1
+    fi
+    if netpol_refused "${other[@]}" "${server[0]}" "${server[1]}"; then
+        echo "  the unlabelled pod (${other[2]}) is refused: $(dial_outcome "${other[2]}" "${other[1]}" "${server[1]}")"
+    else
+        echo "  the unlabelled pod gets through: $(dial_outcome "${other[2]}" "${other[1]}" "${server[1]}")"
+        ok=1
+    fi
+    local verdicts
+    verdicts=$(netpol_verdicts "${server[2]}")
+    echo "  the sidecar on ${server[2]} gave the verdicts $verdicts"
+    case $verdicts in "accept="[1-9]*" drop="[1-9]*) ;; *) ok=1 ;; esac
+    return $ok
+}
+
+# Both policies and the labels removed: the server answers both clients again (within
+# 30 s), and no pod address is left in any node's set of policed pods.
+check_netpol_removed() {
+    local client server other ok=0 node set
+    read -ra client <<<"$NETPOL_CLIENT"
+    read -ra server <<<"$NETPOL_SERVER"
+    read -ra other <<<"$NETPOL_OTHER"
+    kubectl -n "$TEST_NS" delete networkpolicy deny-ingress allow-labelled-clients --ignore-not-found >/dev/null || ok=1
+    [ ${#client[@]} -eq 3 ] || { echo "  the deny check chose no pods"; return 1; }
+    kubectl -n "$TEST_NS" label pod "${server[0]}" netpol-test- >/dev/null || ok=1
+    kubectl -n "$TEST_NS" label pod "${client[0]}" netpol-client- >/dev/null || ok=1
+    wait_until 30 netpol_answers "${other[@]}" "${server[0]}" "${server[1]}" ||
+        { echo "  the other pod is still refused"; ok=1; }
+    netpol_answers "${client[@]}" "${server[0]}" "${server[1]}" || { echo "  the client is refused"; ok=1; }
+    for node in $LIVE_NODES; do
+        set=$(innode "$node" nft list set inet kube-network-policies podips-v4 2>&1)
+        case $set in *elements*) echo "  $node still polices: $set"; ok=1 ;; esac
+    done
+    return $ok
 }
 
 check_nodes_ready_with_weft() {
@@ -406,6 +587,17 @@ run_checks() {
     check "CoreDNS runs (a Deployment on weft's network)" install_coredns
     check "the Service by name (CoreDNS) from a pod on every node" check_service_by_name
     check "each weft pod's /metrics on its node's address says weft_ready 1" check_metrics
+
+    step=$SECONDS
+    check "the NetworkPolicy sidecar (kube-network-policies) runs in weft's pod on every node, its nftables table in place" \
+        check_netpol_sidecar
+    check "NetworkPolicy denying all ingress to the pod on wk-n1: the pod on wk-n3 cannot connect to it, still can to wk-n2's" \
+        check_netpol_deny
+    check "NetworkPolicy allowing ingress from label netpol-client=allowed: the labelled pod connects, the unlabelled one is refused" \
+        check_netpol_allow_labelled
+    check "NetworkPolicies deleted: the pod on wk-n1 answers both pods again, no node polices a pod" \
+        check_netpol_removed
+    timing "the four NetworkPolicy checks" $((SECONDS - step))
 
     local from to_ip
     read -r from to_ip < <(pod_pair wk-n1)

@@ -36,6 +36,10 @@ PKI=$K8S_STATE/pki
 # Host paths each node has its own copy of (bind mounts in its mount namespace): what the
 # CNI plugins, containerd's CRI and weft's DaemonSet use on "the host".
 NODE_PRIVATE_DIRS="/etc/cni/net.d /opt/cni/bin /var/lib/cni /var/log/containers /var/log/pods /run/flannel"
+# Host paths the DaemonSet mounts read-only that all nodes share: the kernel's modules
+# (netpol's sidecar mounts /lib/modules; the nodes run on one kernel). Made here when
+# the host has none (containerd would make it, and leave it behind) and removed again.
+NODE_SHARED_DIRS="/lib/modules"
 
 node_ip() { echo "198.18.0.1${1#wk-n}"; }
 node_dir() { echo "$K8S_STATE/$1"; }
@@ -220,11 +224,11 @@ node_host_up() {
     mkdir -p "$dir"/{kubelet,pod-logs,containerd,containerd-opt,etc} "$dir/sysctl-vm" \
         "$dir/sysctl-kernel/keys" "$K8S_RUN/$node"
     local path
-    for path in $NODE_PRIVATE_DIRS; do
+    for path in $NODE_PRIVATE_DIRS $NODE_SHARED_DIRS; do
         # The host's own path is only a mount point here; one made for it goes again.
         [ -d "$path" ] || { mkdir -p "$path" && echo "$path" >>"$K8S_RUN/host-dirs-made"; }
-        mkdir -p "$dir/private$path"
     done
+    for path in $NODE_PRIVATE_DIRS; do mkdir -p "$dir/private$path"; done
     # containerd's CRI needs loopback; the chart's conflist delegates to bridge, host-local
     # and portmap (weft's init container adds `flannel`).
     cp /usr/lib/cni/* "$dir/private/opt/cni/bin/"
@@ -370,8 +374,7 @@ node_daemons_up() {
     start_node_daemon "$node-containerd" "$node" containerd --config "$dir/etc/containerd.toml"
     wait_until 60 ctr --address "$(node_socket "$node")" version
     local archive
-    for archive in "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/test-$K8S_VERSION.tar" \
-        "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" "$IMAGES_DIR/weft.tar"; do
+    for archive in $(image_archives); do
         ctr --address "$(node_socket "$node")" -n k8s.io images import --no-unpack=false "$archive" >/dev/null
     done
     start_node_daemon "$node-kubelet" "$node" "$K8S_BIN/kubelet" --config="$dir/etc/kubelet.yaml" \
