@@ -182,6 +182,11 @@ struct Guarded {
 /// the hot list and `env` as its settings, and a stand-in linker that only records its
 /// arguments. The object defines `hot_0` to `hot_9` (C names: nothing to demangle).
 fn guard(list: &[&str], env: &[(&str, &str)]) -> Guarded {
+    guard_linking("prog", list, env)
+}
+
+/// The wrapper alone, linking `output` from one C object with a stand-in linker.
+fn guard_linking(output: &str, list: &[&str], env: &[(&str, &str)]) -> Guarded {
     let dir = tempfile::tempdir().unwrap();
     let source = (0..10).map(|i| format!("void hot_{i}(void) {{}}\n"));
     std::fs::write(dir.path().join("hot.c"), source.collect::<String>()).unwrap();
@@ -202,7 +207,7 @@ fn guard(list: &[&str], env: &[(&str, &str)]) -> Guarded {
     }
     let out = wrapper
         .current_dir(dir.path())
-        .args(["-fuse-ld=lld", "-o", "prog", "hot.o"])
+        .args(["-fuse-ld=lld", "-o", output, "hot.o"])
         .env("WEFT_HOT_FUNCTIONS", dir.path().join("hot.txt"))
         .env("WEFT_LINKER", &recorder)
         .envs(env.iter().copied())
@@ -230,6 +235,18 @@ fn list_finding(found: usize) -> Vec<String> {
 
 fn as_strs(list: &[String]) -> Vec<&str> {
     list.iter().map(String::as_str).collect()
+}
+
+/// A build script (cargo links it through the same linker when no `--target` is given,
+/// as in the Containerfile) is not weftd: passed through, no order, no guard.
+#[test]
+fn build_scripts_pass_through_unordered_and_unguarded() {
+    let list = list_finding(1);
+    let g = guard_linking("build_script_build-0123abcd", &as_strs(&list), &[]);
+    assert_eq!(g.status, Some(0), "{}", g.stderr);
+    assert!(!g.stderr.contains("link-hot-first"), "{}", g.stderr);
+    let args = g.linker_args.expect("the linker ran");
+    assert!(!args.contains("--symbol-ordering-file"), "{args}");
 }
 
 /// The guard against a list that decays as code is renamed or moved: it fails the link,
