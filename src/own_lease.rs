@@ -75,6 +75,11 @@ impl OwnLease {
             // This node's own rewrite with its new address, seen before its answer.
             self.attrs = self.pending.take().unwrap_or_default();
         }
+        if current.revision <= self.lease.revision {
+            // Not newer than this node's last write of the key: a listing taken before
+            // it (a watch started again), nothing to act on.
+            return Next::Nothing;
+        }
         if current.attrs.public_ip != self.attrs.public_ip
             || current.attrs.public_ipv6 != self.attrs.public_ipv6
         {
@@ -84,9 +89,6 @@ impl OwnLease {
                 "this node's subnet was taken over by another node; acquiring a new lease"
             );
             return Next::Reacquire;
-        }
-        if current.revision <= self.lease.revision {
-            return Next::Nothing;
         }
         let lease_changed = current.etcd_lease != self.lease.etcd_lease;
         let attrs_changed = current.attrs != self.attrs;
@@ -328,5 +330,19 @@ mod tests {
         // From then on the old address is another node's.
         let other = OwnLeaseChange::Written(Box::new(lease("198.18.0.11", 9, 12)));
         assert_eq!(own.observe(other), Next::Reacquire);
+    }
+
+    #[test]
+    fn a_listing_older_than_the_rewrite_with_the_new_address_is_stale() {
+        let mut own = own();
+        own.publish(attrs("198.18.0.111"));
+        own.renewed(lease("198.18.0.111", 8, 11));
+        assert_eq!(own.attrs.public_ip.to_string(), "198.18.0.111");
+        // A watch started again lists the key as it was before the rewrite.
+        let stale = OwnLeaseChange::Written(Box::new(lease("198.18.0.11", 7, 10)));
+        assert_eq!(own.observe(stale), Next::Nothing);
+        // A newer write with another address is a takeover.
+        let taken = OwnLeaseChange::Written(Box::new(lease("198.18.0.12", 9, 12)));
+        assert_eq!(own.observe(taken), Next::Reacquire);
     }
 }
