@@ -13,6 +13,29 @@ use support::vxlan::cluster;
 use support::wait_for;
 
 const FOLLOW: Duration = Duration::from_secs(20);
+
+/// Waits until `flannel.1` in `node` has `local` as its local address.
+fn wait_for_local(node: &support::netns::Netns, local: &str) {
+    wait_for("flannel.1's local address to follow", FOLLOW, || {
+        let link = json(
+            node,
+            &["ip", "-d", "-j", "link", "show", "dev", "flannel.1"],
+        );
+        (link[0]["linkinfo"]["info_data"]["local"] == local).then_some(())
+    });
+}
+
+/// The leases in etcd: one carries `present` as its PublicIP, none `absent`.
+fn assert_published(c: &support::cluster::Cluster, present: &str, absent: &str) {
+    let leases = c.subnets_in_etcd();
+    let has = |ip: &str| {
+        leases
+            .iter()
+            .any(|(_, value)| value.contains(&format!("\"PublicIP\":\"{ip}\"")))
+    };
+    assert!(has(present), "{leases:?}");
+    assert!(!has(absent), "{leases:?}");
+}
 const OLD: &str = "198.18.0.11";
 const NEW: &str = "198.18.0.111";
 
@@ -44,13 +67,7 @@ fn an_underlay_address_change_is_followed_live_and_peers_follow() {
     node.ip(&["addr", "del", &format!("{OLD}/24"), "dev", "eth0"]);
     node.ip(&["addr", "add", &format!("{NEW}/24"), "dev", "eth0"]);
     // Node 0's device follows: local is the new address.
-    wait_for("flannel.1's local address to follow", FOLLOW, || {
-        let link = json(
-            node,
-            &["ip", "-d", "-j", "link", "show", "dev", "flannel.1"],
-        );
-        (link[0]["linkinfo"]["info_data"]["local"] == NEW).then_some(())
-    });
+    wait_for_local(node, NEW);
     // The peers' FDB entries for node 0's VTEP point to the new address, none to the old.
     for peer in [1, 2] {
         let ns = &v.c.underlay.hosts[peer].ns;
@@ -86,19 +103,7 @@ fn an_underlay_address_change_is_followed_live_and_peers_follow() {
     assert!(received > 200, "most pings answered: {summary}");
 
     // The lease in etcd carries the new public IP; no restart; it said why.
-    let leases = v.c.subnets_in_etcd();
-    assert!(
-        leases
-            .iter()
-            .any(|(_, value)| value.contains(&format!("\"PublicIP\":\"{NEW}\""))),
-        "{leases:?}"
-    );
-    assert!(
-        !leases
-            .iter()
-            .any(|(_, value)| value.contains(&format!("\"PublicIP\":\"{OLD}\""))),
-        "{leases:?}"
-    );
+    assert_published(&v.c, NEW, OLD);
     assert_eq!(v.c.nodes[0].log_count("lease acquired"), 1, "no restart");
     assert_eq!(
         v.c.nodes[0].log_count("lease re-acquired"),
@@ -136,26 +141,8 @@ fn a_public_ip_given_by_flag_is_kept_and_weftd_says_so() {
         FOLLOW,
     );
     // The device's local address follows the interface; the published address does not.
-    wait_for("flannel.1's local address to follow", FOLLOW, || {
-        let link = json(
-            node,
-            &["ip", "-d", "-j", "link", "show", "dev", "flannel.1"],
-        );
-        (link[0]["linkinfo"]["info_data"]["local"] == NEW).then_some(())
-    });
-    let leases = v.c.subnets_in_etcd();
-    assert!(
-        leases
-            .iter()
-            .any(|(_, value)| value.contains(&format!("\"PublicIP\":\"{OLD}\""))),
-        "{leases:?}"
-    );
-    assert!(
-        !leases
-            .iter()
-            .any(|(_, value)| value.contains(&format!("\"PublicIP\":\"{NEW}\""))),
-        "{leases:?}"
-    );
+    wait_for_local(node, NEW);
+    assert_published(&v.c, OLD, NEW);
 }
 
 /// Kubernetes mode: the interface is chosen by the Node's InternalIP; weftd waits for

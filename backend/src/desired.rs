@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use weft_lease::SubnetKey;
 use weft_lease::family::Net;
+use weft_lease::{Lease, SubnetKey};
 
 /// The name of the device an entry is on. Every route, neighbour and FDB entry names its
 /// device, and at thousands of peers a `String` each was a heap allocation per entry (and
@@ -369,6 +369,20 @@ pub struct Skipped {
     pub key: SubnetKey,
     pub kind: SkipKind,
     pub reason: String,
+}
+
+impl Skipped {
+    /// `peer` runs another backend than `wanted`, the type this node's backend programs.
+    pub fn other_backend(peer: &Lease, wanted: &str) -> Skipped {
+        Skipped {
+            key: peer.key,
+            kind: SkipKind::OtherBackend,
+            reason: format!(
+                "its backend type is {:?}, not {wanted:?}",
+                peer.attrs.backend_type
+            ),
+        }
+    }
 }
 
 /// Why a peer was skipped; bounded, so it can label a metric.

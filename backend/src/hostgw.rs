@@ -55,14 +55,7 @@ pub fn desired_state<'a>(
     let device = DeviceName::from(&node.external_name);
     for peer in peers {
         if peer.attrs.backend_type != "host-gw" {
-            skipped.push(Skipped {
-                key: peer.key,
-                kind: SkipKind::OtherBackend,
-                reason: format!(
-                    "its backend type is {:?}, not \"host-gw\"",
-                    peer.attrs.backend_type
-                ),
-            });
+            skipped.push(Skipped::other_backend(peer, "host-gw"));
             continue;
         }
         let v4 = node

@@ -206,14 +206,7 @@ pub fn desired_state<'a>(
     let names = EntryDevices::new(config, node);
     for peer in peers {
         if peer.attrs.backend_type != "vxlan" {
-            skipped.push(Skipped {
-                key: peer.key,
-                kind: SkipKind::OtherBackend,
-                reason: format!(
-                    "its backend type is {:?}, not \"vxlan\"",
-                    peer.attrs.backend_type
-                ),
-            });
+            skipped.push(Skipped::other_backend(peer, "vxlan"));
             continue;
         }
         for path in peer_paths(node, peer) {
