@@ -13,7 +13,9 @@
 # WEFT_BENCH_NODES (e.g. "3,500") to change the sizes. Arguments, if any, are test names
 # of tests/bench_datapath.rs to run instead of all of them (e.g. `scripts/bench.sh
 # footprint_kube binary_size`); `scripts/bench.sh health` runs the health server's flood
-# benchmark (tests/health_probes_under_flood.rs) alone.
+# benchmark (tests/health_probes_under_flood.rs) alone; `scripts/bench.sh wireguard` the
+# wireguard backend's throughput against boringtun configured by hand
+# (tests/bench_wireguard.rs) alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -34,6 +36,12 @@ bench() {
 if [ "${1:-}" = health ]; then
     # Probe latency, RSS and CPU with no flood and under an ongoing flood (issue 29).
     bench health_probes_under_flood bench_probe_latency_under_flood
+    exit
+fi
+if [ "${1:-}" = wireguard ]; then
+    # weft's WireGuard path against the same boringtun configured by hand (issue 26).
+    ./scripts/setup.sh test >/dev/null
+    bench bench_wireguard wireguard_throughput_against_hand_configured_boringtun
     exit
 fi
 if [ $# -gt 0 ]; then

@@ -53,6 +53,9 @@ checks=(
     "iptables, iptables-legacy, iptables-nft|have iptables iptables-legacy iptables-nft|iptables" # traffic rules, tests
     "nft|have nft|nftables"                             # traffic rules (nftables mode), tests
     "ethtool|have ethtool|ethtool"                      # tests (the VXLAN device's offload, read back)
+    "wg|have wg|wireguard-tools"                        # tests (the wireguard backend's devices, read back; a flannel-shaped node)
+    "tcpdump|have tcpdump|tcpdump"                      # tests (what crosses the underlay with wireguard)
+    "iperf3|have iperf3|iperf3"                         # scripts/bench.sh wireguard
 )
 
 missing() {
@@ -113,5 +116,17 @@ if [ "$mode" = test ]; then
             exit 1
         }
     done
+fi
+# boringtun: a userspace WireGuard (not a Debian package), for the wireguard backend's
+# tests on kernels without WireGuard (weftd's --wireguard-userspace). BSD-3-Clause; a
+# test tool, not part of weft's binaries.
+BORINGTUN_VERSION=0.7.1
+if [ "$mode" = test ] && ! /usr/local/bin/boringtun-cli --version 2>/dev/null | grep -q "$BORINGTUN_VERSION"; then
+    if [ "$(id -u)" -ne 0 ]; then
+        become_root scripts/setup.sh "$@"
+    fi
+    echo "setup.sh: installing boringtun-cli $BORINGTUN_VERSION into /usr/local/bin (cargo install)"
+    cargo install --quiet --locked --root /usr/local --version "$BORINGTUN_VERSION" boringtun-cli ||
+        { echo "setup.sh: cargo install boringtun-cli failed" >&2; exit 1; }
 fi
 echo "setup.sh: everything weft's ${mode/test/test suite} needs is here ($(rustc --version | cut -d' ' -f1-2))"

@@ -16,7 +16,10 @@ use weft_backend::mac::{self, Mac};
 use weft_backend::nexthop::NexthopPlan;
 use weft_backend::offload::{self, TxChecksum};
 use weft_backend::reconcile::{Reconciler, Surroundings};
+use weft_backend::tunnel::key;
 use weft_backend::vxlan::{self, VxlanConfig};
+use weft_backend::wireguard::config::{WireguardConfig, WireguardConfigError};
+use weft_backend::wireguard::{self, WireguardBackend};
 use weft_subnet::BackendData;
 use weft_subnet::config::BackendType;
 use weft_subnet::family::{Family, Net};
@@ -27,18 +30,25 @@ use weft_subnet::{NetworkConfig, SubnetKey};
 pub enum BackendSpec {
     Vxlan(VxlanConfig),
     HostGw,
+    Wireguard(WireguardConfig),
     Alloc,
 }
 
 /// Backends this build of weftd can run.
-pub const IMPLEMENTED_BACKENDS: [BackendType; 3] =
-    [BackendType::Vxlan, BackendType::HostGw, BackendType::Alloc];
+pub const IMPLEMENTED_BACKENDS: [BackendType; 4] = [
+    BackendType::Vxlan,
+    BackendType::HostGw,
+    BackendType::Wireguard,
+    BackendType::Alloc,
+];
 
 /// Why this build cannot run a configured backend.
 #[derive(Debug, thiserror::Error)]
 pub enum UnrunnableBackend {
     #[error(transparent)]
     Vxlan(#[from] vxlan::VxlanConfigError),
+    #[error(transparent)]
+    Wireguard(#[from] WireguardConfigError),
     #[error(
         "backend type {0} is not implemented in this weftd build (implemented: {implemented})",
         implemented = IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")
@@ -52,6 +62,9 @@ impl BackendSpec {
         match config.backend.kind {
             BackendType::Vxlan => Ok(BackendSpec::Vxlan(VxlanConfig::for_network(config)?)),
             BackendType::HostGw => Ok(BackendSpec::HostGw),
+            BackendType::Wireguard => Ok(BackendSpec::Wireguard(WireguardConfig::parse(
+                &config.backend.raw,
+            )?)),
             BackendType::Alloc => Ok(BackendSpec::Alloc),
             other => Err(UnrunnableBackend::NotImplemented(other)),
         }
@@ -114,7 +127,9 @@ pub async fn build_datapath(
     published: PublishedData,
     settings: &NodeSettings,
 ) -> anyhow::Result<(Reconciler, mpsc::UnboundedReceiver<KernelEvent>)> {
-    let kernel = Kernel::connect().context("cannot open netlink")?;
+    let kernel = Kernel::connect()
+        .context("cannot open netlink")?
+        .with_wireguard_userspace(settings.wireguard_userspace.clone());
     let nexthop_objects = if settings.nexthop_objects {
         kernel_has_nexthop_objects(&kernel).await
     } else {
@@ -131,6 +146,9 @@ pub async fn build_datapath(
             })
         }
         Ok(BackendSpec::HostGw) => Box::new(host_gw_backend(external, host)?),
+        Ok(BackendSpec::Wireguard(wg)) => {
+            Box::new(wireguard_backend(wg, config, external, settings)?)
+        }
         Ok(BackendSpec::Alloc) => Box::new(AllocBackend { mtu: external.mtu }),
         Err(problem) => bail!("{problem}"),
     };
@@ -218,6 +236,62 @@ fn host_gw_backend(
             external_name: external.name.clone(),
             external_mtu: external.mtu,
             connected: connected_to(external, host),
+        },
+    })
+}
+
+/// This node's wireguard side: its private key from the key file (or a new one written
+/// there), never logged; the public key is.
+fn wireguard_backend(
+    config: WireguardConfig,
+    network: &NetworkConfig,
+    external: &ExternalInterface,
+    settings: &NodeSettings,
+) -> anyhow::Result<WireguardBackend> {
+    let path = &settings.wireguard_key_file;
+    let (private_key, origin) = key::load_or_create(path)?;
+    let public_key = private_key.public_key();
+    match origin {
+        key::KeyOrigin::Generated => {
+            info!(file = %path.display(), %public_key, "generated a WireGuard private key")
+        }
+        key::KeyOrigin::Read => {
+            info!(file = %path.display(), %public_key, "read the WireGuard private key")
+        }
+        key::KeyOrigin::ReadAndNarrowed => tracing::warn!(
+            file = %path.display(), %public_key,
+            "read the WireGuard private key; its file was readable by other users and is now 0600"
+        ),
+    }
+    match &settings.wireguard_userspace {
+        Some(command) => info!(
+            "WireGuard: the kernel's, or `{}` where the kernel has none",
+            command.join(" ")
+        ),
+        None => info!("WireGuard: the kernel's (--wireguard-userspace names a fallback)"),
+    }
+    info!(
+        mode = config.mode.name(),
+        listen_port = config.listen_port,
+        listen_port_v6 = config.listen_port_v6,
+        keepalive = config.keepalive,
+        psk = config.psk.is_some(),
+        "wireguard backend"
+    );
+    Ok(WireguardBackend {
+        config,
+        node: wireguard::Node {
+            own: SubnetKey {
+                ipv4: None,
+                ipv6: None,
+            },
+            network_v4: network.ipv4.map(|p| p.network),
+            network_v6: network.ipv6.map(|p| p.network),
+            external_name: external.name.clone(),
+            external_mtu: external.mtu,
+            public_v4: external.ext_addr,
+            public_v6: external.ext_v6_addr,
+            private_key,
         },
     })
 }

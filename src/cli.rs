@@ -32,7 +32,7 @@ pub const DEFAULT_IPTABLES_RESYNC: u32 = 5;
     long_about = "weftd leases a pod subnet for this node from etcd (or the Kubernetes API), \
                   programs the datapath and writes subnet.env for the CNI plugin. Flags are \
                   flannel's; each can also be set with FLANNELD_<FLAG_NAME>. Backends \
-                  implemented: vxlan, host-gw, alloc. `weftd status` shows a running \
+                  implemented: vxlan, host-gw, wireguard, alloc. `weftd status` shows a running \
                   weftd's state (see `weftd status --help`)."
 )]
 pub struct Cli {
@@ -148,6 +148,17 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_VXLAN_TX_CHECKSUM", default_value = "auto",
           value_parser = TxChecksum::parse)]
     pub vxlan_tx_checksum: TxChecksum,
+    /// The wireguard backend's private key file (flannel's `WIREGUARD_KEY_FILE`): read,
+    /// or generated there (mode 0600) when missing.
+    #[arg(long, env = "WIREGUARD_KEY_FILE", default_value = "/run/flannel/wgkey")]
+    pub wireguard_key_file: PathBuf,
+    /// weft extension: a userspace WireGuard implementation that serves the wireguard
+    /// backend's devices when the kernel has no WireGuard, as a command line to which the
+    /// device name is appended, e.g. `boringtun-cli --disable-drop-privileges` (it must
+    /// create the device and its UAPI socket under /var/run/wireguard, and daemonize).
+    /// Empty: the kernel's only.
+    #[arg(long, env = "FLANNELD_WIREGUARD_USERSPACE", default_value = "")]
+    pub wireguard_userspace: String,
     /// Setup IP masquerade rule for traffic destined outside of overlay network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_value = "false", default_missing_value = "true",
@@ -274,6 +285,14 @@ impl Cli {
             reconcile_interval: Duration::from_secs(cli.reconcile_interval),
             nexthop_objects: cli.nexthop_objects,
             tx_checksum: cli.vxlan_tx_checksum,
+            wireguard_key_file: cli.wireguard_key_file.clone(),
+            wireguard_userspace: Some(
+                cli.wireguard_userspace
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|c| !c.is_empty()),
         }
     }
 

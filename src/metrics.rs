@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use weft_backend::admission::RejectKind;
 use weft_backend::backend::SkipKind;
 use weft_backend::reconcile::drift::{Cause, ChangeKind};
+use weft_backend::reconcile::tunnels::TunnelPeerView;
 use weft_backend::reconcile::{Pass, PeerStats};
 use weft_subnet::observer::{DatastoreObserver, WatchRestart};
 
@@ -113,6 +114,14 @@ struct DeviceLabel {
     device: String,
 }
 
+/// One WireGuard peer: the device, its public key and the subnets it carries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelPeerLabels {
+    device: String,
+    public_key: String,
+    allowed_ips: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
@@ -162,6 +171,9 @@ pub struct Metrics {
     peer_leases: Gauge,
     peers: Family<PeerLabels, Gauge>,
     tx_checksum: Family<DeviceLabel, Gauge>,
+    wg_handshake: Family<TunnelPeerLabels, Gauge>,
+    wg_rx: Family<TunnelPeerLabels, Gauge>,
+    wg_tx: Family<TunnelPeerLabels, Gauge>,
     peers_skipped: Family<ReasonLabel, Gauge>,
     peer_rejections: Family<RuleLabel, Counter>,
     passes: Family<TriggerLabel, Counter>,
@@ -197,6 +209,9 @@ impl Metrics {
             peer_leases: Gauge::default(),
             peers: Family::default(),
             tx_checksum: Family::default(),
+            wg_handshake: Family::default(),
+            wg_rx: Family::default(),
+            wg_tx: Family::default(),
             peers_skipped: Family::default(),
             peer_rejections: Family::default(),
             passes: Family::default(),
@@ -326,6 +341,24 @@ impl Metrics {
             "The VXLAN devices' TX checksum offload (tx-checksum-ip-generic) as of the last \
              full pass, by device: 1 on, 0 off (--vxlan-tx-checksum; weftd status says why)",
             self.tx_checksum.clone(),
+        );
+        r.register(
+            "weft_wireguard_peer_last_handshake_seconds",
+            "When each WireGuard peer last completed a handshake, in seconds since the Unix \
+             epoch; 0: never (as of the last full pass; the wireguard backend only)",
+            self.wg_handshake.clone(),
+        );
+        r.register(
+            "weft_wireguard_peer_receive_bytes",
+            "Bytes received from each WireGuard peer, as the device counts them (as of the \
+             last full pass)",
+            self.wg_rx.clone(),
+        );
+        r.register(
+            "weft_wireguard_peer_transmit_bytes",
+            "Bytes sent to each WireGuard peer, as the device counts them (as of the last \
+             full pass)",
+            self.wg_tx.clone(),
         );
         r.register(
             "weft_peers_skipped",
@@ -549,6 +582,32 @@ impl Metrics {
             .inc();
     }
 
+    /// The WireGuard peers as the last full pass read them (gone peers dropped).
+    pub fn set_tunnel_peers(&self, peers: &[TunnelPeerView]) {
+        self.wg_handshake.clear();
+        self.wg_rx.clear();
+        self.wg_tx.clear();
+        for peer in peers {
+            let labels = TunnelPeerLabels {
+                device: peer.device.clone(),
+                public_key: peer.public_key.to_base64(),
+                allowed_ips: peer
+                    .allowed_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            let handshake = peer
+                .last_handshake
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            self.wg_handshake.get_or_create(&labels).set(handshake);
+            self.wg_rx.get_or_create(&labels).set(peer.rx_bytes as i64);
+            self.wg_tx.get_or_create(&labels).set(peer.tx_bytes as i64);
+        }
+    }
+
     /// When the own etcd lease expires (`None`: it does not).
     /// Each VXLAN device's TX checksum offload (devices it could not be read on are left
     /// out).
@@ -717,7 +776,54 @@ mod tests {
         m.set_backend("vxlan");
         // Series that exist only once a VXLAN device does.
         m.set_tx_checksum([("flannel.1", false)]);
+        // And once a WireGuard device has a peer.
+        m.set_tunnel_peers(&[TunnelPeerView {
+            device: "flannel-wg".into(),
+            public_key: weft_backend::tunnel::key::PublicKey([2; 32]),
+            endpoint: Some("198.18.0.12:51820".parse().unwrap()),
+            allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+            last_handshake: Some(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            ),
+            rx_bytes: 1000,
+            tx_bytes: 2000,
+            read_at: std::time::SystemTime::now(),
+        }]);
         m
+    }
+
+    #[test]
+    fn wireguard_peers_are_exposed_with_their_handshake_and_bytes() {
+        let m = metrics(SubnetManager::Etcd);
+        let families = parse(&m.encode());
+        let labels = [
+            ("device", "flannel-wg"),
+            ("public_key", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
+            ("allowed_ips", "10.244.2.0/24"),
+        ];
+        assert_eq!(
+            value(
+                &families,
+                "weft_wireguard_peer_last_handshake_seconds",
+                &labels
+            ),
+            1_700_000_000.0
+        );
+        assert_eq!(
+            value(&families, "weft_wireguard_peer_receive_bytes", &labels),
+            1000.0
+        );
+        assert_eq!(
+            value(&families, "weft_wireguard_peer_transmit_bytes", &labels),
+            2000.0
+        );
+        // A peer gone from the device is gone from the metrics.
+        m.set_tunnel_peers(&[]);
+        let text = m.encode();
+        assert!(
+            !text.contains("weft_wireguard_peer_receive_bytes{"),
+            "{text}"
+        );
     }
 
     /// The value of the sample `name{labels}` (exactly these labels).

@@ -335,6 +335,9 @@ impl NodeState {
         let duration = started.elapsed();
         self.metrics
             .record_pass(trigger, duration, &result, self.datapath.stats());
+        if self.datapath.backend().as_wireguard().is_some() {
+            self.metrics.set_tunnel_peers(&self.datapath.tunnel_peers());
+        }
         if let Some((_, devices)) = self.datapath.tx_checksum() {
             let known = devices
                 .iter()

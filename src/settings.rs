@@ -29,6 +29,10 @@ pub struct NodeSettings {
     pub nexthop_objects: bool,
     /// `--vxlan-tx-checksum`: the VXLAN devices' TX checksum offload.
     pub tx_checksum: TxChecksum,
+    /// `WIREGUARD_KEY_FILE`: the wireguard backend's private key.
+    pub wireguard_key_file: PathBuf,
+    /// `--wireguard-userspace`, split into words; `None`: the kernel's WireGuard only.
+    pub wireguard_userspace: Option<Vec<String>>,
 }
 
 /// etcd mode's own settings.

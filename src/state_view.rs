@@ -162,6 +162,7 @@ mod tests {
             why: why.iter().map(|s| s.to_string()).collect(),
             entries,
             last_repair: None,
+            tunnel: Vec::new(),
         }
     }
 
@@ -316,6 +317,53 @@ mod tests {
         );
         assert_eq!(lines[6], "showing 2-3 of 4; next page: --offset=3");
         assert_eq!(lines.len(), 7);
+    }
+
+    #[test]
+    fn a_wireguard_peer_shows_its_handshake_and_bytes_never_a_secret() {
+        use weft_backend::reconcile::tunnels::TunnelPeerView;
+        let mut view = sample();
+        view.node.backend = "wireguard".into();
+        let peer = &mut view.peers[0];
+        peer.entries.clear();
+        let seen = |handshake: Option<u64>, rx, tx| TunnelPeerView {
+            device: "flannel-wg".into(),
+            public_key: weft_backend::tunnel::key::PublicKey([2; 32]),
+            endpoint: Some("198.18.0.12:51820".parse().unwrap()),
+            allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+            last_handshake: handshake.map(at),
+            rx_bytes: rx,
+            tx_bytes: tx,
+            read_at: at(1010),
+        };
+        peer.tunnel = vec![seen(Some(1000), 1_536, 100)];
+        let doc = over_the_wire(StateDoc::from_view(&view, at(1012)));
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            json["peers"][0]["wireguard"][0],
+            serde_json::json!({
+                "device": "flannel-wg",
+                "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+                "endpoint": "198.18.0.12:51820",
+                "allowed_ips": ["10.244.2.0/24"],
+                "latest_handshake_at": "1970-01-01T00:16:40Z",
+                "latest_handshake_seconds_ago": 12,
+                "rx_bytes": 1536,
+                "tx_bytes": 100,
+            })
+        );
+        let table = status_table::render(&doc);
+        assert!(
+            table.contains("flannel-wg handshake 12s ago, rx 1.50 KiB, tx 100 B"),
+            "{table}"
+        );
+        // Never a handshake: said so, not a date in 1970.
+        view.peers[0].tunnel = vec![seen(None, 0, 92)];
+        let table = status_table::render(&over_the_wire(StateDoc::from_view(&view, at(1012))));
+        assert!(
+            table.contains("flannel-wg no handshake yet, rx 0 B, tx 92 B"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::state_view::{EntryView, LastPass, NodeView, PeerView, StateView, Verd
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 use weft_backend::reconcile::drift::EntryState;
+use weft_backend::reconcile::tunnels::TunnelPeerView;
 use weft_subnet::SubnetKey;
 
 /// `/debug/state`'s answer.
@@ -101,6 +102,41 @@ pub struct PeerDoc {
     pub why: Vec<String>,
     pub last_repair_at: Option<String>,
     pub entries: Vec<EntryDoc>,
+    /// The WireGuard peers carrying its subnets, as `wg show` reports them (the
+    /// wireguard backend; as of the last full pass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wireguard: Vec<WireguardPeerDoc>,
+}
+
+/// One WireGuard peer (never a key but the public one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardPeerDoc {
+    pub device: String,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// `null`: no handshake yet (WireGuard reports zero).
+    pub latest_handshake_at: Option<String>,
+    pub latest_handshake_seconds_ago: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl WireguardPeerDoc {
+    fn new(peer: &TunnelPeerView, now: SystemTime) -> WireguardPeerDoc {
+        WireguardPeerDoc {
+            device: peer.device.clone(),
+            public_key: peer.public_key.to_base64(),
+            endpoint: peer.endpoint.map(|e| e.to_string()),
+            allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
+            latest_handshake_at: peer.last_handshake.and_then(timestamp),
+            latest_handshake_seconds_ago: peer
+                .last_handshake
+                .map(|t| now.duration_since(t).map_or(0, |d| d.as_secs())),
+            rx_bytes: peer.rx_bytes,
+            tx_bytes: peer.tx_bytes,
+        }
+    }
 }
 
 /// One kernel entry weft wants for a peer, and what the last pass found.
@@ -252,6 +288,11 @@ impl PeerDoc {
             why: peer.why.clone(),
             last_repair_at: peer.last_repair.and_then(timestamp),
             entries: peer.entries.iter().map(|e| EntryDoc::new(e, now)).collect(),
+            wireguard: peer
+                .tunnel
+                .iter()
+                .map(|t| WireguardPeerDoc::new(t, now))
+                .collect(),
         }
     }
 }

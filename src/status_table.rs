@@ -2,7 +2,9 @@
 //! last pass, the peers counted by verdict), one row per peer, and where the page ends.
 
 use crate::state_view::Verdict;
-use crate::state_wire::{EntryDoc, LastPassDoc, NodeDoc, PageDoc, PeerDoc, StateDoc, SummaryDoc};
+use crate::state_wire::{
+    EntryDoc, LastPassDoc, NodeDoc, PageDoc, PeerDoc, StateDoc, SummaryDoc, WireguardPeerDoc,
+};
 use std::fmt::Write as _;
 
 const HEADER: [&str; 4] = ["SUBNET", "PUBLIC IP", "VERDICT", "DETAIL"];
@@ -73,6 +75,7 @@ fn peer_row(peer: &PeerDoc) -> [String; 4] {
         .iter()
         .cloned()
         .chain(peer.entries.iter().map(entry_cell))
+        .chain(peer.wireguard.iter().map(wireguard_cell))
         .collect();
     [
         peer.subnet.clone(),
@@ -80,6 +83,35 @@ fn peer_row(peer: &PeerDoc) -> [String; 4] {
         peer.verdict.clone(),
         detail.join("; "),
     ]
+}
+
+/// A WireGuard peer: `flannel-wg handshake 12s ago, rx 1.2 KiB, tx 3.4 KiB`.
+fn wireguard_cell(p: &WireguardPeerDoc) -> String {
+    let handshake = match p.latest_handshake_seconds_ago {
+        Some(age) => format!("handshake {age}s ago"),
+        None => "no handshake yet".to_string(),
+    };
+    format!(
+        "{} {handshake}, rx {}, tx {}",
+        p.device,
+        bytes(p.rx_bytes),
+        bytes(p.tx_bytes)
+    )
+}
+
+/// Bytes as `wg show` prints them: B, KiB, MiB, GiB.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
 }
 
 /// One entry in the table: `route ok`, `route repaired 12s ago (found: missing)`, ...

@@ -575,11 +575,15 @@ fn every_render_of_the_matrix_is_valid_kubernetes_and_accepted_by_weftd() {
 
 #[test]
 fn the_schema_and_the_chart_refuse_bad_values_naming_them() {
-    let cases: [(&[&str], &[&str]); 21] = [
+    let cases: [(&[&str], &[&str]); 22] = [
+        (
+            &["flannel.backend=wireguard", "flannel.tunnelMode=both"],
+            &["flannel.tunnelMode: \"both\" is not a mode; set it to separate, auto, ipv4 or ipv6"],
+        ),
         (
             &["flannel.backend=vxlna"],
             &[
-                "flannel.backend: \"vxlna\" is not a backend; set flannel.backend to vxlan or host-gw",
+                "flannel.backend: \"vxlna\" is not a backend; set flannel.backend to vxlan, host-gw or wireguard",
             ],
         ),
         (
@@ -713,23 +717,65 @@ fn fail_message(err: &str) -> &str {
         .unwrap_or_else(|| panic!("not a failure of the chart's own checks: {err}"))
 }
 
-/// The backend flannel's chart offers and weft does not implement fails the render with
-/// a message naming the value, also when a flannel values file sets its other keys.
+/// wireguard renders flannel's keys into the Backend, and weftd's own parser reads
+/// them; also from flannel's values file with every key set.
 #[test]
-fn the_wireguard_backend_fails_the_render_naming_flannel_backend() {
-    const WIREGUARD: &str = "flannel.backend: weft does not implement the wireguard \
-                             backend yet; set flannel.backend to vxlan or host-gw";
-    let err = render(&["--set", "flannel.backend=wireguard"]).unwrap_err();
-    assert_eq!(fail_message(&err), WIREGUARD);
-    let fixture = flannel_values_file();
-    let err = render(&[
-        "-f",
-        fixture.to_str().unwrap(),
+fn the_wireguard_backend_renders_flannels_keys() {
+    use weft_backend::wireguard::config::Mode;
+    let docs = render(&[
         "--set",
         "flannel.backend=wireguard",
+        "--set",
+        "flannel.backendPort=51000",
+        "--set",
+        "flannel.backendPortv6=51001",
+        "--set",
+        "flannel.psk=AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+        "--set",
+        "flannel.tunnelMode=auto",
+        "--set",
+        "flannel.keepaliveInterval=25",
+        "--set",
+        "flannel.mtu=1400",
     ])
-    .unwrap_err();
-    assert_eq!(fail_message(&err), WIREGUARD);
+    .map(|yaml| documents(&yaml))
+    .unwrap();
+    let conf = net_conf(&docs);
+    assert_eq!(
+        conf["Backend"],
+        json!({
+            "Type": "wireguard", "ListenPort": 51000, "ListenPortV6": 51001,
+            "PSK": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=", "MTU": 1400,
+            "Mode": "auto", "PersistentKeepaliveInterval": 25
+        })
+    );
+    let config = RawConfig::parse(&conf.to_string())
+        .unwrap()
+        .for_kube()
+        .unwrap();
+    let Ok(BackendSpec::Wireguard(wg)) = BackendSpec::from_config(&config) else {
+        panic!("wireguard")
+    };
+    assert_eq!(
+        (wg.listen_port, wg.listen_port_v6, wg.keepalive),
+        (51000, 51001, 25)
+    );
+    assert_eq!((wg.mode, wg.mtu), (Mode::Auto, Some(1400)));
+    assert!(wg.psk.is_some());
+    // Defaults: Type only, weftd's defaults are flannel's.
+    let docs = documents(&render(&["--set", "flannel.backend=wireguard"]).unwrap());
+    assert_eq!(net_conf(&docs)["Backend"], json!({"Type": "wireguard"}));
+    let fixture = flannel_values_file();
+    let docs = documents(
+        &render(&[
+            "-f",
+            fixture.to_str().unwrap(),
+            "--set",
+            "flannel.backend=wireguard",
+        ])
+        .unwrap(),
+    );
+    assert_eq!(net_conf(&docs)["Backend"]["Type"], "wireguard");
 }
 
 /// flannel's own values file: every key of flannel's chart, its optional ones set.

@@ -13,7 +13,7 @@ use weft_backend::kernel::{Kernel, RouteAt};
 fn route_at(ns: &Netns, prefix: &str, ours: HashMap<u32, String>) -> RouteAt {
     let route = Route {
         destination: prefix.parse().unwrap(),
-        gateway: "10.244.5.0".parse().unwrap(),
+        gateway: Some("10.244.5.0".parse().unwrap()),
         device: "flannel.1".into(),
         onlink: true,
         nexthop: None,

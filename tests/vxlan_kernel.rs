@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::net::IpAddr;
 use support::netns::{Netns, block_on_in};
 use support::unique;
-use weft_backend::desired::{Desired, Device, Fdb, Neighbour, Route, VxlanLink};
+use weft_backend::desired::{Desired, Device, Fdb, Link, Neighbour, Route, VxlanLink};
 use weft_backend::diff::{Op, diff};
 use weft_backend::kernel::Kernel;
 use weft_backend::mac::{self, Mac};
@@ -49,7 +49,7 @@ fn ifindex(ns: &Netns, name: &str) -> u32 {
 fn desired(ns: &Netns, peers: &[(u8, &str)]) -> Desired {
     let mut d = Desired {
         devices: vec![Device {
-            link: VxlanLink {
+            link: Link::Vxlan(VxlanLink {
                 name: DEV.into(),
                 vni: 1,
                 port: 0,
@@ -59,8 +59,8 @@ fn desired(ns: &Netns, peers: &[(u8, &str)]) -> Desired {
                 gbp: false,
                 mtu: 1450,
                 mac: [0x02, 0, 0, 0, 0, 0x11],
-            },
-            address: "10.244.1.0/32".parse().unwrap(),
+            }),
+            addresses: vec!["10.244.1.0/32".parse().unwrap()],
         }],
         ..Desired::default()
     };
@@ -78,7 +78,7 @@ fn desired(ns: &Netns, peers: &[(u8, &str)]) -> Desired {
         });
         d.add_route(Route {
             destination: subnet,
-            gateway: subnet.ip(),
+            gateway: Some(subnet.ip()),
             device: DEV.into(),
             onlink: true,
             nexthop: None,
@@ -322,7 +322,7 @@ fn ipv6_device_and_entries() {
     ns.ip(&["addr", "add", "fd00:198:18::11/64", "dev", "eth0", "nodad"]);
     let mut want = Desired {
         devices: vec![Device {
-            link: VxlanLink {
+            link: Link::Vxlan(VxlanLink {
                 name: "flannel-v6.1".into(),
                 vni: 1,
                 port: 0,
@@ -332,8 +332,8 @@ fn ipv6_device_and_entries() {
                 gbp: false,
                 mtu: 1430,
                 mac: [0x02, 0, 0, 0, 0, 0x61],
-            },
-            address: "fc00:0:0:1::/128".parse().unwrap(),
+            }),
+            addresses: vec!["fc00:0:0:1::/128".parse().unwrap()],
         }],
         ..Desired::default()
     };
@@ -351,7 +351,7 @@ fn ipv6_device_and_entries() {
     });
     want.add_route(Route {
         destination: subnet,
-        gateway: subnet.ip(),
+        gateway: Some(subnet.ip()),
         device: "flannel-v6.1".into(),
         onlink: true,
         nexthop: None,

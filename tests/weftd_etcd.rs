@@ -147,12 +147,25 @@ fn etcd_down_at_start_then_bad_config_then_recovery() {
     c.etcd.etcdctl(&[
         "put",
         CONFIG_KEY,
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec"}}"#,
     ]);
     c.nodes[0].wait_log(
-        "backend type wireguard is not implemented in this weftd build",
+        "backend type ipsec is not implemented in this weftd build (implemented: vxlan, \
+         host-gw, wireguard, alloc)",
         LIMIT,
     );
+    // A wireguard Backend with a bad field is named, its PSK never shown.
+    c.etcd.etcdctl(&[
+        "put",
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"not-a-key-secret"}}"#,
+    ]);
+    c.nodes[0].wait_log(
+        "invalid wireguard Backend field PSK: expected a 32-byte key in base64, as `wg genpsk` \
+         prints it, got a value that is not one (it is not base64; the value is not shown)",
+        LIMIT,
+    );
+    assert!(!c.nodes[0].log().contains("not-a-key-secret"));
 
     c.etcd.etcdctl(&["put", CONFIG_KEY, ALLOC_CONFIG]);
     c.nodes[0].wait_subnet_env(LIMIT);

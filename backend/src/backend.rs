@@ -7,6 +7,7 @@ use crate::hostgw;
 use crate::mac::Mac;
 use crate::nexthop::NexthopPlan;
 use crate::vxlan::{self, VxlanConfig};
+use crate::wireguard::WireguardBackend;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_lease::family::Family;
 use weft_lease::{Lease, LeaseAttrs, SubnetKey};
@@ -28,6 +29,17 @@ pub trait Backend: std::fmt::Debug + Send {
     /// Whether peers become kernel state at all (and so must pass admission).
     fn programs_peers(&self) -> bool {
         true
+    }
+    /// Whether a lease batch may be applied by a targeted pass (the peers' own entries
+    /// only, see `reconcile::incremental`). A backend whose peers share one object
+    /// the drift model does not track (a WireGuard device's peer list) reconciles
+    /// every change with a full pass.
+    fn targeted_passes(&self) -> bool {
+        true
+    }
+    /// The wireguard backend, for its status (handshakes, bytes).
+    fn as_wireguard(&self) -> Option<&WireguardBackend> {
+        None
     }
     /// This node's VTEP MACs, which no peer may claim.
     fn own_macs(&self) -> Vec<Mac> {
@@ -235,6 +247,49 @@ impl Backend for HostGwBackend {
         node.external_name.clone_from(&external.name);
         node.external_mtu = external.mtu;
         node.connected.clone_from(&external.connected);
+    }
+
+    fn underlay(&self) -> Option<&str> {
+        Some(&self.node.external_name)
+    }
+
+    fn follow_underlay_mtu(&mut self, mtu: u32) -> Option<MtuChange> {
+        follow_mtu(self, |b| &mut b.node.external_mtu, mtu)
+    }
+}
+
+impl Backend for WireguardBackend {
+    fn set_own(&mut self, own: SubnetKey) {
+        self.node.own = own;
+    }
+
+    fn lease_attrs(&self, public_v4: Option<Ipv4Addr>, public_v6: Option<Ipv6Addr>) -> LeaseAttrs {
+        WireguardBackend::lease_attrs(self, public_v4, public_v6)
+    }
+
+    fn pod_mtu(&self) -> u32 {
+        WireguardBackend::pod_mtu(self)
+    }
+
+    fn desired_state(&self, peers: &mut dyn Iterator<Item = &Lease>) -> (Desired, Vec<Skipped>) {
+        WireguardBackend::desired_state(self, peers)
+    }
+
+    fn owns_device(&self, name: &str) -> bool {
+        crate::desired::is_wireguard_device_name(name)
+    }
+
+    fn targeted_passes(&self) -> bool {
+        false
+    }
+
+    fn as_wireguard(&self) -> Option<&WireguardBackend> {
+        Some(self)
+    }
+
+    fn follow_external(&mut self, external: &ExternalSpec) {
+        self.node.external_name.clone_from(&external.name);
+        self.node.external_mtu = external.mtu;
     }
 
     fn underlay(&self) -> Option<&str> {

@@ -4,6 +4,7 @@
 //! with a new index, and the same desired state still describes it.
 
 use crate::mac::Mac;
+use crate::tunnel::{Tunnel, TunnelState};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -109,18 +110,61 @@ pub struct VxlanLink {
     pub mac: Mac,
 }
 
-/// A device with its one address (the own subnet's network address, /32 or /128).
+/// A WireGuard device as weft wants it: its MTU and its configuration (keys, port,
+/// peers), which the kernel executor sets over WireGuard's own interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WireguardLink {
+    pub name: String,
+    pub mtu: u32,
+    pub tunnel: Tunnel,
+}
+
+/// A device of one of weft's kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Link {
+    Vxlan(VxlanLink),
+    Wireguard(WireguardLink),
+}
+
+impl Link {
+    pub fn name(&self) -> &str {
+        match self {
+            Link::Vxlan(l) => &l.name,
+            Link::Wireguard(l) => &l.name,
+        }
+    }
+
+    pub fn mtu(&self) -> u32 {
+        match self {
+            Link::Vxlan(l) => l.mtu,
+            Link::Wireguard(l) => l.mtu,
+        }
+    }
+
+    /// The MAC weft sets; `None` for a device without one (WireGuard is layer 3).
+    pub fn mac(&self) -> Option<Mac> {
+        match self {
+            Link::Vxlan(l) => Some(l.mac),
+            Link::Wireguard(_) => None,
+        }
+    }
+}
+
+/// A device with its addresses (the own subnet's network address, /32 or /128; a
+/// single-device WireGuard backend holds one of each family).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
-    pub link: VxlanLink,
-    pub address: Net,
+    pub link: Link,
+    pub addresses: Vec<Net>,
 }
 
 /// A route in the main table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     pub destination: Net,
-    pub gateway: IpAddr,
+    /// `None`: a route straight onto the device (`scope link`), as the WireGuard
+    /// backend's route for the whole network.
+    pub gateway: Option<IpAddr>,
     pub device: DeviceName,
     pub onlink: bool,
     /// The nexthop object (`nhid`) that carries the gateway, device and onlink flag
@@ -136,7 +180,10 @@ impl std::fmt::Display for Route {
         if let Some(id) = self.nexthop {
             write!(f, " nhid {id}")?;
         }
-        write!(f, " via {} dev {}", self.gateway, self.device)?;
+        match self.gateway {
+            Some(gateway) => write!(f, " via {gateway} dev {}", self.device)?,
+            None => write!(f, " dev {} scope link", self.device)?,
+        }
         if self.onlink {
             f.write_str(" onlink")?;
         }
@@ -176,6 +223,16 @@ pub struct Desired {
 /// connected route (or anything else) to the same prefix always wins while it exists.
 pub const BLACKHOLE_METRIC: u32 = u32::MAX;
 
+/// The wireguard backend's IPv4 device (and the only one in its single-device modes).
+pub const WIREGUARD_DEVICE: &str = "flannel-wg";
+/// The wireguard backend's IPv6 device in its `separate` mode.
+pub const WIREGUARD_DEVICE_V6: &str = "flannel-wg-v6";
+
+/// Whether `name` is one of the wireguard backend's device names.
+pub fn is_wireguard_device_name(name: &str) -> bool {
+    name == WIREGUARD_DEVICE || name == WIREGUARD_DEVICE_V6
+}
+
 /// Whether `name` is a device name weft's vxlan backend uses (`flannel.<VNI>`,
 /// `flannel-v6.<VNI>`).
 pub fn is_vxlan_device_name(name: &str) -> bool {
@@ -187,7 +244,7 @@ pub fn is_vxlan_device_name(name: &str) -> bool {
 
 impl Desired {
     pub fn device_names(&self) -> impl Iterator<Item = &str> {
-        self.devices.iter().map(|d| d.link.name.as_str())
+        self.devices.iter().map(|d| d.link.name())
     }
 
     pub fn add_route(&mut self, route: Route) {
@@ -291,8 +348,13 @@ pub struct VxlanAttrs {
 pub struct ObservedLink {
     pub index: u32,
     pub name: String,
+    /// The kernel's kind (`vxlan`, `wireguard`, `tun`, ...), if it has one.
+    pub kind: Option<String>,
     /// `None` if the device is not a vxlan device at all.
     pub vxlan: Option<VxlanAttrs>,
+    /// A WireGuard device's configuration (kernel or userspace); `None` if the device
+    /// does not answer as one.
+    pub tunnel: Option<TunnelState>,
     pub mtu: u32,
     pub mac: Mac,
     pub up: bool,
@@ -396,14 +458,20 @@ pub enum SkipKind {
     NoVtepMac,
     /// The peer's public IP is not on a directly connected network (host-gw).
     NotOnLink,
+    /// The peer's BackendData has no valid WireGuard public key (wireguard).
+    BadPublicKey,
+    /// The peer's public key is this node's or another peer's (wireguard).
+    PublicKeyClaimed,
 }
 
 impl SkipKind {
-    pub const ALL: [SkipKind; 4] = [
+    pub const ALL: [SkipKind; 6] = [
         SkipKind::OtherBackend,
         SkipKind::NoPublicIp,
         SkipKind::NoVtepMac,
         SkipKind::NotOnLink,
+        SkipKind::BadPublicKey,
+        SkipKind::PublicKeyClaimed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -412,6 +480,8 @@ impl SkipKind {
             SkipKind::NoPublicIp => "no_public_ip",
             SkipKind::NoVtepMac => "no_vtep_mac",
             SkipKind::NotOnLink => "not_on_link",
+            SkipKind::BadPublicKey => "bad_public_key",
+            SkipKind::PublicKeyClaimed => "public_key_claimed",
         }
     }
 }

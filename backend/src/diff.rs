@@ -9,8 +9,11 @@
 //! 5. blackhole routes; last, weft's devices that nothing wants any more (another
 //!    backend's or VNI's), once the routes that replace theirs are in place.
 
-use crate::desired::{Desired, Device, Fdb, Neighbour, Observed, ObservedLink, Route, VxlanLink};
+use crate::desired::{
+    Desired, Device, Fdb, Link, Neighbour, Observed, ObservedLink, Route, VxlanLink,
+};
 use crate::mac::{self, Mac};
+use crate::tunnel::{self, TunnelChange};
 use std::collections::HashSet;
 
 /// The sets of observed entries a pass compares against (tens of thousands at 15,000
@@ -27,7 +30,9 @@ use weft_lease::family::Net;
 pub enum Op {
     /// Boxed: the largest variant, and the rarest (a first pass holds tens of thousands
     /// of ops, each as large as the largest variant).
-    CreateLink(Box<VxlanLink>),
+    CreateLink(Box<Link>),
+    /// Set a WireGuard device's keys, port and peers (only what differs).
+    ConfigureTunnel(Box<TunnelChange>),
     /// Delete a device that cannot be reused (`reason` is logged).
     DeleteLink {
         name: String,
@@ -63,13 +68,17 @@ pub enum Op {
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::CreateLink(l) => write!(
-                f,
-                "create {} (vni {}, mac {})",
-                l.name,
-                l.vni,
-                mac::format(&l.mac)
-            ),
+            Op::CreateLink(link) => match &**link {
+                Link::Vxlan(l) => write!(
+                    f,
+                    "create {} (vni {}, mac {})",
+                    l.name,
+                    l.vni,
+                    mac::format(&l.mac)
+                ),
+                Link::Wireguard(l) => write!(f, "create {} (wireguard)", l.name),
+            },
+            Op::ConfigureTunnel(change) => write!(f, "{change}"),
             Op::DeleteLink { name, reason } => write!(f, "delete {name}: {reason}"),
             Op::SetLink { name, mtu, mac, up } => {
                 write!(f, "set {name}")?;
@@ -129,8 +138,20 @@ impl Op {
     }
 }
 
-/// Why an existing device cannot be reused (flannel's incompatibility rules), if so.
-pub fn incompatibility(want: &VxlanLink, have: &ObservedLink) -> Option<String> {
+/// Why an existing device cannot be reused, if so.
+pub fn incompatibility(want: &Link, have: &ObservedLink) -> Option<String> {
+    match want {
+        Link::Vxlan(want) => vxlan_incompatibility(want, have),
+        Link::Wireguard(_) if have.tunnel.is_none() => Some(format!(
+            "it is not a WireGuard device (kind {})",
+            have.kind.as_deref().unwrap_or("none")
+        )),
+        Link::Wireguard(_) => None,
+    }
+}
+
+/// Why an existing device cannot be a vxlan device as wanted (flannel's rules), if so.
+pub fn vxlan_incompatibility(want: &VxlanLink, have: &ObservedLink) -> Option<String> {
     let Some(attrs) = &have.vxlan else {
         return Some("it is not a vxlan device".into());
     };
@@ -371,13 +392,14 @@ fn device_ops<'a>(
     fresh: &mut HashSet<&'a str>,
 ) {
     let want = &device.link;
-    let existing = observed.links.iter().find(|l| l.name == want.name);
+    let name = want.name();
+    let existing = observed.links.iter().find(|l| l.name == name);
     let existing = match existing {
         None => None,
         Some(have) => match incompatibility(want, have) {
             Some(reason) => {
                 ops.push(Op::DeleteLink {
-                    name: want.name.clone(),
+                    name: name.to_string(),
                     reason,
                 });
                 None
@@ -387,38 +409,63 @@ fn device_ops<'a>(
     };
     let Some(have) = existing else {
         ops.push(Op::CreateLink(Box::new(want.clone())));
-        ops.push(Op::AddAddress {
-            device: want.name.clone(),
-            address: device.address,
-        });
-        fresh.insert(&want.name);
+        for address in &device.addresses {
+            ops.push(Op::AddAddress {
+                device: name.to_string(),
+                address: *address,
+            });
+        }
+        if let Link::Wireguard(link) = want {
+            ops.push(Op::ConfigureTunnel(Box::new(TunnelChange::full(
+                name,
+                &link.tunnel,
+            ))));
+        }
+        fresh.insert(name);
         return;
     };
-    let mtu = (have.mtu != want.mtu).then_some(want.mtu);
-    let mac = (have.mac != want.mac).then_some(want.mac);
+    let mtu = (have.mtu != want.mtu()).then_some(want.mtu());
+    let mac = want.mac().filter(|m| *m != have.mac);
     if mtu.is_some() || mac.is_some() || !have.up {
         ops.push(Op::SetLink {
-            name: want.name.clone(),
+            name: name.to_string(),
             mtu,
             mac,
             up: true,
         });
     }
-    let wanted = (device.address.ip(), device.address.prefix);
-    if !have.addresses.contains(&wanted) {
-        ops.push(Op::AddAddress {
-            device: want.name.clone(),
-            address: device.address,
-        });
+    address_ops(device, have, ops);
+    if let (Link::Wireguard(link), Some(state)) = (want, &have.tunnel)
+        && let Some(change) = tunnel::changes(name, &link.tunnel, state)
+    {
+        ops.push(Op::ConfigureTunnel(Box::new(change)));
+    }
+}
+
+/// The device's wanted addresses added, any other (but link-local) removed.
+fn address_ops(device: &Device, have: &ObservedLink, ops: &mut Vec<Op>) {
+    let name = device.link.name();
+    let wanted: Vec<(IpAddr, u8)> = device
+        .addresses
+        .iter()
+        .map(|a| (a.ip(), a.prefix))
+        .collect();
+    for address in &device.addresses {
+        if !have.addresses.contains(&(address.ip(), address.prefix)) {
+            ops.push(Op::AddAddress {
+                device: name.to_string(),
+                address: *address,
+            });
+        }
     }
     for &(ip, prefix) in &have.addresses {
         let link_local = match ip {
             IpAddr::V4(v4) => v4.is_link_local(),
             IpAddr::V6(v6) => v6.is_unicast_link_local(),
         };
-        if (ip, prefix) != wanted && !link_local {
+        if !wanted.contains(&(ip, prefix)) && !link_local {
             ops.push(Op::DelAddress {
-                device: want.name.clone(),
+                device: name.to_string(),
                 ip,
                 prefix,
             });
@@ -469,7 +516,7 @@ mod tests {
         });
         desired.add_route(Route {
             destination: subnet,
-            gateway: subnet.ip(),
+            gateway: Some(subnet.ip()),
             device: DEV.into(),
             onlink: true,
             nexthop: None,
@@ -479,8 +526,8 @@ mod tests {
     fn desired_with_peers(peers: &[(u8, &str)]) -> Desired {
         let mut d = Desired {
             devices: vec![Device {
-                link: link(),
-                address: net("10.244.1.0/32"),
+                link: Link::Vxlan(link()),
+                addresses: vec![net("10.244.1.0/32")],
             }],
             ..Desired::default()
         };
@@ -494,6 +541,8 @@ mod tests {
         ObservedLink {
             index: 5,
             name: DEV.into(),
+            kind: Some("vxlan".into()),
+            tunnel: None,
             vxlan: Some(VxlanAttrs {
                 vni: 1,
                 port: 8472,
@@ -589,7 +638,7 @@ mod tests {
                 }),
                 Op::ReplaceRoute(Route {
                     destination: net("10.244.3.0/24"),
-                    gateway: "10.244.3.0".parse().unwrap(),
+                    gateway: Some("10.244.3.0".parse().unwrap()),
                     device: DEV.into(),
                     onlink: true,
                     nexthop: None,
@@ -629,7 +678,7 @@ mod tests {
         });
         after.add_route(Route {
             destination: subnet,
-            gateway: subnet.ip(),
+            gateway: Some(subnet.ip()),
             device: DEV.into(),
             onlink: true,
             nexthop: None,
@@ -758,7 +807,7 @@ mod tests {
         let mut observed = converged(&desired);
         let stale = Route {
             destination: net("10.244.9.0/24"),
-            gateway: "10.244.9.0".parse().unwrap(),
+            gateway: Some("10.244.9.0".parse().unwrap()),
             device: DEV.into(),
             onlink: true,
             nexthop: None,
@@ -855,7 +904,7 @@ mod tests {
         let mut direct = desired_with_peers(&[]);
         direct.add_route(Route {
             destination: net("10.244.2.0/24"),
-            gateway: "198.18.0.12".parse().unwrap(),
+            gateway: Some("198.18.0.12".parse().unwrap()),
             device: "eth0".into(),
             onlink: false,
             nexthop: None,

@@ -108,7 +108,7 @@ fn route_for(
     }
     Ok(Route {
         destination: subnet,
-        gateway,
+        gateway: Some(gateway),
         device: device.clone(),
         onlink: false,
         nexthop: None,
@@ -147,11 +147,7 @@ mod tests {
     }
 
     fn routes(desired: &Desired) -> Vec<String> {
-        desired
-            .routes
-            .values()
-            .map(|r| format!("{} via {} dev {}", r.destination, r.gateway, r.device))
-            .collect()
+        desired.routes.values().map(|r| r.to_string()).collect()
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub mod mac;
 pub mod nexthop;
 pub mod offload;
 pub mod reconcile;
+pub mod tunnel;
 pub mod vxlan;
+pub mod wireguard;
 
 /// The route protocol number weft marks its routes with (`ip route ... proto 91`), so
 /// that it can find and sweep its own routes and leave everybody else's alone.

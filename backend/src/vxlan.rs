@@ -13,7 +13,7 @@
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
 use crate::desired::{
-    Desired, Device, DeviceName, Entries, Fdb, Neighbour, Route, SkipKind, Skipped, VxlanLink,
+    Desired, Device, DeviceName, Entries, Fdb, Link, Neighbour, Route, SkipKind, Skipped, VxlanLink,
 };
 use crate::mac::{self, Mac};
 use serde_json::Value;
@@ -253,7 +253,7 @@ fn devices(config: &VxlanConfig, node: &Node) -> Vec<Device> {
             prefix: family.width(),
         };
         devices.push(Device {
-            link: VxlanLink {
+            link: Link::Vxlan(VxlanLink {
                 name: config.device_name(family),
                 vni: config.vni,
                 port: config.port,
@@ -263,8 +263,8 @@ fn devices(config: &VxlanConfig, node: &Node) -> Vec<Device> {
                 gbp: config.gbp,
                 mtu: base.saturating_sub(overhead),
                 mac,
-            },
-            address: single,
+            }),
+            addresses: vec![single],
         });
     }
     devices
@@ -348,7 +348,7 @@ fn add_path(
     if config.direct_routing && crate::adjacency::on_link(&node.connected, public_ip) {
         entries.add_route(Route {
             destination: subnet,
-            gateway: public_ip,
+            gateway: Some(public_ip),
             device: names.external.clone(),
             onlink: false,
             nexthop: None,
@@ -372,7 +372,7 @@ fn add_path(
     });
     entries.add_route(Route {
         destination: subnet,
-        gateway: subnet.ip(),
+        gateway: Some(subnet.ip()),
         device,
         onlink: true,
         nexthop: None,
@@ -435,7 +435,7 @@ mod tests {
             })
         );
         let (desired, _) = desired_state(&backend.config, &backend.node, []);
-        assert_eq!(desired.devices[0].link.mtu, 8950, "the device follows");
+        assert_eq!(desired.devices[0].link.mtu(), 8950, "the device follows");
         // An MTU in the network config wins over the underlay's.
         backend.config.mtu = Some(1400);
         let change = backend.follow_underlay_mtu(1500).unwrap();
@@ -516,13 +516,13 @@ mod tests {
         )];
         let (desired, skipped) = desired_state(&cfg, &node(), &peers);
         assert!(skipped.is_empty());
-        assert_eq!(desired.devices[0].link.mtu, 1450);
-        assert_eq!(desired.devices[0].address.to_string(), "10.244.1.0/32");
+        assert_eq!(desired.devices[0].link.mtu(), 1450);
+        assert_eq!(desired.devices[0].addresses[0].to_string(), "10.244.1.0/32");
         let route = desired.routes.values().next().unwrap();
         assert_eq!(
             (
                 route.destination.to_string(),
-                route.gateway.to_string(),
+                route.gateway.unwrap().to_string(),
                 route.device.as_str(),
                 route.onlink
             ),
@@ -553,7 +553,11 @@ mod tests {
         let (desired, _) = desired_state(&cfg, &node(), &peers);
         let near = &desired.routes[&"10.244.2.0/24".parse().unwrap()];
         assert_eq!(
-            (near.gateway.to_string(), near.device.as_str(), near.onlink),
+            (
+                near.gateway.unwrap().to_string(),
+                near.device.as_str(),
+                near.onlink
+            ),
             ("198.18.0.12".into(), "eth0", false)
         );
         let far = &desired.routes[&"10.244.3.0/24".parse().unwrap()];
@@ -594,7 +598,7 @@ mod tests {
         let mtus: Vec<(String, u32)> = desired
             .devices
             .iter()
-            .map(|d| (d.link.name.clone(), d.link.mtu))
+            .map(|d| (d.link.name().to_string(), d.link.mtu()))
             .collect();
         assert_eq!(
             mtus,
@@ -603,7 +607,10 @@ mod tests {
                 ("flannel-v6.1".to_string(), 1430)
             ]
         );
-        assert_eq!(desired.devices[1].address.to_string(), "fc00:0:0:1::/128");
+        assert_eq!(
+            desired.devices[1].addresses[0].to_string(),
+            "fc00:0:0:1::/128"
+        );
         assert_eq!(n.pod_mtu(&cfg), 1430);
     }
 }

@@ -216,6 +216,8 @@ fn datapath_in(direct_routing: bool, network: &str) -> Reconciler {
 fn kernel(foreign_route: bool, foreign_nexthop: bool) -> Observed {
     let mut observed = Observed {
         links: vec![ObservedLink {
+            kind: Some("vxlan".into()),
+            tunnel: None,
             index: 5,
             name: "flannel.1".into(),
             vxlan: Some(VxlanAttrs {

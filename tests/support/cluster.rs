@@ -9,6 +9,7 @@ use super::weftd::Weftd;
 use std::path::PathBuf;
 
 pub const CONFIG_KEY: &str = "/coreos.com/network/config";
+const ETCD_ENDPOINTS: &str = "--etcd-endpoints=http://198.18.0.1:2379";
 
 pub struct Cluster {
     pub nodes: Vec<Weftd>,
@@ -41,20 +42,28 @@ impl Cluster {
     }
 
     pub fn start_with_env(&mut self, host: usize, extra: &[&str], env: &[(&str, &str)]) -> usize {
-        let mut args = vec![
-            format!("--etcd-endpoints=http://{UNDERLAY_GATEWAY}:2379"),
-            "--healthz-port=8081".to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let weftd = Weftd::start_with_env(
-            &self.underlay.hosts[host].ns.name,
-            &self.node_dir(host),
-            &args,
-            env,
-        );
+        let netns = self.underlay.hosts[host].ns.name.clone();
+        self.start_via(host, &["ip", "netns", "exec", &netns], extra, env)
+    }
+
+    /// Starts node `host`'s weftd through `launcher` (see [`Weftd::start_via`]).
+    pub fn start_via(
+        &mut self,
+        host: usize,
+        launcher: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> usize {
+        let weftd = Weftd::start_via(launcher, &self.node_dir(host), &self.args(extra), env);
         self.nodes.push(weftd);
         self.nodes.len() - 1
+    }
+
+    /// weftd's arguments for etcd mode, then `extra`.
+    fn args<'a>(&self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args: Vec<&str> = vec![ETCD_ENDPOINTS, "--healthz-port=8081"];
+        args.extend_from_slice(extra);
+        args
     }
 
     pub fn readyz(&self, host: usize) -> (u16, String) {

@@ -63,6 +63,19 @@ impl KubeCluster {
     }
 
     pub fn start(&mut self, host: usize, env: &[(&str, &str)]) -> usize {
+        let netns = self.underlay.hosts[host].ns.name.clone();
+        self.start_via(host, &["ip", "netns", "exec", &netns], &[], env)
+    }
+
+    /// Starts node `host`'s weftd through `launcher` with `extra` flags (see
+    /// [`Weftd::start_via`]).
+    pub fn start_via(
+        &mut self,
+        host: usize,
+        launcher: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> usize {
         let conf = format!(
             "--net-config-path={}",
             self.dir.path().join("net-conf.json").display()
@@ -73,18 +86,15 @@ impl KubeCluster {
         if !env.iter().any(|(k, _)| k.starts_with("POD_")) {
             env.push(("NODE_NAME", &node_name));
         }
-        let weftd = Weftd::start_with_env(
-            &self.underlay.hosts[host].ns.name,
-            &self.node_dir(host),
-            &[
-                "--kube-subnet-mgr",
-                &url,
-                &conf,
-                "--healthz-port=8081",
-                "--reconcile-interval=30",
-            ],
-            &env,
-        );
+        let mut args = vec![
+            "--kube-subnet-mgr",
+            &url,
+            &conf,
+            "--healthz-port=8081",
+            "--reconcile-interval=30",
+        ];
+        args.extend_from_slice(extra);
+        let weftd = Weftd::start_via(launcher, &self.node_dir(host), &args, &env);
         self.nodes.push(weftd);
         self.nodes.len() - 1
     }

@@ -17,6 +17,7 @@ pub mod prometheus;
 pub mod rules;
 pub mod vxlan;
 pub mod weftd;
+pub mod wireguard;
 
 use std::time::{Duration, Instant};
 

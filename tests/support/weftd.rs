@@ -19,13 +19,20 @@ impl Weftd {
     }
 
     pub fn start_with_env(netns: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Weftd {
+        Self::start_via(&["ip", "netns", "exec", netns], dir, args, env)
+    }
+
+    /// Starts weftd through `launcher` (e.g. `nsenter --target <pid> --mount --net --`,
+    /// to run it in a node's own mount namespace too).
+    pub fn start_via(launcher: &[&str], dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Weftd {
         std::fs::create_dir_all(dir).expect("weftd dir");
         let subnet_file = dir.join("subnet.env");
         // Benchmarks may compare against another build (scripts/bench.sh --baseline).
         let binary = std::env::var("WEFT_BENCH_WEFTD")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string());
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns, &binary])
+        let mut cmd = Command::new(launcher[0]);
+        cmd.args(&launcher[1..])
+            .arg(&binary)
             .arg(format!("--subnet-file={}", subnet_file.display()))
             .args(args)
             .env("RUST_LOG", "debug")

@@ -8,11 +8,13 @@
 use super::dump::Dumper;
 use super::ethtool::EthtoolSocket;
 use super::nexthop::{Nexthop, NexthopSocket};
+use super::wireguard::TunnelDriver;
 use super::{KernelError, MAIN_TABLE, netlink, route_address, route_table};
 use crate::ROUTE_PROTOCOL;
 use crate::desired::{
-    BLACKHOLE_METRIC, Desired, DeviceName, Fdb, ForeignRoute, Neighbour, Observed, ObservedLink,
-    ObservedNexthop, ObservedRoute, Route, VxlanAttrs, VxlanLink, is_vxlan_device_name,
+    BLACKHOLE_METRIC, Desired, DeviceName, Fdb, ForeignRoute, Link, Neighbour, Observed,
+    ObservedLink, ObservedNexthop, ObservedRoute, Route, VxlanAttrs, VxlanLink,
+    is_vxlan_device_name,
 };
 use crate::diff::Op;
 use crate::mac::{self, Mac};
@@ -20,7 +22,7 @@ use crate::nexthop::NexthopPlan;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -30,7 +32,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct Kernel {
     nexthops: Arc<tokio::sync::Mutex<NexthopSocket>>,
     /// Device features over ethtool netlink, opened at first use (see `ethtool`).
     ethtool: Arc<std::sync::Mutex<Option<EthtoolSocket>>>,
+    /// WireGuard devices (see `wireguard`).
+    tunnels: Arc<TunnelDriver>,
 }
 
 impl Kernel {
@@ -61,7 +65,20 @@ impl Kernel {
             dumper: Arc::new(tokio::sync::Mutex::new(Dumper::new()?)),
             nexthops: Arc::new(tokio::sync::Mutex::new(NexthopSocket::new()?)),
             ethtool: Arc::new(std::sync::Mutex::new(None)),
+            tunnels: Arc::new(TunnelDriver::default()),
         })
+    }
+
+    /// WireGuard devices are served by `command` (a userspace implementation, the device
+    /// name appended) when the kernel has no WireGuard.
+    pub fn with_wireguard_userspace(mut self, command: Option<Vec<String>>) -> Kernel {
+        self.tunnels = Arc::new(TunnelDriver::new(command));
+        self
+    }
+
+    /// The WireGuard devices' driver.
+    pub fn tunnels(&self) -> &TunnelDriver {
+        &self.tunnels
     }
 
     /// Whether this kernel has nexthop objects (Linux ≥ 5.3): asking for one id tells (a
@@ -137,7 +154,11 @@ impl Kernel {
         desired: &Desired,
         observed: &mut Observed,
     ) -> Result<HashMap<u32, DeviceName>, KernelError> {
-        let wanted: HashSet<&str> = desired.device_names().collect();
+        let wanted: HashMap<&str, &Link> = desired
+            .devices
+            .iter()
+            .map(|d| (d.link.name(), &d.link))
+            .collect();
         let links = self.links().await?;
         let names: HashMap<u32, DeviceName> = links
             .iter()
@@ -147,13 +168,32 @@ impl Kernel {
             let Some(name) = link_name(link) else {
                 continue;
             };
-            if wanted.contains(name) {
-                observed.links.push(observed_link(link, name));
-            } else if is_vxlan_device_name(name) && observed_link(link, name).vxlan.is_some() {
+            if let Some(want) = wanted.get(name) {
+                let mut seen = observed_link(link, name);
+                if matches!(want, Link::Wireguard(_)) {
+                    seen.tunnel = self.read_tunnel(&seen)?;
+                }
+                observed.links.push(seen);
+            } else if is_stray(&observed_link(link, name), &self.tunnels) {
                 observed.stray_devices.push(name.to_string());
             }
         }
         Ok(names)
+    }
+
+    /// A WireGuard device's configuration; `None` if the device is not one (another
+    /// kind, or a TUN device without a userspace implementation's socket). A device
+    /// that is one but cannot be read fails the pass (retried), never recreated.
+    fn read_tunnel(
+        &self,
+        link: &ObservedLink,
+    ) -> Result<Option<crate::tunnel::TunnelState>, KernelError> {
+        let userspace = link.kind.as_deref() == Some("tun")
+            && self.tunnels.implementation(&link.name) == "userspace";
+        if link.kind.as_deref() != Some("wireguard") && !userspace {
+            return Ok(None);
+        }
+        self.tunnels.read(&link.name).map(Some)
     }
 
     /// The addresses of weft's devices.
@@ -235,11 +275,17 @@ impl Kernel {
                     .collect();
             }
         };
+        let mut keyed = Vec::new();
         for op in ops {
             let result = self.apply_one(op, &mut indices).await;
-            if let Err(e) = result {
-                failures.push((op.clone(), e));
+            match (result, op) {
+                (Err(e), _) => failures.push((op.clone(), e)),
+                (Ok(()), Op::ConfigureTunnel(change)) => keyed.push(change),
+                (Ok(()), _) => {}
             }
+        }
+        for change in keyed {
+            super::wireguard::prime_handshakes(change);
         }
         failures
     }
@@ -288,6 +334,7 @@ impl Kernel {
         };
         match op {
             Op::CreateLink(link) => self.create_link(link, indices).await,
+            Op::ConfigureTunnel(change) => self.tunnels.configure(change),
             Op::DeleteLink { name, .. } => self.delete_link(name, indices).await,
             Op::SetLink { name, mtu, mac, up } => {
                 self.set_link(index(name)?, *mtu, mac.as_ref(), *up).await
@@ -314,12 +361,15 @@ impl Kernel {
 
     async fn create_link(
         &self,
-        link: &VxlanLink,
+        link: &Link,
         indices: &mut HashMap<String, u32>,
     ) -> Result<(), KernelError> {
-        self.create_vxlan(link).await?;
-        if let Some((i, _)) = self.link(&link.name).await? {
-            indices.insert(link.name.clone(), i);
+        match link {
+            Link::Vxlan(vxlan) => self.create_vxlan(vxlan).await?,
+            Link::Wireguard(wireguard) => self.tunnels.create(&self.handle, wireguard).await?,
+        }
+        if let Some((i, _)) = self.link(link.name()).await? {
+            indices.insert(link.name().to_string(), i);
         }
         Ok(())
     }
@@ -458,9 +508,12 @@ impl Kernel {
     async fn replace_route(&self, oif: u32, r: &Route) -> Result<(), KernelError> {
         if let Some(id) = r.nexthop {
             // The object first: the route names it.
+            let gateway = r.gateway.ok_or_else(|| {
+                KernelError::Invalid(format!("route {r}: a nexthop object needs a gateway"))
+            })?;
             let nexthop = Nexthop {
                 id,
-                gateway: r.gateway,
+                gateway,
                 oif,
                 onlink: r.onlink,
             };
@@ -571,10 +624,7 @@ impl Kernel {
 }
 
 fn mixed_family(route: &Route) -> KernelError {
-    KernelError::Invalid(format!(
-        "route {} via {}: address families differ",
-        route.destination, route.gateway
-    ))
+    KernelError::Invalid(format!("route {route}: address families differ"))
 }
 
 fn gone_is_fine(result: Result<(), KernelError>) -> Result<(), KernelError> {
@@ -625,7 +675,7 @@ fn blackhole_message(net: Net) -> RouteMessage {
 fn route_message(route: &Route, oif: u32, protocol: RouteProtocol) -> Option<RouteMessage> {
     let prefix = route.destination.prefix;
     if let Some(id) = route.nexthop {
-        if Family::of(route.gateway) != route.destination.family {
+        if route.gateway.map(Family::of) != Some(route.destination.family) {
             return None;
         }
         let mut message = match route.destination.ip() {
@@ -642,14 +692,29 @@ fn route_message(route: &Route, oif: u32, protocol: RouteProtocol) -> Option<Rou
         return Some(message);
     }
     let mut message = match (route.destination.ip(), route.gateway) {
-        (IpAddr::V4(dst), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+        (IpAddr::V4(dst), Some(IpAddr::V4(gw))) => RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .gateway(gw)
             .build(),
-        (IpAddr::V6(dst), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+        (IpAddr::V6(dst), Some(IpAddr::V6(gw))) => RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(dst, prefix)
             .gateway(gw)
             .build(),
+        // Straight onto the device (WireGuard's route for the whole network).
+        (IpAddr::V4(dst), None) => {
+            let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, prefix)
+                .build();
+            m.header.scope = rtnetlink::packet_route::route::RouteScope::Link;
+            m
+        }
+        (IpAddr::V6(dst), None) => {
+            let mut m = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, prefix)
+                .build();
+            m.header.scope = rtnetlink::packet_route::route::RouteScope::Link;
+            m
+        }
         _ => return None,
     };
     message.header.protocol = protocol;
@@ -682,10 +747,27 @@ fn link_mac(link: &LinkMessage) -> Mac {
         .unwrap_or_default()
 }
 
+/// A device of weft's naming and kind that no backend wants now: a VXLAN device named
+/// like vxlan's, a WireGuard device (kernel, or a userspace one with its socket) named
+/// like wireguard's.
+fn is_stray(link: &ObservedLink, tunnels: &TunnelDriver) -> bool {
+    if is_vxlan_device_name(&link.name) {
+        return link.vxlan.is_some();
+    }
+    crate::desired::is_wireguard_device_name(&link.name)
+        && match link.kind.as_deref() {
+            Some("wireguard") => true,
+            Some("tun") => tunnels.implementation(&link.name) == "userspace",
+            _ => false,
+        }
+}
+
 fn observed_link(link: &LinkMessage, name: &str) -> ObservedLink {
     let mut observed = ObservedLink {
         index: link.header.index,
         name: name.to_string(),
+        kind: None,
+        tunnel: None,
         vxlan: None,
         mtu: 0,
         mac: link_mac(link),
@@ -697,8 +779,12 @@ fn observed_link(link: &LinkMessage, name: &str) -> ObservedLink {
             LinkAttribute::Mtu(mtu) => observed.mtu = *mtu,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Data(InfoData::Vxlan(vxlan)) = info {
-                        observed.vxlan = Some(vxlan_attrs(vxlan));
+                    match info {
+                        LinkInfo::Data(InfoData::Vxlan(vxlan)) => {
+                            observed.vxlan = Some(vxlan_attrs(vxlan));
+                        }
+                        LinkInfo::Kind(kind) => observed.kind = Some(kind_name(kind)),
+                        _ => {}
                     }
                 }
             }
@@ -706,6 +792,13 @@ fn observed_link(link: &LinkMessage, name: &str) -> ObservedLink {
         }
     }
     observed
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Other(name) => name.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn vxlan_attrs(infos: &[InfoVxlan]) -> VxlanAttrs {
@@ -798,8 +891,12 @@ pub(super) fn classify_route<N: Clone + Into<DeviceName> + std::fmt::Display>(
             description: describe_foreign(message, destination, gateway, device),
         }));
     }
-    // Kernel routes of our own devices (e.g. IPv6 link-local) have no gateway: not ours to manage.
-    let gateway = gateway?;
+    // Unmarked routes of our own devices without a gateway (IPv6 link-local, the
+    // kernel's prefix routes) are not ours to manage; marked ones (WireGuard's route for
+    // the network) are.
+    if gateway.is_none() && (!marked || nexthop.is_some()) {
+        return None;
+    }
     let oif = oif?;
     Some(SeenRoute::Ours(ObservedRoute {
         route: Route {

@@ -7,6 +7,7 @@ mod executor;
 mod host;
 mod lookup;
 mod nexthop;
+pub mod wireguard;
 
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use std::net::IpAddr;
@@ -30,6 +31,9 @@ pub enum KernelError {
     NoDevice(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A WireGuard device's configuration could not be read or set.
+    #[error("{0}")]
+    Tunnel(String),
     /// An ethtool netlink request (device features) that failed.
     #[error("ethtool {op} failed: {error}")]
     Ethtool {

@@ -214,8 +214,12 @@ fn effect(op: &Op) -> (EntryKey, Action) {
     let address = |ip: IpAddr, prefix: u8| value_hash(&(ip, prefix));
     match op {
         Op::CreateLink(link) => (
-            EntryKey::new(K::Device, &link.name, EntryId::Name),
+            EntryKey::new(K::Device, link.name(), EntryId::Name),
             Action::Install(value_hash(link)),
+        ),
+        Op::ConfigureTunnel(change) => (
+            EntryKey::new(K::Device, &change.device, EntryId::Name),
+            Action::Adjust,
         ),
         Op::DeleteLink { name, .. } => (
             EntryKey::new(K::Device, name, EntryId::Name),
@@ -281,15 +285,23 @@ fn desired_hashes(desired: &Desired, out: &mut Vec<(u64, u64)>) {
     }
     out.reserve_exact(wanted);
     for device in &desired.devices {
-        let name = &device.link.name;
+        let name = device.link.name();
         out.push((
             key_hash(K::Device, name, EntryId::Name),
             value_hash(&device.link),
         ));
-        out.push((
-            key_hash(K::Address, name, EntryId::Name),
-            value_hash(&(device.address.ip(), device.address.prefix)),
-        ));
+        // One address (every vxlan device) is modelled as the op that adds it; a
+        // single-device WireGuard backend's two are one value (it makes no targeted passes).
+        let addresses: Vec<(IpAddr, u8)> = device
+            .addresses
+            .iter()
+            .map(|a| (a.ip(), a.prefix))
+            .collect();
+        let value = match addresses.as_slice() {
+            [one] => value_hash(one),
+            many => value_hash(many),
+        };
+        out.push((key_hash(K::Address, name, EntryId::Name), value));
     }
     for route in desired.routes.values() {
         out.push((
@@ -677,7 +689,7 @@ fn desired_device(desired: &Desired, name: &str) -> Option<u64> {
     desired
         .devices
         .iter()
-        .find(|d| d.link.name == name)
+        .find(|d| d.link.name() == name)
         .map(|d| value_hash(&d.link))
 }
 
@@ -760,7 +772,7 @@ mod tests {
     fn route(dst: &str, gw: &str) -> Route {
         Route {
             destination: net(dst),
-            gateway: gw.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
             device: "flannel.1".into(),
             onlink: true,
             nexthop: None,

@@ -127,7 +127,7 @@ impl Reconciler {
 
     /// Whether the next targeted pass would have to be a full one.
     pub fn needs_full(&self) -> bool {
-        self.needs_full || !self.tracker.has_run()
+        self.needs_full || !self.tracker.has_run() || !self.backend.targeted_passes()
     }
 
     /// Plans the changed peers (pure): admission in full, then the entries of every peer

@@ -19,6 +19,7 @@
 pub mod drift;
 mod incremental;
 mod reports;
+pub mod tunnels;
 pub mod view;
 
 pub use incremental::{Planned, Reaction, Step};
@@ -126,6 +127,8 @@ pub struct Reconciler {
     /// something outside weft's ops can cause either: startup, a failed op, lost
     /// notifications, another program's object appearing, a new plan.
     nexthops_unknown: bool,
+    /// The WireGuard devices as the last full pass read them (see `tunnels`).
+    tunnels: tunnels::TunnelsSeen,
 }
 
 impl Reconciler {
@@ -171,6 +174,7 @@ impl Reconciler {
             nexthop_plan: NexthopPlan::off(),
             taken_nexthops: BTreeSet::new(),
             nexthops_unknown: true,
+            tunnels: tunnels::TunnelsSeen::default(),
         }
     }
 
@@ -391,6 +395,7 @@ impl Reconciler {
             }
         };
         let plan = self.plan_full(desired, &observed);
+        self.tunnels.record(&observed);
         for op in &plan.ops {
             match op {
                 diff::Op::DeleteLink { .. } | diff::Op::CreateLink(_) => info!("datapath: {op}"),
@@ -731,6 +736,7 @@ impl Reconciler {
             why: Vec::new(),
             entries: Vec::new(),
             last_repair: None,
+            tunnel: Vec::new(),
         };
         if let Some(rejection) = self.admission.rejection(&lease.key) {
             view.verdict = Verdict::Rejected;
@@ -743,6 +749,9 @@ impl Reconciler {
         }
         let (want, skipped) = self.peer_desired(lease);
         view.entries = self.entry_views(&want, detail);
+        if detail {
+            view.tunnel = self.tunnel_peers_of(lease);
+        }
         view.last_repair = view
             .entries
             .iter()

@@ -66,6 +66,8 @@ pub struct PeerView {
     pub why: Vec<String>,
     pub entries: Vec<EntryView>,
     pub last_repair: Option<SystemTime>,
+    /// The WireGuard peers carrying its subnets (the wireguard backend, with detail).
+    pub tunnel: Vec<super::tunnels::TunnelPeerView>,
 }
 
 impl EntryView {

@@ -37,9 +37,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 net-conf.json, as flannel's chart builds it from the values: Network or
 EnableIPv4=false, IPv6Network + EnableIPv6, EnableNFTables, and the Backend with the
 keys of its type (vxlan: Port, VNI, GBP, DirectRouting, MTU and MacPrefix, each only when
-set; host-gw: Type only). flannel's wireguard values (backendPortv6, psk, tunnelMode,
-keepaliveInterval) are not rendered for these backends, in flannel's chart neither.
-Built as a dict, so it is always valid JSON.
+set; wireguard: ListenPort, ListenPortV6, PSK, MTU, Mode and PersistentKeepaliveInterval,
+each only when set; host-gw: Type only). flannel's wireguard values are not rendered for
+vxlan or host-gw, in flannel's chart neither. Built as a dict, so it is always valid JSON
+(flannel's chart writes Mode unquoted, which no JSON parser reads).
 */}}
 {{- define "weft.netConf" -}}
 {{- $f := .Values.flannel -}}
@@ -61,6 +62,13 @@ Built as a dict, so it is always valid JSON.
 {{- if $f.directRouting }}{{ $_ := set $backend "DirectRouting" true }}{{ end -}}
 {{- if $f.mtu }}{{ $_ := set $backend "MTU" (int $f.mtu) }}{{ end -}}
 {{- if $f.macPrefix }}{{ $_ := set $backend "MacPrefix" $f.macPrefix }}{{ end -}}
+{{- else if eq $f.backend "wireguard" -}}
+{{- if $f.backendPort }}{{ $_ := set $backend "ListenPort" (int $f.backendPort) }}{{ end -}}
+{{- if $f.backendPortv6 }}{{ $_ := set $backend "ListenPortV6" (int $f.backendPortv6) }}{{ end -}}
+{{- if $f.psk }}{{ $_ := set $backend "PSK" (toString $f.psk) }}{{ end -}}
+{{- if $f.mtu }}{{ $_ := set $backend "MTU" (int $f.mtu) }}{{ end -}}
+{{- if $f.tunnelMode }}{{ $_ := set $backend "Mode" $f.tunnelMode }}{{ end -}}
+{{- if $f.keepaliveInterval }}{{ $_ := set $backend "PersistentKeepaliveInterval" (int $f.keepaliveInterval) }}{{ end -}}
 {{- end -}}
 {{- $_ := set $conf "Backend" $backend -}}
 {{- toPrettyJson $conf -}}
@@ -98,12 +106,13 @@ Checks the schema cannot express with a clear message. Each `fail` names the val
 */}}
 {{- define "weft.validate" -}}
 {{- $backend := .Values.flannel.backend -}}
-{{- if eq $backend "wireguard" -}}
-{{- fail "flannel.backend: weft does not implement the wireguard backend yet; set flannel.backend to vxlan or host-gw" -}}
-{{- else if has $backend (list "udp" "ipip" "ipsec" "alloc" "extension" "tencent-vpc") -}}
-{{- fail (printf "flannel.backend: weft does not implement flannel's %s backend; set flannel.backend to vxlan or host-gw" $backend) -}}
-{{- else if not (has $backend (list "vxlan" "host-gw")) -}}
-{{- fail (printf "flannel.backend: %q is not a backend; set flannel.backend to vxlan or host-gw" $backend) -}}
+{{- if has $backend (list "udp" "ipip" "ipsec" "alloc" "extension" "tencent-vpc") -}}
+{{- fail (printf "flannel.backend: weft does not implement flannel's %s backend; set flannel.backend to vxlan, host-gw or wireguard" $backend) -}}
+{{- else if not (has $backend (list "vxlan" "host-gw" "wireguard")) -}}
+{{- fail (printf "flannel.backend: %q is not a backend; set flannel.backend to vxlan, host-gw or wireguard" $backend) -}}
+{{- end -}}
+{{- if and (eq $backend "wireguard") .Values.flannel.tunnelMode (not (has .Values.flannel.tunnelMode (list "separate" "auto" "ipv4" "ipv6"))) -}}
+{{- fail (printf "flannel.tunnelMode: %q is not a mode; set it to separate, auto, ipv4 or ipv6" .Values.flannel.tunnelMode) -}}
 {{- end -}}
 {{- if and (not .Values.podCidr) (not .Values.podCidrv6) -}}
 {{- fail "podCidr and podCidrv6 are both empty: set podCidr (IPv4), podCidrv6 (IPv6) or both" -}}

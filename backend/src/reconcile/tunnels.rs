@@ -1,0 +1,106 @@
+//! The WireGuard peers as the devices last reported them (each full pass reads every
+//! WireGuard device weft owns): per peer its key, endpoint, latest handshake and bytes,
+//! what `wg show` prints, for the state view and the metrics. Secrets are dropped before
+//! the states are kept.
+
+use super::Reconciler;
+use crate::desired::Observed;
+use crate::tunnel::key::PublicKey;
+use crate::tunnel::{PeerState, TunnelState};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+use weft_lease::Lease;
+use weft_lease::family::Net;
+
+/// One peer of one of weft's WireGuard devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPeerView {
+    pub device: String,
+    pub public_key: PublicKey,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<Net>,
+    /// `None`: no handshake yet.
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// When the devices were read (the last full pass).
+    pub read_at: SystemTime,
+}
+
+/// The devices' states of the last full pass, without secrets.
+#[derive(Debug, Default)]
+pub(super) struct TunnelsSeen {
+    pub(super) devices: BTreeMap<String, TunnelState>,
+    pub(super) at: Option<SystemTime>,
+}
+
+impl TunnelsSeen {
+    pub(super) fn record(&mut self, observed: &Observed) {
+        self.devices = observed
+            .links
+            .iter()
+            .filter_map(|link| {
+                let mut state = link.tunnel.clone()?;
+                state.private_key = None;
+                for peer in state.peers.values_mut() {
+                    peer.psk = None;
+                }
+                Some((link.name.clone(), state))
+            })
+            .collect();
+        self.at = Some(SystemTime::now());
+    }
+}
+
+fn view(device: &str, key: &PublicKey, peer: &PeerState, at: SystemTime) -> TunnelPeerView {
+    TunnelPeerView {
+        device: device.to_string(),
+        public_key: *key,
+        endpoint: peer.endpoint,
+        allowed_ips: peer.allowed_ips.clone(),
+        last_handshake: peer.last_handshake,
+        rx_bytes: peer.rx_bytes,
+        tx_bytes: peer.tx_bytes,
+        read_at: at,
+    }
+}
+
+impl Reconciler {
+    /// The WireGuard peers that carry `lease`'s subnets (one per device).
+    pub fn tunnel_peers_of(&self, lease: &Lease) -> Vec<TunnelPeerView> {
+        let Some(at) = self.tunnels.at else {
+            return Vec::new();
+        };
+        let subnets: Vec<_> = [lease.key.ipv4, lease.key.ipv6]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut out = Vec::new();
+        for (device, state) in &self.tunnels.devices {
+            for (key, peer) in &state.peers {
+                if peer.allowed_ips.iter().any(|ip| subnets.contains(ip)) {
+                    out.push(view(device, key, peer, at));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every peer of weft's WireGuard devices, as of the last full pass.
+    pub fn tunnel_peers(&self) -> Vec<TunnelPeerView> {
+        let Some(at) = self.tunnels.at else {
+            return Vec::new();
+        };
+        self.tunnels
+            .devices
+            .iter()
+            .flat_map(|(device, state)| {
+                state
+                    .peers
+                    .iter()
+                    .map(move |(key, peer)| view(device, key, peer, at))
+            })
+            .collect()
+    }
+}
