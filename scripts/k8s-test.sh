@@ -29,109 +29,17 @@ cd "$(dirname "$0")/.."
 become_root scripts/k8s-test.sh "$@"
 . scripts/k8s/build.sh
 . scripts/k8s/cluster.sh
+. scripts/k8s/tier.sh
 
 if [ "${1:-}" = --down ]; then
     cluster_down
     exit 0
 fi
-if [ -z "${WEFT_K8S_TIMED:-}" ]; then
-    # The whole run is bounded (a cold build included). --foreground keeps Ctrl-C working
-    # from a terminal; its TERM reaches this shell, which runs the teardown (the trap
-    # below) once the command it waits for ends, at most 300 s (a rollout's timeout).
-    # KILL only if that and the teardown take longer than --kill-after.
-    export WEFT_K8S_TIMED=1
-    exec timeout --foreground --kill-after=900 "${WEFT_K8S_TIMEOUT:-3600}" scripts/k8s-test.sh "$@"
-fi
+tier_timed scripts/k8s-test.sh 3600 "$@"
 
-started=$SECONDS
-timing() { printf 'TIME %-40s %4d s\n' "$1" "$2"; }
-
-echo "== tools"
-./scripts/setup.sh test >/dev/null
-missing=()
-for tool in containerd:containerd runc:runc buildah:buildah ctr:containerd conntrack:conntrack \
-    debootstrap:debootstrap busybox:busybox-static socat:socat ethtool:ethtool nft:nftables; do
-    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-HELM=$(./scripts/chart-tools.sh | sed -n 's/^HELM=//p')
-
-echo "== build (Kubernetes $K8S_VERSION from its Go module, images with buildah)"
-step=$SECONDS
-build_components
-build_coredns
-build_netpol
-timing "components (cached: 0)" $((SECONDS - step))
-step=$SECONDS
-build_images
-timing "images" $((SECONDS - step))
-
-passed=0
-failed=0
-check() { # check NAME COMMAND...: one PASS/FAIL line
-    local name=$1
-    shift
-    if "$@"; then
-        echo "PASS $name"
-        passed=$((passed + 1))
-    else
-        echo "FAIL $name"
-        failed=$((failed + 1))
-    fi
-}
-
-finish() {
-    local status=$?
-    # The teardown runs to its end: a second Ctrl-C, a TERM or a closed output (a tee
-    # ended by the Ctrl-C) must not cut it short, and no step's failure stops the rest.
-    trap '' INT TERM PIPE
-    trap - EXIT
-    set +e
-    if [ -n "${WEFT_K8S_KEEP:-}" ]; then
-        echo "== left running (WEFT_K8S_KEEP): scripts/k8s-test.sh --down removes it"
-    else
-        cluster_down
-        echo "== teardown done"
-        if leftovers; then
-            echo "FAIL nothing is left behind (above: what is)"
-            failed=$((failed + 1))
-        else
-            echo "PASS nothing is left behind (processes, mounts, namespaces, cgroups)"
-            passed=$((passed + 1))
-        fi
-    fi
-    if [ "$status" -ne 0 ]; then
-        # Timed out, interrupted or a step failed: the checks not reached count as one.
-        echo "FAIL the run reached its end (it stopped with status $status)"
-        failed=$((failed + 1))
-    fi
-    timing "whole run" $((SECONDS - started))
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
-    exit
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-if leftovers >/dev/null 2>&1; then
-    echo "== removing what an earlier run left"
-    cluster_down
-    if leftovers; then
-        echo "k8s-test.sh: an earlier run left the above and it could not be removed" >&2
-        exit 1
-    fi
-fi
-# Only the tier's own logs (WEFT_K8S_LOGS may name a directory holding other files).
-mkdir -p "$K8S_LOGS"
-rm -f "$K8S_LOGS"/*.log
-
-echo "== cluster up"
-step=$SECONDS
-cluster_up
-timing "cluster up (3 nodes registered)" $((SECONDS - step))
+tier_tools
+tier_build
+tier_cluster_up
 
 . scripts/k8s/checks.sh
 run_checks

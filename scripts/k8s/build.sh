@@ -52,29 +52,15 @@ build_components() {
     fi
     command -v go >/dev/null || { echo "k8s-test.sh: go not found (the polyglot machine has Go 1.26)" >&2; exit 1; }
     go_env
-    local src=$K8S_CACHE/build-$K8S_VERSION minor=${K8S_VERSION#v1.}
-    mkdir -p "$src" "$K8S_BIN.partial"
+    local src=$K8S_CACHE/build-$K8S_VERSION module
+    mkdir -p "$K8S_BIN.partial"
     echo "== building Kubernetes $K8S_VERSION components from the Go module (cold, with CoreDNS: ~8 min)"
-    local module
-    module=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-    [ -d "$module" ] || { echo "k8s-test.sh: cannot download k8s.io/kubernetes@$K8S_VERSION" >&2; exit 1; }
-    {
-        printf 'module weft.test/k8s-build\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
-        sed -n '/^replace (/,/^)/p' "$module/go.mod" | awk -v v="v0.$minor" '/=>/ { print "\t" $1 " => " $1 " " v }'
-        printf ')\n'
-    } >"$src/go.mod"
+    module=$(k8s_module "$src")
     local packages=() command
     for command in $K8S_COMMANDS; do packages+=("k8s.io/kubernetes/cmd/$command"); done
     packages+=(k8s.io/kubernetes/test/images/agnhost)
-    # The version the binaries report (kubectl version, the Node's kubeletVersion), as
-    # Kubernetes' own build stamps it (hack/lib/version.sh).
-    local stamp="" package
-    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        stamp+=" -X $package.gitVersion=$K8S_VERSION -X $package.gitMajor=1"
-        stamp+=" -X $package.gitMinor=${minor%%.*} -X $package.gitTreeState=clean"
-    done
     # go's "downloading ..." lines (hundreds) go to a log; shown when the build fails.
-    (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags="-s -w$stamp" -o "$K8S_BIN.partial/" "${packages[@]}") \
+    (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags="-s -w$(k8s_version_stamp)" -o "$K8S_BIN.partial/" "${packages[@]}") \
         >"$K8S_CACHE/go-build.log" 2>&1 || { tail -30 "$K8S_CACHE/go-build.log" >&2; exit 1; }
     # The sandbox's one process: pause.c from the same module, static (build/pause/Makefile).
     gcc -Os -Wall -Werror -static -DVERSION="$K8S_VERSION-weft" -o "$K8S_BIN.partial/pause" \
@@ -82,6 +68,33 @@ build_components() {
     touch "$K8S_BIN.partial/.complete"
     rm -rf "$K8S_BIN"
     mv "$K8S_BIN.partial" "$K8S_BIN"
+}
+
+# Makes directory $1 a module that builds k8s.io/kubernetes at $K8S_VERSION: a go.mod that
+# requires it and replaces each staging module with its published v0 version (the list is
+# the module's own replace block). Prints the downloaded module's directory.
+k8s_module() {
+    local src=$1 minor=${K8S_VERSION#v1.} module
+    mkdir -p "$src"
+    module=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [ -d "$module" ] || { echo "k8s-test.sh: cannot download k8s.io/kubernetes@$K8S_VERSION" >&2; exit 1; }
+    {
+        printf 'module weft.test/k8s-build\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
+        sed -n '/^replace (/,/^)/p' "$module/go.mod" | awk -v v="v0.$minor" '/=>/ { print "\t" $1 " => " $1 " " v }'
+        printf ')\n'
+    } >"$src/go.mod"
+    echo "$module"
+}
+
+# The -X flags that stamp the version the binaries report (kubectl version, the Node's
+# kubeletVersion, e2e.test's), as Kubernetes' own build does (hack/lib/version.sh).
+k8s_version_stamp() {
+    local minor=${K8S_VERSION#v1.} stamp="" package
+    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        stamp+=" -X $package.gitVersion=$K8S_VERSION -X $package.gitMajor=1"
+        stamp+=" -X $package.gitMinor=${minor%%.*} -X $package.gitTreeState=clean"
+    done
+    echo "$stamp"
 }
 
 # CoreDNS from its Go module (github.com/coredns/coredns, main package at the root).
@@ -295,7 +308,7 @@ fill_netpol() {
 image_archives() {
     echo "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/test-$K8S_VERSION.tar" \
         "$IMAGES_DIR/coredns-$COREDNS_VERSION.tar" "$IMAGES_DIR/netpol-$NETPOL_IMAGE_TAG.tar" \
-        "$IMAGES_DIR/weft.tar"
+        "$IMAGES_DIR/weft.tar" ${EXTRA_IMAGE_ARCHIVES:-}
 }
 
 # The sandbox image (pause), the test image, CoreDNS's, kube-network-policies', and weft's

@@ -563,7 +563,9 @@ if took:
     print("TIME pod sandbox incl. CNI ADD, %d pods: p50 %.0f ms, p99 %.0f ms, max %.0f ms" % (len(took), q(0.5), q(0.99), took[-1]))'
 }
 
-run_checks() {
+# `helm install` of charts/weft with the tier's values (kube mode, vxlan); a PASS/FAIL line
+# for every weft pod Ready, and its time.
+install_weft() {
     echo "== helm install weft (kube mode, vxlan, image $WEFT_IMAGE_REPOSITORY:$WEFT_IMAGE_TAG)"
     helm_values vxlan >"$K8S_STATE/values.yaml"
     local step=$SECONDS
@@ -571,6 +573,10 @@ run_checks() {
     helm_weft install "$RELEASE" charts/weft -n "$NAMESPACE" -f "$K8S_STATE/values.yaml" >/dev/null
     check "every weft pod Ready" wait_until 300 weft_pods_ready 3
     timing "helm install -> all weft pods Ready" $((SECONDS - step))
+}
+
+run_checks() {
+    install_weft
     check "every Node Ready, NetworkUnavailable=False set by weft (FlannelIsUp)" \
         wait_until 120 check_nodes_ready_with_weft
     check "weft's annotations on every Node, public-ip the node's address" check_annotations
