@@ -55,6 +55,8 @@ tier_cluster_up
 install_weft
 check "every Node Ready, NetworkUnavailable=False set by weft (FlannelIsUp)" \
     wait_until 120 check_nodes_ready_with_weft
+check "the control plane's host routes to every Node's podCIDR (as a control-plane node would)" \
+    control_plane_routes_to_pods
 check "CoreDNS runs (a Deployment on weft's network)" install_coredns
 
 step=$SECONDS

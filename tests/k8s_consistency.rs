@@ -15,11 +15,14 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use support::chart::{self, documents, object, render_values};
 
-const SCRIPTS: [&str; 4] = [
+const SCRIPTS: [&str; 7] = [
     "scripts/k8s-test.sh",
     "scripts/k8s/build.sh",
     "scripts/k8s/cluster.sh",
     "scripts/k8s/checks.sh",
+    "scripts/k8s/tier.sh",
+    "scripts/k8s-conformance.sh",
+    "scripts/k8s/e2e.sh",
 ];
 
 /// Runs `command` in bash with the tier's libraries sourced (they only define variables

@@ -399,6 +399,20 @@ cluster_up() {
     wait_until 120 nodes_registered
 }
 
+# Routes from the control plane's host to every Node's podCIDR via that node's address. In
+# a real cluster the API server runs on a node of the cluster network and reaches pods
+# directly; its proxy to pods and Services (/api/v1/.../pods/NAME/proxy, which
+# Kubernetes' conformance tests use) needs that. Here the control plane is a host of its
+# own, so it gets the routes a host-gw peer would have. Fails if a Node has no podCIDR yet.
+control_plane_routes_to_pods() {
+    local routes node cidr
+    routes=$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDR}{"\n"}{end}')
+    [ "$(echo "$routes" | awk 'NF == 2' | wc -l)" -eq "$(echo "$K8S_NODES" | wc -w)" ] || return 1
+    while read -r node cidr; do
+        ip -n "$CP_NS" route replace "$cidr" via "$(node_ip "$node")"
+    done <<<"$routes"
+}
+
 nodes_registered() {
     [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -eq 3 ]
 }

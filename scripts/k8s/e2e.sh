@@ -30,13 +30,14 @@ E2E_FOCUS=(
 )
 
 # The tests in that selection that cannot run here, one regular expression each with the
-# reason (`regex|reason`). Tests that skip themselves at run time (no SSH to nodes, a
+# reason (`regex|reason`: the regex has no `|`). Tests that skip themselves at run time (no SSH to nodes, a
 # provider they need) are reported with the reason they give.
 E2E_SKIPS=(
-    'sctp|SCTP|the kernel has no SCTP (CONFIG_IP_SCTP unset, and it loads no modules): an SCTP socket cannot be opened'
+    '(?i)sctp|the kernel has no SCTP (CONFIG_IP_SCTP unset, and it loads no modules): an SCTP socket cannot be opened'
     '\[Feature:Networking-IPv4\]|needs the Internet from a pod (it pings 8.8.8.8): the nodes have no route out of the test network'
     '\[Feature:Networking-DNS\]|needs the Internet from a pod (it resolves and reaches google.com): no route out, no upstream DNS'
     '\[Feature:Networking-Performance\]|a throughput benchmark, not a pass/fail check: iperf2 from every node at once would starve the tests beside it on this 2-core machine'
+    '\[Disruptive\]|deletes kube-proxy'"'"'s iptables rules on a node over SSH (a provider with SSH): the nodes are namespaces, with no SSH'
     '\[Feature:Networking-IPv6\]|IPv6: the cluster is IPv4 only (its Service and cluster CIDRs, weft with no IPv6 network)'
 )
 
@@ -193,7 +194,7 @@ run_e2e() {
         "$GINKGO" --procs="$E2E_PROCS" "${focus[@]}" --skip="$(e2e_skip_regex)" --no-color \
         --timeout=3h --json-report="$report" --silence-skips \
         "$E2E_TEST" -- --kubeconfig="$PKI/admin.kubeconfig" --provider=skeleton \
-        --kubectl-path="$K8S_BIN/kubectl" --report-dir="$K8S_LOGS/e2e" --dump-logs-on-failure=false \
+        --num-nodes="$(echo "$K8S_NODES" | wc -w)" --kubectl-path="$K8S_BIN/kubectl" --report-dir="$K8S_LOGS/e2e" --dump-logs-on-failure=false \
         >"$K8S_LOGS/e2e.log" 2>&1 || status=$?
     [ -f "$report" ] || { tail -40 "$K8S_LOGS/e2e.log" >&2; return 1; }
     echo "   ginkgo exited with $status; its output: $K8S_LOGS/e2e.log"
@@ -232,7 +233,7 @@ for suite in json.load(open(report)):
         elif state == "skipped":
             reason = next((why for rule, why in rules if rule.search(full)), None)
             if reason is None:
-                reason = failure.splitlines()[0] if failure else "skipped"
+                reason = "skipped itself: " + (failure.splitlines()[0] if failure else "no reason given")
             lines.append(("SKIP", name, reason))
         else:
             first = failure.splitlines()[0] if failure else state
