@@ -122,10 +122,11 @@ fn the_harness_builds_exactly_the_committed_images_for_the_clusters_release() {
 fn every_node_imports_the_e2e_images() {
     let archives = lines("for i in $(e2e_images | awk '{print $2}'); do e2e_archive $i; done");
     let extra = archives.join(" ");
-    let imported: BTreeSet<String> = tier(&format!("EXTRA_IMAGE_ARCHIVES='{extra}' image_archives"))
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let imported: BTreeSet<String> =
+        tier(&format!("EXTRA_IMAGE_ARCHIVES='{extra}' image_archives"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
     for archive in &archives {
         assert!(imported.contains(archive), "nodes do not import {archive}");
     }
@@ -149,7 +150,8 @@ fn manifest_images(manifest: &str) -> BTreeMap<String, String> {
         .captures_iter(manifest)
         .map(|c| (c.get(1).unwrap().as_str(), c.get(2).unwrap().as_str()))
         .collect();
-    let config = Regex::new(r#"configs\[(\w+)\] = Config\{list\.(\w+), "([^"]+)", "([^"]+)"\}"#).unwrap();
+    let config =
+        Regex::new(r#"configs\[(\w+)\] = Config\{list\.(\w+), "([^"]+)", "([^"]+)"\}"#).unwrap();
     config
         .captures_iter(manifest)
         .map(|c| {
@@ -201,7 +203,12 @@ fn docs_rows(section: &str) -> Vec<Row> {
     section
         .lines()
         .filter_map(|line| {
-            let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let cells: Vec<&str> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
             (cells.len() == 3 && ["PASS", "FAIL", "SKIP"].contains(&cells[1])).then(|| Row {
                 name: cells[0].trim_matches('`').to_string(),
                 verdict: cells[1].to_string(),
@@ -221,6 +228,9 @@ fn the_documented_results_are_what_the_selection_selects() {
         .iter()
         .map(|rule| {
             let (regex, why) = rule.split_once('|').expect("regex|reason");
+            // `|` separates the rule's regex from its reason: a regex holding one would
+            // be cut short (and the rest taken for the reason).
+            assert!(!why.contains('|'), "a skip rule's regex holds `|`: {rule}");
             (Regex::new(regex).unwrap(), why.to_string())
         })
         .collect();
@@ -304,10 +314,10 @@ fn conformance_codenames(yaml: &str) -> Vec<String> {
                 continue;
             }
         }
-        if let Some(text) = &current {
-            if text.ends_with('\'') {
-                out.push(current.take().unwrap());
-            }
+        if let Some(text) = &current
+            && text.ends_with('\'')
+        {
+            out.push(current.take().unwrap());
         }
     }
     out.into_iter()
