@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tracing::info;
 use weft_backend::backend::{AllocBackend, Backend, ExternalSpec, HostGwBackend, VxlanBackend};
+use weft_backend::backend_field::FieldError;
 use weft_backend::hostgw;
 use weft_backend::kernel::{HostSnapshot, Kernel, KernelEvent};
 use weft_backend::mac::{self, Mac};
@@ -18,7 +19,7 @@ use weft_backend::offload::{self, TxChecksum};
 use weft_backend::reconcile::{Reconciler, Surroundings};
 use weft_backend::tunnel::key;
 use weft_backend::vxlan::{self, VxlanConfig};
-use weft_backend::wireguard::config::{WireguardConfig, WireguardConfigError};
+use weft_backend::wireguard::config::WireguardConfig;
 use weft_backend::wireguard::{self, WireguardBackend};
 use weft_subnet::BackendData;
 use weft_subnet::config::BackendType;
@@ -45,10 +46,9 @@ pub const IMPLEMENTED_BACKENDS: [BackendType; 4] = [
 /// Why this build cannot run a configured backend.
 #[derive(Debug, thiserror::Error)]
 pub enum UnrunnableBackend {
+    /// A field of the backend's section (vxlan's or wireguard's).
     #[error(transparent)]
-    Vxlan(#[from] vxlan::VxlanConfigError),
-    #[error(transparent)]
-    Wireguard(#[from] WireguardConfigError),
+    Field(#[from] FieldError),
     #[error(
         "backend type {0} is not implemented in this weftd build (implemented: {implemented})",
         implemented = IMPLEMENTED_BACKENDS.map(|b| b.name()).join(", ")

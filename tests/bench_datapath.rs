@@ -352,46 +352,12 @@ fn observability_cost(netns: &str, pid: u32) -> Vec<String> {
 }
 
 /// iperf3 from `client` to `server_ip` (served in `server`) for 5 s: Gbit/s received.
-fn iperf_gbits(
-    server: &support::netns::Netns,
-    server_ip: &str,
-    client: &support::netns::Netns,
-) -> f64 {
-    let mut daemon = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            server_ip,
-            "-p",
-            "5201",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = client.exec(&[
-        "iperf3", "-c", server_ip, "-p", "5201", "-t", "5", "-O", "1", "-J",
-    ]);
-    let _ = daemon.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
-}
-
 /// (c) host-gw pod-to-pod throughput with weft's routes, side by side with the same
 /// routes written by hand (weftd stopped), alternating, three pairs.
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn hostgw_throughput_against_hand_written_routes() {
-    use support::pods::add_pod;
+    use support::pods::{add_pod, iperf_gbits};
     let mut c = Cluster::new(2, true);
     c.etcd.etcdctl(&[
         "put",

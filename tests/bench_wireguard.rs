@@ -7,43 +7,14 @@
 
 mod support;
 
-use serde_json::Value;
-use std::time::Duration;
-use support::netns::Netns;
+use support::pods::iperf_gbits;
 use support::wait_for;
 use support::wireguard::{CONFIG, LIMIT, WgCluster};
-
-fn iperf_gbits(server: &Netns, server_ip: &str, client: &Netns) -> f64 {
-    let mut daemon = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            server_ip,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = client.exec(&["iperf3", "-c", server_ip, "-t", "5", "-O", "1", "-J"]);
-    let _ = daemon.wait();
-    let report: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
-}
 
 /// What node `host` needs to be set up by hand as weft sets it up.
 struct HandSetup {
     key_file: String,
     address: String,
-    listen_port: String,
     peer_key: String,
     endpoint: String,
     allowed: String,
@@ -66,7 +37,6 @@ fn hand_setup(w: &WgCluster, host: usize) -> HandSetup {
     HandSetup {
         key_file: w.key_file(host).display().to_string(),
         address: format!("{}/32", subnet(host).trim_end_matches("/24")),
-        listen_port: "51820".into(),
         peer_key: lease["BackendData"]["PublicKey"]
             .as_str()
             .unwrap()
@@ -77,47 +47,16 @@ fn hand_setup(w: &WgCluster, host: usize) -> HandSetup {
 }
 
 fn configure_by_hand(w: &WgCluster, host: usize, setup: &HandSetup) {
-    let run = |args: &[&str]| {
-        let out = w.mounts[host].exec(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let boringtun = support::wireguard::boringtun();
-    run(&[
-        boringtun.to_str().unwrap(),
-        "--disable-drop-privileges",
-        "flannel-wg",
-    ]);
-    run(&[
-        "wg",
-        "set",
-        "flannel-wg",
-        "private-key",
-        &setup.key_file,
-        "listen-port",
-        &setup.listen_port,
-        "peer",
-        &setup.peer_key,
-        "endpoint",
-        &setup.endpoint,
-        "allowed-ips",
-        &setup.allowed,
-    ]);
-    run(&["ip", "addr", "add", &setup.address, "dev", "flannel-wg"]);
-    run(&["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"]);
-    run(&[
-        "ip",
-        "route",
-        "add",
-        "10.244.0.0/16",
-        "dev",
-        "flannel-wg",
-        "scope",
-        "link",
-    ]);
+    let peer = (
+        setup.peer_key.as_str(),
+        setup.endpoint.as_str(),
+        setup.allowed.as_str(),
+    );
+    w.mounts[host].hand_device(
+        std::path::Path::new(&setup.key_file),
+        &setup.address,
+        &[peer],
+    );
 }
 
 #[test]

@@ -312,21 +312,7 @@ fn restarts_deleted_devices_and_peers_and_a_new_key_are_repaired() {
 
     // An administrator's peer on weft's device (outside the cluster network) and a
     // foreign WireGuard device are left alone.
-    let admin = w.mounts[0].exec(&["wg", "genkey"]);
-    let admin_private = String::from_utf8_lossy(&admin.stdout).trim().to_string();
-    let admin_key = {
-        let mut child = w_cmd(&w.mounts[0], &["wg", "pubkey"]);
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(admin_private.as_bytes())
-            .unwrap();
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout)
-            .trim()
-            .to_string()
-    };
+    let (_, admin_key) = w.mounts[0].wg_keypair();
     let set = w.mounts[0].exec(&[
         "wg",
         "set",
@@ -407,17 +393,6 @@ fn restarts_deleted_devices_and_peers_and_a_new_key_are_repaired() {
             .then_some(())
         });
     }
-}
-
-fn w_cmd(mounts: &NodeMounts, args: &[&str]) -> Child {
-    let launcher = mounts.launcher();
-    Command::new(&launcher[0])
-        .args(&launcher[1..])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("nsenter")
 }
 
 #[test]
@@ -525,57 +500,10 @@ fn a_flannel_shaped_wireguard_node_and_weft_nodes_talk_both_ways() {
         .collect();
     // The flannel node: 198.18.0.13, subnet 10.244.50.0/24.
     let flannel = &mounts[2];
-    let run = |args: &[&str]| {
-        let out = flannel.exec(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let private = run(&["wg", "genkey"]);
+    let (private, public) = flannel.wg_keypair();
     let key_file = c.dir.path().join("flannel-wgkey");
     std::fs::write(&key_file, &private).unwrap();
-    let public = {
-        let mut child = w_cmd(flannel, &["wg", "pubkey"]);
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(private.as_bytes())
-            .unwrap();
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout)
-            .trim()
-            .to_string()
-    };
-    run(&[
-        support::wireguard::boringtun().to_str().unwrap(),
-        "--disable-drop-privileges",
-        "flannel-wg",
-    ]);
-    run(&[
-        "wg",
-        "set",
-        "flannel-wg",
-        "private-key",
-        key_file.to_str().unwrap(),
-        "listen-port",
-        "51820",
-    ]);
-    run(&["ip", "addr", "add", "10.244.50.0/32", "dev", "flannel-wg"]);
-    run(&["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"]);
-    run(&[
-        "ip",
-        "route",
-        "add",
-        "10.244.0.0/16",
-        "dev",
-        "flannel-wg",
-        "scope",
-        "link",
-    ]);
+    flannel.hand_device(&key_file, "10.244.50.0/32", &[]);
     let lease = serde_json::json!({
         "PublicIP": "198.18.0.13", "PublicIPv6": null, "BackendType": "wireguard",
         "BackendData": {"PublicKey": public, "Port": 51820}, "BackendV6Data": null,
@@ -621,7 +549,7 @@ fn a_flannel_shaped_wireguard_node_and_weft_nodes_talk_both_ways() {
             attrs["PublicIP"].as_str().unwrap(),
             attrs["BackendData"]["Port"]
         );
-        run(&[
+        flannel.run(&[
             "wg",
             "set",
             "flannel-wg",

@@ -8,6 +8,7 @@
 pub mod adjacency;
 pub mod admission;
 pub mod backend;
+pub mod backend_field;
 pub mod desired;
 pub mod diff;
 pub mod hostgw;

@@ -12,6 +12,7 @@
 //! both families, too much for an IPv6 underlay), and the device's local address is the
 //! interface address (the public IP may be a NAT address the kernel does not own).
 
+use crate::backend_field::{FieldError, Fields};
 use crate::desired::{
     Desired, Device, DeviceName, Entries, Fdb, Link, Neighbour, Route, SkipKind, Skipped, VxlanLink,
 };
@@ -19,7 +20,6 @@ use crate::mac::{self, Mac};
 use serde_json::Value;
 use std::net::IpAddr;
 use weft_lease::family::{Family, Net};
-use weft_lease::text::describe;
 use weft_lease::{BackendData, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 /// VXLAN encapsulation overhead over IPv4 and IPv6 underlays.
@@ -39,13 +39,10 @@ pub struct VxlanConfig {
     pub mtu: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid vxlan Backend field {field}: expected {expected}, got {got}")]
-pub struct VxlanConfigError {
-    pub field: &'static str,
-    pub expected: &'static str,
-    pub got: String,
-}
+/// A vxlan `Backend` field that is not valid.
+pub type VxlanConfigError = FieldError;
+
+const FIELDS: Fields = Fields { backend: "vxlan" };
 
 impl VxlanConfig {
     /// Parses the `Backend` object; keys are case-insensitive (flannel's tags are
@@ -63,30 +60,8 @@ impl VxlanConfig {
             return Ok(config);
         };
         for (key, value) in object {
-            let uint = |field: &'static str, max: u64| match value {
-                Value::Number(n) => {
-                    n.as_u64()
-                        .filter(|v| *v <= max)
-                        .ok_or_else(|| VxlanConfigError {
-                            field,
-                            expected: "a non-negative integer in range",
-                            got: n.to_string(),
-                        })
-                }
-                other => Err(VxlanConfigError {
-                    field,
-                    expected: "a number",
-                    got: describe(other),
-                }),
-            };
-            let boolean = |field: &'static str| match value {
-                Value::Bool(b) => Ok(*b),
-                other => Err(VxlanConfigError {
-                    field,
-                    expected: "true or false",
-                    got: describe(other),
-                }),
-            };
+            let uint = |field, max| FIELDS.uint(field, value, max);
+            let boolean = |field| FIELDS.boolean(field, value);
             match key.to_ascii_lowercase().as_str() {
                 "vni" => config.vni = uint("VNI", 0xff_ffff)? as u32,
                 "port" => config.port = uint("Port", u64::from(u16::MAX))? as u16,
@@ -111,7 +86,8 @@ impl VxlanConfig {
             (config.ipv6.is_some(), Family::V6, 9_999),
         ] {
             if enabled && parsed.vni > max {
-                return Err(VxlanConfigError {
+                return Err(FieldError {
+                    backend: FIELDS.backend,
                     field: "VNI",
                     expected: if family == Family::V4 {
                         "at most 9999999, so that the device name flannel.<VNI> fits the \

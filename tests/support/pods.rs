@@ -207,3 +207,35 @@ pub fn udp_source_seen(
     sender.join().expect("send thread");
     seen
 }
+
+/// TCP throughput from `client` to `server_ip` in `server`, in Gbit/s: `iperf3 -t 5 -O 1`
+/// (needs iperf3; `scripts/bench.sh` installs it).
+pub fn iperf_gbits(server: &Netns, server_ip: &str, client: &Netns) -> f64 {
+    let mut daemon = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            server_ip,
+            "-p",
+            "5201",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 (apt-get install iperf3)");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = client.exec(&[
+        "iperf3", "-c", server_ip, "-p", "5201", "-t", "5", "-O", "1", "-J",
+    ]);
+    let _ = daemon.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}

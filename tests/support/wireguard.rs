@@ -159,6 +159,95 @@ impl NodeMounts {
     }
 }
 
+impl NodeMounts {
+    /// Runs a command in the node, asserting success; its output, trimmed.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A new key pair, (private, public), from `wg genkey` and `wg pubkey`.
+    pub fn wg_keypair(&self) -> (String, String) {
+        use std::io::Write;
+        let private = self.run(&["wg", "genkey"]);
+        let launcher = self.launcher();
+        let mut child = Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .args(["wg", "pubkey"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("wg pubkey");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(private.as_bytes())
+            .expect("write the key");
+        let out = child.wait_with_output().expect("wg pubkey");
+        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (private, public)
+    }
+
+    /// `flannel-wg` set up by hand as flanneld sets it up (flannel.md §11): boringtun's
+    /// device, the key from `key_file`, port 51820, `address` (the subnet's /32), MTU
+    /// 1420, the network's scope-link route, and `peers` as (public key, endpoint,
+    /// allowed IPs).
+    pub fn hand_device(
+        &self,
+        key_file: &std::path::Path,
+        address: &str,
+        peers: &[(&str, &str, &str)],
+    ) {
+        let boringtun = boringtun();
+        self.run(&[
+            boringtun.to_str().unwrap(),
+            "--disable-drop-privileges",
+            "flannel-wg",
+        ]);
+        let key_file = key_file.to_str().unwrap();
+        self.run(&[
+            "wg",
+            "set",
+            "flannel-wg",
+            "private-key",
+            key_file,
+            "listen-port",
+            "51820",
+        ]);
+        for (key, endpoint, allowed) in peers {
+            self.run(&[
+                "wg",
+                "set",
+                "flannel-wg",
+                "peer",
+                key,
+                "endpoint",
+                endpoint,
+                "allowed-ips",
+                allowed,
+            ]);
+        }
+        self.run(&["ip", "addr", "add", address, "dev", "flannel-wg"]);
+        self.run(&["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"]);
+        self.run(&[
+            "ip",
+            "route",
+            "add",
+            "10.244.0.0/16",
+            "dev",
+            "flannel-wg",
+            "scope",
+            "link",
+        ]);
+    }
+}
+
 impl Drop for NodeMounts {
     fn drop(&mut self) {
         // The userspace devices' processes live in the node's network namespace, which

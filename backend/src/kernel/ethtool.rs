@@ -5,7 +5,8 @@
 //!
 //! Hand-encoded like `weft-rules`' netfilter messages: the `ethtool` crate reads features
 //! but cannot set them, and would add a second netlink stack to the tree. Encoding and
-//! decoding are pure functions with byte-level tests; [`EthtoolSocket`] sends them.
+//! decoding are pure functions with byte-level tests; [`EthtoolSocket`] sends them over
+//! the generic netlink socket weft shares with WireGuard (`super::generic`).
 //!
 //! Layout (include/uapi/linux/ethtool_netlink.h, Documentation/networking/ethtool-netlink.rst):
 //! `nlmsghdr`, `genlmsghdr` (cmd, version 1), then `ETHTOOL_A_FEATURES_HEADER` (nest:
@@ -14,13 +15,11 @@
 //! on) without `NOMASK`, so only the named feature changes. A get's reply lists the
 //! active features as a verbose bitset without mask: the names of the bits that are set.
 
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use super::generic::{
+    GenericSocket, NLM_F_ACK, NLM_F_REQUEST, Reply, attr, attributes, message, nest, string,
+};
 use std::io;
 
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const ETHTOOL_GENL_VERSION: u8 = 1;
 const ETHTOOL_MSG_FEATURES_GET: u8 = 11;
 const ETHTOOL_MSG_FEATURES_SET: u8 = 12;
@@ -34,60 +33,6 @@ const ETHTOOL_A_BITSET_BITS: u16 = 3;
 const ETHTOOL_A_BITSET_BITS_BIT: u16 = 1;
 const ETHTOOL_A_BITSET_BIT_NAME: u16 = 2;
 const ETHTOOL_A_BITSET_BIT_VALUE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const HEADER: usize = 16;
-const GENL_HEADER: usize = 4;
-
-/// One netlink attribute, its payload padded to 4 bytes.
-fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut out = Vec::with_capacity(len.next_multiple_of(4));
-    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(len.next_multiple_of(4), 0);
-    out
-}
-
-fn nest(kind: u16, inner: &[Vec<u8>]) -> Vec<u8> {
-    attr(kind | NLA_F_NESTED, &inner.concat())
-}
-
-fn string(kind: u16, value: &str) -> Vec<u8> {
-    let mut payload = value.as_bytes().to_vec();
-    payload.push(0);
-    attr(kind, &payload)
-}
-
-fn message(family: u16, flags: u16, seq: u32, cmd: u8, version: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = HEADER + GENL_HEADER + attrs.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
-    out.extend_from_slice(&family.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[cmd, version, 0, 0]);
-    out.extend_from_slice(attrs);
-    out
-}
-
-/// `CTRL_CMD_GETFAMILY "ethtool"`: the family's id.
-pub fn get_family(seq: u32) -> Vec<u8> {
-    let name = string(CTRL_ATTR_FAMILY_NAME, "ethtool");
-    message(
-        GENL_ID_CTRL,
-        NLM_F_REQUEST,
-        seq,
-        CTRL_CMD_GETFAMILY,
-        1,
-        &name,
-    )
-}
 
 fn features_header(index: u32, flags: u32) -> Vec<u8> {
     nest(
@@ -137,70 +82,6 @@ pub fn set_feature(family: u16, seq: u32, index: u32, name: &str, on: bool) -> V
     )
 }
 
-/// (type without flags, payload) of each attribute in `bytes`; stops at a malformed one.
-fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while bytes.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([bytes[0], bytes[1]]));
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > bytes.len() {
-            break;
-        }
-        out.push((kind, &bytes[4..len]));
-        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
-    }
-    out
-}
-
-/// One message of a reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// An error or acknowledgement (`code` 0).
-    Error { seq: u32, code: i32 },
-    /// A generic netlink message: its command and attributes.
-    Generic {
-        seq: u32,
-        kind: u16,
-        cmd: u8,
-        attrs: Vec<u8>,
-    },
-}
-
-/// Splits a datagram into replies; truncated or malformed parts are dropped.
-pub fn parse(mut buf: &[u8]) -> Vec<Reply> {
-    let mut out = Vec::new();
-    while buf.len() >= HEADER {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < HEADER || len > buf.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        let body = &buf[HEADER..len];
-        if kind == NLMSG_ERROR && body.len() >= 4 {
-            let code = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-            out.push(Reply::Error { seq, code });
-        } else if body.len() >= GENL_HEADER {
-            out.push(Reply::Generic {
-                seq,
-                kind,
-                cmd: body[0],
-                attrs: body[GENL_HEADER..].to_vec(),
-            });
-        }
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    out
-}
-
-/// The family id in a `CTRL_CMD_GETFAMILY` answer.
-pub fn family_id(attrs: &[u8]) -> Option<u16> {
-    attributes(attrs)
-        .into_iter()
-        .find(|(kind, payload)| *kind == CTRL_ATTR_FAMILY_ID && payload.len() >= 2)
-        .map(|(_, p)| u16::from_ne_bytes([p[0], p[1]]))
-}
-
 /// Whether feature `name` is among the active ones in a `FEATURES_GET` reply; `None`
 /// when the reply has no active set.
 pub fn is_active(attrs: &[u8], name: &str) -> Option<bool> {
@@ -224,55 +105,22 @@ pub fn is_active(attrs: &[u8], name: &str) -> Option<bool> {
 /// A generic netlink socket for ethtool requests, in the current network namespace.
 #[derive(Debug)]
 pub struct EthtoolSocket {
-    socket: Socket,
-    family: u16,
-    seq: u32,
+    socket: GenericSocket,
 }
 
 impl EthtoolSocket {
     /// Opens the socket and looks up the ethtool family (absent before Linux 5.6).
     pub fn open() -> io::Result<EthtoolSocket> {
-        let socket = Socket::new(NETLINK_GENERIC)?;
-        socket.set_non_blocking(true)?;
-        let mut this = EthtoolSocket {
-            socket,
-            family: 0,
-            seq: 1,
-        };
-        let seq = this.next_seq();
-        this.family = match this.exchange(&get_family(seq), seq)? {
-            Reply::Generic { attrs, .. } => family_id(&attrs)
-                .ok_or_else(|| io::Error::other("no family id in nlctrl's answer"))?,
-            Reply::Error { code, .. } => return Err(io::Error::from_raw_os_error(-code)),
-        };
-        Ok(this)
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Sends `request` and returns the first reply for `seq` (the kernel answers in the
-    /// send: everything is there when it returns).
-    fn exchange(&mut self, request: &[u8], seq: u32) -> io::Result<Reply> {
-        self.socket.send_to(request, &SocketAddr::new(0, 0), 0)?;
-        // Bounded: one request's answer is a message or two.
-        for _ in 0..8 {
-            let (buf, _) = self.socket.recv_from_full()?;
-            if let Some(reply) = parse(&buf).into_iter().find(|r| match r {
-                Reply::Error { seq: s, .. } | Reply::Generic { seq: s, .. } => *s == seq,
-            }) {
-                return Ok(reply);
-            }
-        }
-        Err(io::Error::other("no answer from ethtool netlink"))
+        Ok(EthtoolSocket {
+            socket: GenericSocket::open("ethtool")?,
+        })
     }
 
     /// Whether feature `name` of device `index` is active.
     pub fn feature(&mut self, index: u32, name: &str) -> io::Result<bool> {
-        let seq = self.next_seq();
-        match self.exchange(&get_features(self.family, seq, index), seq)? {
+        let seq = self.socket.next_seq();
+        let request = get_features(self.socket.family(), seq, index);
+        match self.socket.exchange(&request, seq)? {
             Reply::Generic { attrs, .. } => is_active(&attrs, name)
                 .ok_or_else(|| io::Error::other("no active features in the answer")),
             Reply::Error { code, .. } => Err(io::Error::from_raw_os_error(-code)),
@@ -281,11 +129,11 @@ impl EthtoolSocket {
 
     /// Turns feature `name` of device `index` on or off.
     pub fn set(&mut self, index: u32, name: &str, on: bool) -> io::Result<()> {
-        let seq = self.next_seq();
-        match self.exchange(&set_feature(self.family, seq, index, name, on), seq)? {
-            Reply::Error { code: 0, .. } => Ok(()),
+        let seq = self.socket.next_seq();
+        let request = set_feature(self.socket.family(), seq, index, name, on);
+        match self.socket.exchange(&request, seq)? {
+            Reply::Error { code: 0, .. } | Reply::Generic { .. } => Ok(()),
             Reply::Error { code, .. } => Err(io::Error::from_raw_os_error(-code)),
-            Reply::Generic { .. } => Ok(()),
         }
     }
 }
@@ -293,19 +141,6 @@ impl EthtoolSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn get_family_asks_nlctrl_for_ethtool() {
-        let bytes = get_family(5);
-        // 16 + 4 + attr(4 + "ethtool\0" = 12)
-        assert_eq!(bytes.len(), 32);
-        assert_eq!(&bytes[4..6], &GENL_ID_CTRL.to_ne_bytes());
-        assert_eq!(&bytes[8..12], &5u32.to_ne_bytes());
-        assert_eq!(&bytes[16..18], &[CTRL_CMD_GETFAMILY, 1]);
-        assert_eq!(&bytes[20..22], &12u16.to_ne_bytes());
-        assert_eq!(&bytes[22..24], &CTRL_ATTR_FAMILY_NAME.to_ne_bytes());
-        assert_eq!(&bytes[24..32], b"ethtool\0");
-    }
 
     #[test]
     fn set_names_one_feature_in_a_verbose_bitset_without_nomask() {
@@ -341,7 +176,10 @@ mod tests {
         );
         // Nested attributes carry NLA_F_NESTED (strict validation requires it).
         let wanted_type = u16::from_ne_bytes([off[20 + 20 + 2], off[20 + 20 + 3]]);
-        assert_eq!(wanted_type, ETHTOOL_A_FEATURES_WANTED | NLA_F_NESTED);
+        assert_eq!(
+            wanted_type,
+            ETHTOOL_A_FEATURES_WANTED | super::super::generic::NLA_F_NESTED
+        );
         // On: the same, plus the empty VALUE flag.
         let on_bit = attributes(attributes(attributes(attributes(&on[20..])[1].1)[0].1)[0].1);
         assert_eq!(on_bit.len(), 2);
@@ -378,17 +216,5 @@ mod tests {
         assert_eq!(is_active(&[], "tx-checksum-ip-generic"), None);
         // Garbage does not panic.
         assert_eq!(is_active(&[0xff, 0xff, 4, 0, 1], "x"), None);
-        assert!(parse(&[1, 2, 3]).is_empty());
-    }
-
-    #[test]
-    fn nlctrl_answers_carry_the_family_id() {
-        let attrs = [
-            string(CTRL_ATTR_FAMILY_NAME, "ethtool"),
-            attr(CTRL_ATTR_FAMILY_ID, &0x1du16.to_ne_bytes()),
-        ]
-        .concat();
-        assert_eq!(family_id(&attrs), Some(0x1d));
-        assert_eq!(family_id(&[]), None);
     }
 }

@@ -4,6 +4,7 @@ mod dump;
 pub mod ethtool;
 mod events;
 mod executor;
+mod generic;
 mod host;
 mod lookup;
 mod nexthop;

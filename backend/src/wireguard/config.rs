@@ -2,6 +2,7 @@
 //! (51820), `ListenPortV6` (51821), `MTU` (the external interface's), `PSK` (optional,
 //! base64), `PersistentKeepaliveInterval` (seconds, 0 = off) and `Mode`.
 
+use crate::backend_field::{FieldError, Fields};
 use crate::tunnel::key::SecretKey;
 use serde_json::Value;
 use weft_lease::text::describe;
@@ -56,14 +57,12 @@ impl Default for WireguardConfig {
     }
 }
 
-/// A `Backend` field that is not valid; the PSK's value is never shown.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid wireguard Backend field {field}: expected {expected}, got {got}")]
-pub struct WireguardConfigError {
-    pub field: &'static str,
-    pub expected: &'static str,
-    pub got: String,
-}
+/// A wireguard `Backend` field that is not valid; the PSK's value is never shown.
+pub type WireguardConfigError = FieldError;
+
+const FIELDS: Fields = Fields {
+    backend: "wireguard",
+};
 
 impl WireguardConfig {
     /// Parses the `Backend` object; keys are case-insensitive, as flannel's JSON decoding.
@@ -73,22 +72,7 @@ impl WireguardConfig {
             return Ok(config);
         };
         for (key, value) in object {
-            let uint = |field: &'static str, max: u64| match value {
-                Value::Number(n) => {
-                    n.as_u64()
-                        .filter(|v| *v <= max)
-                        .ok_or_else(|| WireguardConfigError {
-                            field,
-                            expected: "a non-negative integer in range",
-                            got: n.to_string(),
-                        })
-                }
-                other => Err(WireguardConfigError {
-                    field,
-                    expected: "a number",
-                    got: describe(other),
-                }),
-            };
+            let uint = |field, max| FIELDS.uint(field, value, max);
             match key.to_ascii_lowercase().as_str() {
                 "listenport" => {
                     config.listen_port = port("ListenPort", uint("ListenPort", 65_535)?)?
@@ -111,11 +95,7 @@ impl WireguardConfig {
 
 fn port(field: &'static str, value: u64) -> Result<u16, WireguardConfigError> {
     if value == 0 {
-        return Err(WireguardConfigError {
-            field,
-            expected: "a UDP port from 1 to 65535",
-            got: "0".into(),
-        });
+        return Err(FIELDS.error(field, "a UDP port from 1 to 65535", "0".into()));
     }
     Ok(value as u16)
 }
@@ -123,30 +103,24 @@ fn port(field: &'static str, value: u64) -> Result<u16, WireguardConfigError> {
 fn psk(value: &Value) -> Result<Option<SecretKey>, WireguardConfigError> {
     match value {
         Value::String(text) if text.is_empty() => Ok(None),
-        Value::String(text) => {
-            SecretKey::parse(text)
-                .map(Some)
-                .map_err(|reason| WireguardConfigError {
-                    field: "PSK",
-                    expected: "a 32-byte key in base64, as `wg genpsk` prints it",
-                    got: format!("a value that is not one ({reason}; the value is not shown)"),
-                })
-        }
-        // Not echoed either: it may still be a secret, mistyped.
-        _ => Err(WireguardConfigError {
-            field: "PSK",
-            expected: "a string",
-            got: "another JSON type (the value is not shown)".into(),
+        Value::String(text) => SecretKey::parse(text).map(Some).map_err(|reason| {
+            FIELDS.error(
+                "PSK",
+                "a 32-byte key in base64, as `wg genpsk` prints it",
+                format!("a value that is not one ({reason}; the value is not shown)"),
+            )
         }),
+        // Not echoed either: it may still be a secret, mistyped.
+        _ => Err(FIELDS.error(
+            "PSK",
+            "a string",
+            "another JSON type (the value is not shown)".into(),
+        )),
     }
 }
 
 fn mode(value: &Value) -> Result<Mode, WireguardConfigError> {
-    let error = |got: String| WireguardConfigError {
-        field: "Mode",
-        expected: "one of separate, auto, ipv4, ipv6",
-        got,
-    };
+    let error = |got: String| FIELDS.error("Mode", "one of separate, auto, ipv4, ipv6", got);
     let Value::String(text) = value else {
         return Err(error(describe(value)));
     };

@@ -8,20 +8,17 @@
 //! Not run on the machine weft is developed on (its kernel has no WireGuard); see
 //! docs/testing.md for what is and is not exercised.
 
-use super::super::ethtool::{Reply, family_id, parse};
+use super::super::generic::{GenericSocket, Reply};
 use crate::tunnel::key::{PublicKey, SecretKey};
 use crate::tunnel::{TunnelChange, TunnelPeer, TunnelState};
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_generic::GenlMessage;
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
-use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_wireguard::{
     WireguardAddressFamily, WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute,
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
 };
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 use std::io;
 use std::time::{Duration, SystemTime};
 use weft_lease::family::{Family, Net};
@@ -30,15 +27,6 @@ use zeroize::Zeroizing;
 /// Peers per set message: a message must fit the kernel's netlink buffer (`wg` splits
 /// the same way); 32 peers with two allowed IPs each are ~6 KB.
 pub const PEERS_PER_MESSAGE: usize = 32;
-
-/// `CTRL_CMD_GETFAMILY` for the `wireguard` family.
-pub fn encode_family_request(seq: u32) -> Vec<u8> {
-    let ctrl = GenlCtrl {
-        cmd: GenlCtrlCmd::GetFamily,
-        nlas: vec![GenlCtrlAttrs::FamilyName("wireguard".into())],
-    };
-    serialize(GenlMessage::from_payload(ctrl), NLM_F_REQUEST, seq)
-}
 
 fn serialize<F>(message: GenlMessage<F>, flags: u16, seq: u32) -> Vec<u8>
 where
@@ -211,64 +199,27 @@ fn handshake(seconds: i64, nanos: i64) -> Option<SystemTime> {
     (s != 0 || n != 0).then(|| SystemTime::UNIX_EPOCH + Duration::new(s, n.min(999_999_999)))
 }
 
-/// A generic netlink socket for the `wireguard` family, in the current network namespace.
+/// The `wireguard` family's socket, in the current network namespace.
 #[derive(Debug)]
 pub struct GenlSocket {
-    socket: Socket,
-    family: u16,
-    seq: u32,
+    socket: GenericSocket,
 }
 
 impl GenlSocket {
     /// Opens the socket and looks the family up; `ENOENT` when the kernel has no WireGuard.
     pub fn open() -> io::Result<GenlSocket> {
-        let socket = Socket::new(NETLINK_GENERIC)?;
-        let mut this = GenlSocket {
-            socket,
-            family: 0,
-            seq: 1,
-        };
-        let seq = this.next_seq();
-        this.send(&encode_family_request(seq))?;
-        this.family = match this.receive_one(seq)? {
-            Reply::Generic { attrs, .. } => family_id(&attrs)
-                .ok_or_else(|| io::Error::other("no family id in nlctrl's answer"))?,
-            Reply::Error { code, .. } => return Err(io::Error::from_raw_os_error(-code)),
-        };
-        Ok(this)
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        self.socket
-            .send_to(bytes, &SocketAddr::new(0, 0), 0)
-            .map(|_| ())
-    }
-
-    fn receive_one(&mut self, seq: u32) -> io::Result<Reply> {
-        for _ in 0..8 {
-            let (buf, _) = self.socket.recv_from_full()?;
-            if let Some(reply) = parse(&buf).into_iter().find(|r| match r {
-                Reply::Error { seq: s, .. } | Reply::Generic { seq: s, .. } => *s == seq,
-            }) {
-                return Ok(reply);
-            }
-        }
-        Err(io::Error::other("no answer from the wireguard family"))
+        Ok(GenlSocket {
+            socket: GenericSocket::open("wireguard")?,
+        })
     }
 
     /// Applies `change`, message by message.
     pub fn set(&mut self, change: &TunnelChange) -> io::Result<()> {
-        let seq = self.next_seq();
-        let messages = encode_set(self.family, seq, change);
-        self.seq = seq.wrapping_add(messages.len() as u32);
+        let seq = self.socket.next_seq();
+        let messages = encode_set(self.socket.family(), seq, change);
+        self.socket.reserve_seqs(messages.len() as u32);
         for (i, message) in messages.iter().enumerate() {
-            self.send(message)?;
-            match self.receive_one(seq.wrapping_add(i as u32))? {
+            match self.socket.exchange(message, seq.wrapping_add(i as u32))? {
                 Reply::Error { code: 0, .. } | Reply::Generic { .. } => {}
                 Reply::Error { code, .. } => return Err(io::Error::from_raw_os_error(-code)),
             }
@@ -278,45 +229,55 @@ impl GenlSocket {
 
     /// Reads the device's state (every part of the dump).
     pub fn get(&mut self, name: &str) -> io::Result<TunnelState> {
-        let seq = self.next_seq();
-        self.send(&encode_get(self.family, seq, name))?;
+        let seq = self.socket.next_seq();
+        self.socket
+            .send(&encode_get(self.socket.family(), seq, name))?;
         let mut state = TunnelState::default();
         // Bounded: one part per ~30 peers; 100,000 peers are ~3,500 parts.
         for _ in 0..10_000 {
-            let (buf, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset + 16 <= buf.len() {
-                let len = u32::from_ne_bytes([
-                    buf[offset],
-                    buf[offset + 1],
-                    buf[offset + 2],
-                    buf[offset + 3],
-                ]) as usize;
-                if len < 16 || offset + len > buf.len() {
-                    break;
-                }
-                let part = &buf[offset..offset + len];
-                offset += len.next_multiple_of(4);
-                match NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(part) {
-                    Ok(message) if message.header.sequence_number == seq => match message.payload {
-                        NetlinkPayload::InnerMessage(genl) => {
-                            decode_state(genl.payload.attributes, &mut state);
-                        }
-                        NetlinkPayload::Done(_) => return Ok(state),
-                        NetlinkPayload::Error(e) => {
-                            return Err(e.code.map_or_else(
-                                || io::Error::other("wireguard get failed"),
-                                |c| io::Error::from_raw_os_error(-c.get()),
-                            ));
-                        }
-                        _ => {}
-                    },
-                    _ => {}
-                }
+            let buf = self.socket.receive()?;
+            if read_parts(&buf, seq, &mut state)? {
+                return Ok(state);
             }
         }
         Err(io::Error::other("the wireguard dump did not end"))
     }
+}
+
+/// Adds the dump parts in `buf` to `state`; whether the dump ended.
+fn read_parts(buf: &[u8], seq: u32, state: &mut TunnelState) -> io::Result<bool> {
+    let mut offset = 0;
+    while offset + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([
+            buf[offset],
+            buf[offset + 1],
+            buf[offset + 2],
+            buf[offset + 3],
+        ]) as usize;
+        if len < 16 || offset + len > buf.len() {
+            break;
+        }
+        let part = &buf[offset..offset + len];
+        offset += len.next_multiple_of(4);
+        let Ok(message) = NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(part) else {
+            continue;
+        };
+        if message.header.sequence_number != seq {
+            continue;
+        }
+        match message.payload {
+            NetlinkPayload::InnerMessage(genl) => decode_state(genl.payload.attributes, state),
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => {
+                return Err(e.code.map_or_else(
+                    || io::Error::other("wireguard get failed"),
+                    |c| io::Error::from_raw_os_error(-c.get()),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
