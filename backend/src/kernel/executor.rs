@@ -76,11 +76,6 @@ impl Kernel {
         self
     }
 
-    /// The WireGuard devices' driver.
-    pub fn tunnels(&self) -> &TunnelDriver {
-        &self.tunnels
-    }
-
     /// Whether this kernel has nexthop objects (Linux ≥ 5.3): asking for one id tells (a
     /// kernel without them does not know the request), without the dump of every object
     /// that the first full pass makes anyway.
@@ -188,8 +183,8 @@ impl Kernel {
         &self,
         link: &ObservedLink,
     ) -> Result<Option<crate::tunnel::TunnelState>, KernelError> {
-        let userspace = link.kind.as_deref() == Some("tun")
-            && self.tunnels.implementation(&link.name) == "userspace";
+        let userspace =
+            link.kind.as_deref() == Some("tun") && self.tunnels.is_userspace(&link.name);
         if link.kind.as_deref() != Some("wireguard") && !userspace {
             return Ok(None);
         }
@@ -757,7 +752,7 @@ fn is_stray(link: &ObservedLink, tunnels: &TunnelDriver) -> bool {
     crate::desired::is_wireguard_device_name(&link.name)
         && match link.kind.as_deref() {
             Some("wireguard") => true,
-            Some("tun") => tunnels.implementation(&link.name) == "userspace",
+            Some("tun") => tunnels.is_userspace(&link.name),
             _ => false,
         }
 }

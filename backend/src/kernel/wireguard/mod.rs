@@ -19,7 +19,7 @@ use crate::desired::WireguardLink;
 use crate::tunnel::{TunnelChange, TunnelState};
 use futures::TryStreamExt as _;
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -60,13 +60,9 @@ impl TunnelDriver {
         path.exists().then_some(path)
     }
 
-    /// Which implementation serves device `name`, for the status.
-    pub fn implementation(&self, name: &str) -> &'static str {
-        if self.socket(name).is_some() {
-            "userspace"
-        } else {
-            "kernel"
-        }
+    /// Whether a userspace implementation serves device `name` (it has a UAPI socket).
+    pub fn is_userspace(&self, name: &str) -> bool {
+        self.socket(name).is_some()
     }
 
     /// The configuration device `name` holds.
@@ -180,11 +176,6 @@ impl TunnelDriver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
-    }
-
-    /// The socket directory (for tests of other layouts).
-    pub fn socket_dir(&self) -> &Path {
-        &self.socket_dir
     }
 }
 
