@@ -238,3 +238,20 @@ fn flannels_null_v6_data_is_no_data() {
             .contains_key(&key_of(5))
     );
 }
+
+#[test]
+fn ipv6_only_has_only_the_v6_device_and_publishes_only_v6_data() {
+    let mut b = backend(Mode::Separate, "fc00:0:0:1::-64");
+    b.node.network_v4 = None;
+    let mut p = peer("fc00:0:0:2::-64", "0.0.0.0", 2);
+    p.attrs.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+    let (desired, skipped) = b.desired_state(&[p]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let names: Vec<&str> = desired.device_names().collect();
+    assert_eq!(names, vec!["flannel-wg-v6"]);
+    let peer = &tunnel(&desired, "flannel-wg-v6").peers[&key_of(2)];
+    assert_eq!(peer.endpoint.to_string(), "[2001:db8::2]:51821");
+    let attrs = b.lease_attrs(None, Some("2001:db8::11".parse().unwrap()));
+    assert!(attrs.backend_data.is_none());
+    assert_eq!(attrs.backend_v6_data.unwrap().to_value()["Port"], 51821);
+}
