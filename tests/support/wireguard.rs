@@ -84,13 +84,18 @@ impl NodeMounts {
         mounts
     }
 
-    /// `nsenter` into the node's mount and network namespaces.
+    /// `nsenter` into the node's mount and network namespaces. Entering a mount
+    /// namespace resets the root directory to the namespace's own: `--root` and `--wd`
+    /// keep the holder's (the test's), so that paths mean the same inside a chroot too
+    /// (`scripts/fresh-machine-check.sh` runs the suite in one).
     pub fn launcher(&self) -> Vec<String> {
         vec![
             "nsenter".into(),
             format!("--target={}", self.holder.id()),
             "--mount".into(),
             "--net".into(),
+            "--root".into(),
+            "--wd".into(),
             "--".into(),
         ]
     }
