@@ -16,8 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::cluster::{CONFIG_KEY, Cluster};
 use support::netns::block_on_in;
-use support::process::{cpu_ticks, cpu_ticks_split, status_kb};
-use support::wait_for;
+use support::process::{cpu_ns, cpu_ticks, cpu_ticks_split, status_kb};
+use support::routes::{RouteChange, drain, wait_route, watch_routes};
+use support::{percentile, wait_for};
 
 fn lease_value(i: usize) -> String {
     format!(
@@ -48,11 +49,6 @@ fn etcd_put_all(c: &Cluster, pairs: Vec<(String, String)>) {
                 .unwrap();
         }
     });
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 #[test]
@@ -456,18 +452,6 @@ fn weftd_binary() -> String {
     std::env::var("WEFT_BENCH_WEFTD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string())
 }
 
-/// CPU time of a process's live threads in nanoseconds (/proc/<pid>/task/*/schedstat):
-/// far finer than the tick counters, for sub-millisecond costs.
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -509,74 +493,6 @@ fn file_rss(pid: u32) -> String {
         .map(|(f, kb)| format!("{f} {kb} kB"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum RouteChange {
-    New,
-    Del,
-}
-
-/// IPv4 route notifications in `netns` (destination, new or deleted, arrival time) on a
-/// channel; the thread ends when the receiver is dropped and the next message arrives.
-fn watch_routes(netns: &str) -> mpsc::Receiver<(String, RouteChange, Instant)> {
-    let (tx, rx) = mpsc::channel();
-    let netns = netns.to_string();
-    std::thread::spawn(move || {
-        block_on_in(&netns, move || async move {
-            use rtnetlink::packet_route::RouteNetlinkMessage as M;
-            use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-            let (conn, _, mut messages) =
-                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
-                    .unwrap();
-            tokio::spawn(conn);
-            while let Some((message, _)) = messages.next().await {
-                let now = Instant::now();
-                let rtnetlink::packet_core::NetlinkPayload::InnerMessage(inner) = message.payload
-                else {
-                    continue;
-                };
-                let (route, change) = match inner {
-                    M::NewRoute(r) => (r, RouteChange::New),
-                    M::DelRoute(r) => (r, RouteChange::Del),
-                    _ => continue,
-                };
-                let dst = route.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(ip.to_string()),
-                    _ => None,
-                });
-                if let Some(dst) = dst
-                    && tx.send((dst, change, now)).is_err()
-                {
-                    return;
-                }
-            }
-        })
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    rx
-}
-
-/// Waits (bounded) for a `change` notification about `dst`; its arrival time.
-fn wait_route(
-    rx: &mpsc::Receiver<(String, RouteChange, Instant)>,
-    dst: &str,
-    change: RouteChange,
-    limit: Duration,
-) -> Option<Instant> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (seen, kind, at) = rx.recv_timeout(left).ok()?;
-        if seen == dst && kind == change {
-            return Some(at);
-        }
-    }
-}
-
-/// Drains pending notifications.
-fn drain<T>(rx: &mpsc::Receiver<T>) {
-    while rx.try_recv().is_ok() {}
 }
 
 /// The lease key of subnet `10.a.b.0/24`.

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod pods;
 pub mod process;
 pub mod prometheus;
+pub mod routes;
 pub mod rules;
 pub mod vxlan;
 pub mod weftd;
@@ -78,4 +79,10 @@ pub fn wait_for_result<T>(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The `p` quantile (0.0 to 1.0) of sorted durations, nearest rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
 }
