@@ -1,5 +1,7 @@
 # Sourced by scripts/k8s-test.sh: a real Kubernetes cluster of three nodes on this one
-# machine, each node its own network namespace, and everything removed again.
+# machine, each node its own network namespace, and everything removed again. Also by
+# scripts/k8s-scale.sh, which runs the control plane alone (etcd and kube-apiserver, no
+# nodes) under names and directories of its own, so that both tiers can run at once.
 #
 # Layout (addresses only from the test ranges, nothing on the host's own interfaces):
 #   wk-sw   the underlay switch: bridge br0, one veth port per host below
@@ -27,6 +29,8 @@ K8S_LOGS=${WEFT_K8S_LOGS:-/var/log/weft-k8s}
 K8S_NODES="wk-n1 wk-n2 wk-n3"
 CP_NS=wk-cp
 SWITCH_NS=wk-sw
+# The namespaces that are this tier's (leftovers): its own, and the pods'.
+K8S_NETNS_PATTERN='^(wk-|cni-)'
 CP_IP=198.18.0.10
 CLUSTER_CIDR=10.244.0.0/16
 SERVICE_CIDR=10.96.0.0/16
@@ -175,11 +179,22 @@ plug_into_switch() {
 }
 
 control_plane_up() {
+    start_etcd
+    start_apiserver
+    start_controllers
+}
+
+start_etcd() {
     mkdir -p "$K8S_STATE/etcd"
     start_daemon etcd ip netns exec "$CP_NS" etcd --name weft-k8s --data-dir "$K8S_STATE/etcd" \
         --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
         --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
         --initial-cluster weft-k8s=http://127.0.0.1:2380
+}
+
+# The API server (with the flags in the array K8S_APISERVER_ARGS added, if set), waited
+# for until it answers /readyz.
+start_apiserver() {
     start_daemon kube-apiserver ip netns exec "$CP_NS" "$K8S_BIN/kube-apiserver" \
         --advertise-address="$CP_IP" --bind-address=0.0.0.0 --secure-port=6443 \
         --etcd-servers=http://127.0.0.1:2379 \
@@ -192,8 +207,11 @@ control_plane_up() {
         --kubelet-preferred-address-types=InternalIP,Hostname \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-        --profiling=false
+        --profiling=false ${K8S_APISERVER_ARGS[@]+"${K8S_APISERVER_ARGS[@]}"}
     wait_until 120 kubectl get --raw /readyz
+}
+
+start_controllers() {
     start_daemon kube-controller-manager ip netns exec "$CP_NS" "$K8S_BIN/kube-controller-manager" \
         --kubeconfig="$PKI/controller-manager.kubeconfig" \
         --authentication-kubeconfig="$PKI/controller-manager.kubeconfig" \
@@ -476,7 +494,9 @@ cluster_down() {
     mountpoint -q "$K8S_RUN/ns" && umount "$K8S_RUN/ns"
     # containerd made the pods' network namespaces in the nodes' mount namespaces, as
     # bind mounts on files in /run/netns; the files stay, empty, once those are gone.
+    # (Only when this cluster had nodes: the scale tier has none, and runs beside this one.)
     for file in /run/netns/cni-*; do
+        [ -n "$K8S_NODES" ] || break
         [ -e "$file" ] && ! mountpoint -q "$file" && rm -f "$file"
     done
     for node in $K8S_NODES "$CP_NS" "$SWITCH_NS"; do
@@ -502,9 +522,11 @@ cluster_down() {
 # them and fails if there is any.
 leftovers() {
     local found=0
-    pgrep -fa "$K8S_STATE|$K8S_RUN|$K8S_BIN" && found=1
+    # Without nodes (scripts/k8s-scale.sh) the binaries' path is no mark: a cluster of
+    # this tier may run the same binaries beside it.
+    pgrep -fa "$K8S_STATE|$K8S_RUN${K8S_NODES:+|$K8S_BIN}" && found=1
     findmnt -rn -o TARGET | grep -E "^($K8S_STATE|$K8S_RUN)" && found=1
-    ip netns list | grep -E "^(wk-|cni-)" && found=1
+    ip netns list | grep -E "$K8S_NETNS_PATTERN" && found=1
     ls -d /sys/fs/cgroup/*/weft-k8s-* 2>/dev/null && found=1
     return $((1 - found))
 }
