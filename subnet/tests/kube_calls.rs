@@ -819,3 +819,36 @@ async fn a_failed_request_says_why() {
     assert!(error.starts_with("cannot get node n1: "), "{error}");
     assert!(error.contains("Connection refused"), "{error}");
 }
+
+/// Found against the real API server (issue 28): kube-rs sends no User-Agent, so the API
+/// server's audit log showed weftd's requests with an empty one. The client weftd builds
+/// names itself, as flanneld does (here seen by a socket playing the API server).
+#[tokio::test]
+async fn the_client_names_itself_weftd() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&buffer[..n]);
+        }
+        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+        let answer = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&head).to_lowercase()
+    });
+    let client = weft_subnet::kube::client(&url, "").await.unwrap();
+    let _ = manager(client).get_node().await;
+    let head = server.await.unwrap();
+    let expected = format!("user-agent: {}\r\n", weft_subnet::kube::USER_AGENT);
+    assert!(head.contains(&expected), "{head}");
+    assert!(weft_subnet::kube::USER_AGENT.starts_with("weftd/"));
+}

@@ -109,8 +109,17 @@ pub async fn client(api_url: &str, kubeconfig_file: &str) -> Result<Client, Kube
     };
     // An unreachable API server should be noticed (and retried) quickly.
     config.connect_timeout = Some(Duration::from_secs(10));
+    // kube-rs sends no User-Agent; the API server's audit log, its metrics and API
+    // Priority and Fairness then cannot tell weftd from any other client.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Client::try_from(config).map_err(KubeError::Client)
 }
+
+/// What weftd calls itself to the API server (as flanneld does: `flanneld/<version>`).
+pub const USER_AGENT: &str = concat!("weftd/", env!("CARGO_PKG_VERSION"));
 
 /// Where the node name comes from: `NODE_NAME`, else the pod's `spec.nodeName`.
 #[derive(Debug, Clone, Default)]
