@@ -63,8 +63,21 @@ pub struct NodeTracker {
     skipped: BTreeMap<String, String>,
     /// Conflicts already reported and still present, by the value shared.
     conflicts: BTreeMap<Claim, String>,
-    /// Nodes seen during an initial listing, before `InitDone`.
-    listing: Option<Vec<Node>>,
+    /// What an initial listing has shown so far, before `InitDone`.
+    listing: Option<Listing>,
+}
+
+/// An initial listing in progress: each Node's lease or problem, in listing order, and
+/// this node's own Node. A Node is read into its lease as it arrives rather than kept
+/// whole until the listing ends: against a real API server a Node object also carries
+/// labels, every condition and its managedFields, and 15,000 of them held at once were
+/// most of weftd's peak memory (docs/benchmarks.md, "Kube mode against a real API
+/// server"). What an operator hears about (skipped nodes) is still decided at `InitDone`,
+/// so a listing broken off and started again reports nothing twice and loses nothing.
+#[derive(Debug, Default)]
+struct Listing {
+    nodes: Vec<(String, Result<Lease, NodeError>)>,
+    own: Option<Box<Node>>,
 }
 
 impl NodeTracker {
@@ -92,29 +105,29 @@ impl NodeTracker {
         let mut affected: Option<Vec<Claim>> = None;
         let mut leases_changed = false;
         match event {
-            Event::Init => self.listing = Some(Vec::new()),
-            Event::InitApply(node) => self.listing.get_or_insert_with(Vec::new).push(node),
+            Event::Init => self.listing = Some(Listing::default()),
+            Event::InitApply(node) => {
+                let listing = self.listing.get_or_insert_with(Listing::default);
+                let name = node::name(&node).to_string();
+                let lease = node::node_to_lease(&node, &self.keys, &self.networks);
+                if name == self.own_name {
+                    listing.own = Some(Box::new(node));
+                }
+                listing.nodes.push((name, lease));
+            }
             Event::InitDone => {
-                let nodes = self.listing.take().unwrap_or_default();
-                let mut own_seen = false;
+                let listing = self.listing.take().unwrap_or_default();
                 let mut fresh = BTreeMap::new();
                 let listed: BTreeSet<String> =
-                    nodes.iter().map(|n| node::name(n).to_string()).collect();
-                for node in nodes {
-                    let name = node::name(&node).to_string();
-                    if name == self.own_name {
-                        own_seen = true;
-                        out.own = Some(OwnNode::Present(Box::new(node.clone())));
-                    }
-                    if let Some(lease) = self.convert(&node, &mut out.notices) {
+                    listing.nodes.iter().map(|(name, _)| name.clone()).collect();
+                out.own = Some(listing.own.map_or(OwnNode::Deleted, OwnNode::Present));
+                for (name, lease) in listing.nodes {
+                    if let Some(lease) = self.note(&name, lease, &mut out.notices) {
                         fresh.insert(name, lease);
                     }
                 }
                 // Nodes that vanished while the watch was down: forget their problems.
                 self.skipped.retain(|name, _| listed.contains(name));
-                if !own_seen {
-                    out.own = Some(OwnNode::Deleted);
-                }
                 self.leases = fresh;
                 leases_changed = true;
                 let peers = self
@@ -163,8 +176,19 @@ impl NodeTracker {
 
     /// The node's lease, or `None` with a notice the first time a given problem appears.
     fn convert(&mut self, node: &Node, notices: &mut Vec<Notice>) -> Option<Lease> {
-        let name = node::name(node).to_string();
-        match node::node_to_lease(node, &self.keys, &self.networks) {
+        let lease = node::node_to_lease(node, &self.keys, &self.networks);
+        self.note(node::name(node), lease, notices)
+    }
+
+    /// [`convert`](Self::convert) of a Node already read into its lease (or problem).
+    fn note(
+        &mut self,
+        name: &str,
+        lease: Result<Lease, NodeError>,
+        notices: &mut Vec<Notice>,
+    ) -> Option<Lease> {
+        let name = name.to_string();
+        match lease {
             Ok(lease) => {
                 if self.skipped.remove(&name).is_some() {
                     notices.push(Notice::Recovered(format!(
