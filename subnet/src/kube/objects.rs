@@ -50,10 +50,23 @@ macro_rules! core_v1_resource {
 /// the addresses and conditions.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Node {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata_without_managed_fields")]
     pub metadata: ObjectMeta,
     pub spec: Option<NodeSpec>,
     pub status: Option<NodeStatus>,
+}
+
+/// A Node's metadata without its `managedFields`, which weft never reads: against a real
+/// API server they are most of a Node as parsed (every field each writer set, as a JSON
+/// tree; tens of kB), and a listing page holds 500 Nodes at once (docs/benchmarks.md,
+/// "Kube mode against a real API server").
+fn metadata_without_managed_fields<'de, D>(deserializer: D) -> Result<ObjectMeta, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let mut metadata = ObjectMeta::deserialize(deserializer)?;
+    metadata.managed_fields = None;
+    Ok(metadata)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -158,6 +171,11 @@ mod tests {
         let node: Node = serde_json::from_value(full_node()).unwrap();
         assert_eq!(node.metadata.name.as_deref(), Some("n1"));
         assert_eq!(node.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(
+            node.metadata.labels.unwrap()["kubernetes.io/hostname"],
+            "n1"
+        );
+        assert_eq!(node.metadata.managed_fields, None, "not kept");
         let spec = node.spec.unwrap();
         assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
         assert_eq!(
@@ -180,7 +198,10 @@ mod tests {
     fn the_fields_agree_with_k8s_openapi() {
         let full: k8s_openapi::api::core::v1::Node = serde_json::from_value(full_node()).unwrap();
         let lean: Node = serde_json::from_value(full_node()).unwrap();
-        assert_eq!(lean.metadata, full.metadata);
+        // All of it but the managedFields, which weft drops as it reads.
+        let mut metadata = full.metadata.clone();
+        assert!(metadata.managed_fields.take().is_some());
+        assert_eq!(lean.metadata, metadata);
         let (spec, lean_spec) = (full.spec.unwrap(), lean.spec.unwrap());
         assert_eq!(lean_spec.pod_cidr, spec.pod_cidr);
         assert_eq!(lean_spec.pod_cidrs, spec.pod_cidrs);
