@@ -464,8 +464,11 @@ fn wait_ready(netns: &str, limit: Duration) -> Instant {
 }
 
 /// Waits until `count` distinct peer routes (10.1.0.0 and up) were added; the instant the
-/// last one was (bounded).
+/// last one was (bounded). A burst of 15,000 routes can overflow the notification socket
+/// (the kernel drops what does not fit): when notifications stop for 200 ms, a dump
+/// decides, and the last notification seen stands for the last route.
 fn wait_peer_routes(
+    netns: &str,
     routes: &mpsc::Receiver<(String, RouteChange, Instant)>,
     count: usize,
     limit: Duration,
@@ -474,13 +477,26 @@ fn wait_peer_routes(
     let mut seen = BTreeSet::new();
     let mut last = Instant::now();
     while seen.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok((dst, change, at)) = routes.recv_timeout(left) else {
-            panic!("{} of {count} peer routes within {limit:?}", seen.len());
-        };
-        if change == RouteChange::New && dst.starts_with("10.") && !dst.starts_with("10.0.") {
-            seen.insert(dst);
-            last = at;
+        match routes.recv_timeout(Duration::from_millis(200)) {
+            Ok((dst, change, at)) => {
+                if change == RouteChange::New && dst.starts_with("10.") && !dst.starts_with("10.0.")
+                {
+                    seen.insert(dst);
+                    last = at;
+                }
+            }
+            Err(_) if weft_routes(netns) >= count => {
+                println!(
+                    "BENCH (notifications of {} of {count} routes were dropped; the dump has them all)",
+                    count - seen.len()
+                );
+                break;
+            }
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "{} of {count} peer routes within {limit:?}",
+                weft_routes(netns)
+            ),
         }
     }
     last
@@ -589,7 +605,7 @@ fn kube_scale() {
         let mut weftd = start_weftd();
         let pid = weftd.pid().expect("weftd pid");
         let ready = wait_ready(&netns, Duration::from_secs(120));
-        let all = wait_peer_routes(&routes, peers, Duration::from_secs(300));
+        let all = wait_peer_routes(&netns, &routes, peers, Duration::from_secs(300));
         println!(
             "BENCH {label}: weftd start -> /readyz 200 {:.2} s, -> all {peers} peer routes {:.2} \
              s ({} routes with proto 91); VmHWM {} kB, VmRSS {} kB",
