@@ -95,9 +95,10 @@ impl WireguardBackend {
         public_v4: Option<Ipv4Addr>,
         public_v6: Option<Ipv6Addr>,
     ) -> LeaseAttrs {
+        let public_key = self.public_key().to_base64();
         let data = |family| {
             BackendData::new(&serde_json::json!({
-                "PublicKey": self.public_key().to_base64(),
+                "PublicKey": public_key,
                 "Port": self.listen_port(family),
             }))
         };
@@ -126,10 +127,12 @@ impl WireguardBackend {
                 networks.push(network);
             }
         }
+        // Derived once a pass (an X25519 multiplication), not once per peer.
+        let own_key = self.public_key();
         let mut claims = Claims::default();
         let mut skipped = Vec::new();
         for peer in peers {
-            match self.peer_entries(peer) {
+            match self.peer_entries(peer, own_key) {
                 Ok(entries) => claims.claim(peer, entries, &mut skipped),
                 Err((kind, reason)) => skipped.push(Skipped {
                     key: peer.key,
@@ -172,39 +175,44 @@ impl WireguardBackend {
     }
 
     /// A peer's entries, one per device: its key, endpoint and subnets.
-    fn peer_entries(&self, peer: &Lease) -> Result<Vec<PeerEntry>, (SkipKind, String)> {
+    fn peer_entries(
+        &self,
+        peer: &Lease,
+        own_key: PublicKey,
+    ) -> Result<Vec<PeerEntry>, (SkipKind, String)> {
         if peer.attrs.backend_type != "wireguard" {
             let skip = Skipped::other_backend(peer, "wireguard");
             return Err((skip.kind, skip.reason));
         }
         let v4 = self.node.own.ipv4.and(peer.key.ipv4);
         let v6 = self.node.own.ipv6.and(peer.key.ipv6);
+        if v4.is_none() && v6.is_none() {
+            return Ok(Vec::new());
+        }
+        let key = self.peer_key(peer, own_key)?;
         if self.separate() {
             let mut entries = Vec::new();
             if let Some(subnet) = v4 {
-                entries.push(self.family_entry(peer, Family::V4, vec![subnet])?);
+                entries.push(self.family_entry(peer, key, Family::V4, vec![subnet])?);
             }
             if let Some(subnet) = v6 {
-                entries.push(self.family_entry(peer, Family::V6, vec![subnet])?);
+                entries.push(self.family_entry(peer, key, Family::V6, vec![subnet])?);
             }
             return Ok(entries);
         }
         let subnets: Vec<Net> = v4.into_iter().chain(v6).collect();
-        if subnets.is_empty() {
-            return Ok(Vec::new());
-        }
         let family = self.endpoint_family(peer);
-        Ok(vec![self.family_entry(peer, family, subnets)?])
+        Ok(vec![self.family_entry(peer, key, family, subnets)?])
     }
 
     /// The entry for `peer` on the device of `family`, its endpoint over `family`.
     fn family_entry(
         &self,
         peer: &Lease,
+        key: PublicKey,
         family: Family,
         subnets: Vec<Net>,
     ) -> Result<PeerEntry, (SkipKind, String)> {
-        let key = self.peer_key(peer)?;
         let data = match family {
             Family::V4 => peer.attrs.backend_data.as_ref(),
             Family::V6 => peer.attrs.backend_v6_data.as_ref(),
@@ -244,7 +252,11 @@ impl WireguardBackend {
     }
 
     /// The peer's public key: valid, not this node's, the same in both families' data.
-    fn peer_key<'a>(&self, peer: &'a Lease) -> Result<PublicKey, (SkipKind, String)> {
+    fn peer_key<'a>(
+        &self,
+        peer: &'a Lease,
+        own_key: PublicKey,
+    ) -> Result<PublicKey, (SkipKind, String)> {
         let read = |data: Option<&BackendData>| -> Option<Result<PublicKey, String>> {
             let text = data?.str_field("publickey", str::to_string);
             Some(match text {
@@ -270,7 +282,7 @@ impl WireguardBackend {
             (Some(Ok(key)), _) | (None, Some(Ok(key))) => key,
             (None, None) => return Err(bad("it has no BackendData with a PublicKey".into())),
         };
-        if key == self.public_key() {
+        if key == own_key {
             return Err((
                 SkipKind::PublicKeyClaimed,
                 format!("its public key {key} is this node's"),
