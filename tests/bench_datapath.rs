@@ -11,7 +11,6 @@
 
 mod support;
 
-use futures::StreamExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::cluster::{CONFIG_KEY, Cluster};
@@ -64,36 +63,7 @@ fn convergence_latency_lease_to_route() {
     c.nodes[0].wait_log("weftd is ready", Duration::from_secs(60));
 
     // Route notifications from the node's namespace, timestamped on arrival.
-    let (seen_tx, seen_rx) = mpsc::channel::<(String, Instant)>();
-    let node_ns = c.underlay.hosts[0].ns.name.clone();
-    std::thread::spawn(move || {
-        block_on_in(&node_ns, move || async move {
-            let (conn, _, mut messages) =
-                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
-                    .unwrap();
-            tokio::spawn(conn);
-            while let Some((message, _)) = messages.next().await {
-                let now = Instant::now();
-                if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(
-                    rtnetlink::packet_route::RouteNetlinkMessage::NewRoute(route),
-                ) = message.payload
-                {
-                    let dst = route.attributes.iter().find_map(|a| match a {
-                        rtnetlink::packet_route::route::RouteAttribute::Destination(
-                            rtnetlink::packet_route::route::RouteAddress::Inet(ip),
-                        ) => Some(ip.to_string()),
-                        _ => None,
-                    });
-                    if let Some(dst) = dst
-                        && seen_tx.send((dst, now)).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        })
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let routes = watch_routes(&c.underlay.hosts[0].ns.name);
 
     let ns = c.underlay.ns.name.clone();
     let endpoint = c.etcd.endpoint();
@@ -120,15 +90,8 @@ fn convergence_latency_lease_to_route() {
             .recv_timeout(Duration::from_secs(5))
             .expect("etcd put");
         let want = format!("10.200.{i}.0");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let seen = loop {
-            let (dst, at) = seen_rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("route notification within 5 s");
-            if dst == want {
-                break at;
-            }
-        };
+        let seen = wait_route(&routes, &want, RouteChange::New, Duration::from_secs(5))
+            .expect("route notification within 5 s");
         latencies.push(seen.duration_since(written));
         std::thread::sleep(Duration::from_millis(20));
     }
