@@ -4,9 +4,12 @@
 //! that was most of its peak memory). Its own test binary: it reads the process's resident
 //! memory, so nothing else may run beside it.
 
+mod tracker_setup;
+
 use kube::runtime::watcher::Event;
 use serde_json::json;
-use weft_subnet::kube::{AnnotationKeys, ClusterNetworks, Node, NodeTracker};
+use tracker_setup::{PREFIX, tracker};
+use weft_subnet::kube::Node;
 
 /// This process's resident memory (kB).
 fn rss_kb() -> u64 {
@@ -17,8 +20,6 @@ fn rss_kb() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
-
-const PREFIX: &str = "flannel.alpha.coreos.com/";
 
 /// Node `i` as a real API server lists it: a kubelet's labels, addresses and conditions,
 /// weft's annotations, and the managedFields of the two writers.
@@ -81,16 +82,7 @@ fn listed_node(i: usize) -> String {
 #[test]
 fn a_listing_in_progress_holds_leases_not_nodes() {
     const NODES: usize = 5_000;
-    let config =
-        weft_subnet::RawConfig::parse(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#)
-            .and_then(|raw| raw.for_kube())
-            .unwrap();
-    let networks = ClusterNetworks {
-        ipv4: config.ipv4.map(|p| p.network),
-        ipv6: None,
-    };
-    let keys = AnnotationKeys::new(PREFIX).unwrap();
-    let mut tracker = NodeTracker::new("node-00000", keys, networks);
+    let mut tracker = tracker();
     let texts: Vec<String> = (0..NODES).map(listed_node).collect();
     tracker.apply(Event::Init);
     let before = rss_kb();

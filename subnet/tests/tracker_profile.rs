@@ -8,11 +8,12 @@
 //! (or `*add_series*`) and read the inclusive counts with `callgrind_annotate
 //! --inclusive=yes`. Figures in docs/benchmarks.md ("Kube mode against a real API server").
 
+mod tracker_setup;
+
 use kube::runtime::watcher::Event;
 use serde_json::json;
-use weft_subnet::kube::{AnnotationKeys, ClusterNetworks, Node, NodeTracker};
-
-const PREFIX: &str = "flannel.alpha.coreos.com/";
+use tracker_setup::{PREFIX, tracker};
+use weft_subnet::kube::{Node, NodeTracker};
 
 fn node(i: usize) -> Node {
     let name = format!("node-{i:05}");
@@ -61,16 +62,7 @@ fn add_series(tracker: &mut NodeTracker, nodes: &[Node]) -> usize {
 #[ignore = "a profile: run under callgrind (see the module docs)"]
 fn changes_at_15000_nodes() {
     const NODES: usize = 15_000;
-    let config =
-        weft_subnet::RawConfig::parse(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#)
-            .and_then(|raw| raw.for_kube())
-            .unwrap();
-    let networks = ClusterNetworks {
-        ipv4: config.ipv4.map(|p| p.network),
-        ipv6: None,
-    };
-    let keys = AnnotationKeys::new(PREFIX).unwrap();
-    let mut tracker = NodeTracker::new("node-00000", keys, networks);
+    let mut tracker = tracker();
     tracker.apply(Event::Init);
     for i in 0..NODES {
         tracker.apply(Event::InitApply(node(i)));
