@@ -787,7 +787,6 @@ mod tests {
             ),
             rx_bytes: 1000,
             tx_bytes: 2000,
-            read_at: std::time::SystemTime::now(),
         }]);
         m
     }

@@ -334,7 +334,6 @@ mod tests {
             last_handshake: handshake.map(at),
             rx_bytes: rx,
             tx_bytes: tx,
-            read_at: at(1010),
         };
         peer.tunnel = vec![seen(Some(1000), 1_536, 100)];
         let doc = over_the_wire(StateDoc::from_view(&view, at(1012)));

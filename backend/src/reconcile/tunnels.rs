@@ -24,15 +24,12 @@ pub struct TunnelPeerView {
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
-    /// When the devices were read (the last full pass).
-    pub read_at: SystemTime,
 }
 
-/// The devices' states of the last full pass, without secrets.
+/// The devices' states of the last full pass, without secrets (none before it).
 #[derive(Debug, Default)]
 pub(super) struct TunnelsSeen {
     pub(super) devices: BTreeMap<String, TunnelState>,
-    pub(super) at: Option<SystemTime>,
 }
 
 impl TunnelsSeen {
@@ -49,11 +46,10 @@ impl TunnelsSeen {
                 Some((link.name.clone(), state))
             })
             .collect();
-        self.at = Some(SystemTime::now());
     }
 }
 
-fn view(device: &str, key: &PublicKey, peer: &PeerState, at: SystemTime) -> TunnelPeerView {
+fn view(device: &str, key: &PublicKey, peer: &PeerState) -> TunnelPeerView {
     TunnelPeerView {
         device: device.to_string(),
         public_key: *key,
@@ -62,16 +58,12 @@ fn view(device: &str, key: &PublicKey, peer: &PeerState, at: SystemTime) -> Tunn
         last_handshake: peer.last_handshake,
         rx_bytes: peer.rx_bytes,
         tx_bytes: peer.tx_bytes,
-        read_at: at,
     }
 }
 
 impl Reconciler {
     /// The WireGuard peers that carry `lease`'s subnets (one per device).
     pub fn tunnel_peers_of(&self, lease: &Lease) -> Vec<TunnelPeerView> {
-        let Some(at) = self.tunnels.at else {
-            return Vec::new();
-        };
         let subnets: Vec<_> = [lease.key.ipv4, lease.key.ipv6]
             .into_iter()
             .flatten()
@@ -80,7 +72,7 @@ impl Reconciler {
         for (device, state) in &self.tunnels.devices {
             for (key, peer) in &state.peers {
                 if peer.allowed_ips.iter().any(|ip| subnets.contains(ip)) {
-                    out.push(view(device, key, peer, at));
+                    out.push(view(device, key, peer));
                 }
             }
         }
@@ -89,9 +81,6 @@ impl Reconciler {
 
     /// Every peer of weft's WireGuard devices, as of the last full pass.
     pub fn tunnel_peers(&self) -> Vec<TunnelPeerView> {
-        let Some(at) = self.tunnels.at else {
-            return Vec::new();
-        };
         self.tunnels
             .devices
             .iter()
@@ -99,7 +88,7 @@ impl Reconciler {
                 state
                     .peers
                     .iter()
-                    .map(move |(key, peer)| view(device, key, peer, at))
+                    .map(move |(key, peer)| view(device, key, peer))
             })
             .collect()
     }
