@@ -381,7 +381,9 @@ impl Metrics {
             "weft_reconcile_passes",
             "Reconcile passes run, by what triggered them: lease_change and entry_repair run \
              targeted passes (the changed peers' entries, the entries reported deleted; full \
-             while one is due), the others full passes (observe, diff, apply)",
+             while one is due), the others full passes (observe, diff, apply); retry is the \
+             full pass after a failed one, 0.5 s later at first, backing off to \
+             --reconcile-interval",
             self.passes.clone(),
         );
         r.register(
@@ -391,8 +393,8 @@ impl Metrics {
         );
         r.register(
             "weft_reconcile_pass_failures",
-            "Reconcile passes that could not read the kernel state (retried by the next \
-             pass)",
+            "Reconcile passes that could not read the kernel state (retried by a full \
+             pass soon after, backing off)",
             self.pass_failures.clone(),
         );
         r.register(
@@ -404,7 +406,8 @@ impl Metrics {
         );
         r.register(
             "weft_datapath_change_failures",
-            "Kernel changes that failed, by kind of entry (retried by the next pass)",
+            "Kernel changes that failed, by kind of entry (retried by a full pass soon \
+             after, backing off)",
             self.change_failures.clone(),
         );
     }

@@ -356,10 +356,16 @@ impl NodeState {
                 pass.failures.is_empty()
             }
             Err(e) => {
-                warn!("cannot read the datapath state, retrying on the next pass: {e}");
+                warn!("cannot read the datapath state: {e}");
                 false
             }
         };
+        if self.datapath_ok {
+            self.triggers.pass_succeeded();
+        } else {
+            let delay = self.triggers.pass_failed();
+            info!("the datapath is retried by a full pass in {delay:.1?}");
+        }
         self.update_readiness();
     }
 

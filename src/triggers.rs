@@ -1,7 +1,8 @@
 //! The triggers both modes share once a node holds a subnet: kernel notifications about
 //! weft's objects (debounced), a pass soon after a lease change, the pass that sweeps
-//! once a datastore grace period is over, the reconcile timer, the housekeeping tick,
-//! and the traffic rules' timer (`--iptables-resync`) and check outcomes.
+//! once a datastore grace period is over, the retry of a pass that failed (backing off up
+//! to the reconcile interval), the reconcile timer, the housekeeping tick, and the traffic
+//! rules' timer (`--iptables-resync`) and check outcomes.
 //! Each mode's event loop then selects over shutdown, its own datastore, and these.
 
 use crate::traffic_rules::Outcome;
@@ -9,10 +10,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Interval, MissedTickBehavior};
 use weft_backend::kernel::KernelEvent;
+use weft_subnet::backoff::Backoff;
 
 /// Quiet period after a kernel notification before a reconcile pass, so a burst of
 /// notifications (an admin script, a device deletion) costs one pass.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// The first retry of a failed pass comes this soon; later ones back off, doubling up to
+/// the reconcile interval. A change the kernel refused once (a device not up yet, a
+/// gateway not yet reachable) usually goes through at once the second time, and waiting
+/// for the timer kept the node not ready and its peers unreachable for a whole interval.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
 
 /// Period of the housekeeping tick (retrying a failed subnet.env write). The retry runs
 /// on every tick; its log line is rate-limited by `LogLimiter`.
@@ -41,10 +49,13 @@ pub enum PassTrigger {
     SubnetChange,
     /// This node's external interface or its address changed.
     UnderlayChange,
+    /// The previous pass failed (a change the kernel refused, or the state could not be
+    /// read): a full pass again after a backoff.
+    Retry,
 }
 
 impl PassTrigger {
-    pub const ALL: [PassTrigger; 8] = [
+    pub const ALL: [PassTrigger; 9] = [
         PassTrigger::Startup,
         PassTrigger::LeaseChange,
         PassTrigger::KernelEvent,
@@ -53,6 +64,7 @@ impl PassTrigger {
         PassTrigger::GraceEnd,
         PassTrigger::SubnetChange,
         PassTrigger::UnderlayChange,
+        PassTrigger::Retry,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +77,7 @@ impl PassTrigger {
             PassTrigger::GraceEnd => "grace_end",
             PassTrigger::SubnetChange => "subnet_change",
             PassTrigger::UnderlayChange => "underlay_change",
+            PassTrigger::Retry => "retry",
         }
     }
 
@@ -109,6 +122,8 @@ pub enum Trigger {
 pub struct Triggers {
     kernel_events: UnboundedReceiver<KernelEvent>,
     reconcile: Interval,
+    /// Paces the retries of failed passes; reset by a pass that succeeds.
+    retry: Backoff,
     tick: Interval,
     converge_at: Option<Instant>,
     converge_why: PassTrigger,
@@ -119,7 +134,8 @@ pub struct Triggers {
 
 impl Triggers {
     pub fn new(kernel_events: UnboundedReceiver<KernelEvent>, reconcile_every: Duration) -> Self {
-        let mut reconcile = tokio::time::interval(reconcile_every.max(Duration::from_secs(1)));
+        let reconcile_every = reconcile_every.max(Duration::from_secs(1));
+        let mut reconcile = tokio::time::interval(reconcile_every);
         // A pass that overran its period is not followed by a burst of catch-up passes.
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(TICK);
@@ -127,6 +143,7 @@ impl Triggers {
         Triggers {
             kernel_events,
             reconcile,
+            retry: Backoff::new(RETRY_FIRST, reconcile_every.max(RETRY_FIRST)),
             tick,
             converge_at: None,
             converge_why: PassTrigger::KernelEvent,
@@ -149,14 +166,28 @@ impl Triggers {
     /// A pass as soon as the loop is free (after a lease batch, or a notification overrun).
     pub fn converge_now(&mut self, why: PassTrigger) {
         self.note(why);
-        self.converge_at = Some(Instant::now());
+        self.converge_at = Some(now());
     }
 
     /// A pass after the debounce delay, unless one is already scheduled.
     pub fn converge_soon(&mut self, why: PassTrigger) {
         self.note(why);
-        self.converge_at
-            .get_or_insert_with(|| Instant::now() + DEBOUNCE);
+        self.converge_at.get_or_insert_with(|| now() + DEBOUNCE);
+    }
+
+    /// The last pass failed: a full pass after the next backoff delay (or sooner, when
+    /// one is already scheduled). Returns the delay.
+    pub fn pass_failed(&mut self) -> Duration {
+        let delay = self.retry.next_delay();
+        self.note(PassTrigger::Retry);
+        let at = now() + delay;
+        self.converge_at = Some(self.converge_at.map_or(at, |scheduled| scheduled.min(at)));
+        delay
+    }
+
+    /// The last pass applied everything: the next failure is retried quickly again.
+    pub fn pass_succeeded(&mut self) {
+        self.retry.reset();
     }
 
     fn note(&mut self, why: PassTrigger) {
@@ -209,6 +240,12 @@ async fn recv_if_some<T>(receiver: Option<&mut UnboundedReceiver<T>>) -> T {
         },
         None => std::future::pending().await,
     }
+}
+
+/// Now, on tokio's clock (the same as the system's, except in tests that pause time):
+/// every deadline here is slept on with tokio's timer.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Sleeps until `at`; forever when there is nothing scheduled.
@@ -276,6 +313,64 @@ mod tests {
             t.next().await,
             Some(Trigger::Converge(PassTrigger::KernelEvent))
         );
+    }
+
+    /// The time until the retry pass (the timers' triggers on the way let through).
+    async fn time_to_retry(t: &mut Triggers) -> Duration {
+        let started = tokio::time::Instant::now();
+        for _ in 0..10 {
+            match t.next().await {
+                Some(Trigger::Converge(PassTrigger::Retry)) => return started.elapsed(),
+                Some(Trigger::Reconcile | Trigger::Tick) => {}
+                other => panic!("expected the retry pass, got {other:?}"),
+            }
+        }
+        panic!("no retry pass among the next 10 triggers")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pass_is_retried_soon_backing_off_to_the_interval() {
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let interval = Duration::from_secs(4);
+        let mut t = Triggers::new(rx, interval);
+        let _ = t.next().await;
+        let _ = t.next().await;
+        // Each delay is jittered into [d/2, d]; d doubles from RETRY_FIRST to the interval.
+        let mut bound = RETRY_FIRST;
+        for _ in 0..4 {
+            let delay = t.pass_failed();
+            assert!(
+                delay >= bound / 2 && delay <= bound,
+                "{delay:?} vs {bound:?}"
+            );
+            let waited = time_to_retry(&mut t).await;
+            assert!(waited >= delay, "{waited:?} < {delay:?}");
+            bound = (bound * 2).min(interval);
+        }
+        assert_eq!(bound, interval, "the backoff reached its cap");
+        let delay = t.pass_failed();
+        assert!(
+            delay >= interval / 2 && delay <= interval,
+            "capped: {delay:?}"
+        );
+        let _ = time_to_retry(&mut t).await;
+        // Success starts over.
+        t.pass_succeeded();
+        assert!(t.pass_failed() <= RETRY_FIRST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_does_not_delay_a_scheduled_pass_and_makes_it_full() {
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut t = Triggers::new(rx, Duration::from_secs(3600));
+        let _ = t.next().await;
+        let _ = t.next().await;
+        t.converge_now(PassTrigger::LeaseChange);
+        let _ = t.pass_failed();
+        let started = tokio::time::Instant::now();
+        // Full (after a failure the targeted path cannot say what to redo), and now.
+        assert_eq!(t.next().await, Some(Trigger::Converge(PassTrigger::Retry)));
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

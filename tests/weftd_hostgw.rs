@@ -1,7 +1,8 @@
 //! End to end with the host-gw backend: nodes as network namespaces on one underlay
 //! bridge (one L2 segment), a real etcd, the real weftd binary per node, pods through the
 //! CNI plugin. Plus a node behind a router (another L2 segment), dual-stack, the
-//! blackhole route, and switching a node between vxlan and host-gw.
+//! blackhole route, switching a node between vxlan and host-gw, and a route the kernel
+//! refused retried soon (not at the reconcile timer).
 
 mod support;
 
@@ -10,6 +11,7 @@ use support::cluster::{CONFIG_KEY, Cluster};
 use support::kernel_state::{json, rows};
 use support::netns::{Netns, UNDERLAY_GATEWAY};
 use support::pods::{Pod, add_pod, ping, tcp_source_seen};
+use support::prometheus::scrape;
 use support::vxlan::LIMIT;
 use support::wait_for;
 
@@ -290,4 +292,56 @@ fn switching_between_vxlan_and_host_gw_leaves_nothing_behind() {
         });
         assert!(ping(&v.pods[1].ns, &v.pods[0].ip, 2), "{backend}");
     }
+}
+
+#[test]
+fn a_route_the_kernel_refused_is_retried_soon_not_at_the_timer() {
+    // The timer is an hour away: only the retry of the failed pass can put the route in.
+    let mut c = Cluster::new(2, true);
+    c.etcd.etcdctl(&["put", CONFIG_KEY, HOSTGW_CONFIG]);
+    c.start(0, &["--reconcile-interval=3600"]);
+    c.nodes[0].wait_log("weftd is ready", LIMIT);
+    // Without eth0's connected route the kernel refuses a gateway on it ("Nexthop has
+    // invalid gateway"); weftd still sees the address, so the peer is not skipped.
+    let own_ip = c.underlay.hosts[0].ip.clone();
+    let connected = [
+        "198.18.0.0/24",
+        "dev",
+        "eth0",
+        "proto",
+        "kernel",
+        "scope",
+        "link",
+        "src",
+        &own_ip,
+    ];
+    c.underlay.hosts[0]
+        .ns
+        .ip(&[&["route", "del"][..], &connected[..]].concat());
+    c.start(1, &["--reconcile-interval=3600"]);
+    c.nodes[0].wait_log("datapath change failed", LIMIT);
+    let ns0 = &c.underlay.hosts[0].ns;
+    assert_eq!(c.readyz(0).0, 503, "not ready while a change is refused");
+    assert!(weft_routes(ns0, "-4").is_empty());
+    ns0.ip(&[&["route", "add"][..], &connected[..]].concat());
+    let expected = vec![format!(
+        "{} via {} dev eth0",
+        subnet_of(&c, 1),
+        c.underlay.hosts[1].ip
+    )];
+    wait_for("the refused route, retried", LIMIT, || {
+        (weft_routes(ns0, "-4") == expected).then_some(())
+    });
+    let m = scrape(ns0);
+    let retries = m.value("weft_reconcile_passes_total", &[("trigger", "retry")]);
+    assert!(retries >= 1.0, "retry passes: {retries}");
+    assert_eq!(
+        m.value("weft_reconcile_passes_total", &[("trigger", "timer")]),
+        1.0,
+        "only the timer's first tick, at start"
+    );
+    wait_for("ready again", LIMIT, || {
+        (c.readyz(0).0 == 200).then_some(())
+    });
+    c.nodes[0].wait_log("the datapath is retried by a full pass in", LIMIT);
 }

@@ -141,11 +141,27 @@ impl Weftd {
     }
 }
 
+/// How much of a weftd's log a failing test prints: the end, where the failure is.
+const LOG_TAIL_ON_FAILURE: usize = 150;
+
 impl Drop for Weftd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A test that failed while this weftd ran prints what it logged: a CI run keeps
+        // no files, and a timeout's message alone does not say why a pass never came.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!(
+                "---- the last {} lines of {} ----\n{}",
+                tail.len(),
+                self.log_file.display(),
+                tail.join("\n")
+            );
         }
     }
 }
