@@ -394,6 +394,21 @@ impl NodeState {
 
     /// The VXLAN devices' offload for the state view: `off on flannel.1
     /// (tx-checksum-ip-generic off: auto: ...)`, or why it could not be set.
+    /// "flannel-wg: the kernel's WireGuard" per device (wireguard backend only).
+    fn wireguard_text(&self) -> Option<String> {
+        self.datapath.backend().as_wireguard()?;
+        let devices: Vec<String> = self
+            .datapath
+            .tunnel_devices()
+            .map(|(device, implementation)| format!("{device}: {implementation}"))
+            .collect();
+        Some(if devices.is_empty() {
+            "no device yet".to_string()
+        } else {
+            devices.join(", ")
+        })
+    }
+
     fn tx_checksum_text(&self) -> Option<String> {
         let (decision, devices) = self.datapath.tx_checksum()?;
         let states: Vec<String> = devices
@@ -440,6 +455,7 @@ impl NodeState {
                 last_pass: self.last_pass.clone(),
                 traffic_rules: self.rules_backend.clone(),
                 vxlan_tx_checksum: self.tx_checksum_text(),
+                wireguard: self.wireguard_text(),
             },
             summary: summary.into_iter().collect(),
             query,

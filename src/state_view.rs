@@ -100,6 +100,8 @@ pub struct NodeView {
     pub traffic_rules: Option<String>,
     /// The VXLAN devices' TX checksum offload, and why.
     pub vxlan_tx_checksum: Option<String>,
+    /// The WireGuard devices and which implementation serves each (wireguard backend).
+    pub wireguard: Option<String>,
 }
 
 /// The last reconcile pass.
@@ -187,6 +189,7 @@ mod tests {
                         .into(),
                 ),
                 vxlan_tx_checksum: None,
+                wireguard: None,
             },
             summary: vec![
                 (Verdict::Ok, 1),
@@ -279,6 +282,19 @@ mod tests {
         let mut last = sample();
         last.matching = 3;
         assert_eq!(json_of(&last, NOW)["page"]["next_offset"], Value::Null);
+    }
+
+    #[test]
+    fn the_table_says_which_wireguard_serves_each_device() {
+        let mut view = sample();
+        view.node.wireguard = Some("flannel-wg: the kernel's WireGuard".into());
+        let table = status_table::render(&over_the_wire(StateDoc::from_view(&view, at(1012))));
+        assert!(
+            table
+                .lines()
+                .any(|l| l == "WireGuard: flannel-wg: the kernel's WireGuard"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct NodeDoc {
     /// The VXLAN devices' TX checksum offload (`tx-checksum-ip-generic`), and why.
     #[serde(default)]
     pub vxlan_tx_checksum: Option<String>,
+    /// The WireGuard devices and which implementation (kernel or userspace) serves each.
+    #[serde(default)]
+    pub wireguard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +226,7 @@ impl NodeDoc {
             not_ready_reason: node.ready.as_ref().err().cloned(),
             traffic_rules: node.traffic_rules.clone(),
             vxlan_tx_checksum: node.vxlan_tx_checksum.clone(),
+            wireguard: node.wireguard.clone(),
         }
     }
 }

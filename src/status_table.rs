@@ -48,6 +48,9 @@ fn node_line(node: &NodeDoc) -> String {
     if let Some(offload) = &node.vxlan_tx_checksum {
         let _ = writeln!(line, "VXLAN TX checksum offload: {offload}");
     }
+    if let Some(wireguard) = &node.wireguard {
+        let _ = writeln!(line, "WireGuard: {wireguard}");
+    }
     line
 }
 

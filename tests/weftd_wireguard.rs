@@ -234,6 +234,11 @@ fn pods_talk_through_wireguard_and_the_underlay_carries_only_ciphertext() {
             "{wg}"
         );
     }
+    // Which WireGuard serves the device: here boringtun, the userspace fallback.
+    assert_eq!(
+        state["node"]["wireguard"],
+        "flannel-wg: a userspace WireGuard (TUN device, UAPI socket)"
+    );
 }
 
 #[test]
