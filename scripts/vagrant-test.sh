@@ -15,9 +15,12 @@
 #    libvirt bridges, dnsmasq and NAT rules never touch the host's interfaces, routes or
 #    firewall; vagrant and ssh run in that namespace too;
 # 3. `vagrant up` of tests/vagrant/Vagrantfile (WEFT_VAGRANT_NODES VMs, 3 by default);
-# 4. the scenario, for vxlan then host-gw: distinct subnets, weftd on the private network
-#    and not the NAT eth0, pod-to-pod ping and TCP source address through weft's CNI plugin,
-#    weftd restarted under a continuous ping, one VM shut down and its lease removed;
+# 4. the scenario, for vxlan, host-gw, then wireguard: distinct subnets, weftd on the
+#    private network and not the NAT eth0, pod-to-pod ping and TCP source address through
+#    weft's CNI plugin, weftd restarted under a continuous ping, one VM shut down and its
+#    lease removed; for wireguard also the kernel's WireGuard (these VMs' kernel has it,
+#    the test machine's does not), a handshake with every peer, and a capture on the
+#    private network with only WireGuard's UDP and no pod address in clear;
 # 5. always: destroys the VMs and the libvirt networks, stops the daemons it started,
 #    deletes the namespace. Prints PASS/FAIL per check and "N passed, N failed".
 #
@@ -242,7 +245,11 @@ key_of() { # 10.244.3.1/24 -> 10.244.3.0-24
 declare -A SUBNET POD
 wait_for_backend() {
     local backend=$1 mtu nodes=$2 n ok
-    [ "$backend" = vxlan ] && mtu=1450 || mtu=1500
+    case $backend in # the private network's 1500, less each backend's overhead
+        vxlan) mtu=1450 ;;
+        wireguard) mtu=1420 ;;
+        *) mtu=1500 ;;
+    esac
     for _ in $(seq 1 60); do
         ok=true
         for n in $nodes; do
@@ -315,9 +322,88 @@ ping_through_restart() { # pod 1 pings pod N continuously while weftd restarts o
     echo "$out" | grep -q ' 0% packet loss'
 }
 
-routes_to() { # the routes node n has to SUBNET
-    local n=$1 subnet=$2
-    vm "$n" "ip route show ${subnet%.*}.0/${subnet#*/}"
+routes_to() { # what node n has for SUBNET: its routes (vxlan, host-gw) or WireGuard peer
+    local n=$1 subnet=$2 net
+    net=${subnet%.*}.0/${subnet#*/}
+    if [ "$BACKEND" = wireguard ]; then
+        # One route covers the whole network; a peer is its allowed IPs. weftd's metrics
+        # show the peers as the kernel reported them on the last full pass.
+        metrics "$n" | grep "^weft_wireguard_peer_rx_bytes{" | grep -F "allowed_ips=\"$net\"" || true
+    else
+        vm "$n" "ip route show $net"
+    fi
+}
+
+metrics() { # weftd's /metrics on VM n (bash's /dev/tcp: the box has no HTTP client)
+    vm "$1" 'exec 3<>/dev/tcp/127.0.0.1/8081 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3'
+}
+
+wg_kernel() { # every VM's flannel-wg is a kernel WireGuard link, and weftd status says so
+    local n ok=true line
+    for n in $1; do
+        if ! vm "$n" 'ip -d link show flannel-wg' | grep -qw wireguard; then
+            echo "    weft$n: flannel-wg is not a wireguard link"
+            ok=false
+        fi
+        line=$(vm "$n" 'weftd status --healthz-port=8081' | grep '^WireGuard:' || true)
+        echo "    weft$n: ${line:-no WireGuard line in weftd status}"
+        [ "$line" = "WireGuard: flannel-wg: the kernel's WireGuard" ] || ok=false
+    done
+    $ok
+}
+
+wg_handshakes() { # every VM has completed a handshake with each of the others
+    local n count want=$(($(echo "$1" | wc -w) - 1)) ok=true
+    for n in $1; do
+        count=0
+        for _ in $(seq 1 15); do
+            count=$(vm "$n" 'weftd status --healthz-port=8081 --json' | python3 -c '
+import json, sys
+doc = json.load(sys.stdin)
+print(sum(1 for p in doc["peers"] for w in p.get("wireguard", []) if w.get("latest_handshake_seconds_ago") is not None))')
+            [ "$count" -ge "$want" ] && break
+            sleep 2
+        done
+        echo "    weft$n: $count of $want peers with a handshake"
+        [ "$count" -ge "$want" ] || ok=false
+    done
+    $ok
+}
+
+wg_only_on_the_wire() { # pod 1 pings pod 2; VM 2's eth1 sees WireGuard UDP, no pod address
+    local counts plain wg
+    vm 2 "rm -f /tmp/sniff; (timeout 20 python3 -c '
+import socket, struct, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind((\"eth1\", 0))
+s.settimeout(0.5)
+plain = wg = 0
+end = time.time() + 6
+while time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    ip = f[14:]
+    if len(ip) < 20:
+        continue
+    if ip[12:14] == bytes([10, 244]) or ip[16:18] == bytes([10, 244]):
+        plain += 1
+    ihl = (ip[0] & 15) * 4
+    if ip[9] == 17 and len(ip) >= ihl + 4 and 51820 in struct.unpack(\"!HH\", ip[ihl:ihl + 4]):
+        wg += 1
+open(\"/tmp/sniff\", \"w\").write(\"%d %d\" % (plain, wg))
+' >/dev/null 2>&1 </dev/null &)"
+    sleep 1
+    vm 1 "ip netns exec pod ping -c 10 -i 0.3 -W 1 -q ${POD[2]}" >/dev/null || return 1
+    for _ in $(seq 1 10); do
+        counts=$(vm 2 'cat /tmp/sniff 2>/dev/null' || true)
+        [ -n "$counts" ] && break
+        sleep 1
+    done
+    read -r plain wg <<<"$counts"
+    echo "    weft2's eth1 during 10 pod pings: ${wg:-?} WireGuard datagrams, ${plain:-?} packets with a pod address"
+    [ -n "$wg" ] && [ "$wg" -ge 20 ] && [ "$plain" -eq 0 ]
 }
 
 shutdown_and_forget() { # halt VM N, delete its lease: the others drop its routes
@@ -360,7 +446,8 @@ shutdown_and_forget() { # halt VM N, delete its lease: the others drop its route
 ALL=$(seq -s ' ' 1 "$NODES")
 OTHERS=$(seq -s ' ' 1 $((NODES - 1)))
 LAST=$NODES
-for backend in vxlan host-gw; do
+for backend in vxlan host-gw wireguard; do
+    BACKEND=$backend
     say "== backend $backend"
     if [ "$backend" != vxlan ]; then
         # The VM halted by the previous round comes back (weftd starts at boot).
@@ -391,6 +478,11 @@ for backend in vxlan host-gw; do
     check "$backend: weftd chose eth1 (private network), not the NAT eth0 with the default route" iface_ok
     make_pods "$ALL"
     check "$backend: every pod pings every other pod" pods_ping "$ALL"
+    if [ "$backend" = wireguard ]; then
+        check "wireguard: every VM runs the kernel's WireGuard, and weftd status says so" wg_kernel "$ALL"
+        check "wireguard: every VM has a handshake with every other" wg_handshakes "$ALL"
+        check "wireguard: the private network carries WireGuard's UDP, no pod address in clear" wg_only_on_the_wire
+    fi
     check "$backend: TCP from pod weft1 to pod weft2 keeps the pod source address" tcp_keeps_source 1 2
     check "$backend: TCP from pod weft$LAST to pod weft1 keeps the pod source address" tcp_keeps_source "$LAST" 1
     check "$backend: weftd restarted on weft$LAST under a continuous ping: no loss" ping_through_restart "$LAST"

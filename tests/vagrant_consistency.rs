@@ -161,6 +161,22 @@ fn the_script_and_the_vagrantfile_agree() {
     assert!(script.contains("/run/flannel/subnet.env"));
     assert!(!vagrantfile.contains("--subnet-file"));
 
+    // Every backend the scenario runs is one weftd implements, and the MTU it waits for
+    // is the private network's 1500 less that backend's overhead.
+    let backends = capture(&script, r"(?m)^for backend in ([a-z -]+); do$");
+    assert_eq!(backends, "vxlan host-gw wireguard");
+    let implemented = capture(&help, r"implemented: ([a-z, -]+)\.");
+    for backend in backends.split(' ') {
+        assert!(implemented.split(", ").any(|b| b == backend), "{backend}");
+    }
+    for (backend, overhead) in [
+        ("vxlan", weft_backend::vxlan::OVERHEAD_V4),
+        ("wireguard", weft_backend::wireguard::OVERHEAD),
+    ] {
+        let line = format!("{backend}) mtu={} ;;", 1500 - overhead);
+        assert!(script.contains(&line), "{line}");
+    }
+
     // The etcd keys are flannel's.
     assert!(help.contains("[default: /coreos.com/network]"), "{help}");
     assert!(vagrantfile.contains("/coreos.com/network/config"));
