@@ -328,7 +328,7 @@ routes_to() { # what node n has for SUBNET: its routes (vxlan, host-gw) or WireG
     if [ "$BACKEND" = wireguard ]; then
         # One route covers the whole network; a peer is its allowed IPs. weftd's metrics
         # show the peers as the kernel reported them on the last full pass.
-        metrics "$n" | grep "^weft_wireguard_peer_rx_bytes{" | grep -F "allowed_ips=\"$net\"" || true
+        metrics "$n" | grep "^weft_wireguard_peer_last_handshake_seconds{" | grep -F "allowed_ips=\"$net\"" || true
     else
         vm "$n" "ip route show $net"
     fi
@@ -372,20 +372,24 @@ print(sum(1 for p in doc["peers"] for w in p.get("wireguard", []) if w.get("late
 
 wg_only_on_the_wire() { # pod 1 pings pod 2; VM 2's eth1 sees WireGuard UDP, no pod address
     local counts plain wg
-    vm 2 "rm -f /tmp/sniff; (timeout 20 python3 -c '
+    # Every frame both ways (ETH_P_ALL: a socket for IPv4 only sees none that leave),
+    # for 12 s from the moment it is bound (it says so in /tmp/sniff-ready); the pings
+    # take 3 s of it. Python starts slowly in these TCG guests.
+    vm 2 "rm -f /tmp/sniff /tmp/sniff-ready; (timeout 40 python3 -c '
 import socket, struct, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.bind((\"eth1\", 0))
 s.settimeout(0.5)
+open(\"/tmp/sniff-ready\", \"w\").close()
 plain = wg = 0
-end = time.time() + 6
+end = time.time() + 12
 while time.time() < end:
     try:
         f = s.recv(65535)
     except socket.timeout:
         continue
     ip = f[14:]
-    if len(ip) < 20:
+    if f[12:14] != bytes([8, 0]) or len(ip) < 20:
         continue
     if ip[12:14] == bytes([10, 244]) or ip[16:18] == bytes([10, 244]):
         plain += 1
@@ -394,9 +398,9 @@ while time.time() < end:
         wg += 1
 open(\"/tmp/sniff\", \"w\").write(\"%d %d\" % (plain, wg))
 ' >/dev/null 2>&1 </dev/null &)"
-    sleep 1
+    for _ in $(seq 1 20); do vm 2 'test -e /tmp/sniff-ready' && break; sleep 1; done
     vm 1 "ip netns exec pod ping -c 10 -i 0.3 -W 1 -q ${POD[2]}" >/dev/null || return 1
-    for _ in $(seq 1 10); do
+    for _ in $(seq 1 20); do
         counts=$(vm 2 'cat /tmp/sniff 2>/dev/null' || true)
         [ -n "$counts" ] && break
         sleep 1

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tracing::debug;
 
 const EOPNOTSUPP: i32 = 95;
 const ENOENT: i32 = 2;
@@ -192,10 +193,13 @@ pub const PRIME_LIMIT: usize = 1024;
 ///   handshake (unknown key): the retry comes 5 s later (REKEY_TIMEOUT).
 ///
 /// One started here takes a round trip. Sent after the pass's routes are in place (the
-/// network's route goes with the device).
+/// network's route goes with the device), from sockets bound to the device: if that
+/// route is missing (its change failed), a datagram to a pod address must not take the
+/// default route out of the node unencrypted. Bound, it enters the device or nothing
+/// (the kernel takes a bound socket's destination without a route as on-link).
 pub fn prime_handshakes(change: &TunnelChange) {
-    let v4 = std::net::UdpSocket::bind("0.0.0.0:0").ok();
-    let v6 = std::net::UdpSocket::bind("[::]:0").ok();
+    let bound = |any: &str| bound_socket(any, &change.device);
+    let (v4, v6) = (bound("0.0.0.0:0"), bound("[::]:0"));
     for (_, peer) in change.set.iter().take(PRIME_LIMIT) {
         let Some(net) = peer.allowed_ips.first() else {
             continue;
@@ -205,6 +209,22 @@ pub fn prime_handshakes(change: &TunnelChange) {
             let _ = socket.send_to(&[], (net.ip(), 9));
         }
     }
+}
+
+/// A non-blocking UDP socket whose datagrams can only leave through `device`
+/// (SO_BINDTODEVICE); `None` when it cannot be made (then nothing is primed: the
+/// handshakes start on the first packet, as WireGuard's do by themselves). tokio's
+/// socket sets the option (std has no call for it); the send is std's, because tokio's
+/// `try_send_to` refuses until its reactor has seen the new socket writable.
+fn bound_socket(any: &str, device: &str) -> Option<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.set_nonblocking(true).ok()?;
+    let socket = tokio::net::UdpSocket::from_std(socket).ok()?;
+    if let Err(e) = socket.bind_device(Some(device.as_bytes())) {
+        debug!("cannot bind a socket to {device} to start handshakes: {e}");
+        return None;
+    }
+    socket.into_std().ok()
 }
 
 async fn find_index(handle: &Handle, name: &str) -> Result<u32, KernelError> {
