@@ -90,7 +90,7 @@ qemu_pins() {
 missing=()
 for pair in vagrant:vagrant vagrant-libvirt:/usr/share/vagrant-plugins/plugins.d/vagrant-libvirt.json \
     libvirt-daemon-system:/usr/sbin/libvirtd libvirt-clients:virsh dnsmasq-base:dnsmasq \
-    qemu-system-x86:qemu-system-x86_64 qemu-utils:qemu-img debootstrap:debootstrap; do
+    qemu-system-x86:qemu-system-x86_64 qemu-utils:qemu-img debootstrap:debootstrap python3:python3; do
     pkg=${pair%%:*} probe=${pair#*:}
     if [ "${probe#/}" != "$probe" ]; then [ -e "$probe" ] || missing+=("$pkg"); else command -v "$probe" >/dev/null || missing+=("$pkg"); fi
 done
@@ -328,7 +328,8 @@ routes_to() { # what node n has for SUBNET: its routes (vxlan, host-gw) or WireG
     if [ "$BACKEND" = wireguard ]; then
         # One route covers the whole network; a peer is its allowed IPs. weftd's metrics
         # show the peers as the kernel reported them on the last full pass.
-        metrics "$n" | grep "^weft_wireguard_peer_last_handshake_seconds{" | grep -F "allowed_ips=\"$net\"" || true
+        metrics "$n" | grep "^weft_wireguard_peer_last_handshake_seconds{" |
+            grep -E "allowed_ips=\"([^\"]*,)?${net//./\\.}(,[^\"]*)?\"" || true
     else
         vm "$n" "ip route show $net"
     fi
@@ -361,6 +362,7 @@ wg_handshakes() { # every VM has completed a handshake with each of the others
 import json, sys
 doc = json.load(sys.stdin)
 print(sum(1 for p in doc["peers"] for w in p.get("wireguard", []) if w.get("latest_handshake_seconds_ago") is not None))')
+            count=${count:-0}
             [ "$count" -ge "$want" ] && break
             sleep 2
         done

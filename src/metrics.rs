@@ -382,7 +382,7 @@ impl Metrics {
             "Reconcile passes run, by what triggered them: lease_change and entry_repair run \
              targeted passes (the changed peers' entries, the entries reported deleted; full \
              while one is due), the others full passes (observe, diff, apply); retry is the \
-             full pass after a failed one, 0.5 s later at first, backing off to \
+             full pass after a failed one, within 0.5 s at first, backing off to \
              --reconcile-interval",
             self.passes.clone(),
         );

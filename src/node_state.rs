@@ -10,7 +10,7 @@ use crate::readiness::Readiness;
 use crate::settings::NodeSettings;
 use crate::state_channel::{StateInbox, StateRequest};
 use crate::state_view::{LastPass, NodeView, StateView};
-use crate::state_wire::StateDoc;
+use crate::state_wire::{StateDoc, WireguardDeviceDoc};
 use crate::subnet_file::{self, SubnetEnv};
 use crate::traffic_rules::{self, Outcome, TrafficRules};
 use crate::triggers::{PassTrigger, TICK, Trigger, Triggers};
@@ -392,23 +392,23 @@ impl NodeState {
         }
     }
 
-    /// The VXLAN devices' offload for the state view: `off on flannel.1
-    /// (tx-checksum-ip-generic off: auto: ...)`, or why it could not be set.
-    /// "flannel-wg: the kernel's WireGuard" per device (wireguard backend only).
-    fn wireguard_text(&self) -> Option<String> {
+    /// The WireGuard devices and who serves each (the wireguard backend only; empty
+    /// before the first full pass).
+    fn wireguard_devices(&self) -> Option<Vec<WireguardDeviceDoc>> {
         self.datapath.backend().as_wireguard()?;
-        let devices: Vec<String> = self
-            .datapath
-            .tunnel_devices()
-            .map(|(device, implementation)| format!("{device}: {implementation}"))
-            .collect();
-        Some(if devices.is_empty() {
-            "no device yet".to_string()
-        } else {
-            devices.join(", ")
-        })
+        let devices = self.datapath.tunnel_devices();
+        Some(
+            devices
+                .map(|(device, implementation)| WireguardDeviceDoc {
+                    device: device.to_string(),
+                    implementation: implementation.label().to_string(),
+                })
+                .collect(),
+        )
     }
 
+    /// The VXLAN devices' offload for the state view: `off on flannel.1
+    /// (tx-checksum-ip-generic off: auto: ...)`, or why it could not be set.
     fn tx_checksum_text(&self) -> Option<String> {
         let (decision, devices) = self.datapath.tx_checksum()?;
         let states: Vec<String> = devices
@@ -455,7 +455,7 @@ impl NodeState {
                 last_pass: self.last_pass.clone(),
                 traffic_rules: self.rules_backend.clone(),
                 vxlan_tx_checksum: self.tx_checksum_text(),
-                wireguard: self.wireguard_text(),
+                wireguard: self.wireguard_devices(),
             },
             summary: summary.into_iter().collect(),
             query,

@@ -56,9 +56,18 @@ pub struct NodeDoc {
     /// The VXLAN devices' TX checksum offload (`tx-checksum-ip-generic`), and why.
     #[serde(default)]
     pub vxlan_tx_checksum: Option<String>,
-    /// The WireGuard devices and which implementation (kernel or userspace) serves each.
+    /// The WireGuard devices and which implementation serves each (the wireguard
+    /// backend only).
     #[serde(default)]
-    pub wireguard: Option<String>,
+    pub wireguard: Option<Vec<WireguardDeviceDoc>>,
+}
+
+/// One of weft's WireGuard devices, and who serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardDeviceDoc {
+    pub device: String,
+    /// `kernel`, or `userspace` (a TUN device with a UAPI socket).
+    pub implementation: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 
 use crate::state_view::Verdict;
 use crate::state_wire::{
-    EntryDoc, LastPassDoc, NodeDoc, PageDoc, PeerDoc, StateDoc, SummaryDoc, WireguardPeerDoc,
+    EntryDoc, LastPassDoc, NodeDoc, PageDoc, PeerDoc, StateDoc, SummaryDoc, WireguardDeviceDoc,
+    WireguardPeerDoc,
 };
 use std::fmt::Write as _;
 
@@ -48,8 +49,8 @@ fn node_line(node: &NodeDoc) -> String {
     if let Some(offload) = &node.vxlan_tx_checksum {
         let _ = writeln!(line, "VXLAN TX checksum offload: {offload}");
     }
-    if let Some(wireguard) = &node.wireguard {
-        let _ = writeln!(line, "WireGuard: {wireguard}");
+    if let Some(devices) = &node.wireguard {
+        let _ = writeln!(line, "WireGuard: {}", wireguard_devices(devices));
     }
     line
 }
@@ -86,6 +87,25 @@ fn peer_row(peer: &PeerDoc) -> [String; 4] {
         peer.verdict.clone(),
         detail.join("; "),
     ]
+}
+
+/// `flannel-wg: the kernel's WireGuard`, per device.
+fn wireguard_devices(devices: &[WireguardDeviceDoc]) -> String {
+    if devices.is_empty() {
+        return "no device yet".to_string();
+    }
+    let described: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            let who = match d.implementation.as_str() {
+                "kernel" => "the kernel's WireGuard",
+                "userspace" => "a userspace WireGuard (TUN device, UAPI socket)",
+                other => other,
+            };
+            format!("{}: {who}", d.device)
+        })
+        .collect();
+    described.join(", ")
 }
 
 /// A WireGuard peer: `flannel-wg handshake 12s ago, rx 1.2 KiB, tx 3.4 KiB`.

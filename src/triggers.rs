@@ -124,6 +124,10 @@ pub struct Triggers {
     reconcile: Interval,
     /// Paces the retries of failed passes; reset by a pass that succeeds.
     retry: Backoff,
+    /// When the failed pass is retried. Its own deadline, not `converge_at`: a retry may
+    /// be seconds away, and must neither delay a notification's pass nor be cancelled
+    /// with it.
+    retry_at: Option<Instant>,
     tick: Interval,
     converge_at: Option<Instant>,
     converge_why: PassTrigger,
@@ -144,6 +148,7 @@ impl Triggers {
             kernel_events,
             reconcile,
             retry: Backoff::new(RETRY_FIRST, reconcile_every.max(RETRY_FIRST)),
+            retry_at: None,
             tick,
             converge_at: None,
             converge_why: PassTrigger::KernelEvent,
@@ -175,19 +180,18 @@ impl Triggers {
         self.converge_at.get_or_insert_with(|| now() + DEBOUNCE);
     }
 
-    /// The last pass failed: a full pass after the next backoff delay (or sooner, when
-    /// one is already scheduled). Returns the delay.
+    /// The last pass failed: a full pass after the next backoff delay. Returns the delay.
     pub fn pass_failed(&mut self) -> Duration {
         let delay = self.retry.next_delay();
-        self.note(PassTrigger::Retry);
-        let at = now() + delay;
-        self.converge_at = Some(self.converge_at.map_or(at, |scheduled| scheduled.min(at)));
+        self.retry_at = Some(now() + delay);
         delay
     }
 
-    /// The last pass applied everything: the next failure is retried quickly again.
+    /// The last pass applied everything: no retry is due, and the next failure is
+    /// retried quickly again.
     pub fn pass_succeeded(&mut self) {
         self.retry.reset();
+        self.retry_at = None;
     }
 
     fn note(&mut self, why: PassTrigger) {
@@ -212,6 +216,13 @@ impl Triggers {
             () = sleep_until(self.sweep_at) => {
                 self.sweep_at = None;
                 Some(Trigger::Sweep)
+            }
+            () = sleep_until(self.retry_at) => {
+                self.retry_at = None;
+                // The retry is a full pass: the timer's next one is a period after it, so a
+                // change that keeps failing costs one full pass per backoff delay, not two.
+                self.reconcile.reset();
+                Some(Trigger::Converge(PassTrigger::Retry))
             }
             _ = self.reconcile.tick() => Some(Trigger::Reconcile),
             _ = self.tick.tick() => Some(Trigger::Tick),
@@ -360,17 +371,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_retry_does_not_delay_a_scheduled_pass_and_makes_it_full() {
+    async fn a_pending_retry_delays_no_other_pass_and_a_success_cancels_it() {
         let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut t = Triggers::new(rx, Duration::from_secs(3600));
         let _ = t.next().await;
         let _ = t.next().await;
-        t.converge_now(PassTrigger::LeaseChange);
-        let _ = t.pass_failed();
+        let delay = t.pass_failed();
+        assert!(delay > DEBOUNCE);
         let started = tokio::time::Instant::now();
-        // Full (after a failure the targeted path cannot say what to redo), and now.
-        assert_eq!(t.next().await, Some(Trigger::Converge(PassTrigger::Retry)));
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        t.converge_soon(PassTrigger::KernelEvent);
+        assert_eq!(
+            t.next().await,
+            Some(Trigger::Converge(PassTrigger::KernelEvent))
+        );
+        assert_eq!(started.elapsed(), DEBOUNCE);
+        // That pass applied everything: no retry comes, only the housekeeping tick.
+        t.pass_succeeded();
+        assert_eq!(t.next().await, Some(Trigger::Tick));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_pass_moves_the_timer_a_period_after_it() {
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let interval = Duration::from_secs(4);
+        let mut t = Triggers::new(rx, interval);
+        let started = tokio::time::Instant::now();
+        let _ = t.next().await;
+        let _ = t.next().await;
+        let _ = t.pass_failed();
+        let retried = time_to_retry(&mut t).await;
+        loop {
+            match t.next().await {
+                Some(Trigger::Reconcile) => break,
+                Some(Trigger::Tick) => {}
+                other => panic!("expected the timer, got {other:?}"),
+            }
+        }
+        assert_eq!(started.elapsed(), retried + interval);
     }
 
     #[tokio::test(start_paused = true)]

@@ -237,7 +237,7 @@ fn pods_talk_through_wireguard_and_the_underlay_carries_only_ciphertext() {
     // Which WireGuard serves the device: here boringtun, the userspace fallback.
     assert_eq!(
         state["node"]["wireguard"],
-        "flannel-wg: a userspace WireGuard (TUN device, UAPI socket)"
+        serde_json::json!([{"device": "flannel-wg", "implementation": "userspace"}])
     );
 }
 

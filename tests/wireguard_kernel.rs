@@ -7,7 +7,7 @@ mod support;
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::time::Duration;
-use support::netns::{Netns, block_on_in, run_in};
+use support::netns::{Netns, run_in};
 use support::unique;
 use weft_backend::kernel::wireguard::prime_handshakes;
 use weft_backend::tunnel::key::PublicKey;
@@ -91,7 +91,7 @@ fn change() -> TunnelChange {
 }
 
 fn prime(node: &Netns) {
-    block_on_in(&node.name, || async { prime_handshakes(&change()) });
+    run_in(&node.name, || prime_handshakes(&change()));
 }
 
 /// The packets the device sent.

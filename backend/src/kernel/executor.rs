@@ -19,6 +19,7 @@ use crate::desired::{
 use crate::diff::Op;
 use crate::mac::{self, Mac};
 use crate::nexthop::NexthopPlan;
+use crate::tunnel::TunnelImplementation;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
@@ -188,7 +189,13 @@ impl Kernel {
         if link.kind.as_deref() != Some("wireguard") && !userspace {
             return Ok(None);
         }
-        self.tunnels.read(&link.name).map(Some)
+        let mut state = self.tunnels.read(&link.name)?;
+        state.implementation = if userspace {
+            TunnelImplementation::Userspace
+        } else {
+            TunnelImplementation::Kernel
+        };
+        Ok(Some(state))
     }
 
     /// The addresses of weft's devices.

@@ -6,7 +6,7 @@
 use super::Reconciler;
 use crate::desired::Observed;
 use crate::tunnel::key::PublicKey;
-use crate::tunnel::{PeerState, TunnelState};
+use crate::tunnel::{PeerState, TunnelImplementation, TunnelState};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -26,29 +26,10 @@ pub struct TunnelPeerView {
     pub tx_bytes: u64,
 }
 
-/// Which WireGuard implementation serves a device: the kernel's (a `wireguard` link), or
-/// a userspace one behind a TUN device (`--wireguard-userspace`). Operators ask which one
-/// runs: the userspace one is the fallback of a kernel without WireGuard, and slower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelImplementation {
-    Kernel,
-    Userspace,
-}
-
-impl std::fmt::Display for TunnelImplementation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TunnelImplementation::Kernel => "the kernel's WireGuard",
-            TunnelImplementation::Userspace => "a userspace WireGuard (TUN device, UAPI socket)",
-        })
-    }
-}
-
 /// The devices' states of the last full pass, without secrets (none before it).
 #[derive(Debug, Default)]
 pub(super) struct TunnelsSeen {
     pub(super) devices: BTreeMap<String, TunnelState>,
-    implementations: BTreeMap<String, TunnelImplementation>,
 }
 
 impl TunnelsSeen {
@@ -63,20 +44,6 @@ impl TunnelsSeen {
                     peer.psk = None;
                 }
                 Some((link.name.clone(), state))
-            })
-            .collect();
-        // A device answers as a tunnel only as one of the two (see the executor's
-        // `read_tunnel`): a `wireguard` link, or a TUN device with its UAPI socket.
-        self.implementations = observed
-            .links
-            .iter()
-            .filter(|link| link.tunnel.is_some())
-            .map(|link| {
-                let implementation = match link.kind.as_deref() {
-                    Some("wireguard") => TunnelImplementation::Kernel,
-                    _ => TunnelImplementation::Userspace,
-                };
-                (link.name.clone(), implementation)
             })
             .collect();
     }
@@ -116,9 +83,9 @@ impl Reconciler {
     /// full pass.
     pub fn tunnel_devices(&self) -> impl Iterator<Item = (&str, TunnelImplementation)> {
         self.tunnels
-            .implementations
+            .devices
             .iter()
-            .map(|(device, implementation)| (device.as_str(), *implementation))
+            .map(|(device, state)| (device.as_str(), state.implementation))
     }
 
     /// Every peer of weft's WireGuard devices, as of the last full pass.
@@ -142,11 +109,11 @@ mod tests {
     use crate::desired::ObservedLink;
     use crate::tunnel::key::SecretKey;
 
-    fn link(name: &str, kind: &str, tunnel: Option<TunnelState>) -> ObservedLink {
+    fn link(name: &str, tunnel: Option<TunnelState>) -> ObservedLink {
         ObservedLink {
             index: 7,
             name: name.into(),
-            kind: Some(kind.into()),
+            kind: Some("wireguard".into()),
             vxlan: None,
             tunnel,
             mtu: 1420,
@@ -157,39 +124,38 @@ mod tests {
     }
 
     #[test]
-    fn each_device_is_named_with_its_implementation_and_no_secret_is_kept() {
-        let secret = SecretKey::from_bytes([7; 32]);
-        let state = TunnelState {
-            private_key: Some(secret),
+    fn the_devices_are_kept_with_their_implementation_and_without_secrets() {
+        let state = |implementation| TunnelState {
+            private_key: Some(SecretKey::from_bytes([7; 32])),
+            implementation,
             ..TunnelState::default()
         };
         let observed = Observed {
             links: vec![
-                link("flannel-wg", "wireguard", Some(state.clone())),
-                link("flannel-wg-v6", "tun", Some(state)),
-                // Another program's TUN device: no tunnel state, not listed.
-                link("tun0", "tun", None),
+                link("flannel-wg", Some(state(TunnelImplementation::Kernel))),
+                link(
+                    "flannel-wg-v6",
+                    Some(state(TunnelImplementation::Userspace)),
+                ),
+                // Not a tunnel (another program's device): not kept.
+                link("wg0", None),
             ],
             ..Observed::default()
         };
         let mut seen = TunnelsSeen::default();
         seen.record(&observed);
-        let listed: Vec<_> = seen
-            .implementations
+        let devices: Vec<_> = seen
+            .devices
             .iter()
-            .map(|(device, implementation)| (device.as_str(), *implementation))
+            .map(|(device, state)| (device.as_str(), state.implementation))
             .collect();
         assert_eq!(
-            listed,
+            devices,
             [
                 ("flannel-wg", TunnelImplementation::Kernel),
                 ("flannel-wg-v6", TunnelImplementation::Userspace),
             ]
         );
         assert!(seen.devices.values().all(|s| s.private_key.is_none()));
-        assert_eq!(
-            TunnelImplementation::Kernel.to_string(),
-            "the kernel's WireGuard"
-        );
     }
 }

@@ -58,6 +58,27 @@ pub struct TunnelState {
     pub public_key: Option<PublicKey>,
     pub listen_port: u16,
     pub peers: BTreeMap<PublicKey, PeerState>,
+    /// Who answered: the kernel, or a userspace implementation (set by the reader).
+    pub implementation: TunnelImplementation,
+}
+
+/// Which WireGuard implementation serves a device: the kernel's (a `wireguard` link), or
+/// a userspace one behind a TUN device (`--wireguard-userspace`). Operators ask which one
+/// runs: the userspace one is the fallback of a kernel without WireGuard, and slower.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TunnelImplementation {
+    #[default]
+    Kernel,
+    Userspace,
+}
+
+impl TunnelImplementation {
+    pub fn label(self) -> &'static str {
+        match self {
+            TunnelImplementation::Kernel => "kernel",
+            TunnelImplementation::Userspace => "userspace",
+        }
+    }
 }
 
 /// What to set on a device: only what differs. Secrets are never printed.
@@ -215,6 +236,7 @@ mod tests {
                 .iter()
                 .map(|n| (key(*n), state_of(&peer(*n))))
                 .collect(),
+            ..TunnelState::default()
         }
     }
 

@@ -213,18 +213,23 @@ pub fn prime_handshakes(change: &TunnelChange) {
 
 /// A non-blocking UDP socket whose datagrams can only leave through `device`
 /// (SO_BINDTODEVICE); `None` when it cannot be made (then nothing is primed: the
-/// handshakes start on the first packet, as WireGuard's do by themselves). tokio's
-/// socket sets the option (std has no call for it); the send is std's, because tokio's
-/// `try_send_to` refuses until its reactor has seen the new socket writable.
+/// handshakes start on the first packet, as WireGuard's do by themselves).
 fn bound_socket(any: &str, device: &str) -> Option<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(any).ok()?;
-    socket.set_nonblocking(true).ok()?;
-    let socket = tokio::net::UdpSocket::from_std(socket).ok()?;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let address: std::net::SocketAddr = any.parse().ok()?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .ok()?;
     if let Err(e) = socket.bind_device(Some(device.as_bytes())) {
         debug!("cannot bind a socket to {device} to start handshakes: {e}");
         return None;
     }
-    socket.into_std().ok()
+    socket.set_nonblocking(true).ok()?;
+    socket.bind(&address.into()).ok()?;
+    Some(socket.into())
 }
 
 async fn find_index(handle: &Handle, name: &str) -> Result<u32, KernelError> {
