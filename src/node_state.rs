@@ -10,7 +10,7 @@ use crate::readiness::Readiness;
 use crate::settings::NodeSettings;
 use crate::state_channel::{StateInbox, StateRequest};
 use crate::state_view::{LastPass, NodeView, StateView};
-use crate::state_wire::{StateDoc, WireguardDeviceDoc};
+use crate::state_wire::StateDoc;
 use crate::subnet_file::{self, SubnetEnv};
 use crate::traffic_rules::{self, Outcome, TrafficRules};
 use crate::triggers::{PassTrigger, TICK, Trigger, Triggers};
@@ -23,6 +23,7 @@ use weft_backend::backend::{ExternalSpec, MtuChange};
 use weft_backend::kernel::KernelEvent;
 use weft_backend::reconcile::drift::Cause;
 use weft_backend::reconcile::{Reaction, Reconciler};
+use weft_backend::tunnel::TunnelImplementation;
 use weft_rules::Firewall;
 use weft_subnet::LeaseAttrs;
 use weft_subnet::watch::{LeaseEvent, LeaseWatcher};
@@ -394,15 +395,12 @@ impl NodeState {
 
     /// The WireGuard devices and who serves each (the wireguard backend only; empty
     /// before the first full pass).
-    fn wireguard_devices(&self) -> Option<Vec<WireguardDeviceDoc>> {
+    fn wireguard_devices(&self) -> Option<Vec<(String, TunnelImplementation)>> {
         self.datapath.backend().as_wireguard()?;
         let devices = self.datapath.tunnel_devices();
         Some(
             devices
-                .map(|(device, implementation)| WireguardDeviceDoc {
-                    device: device.to_string(),
-                    implementation: implementation.label().to_string(),
-                })
+                .map(|(device, implementation)| (device.to_string(), implementation))
                 .collect(),
         )
     }

@@ -18,9 +18,9 @@
 //! `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) and `only=problems` (peers
 //! whose verdict is not `ok`); the summary always counts every peer.
 
-use crate::state_wire::WireguardDeviceDoc;
 use std::time::{Duration, SystemTime};
 pub use weft_backend::reconcile::view::{EntryView, PeerView, REPAIRED_SHOWN_FOR, Verdict};
+use weft_backend::tunnel::TunnelImplementation;
 use weft_subnet::SubnetKey;
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -102,7 +102,7 @@ pub struct NodeView {
     /// The VXLAN devices' TX checksum offload, and why.
     pub vxlan_tx_checksum: Option<String>,
     /// The WireGuard devices and which implementation serves each (wireguard backend).
-    pub wireguard: Option<Vec<WireguardDeviceDoc>>,
+    pub wireguard: Option<Vec<(String, TunnelImplementation)>>,
 }
 
 /// The last reconcile pass.
@@ -288,10 +288,7 @@ mod tests {
     #[test]
     fn the_table_says_which_wireguard_serves_each_device() {
         let mut view = sample();
-        view.node.wireguard = Some(vec![WireguardDeviceDoc {
-            device: "flannel-wg".into(),
-            implementation: "kernel".into(),
-        }]);
+        view.node.wireguard = Some(vec![("flannel-wg".into(), TunnelImplementation::Kernel)]);
         let table = status_table::render(&over_the_wire(StateDoc::from_view(&view, at(1012))));
         assert!(
             table

@@ -235,7 +235,15 @@ impl NodeDoc {
             not_ready_reason: node.ready.as_ref().err().cloned(),
             traffic_rules: node.traffic_rules.clone(),
             vxlan_tx_checksum: node.vxlan_tx_checksum.clone(),
-            wireguard: node.wireguard.clone(),
+            wireguard: node.wireguard.as_ref().map(|devices| {
+                devices
+                    .iter()
+                    .map(|(device, implementation)| WireguardDeviceDoc {
+                        device: device.clone(),
+                        implementation: implementation.label().to_string(),
+                    })
+                    .collect()
+            }),
         }
     }
 }
