@@ -15,36 +15,8 @@ mod support;
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::Command;
 use support::chart;
-
-const SCRIPTS: [&str; 3] = [
-    "scripts/k8s-conformance.sh",
-    "scripts/k8s/e2e.sh",
-    "scripts/k8s/tier.sh",
-];
-
-/// Runs `command` in bash with the tier's libraries sourced (they only define variables
-/// and functions), from the repository's root; returns its standard output.
-fn tier(command: &str) -> String {
-    let script = format!(
-        ". scripts/k8s/build.sh && . scripts/k8s/cluster.sh && . scripts/k8s/tier.sh && \
-         . scripts/k8s/checks.sh && . scripts/k8s/e2e.sh && {command}"
-    );
-    let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(chart::repo())
-        .env_remove("WEFT_K8S_VERSION")
-        .env_remove("WEFT_K8S_CACHE")
-        .output()
-        .expect("bash");
-    assert!(
-        output.status.success(),
-        "{command}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
-}
+use support::k8s_tier::tier;
 
 fn lines(command: &str) -> Vec<String> {
     tier(command).lines().map(str::to_string).collect()
@@ -80,18 +52,6 @@ fn cached_module() -> Option<PathBuf> {
         tier("echo $K8S_VERSION").trim()
     ));
     dir.is_dir().then_some(dir)
-}
-
-#[test]
-fn the_conformance_scripts_are_valid_bash() {
-    for script in SCRIPTS {
-        let status = Command::new("bash")
-            .args(["-n", script])
-            .current_dir(chart::repo())
-            .status()
-            .expect("bash");
-        assert!(status.success(), "bash -n {script}");
-    }
 }
 
 #[test]

@@ -14,35 +14,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::Command;
 use support::chart::{self, documents, object, render_values};
-
-const SCRIPTS: [&str; 7] = [
-    "scripts/k8s-test.sh",
-    "scripts/k8s/build.sh",
-    "scripts/k8s/cluster.sh",
-    "scripts/k8s/checks.sh",
-    "scripts/k8s/tier.sh",
-    "scripts/k8s-conformance.sh",
-    "scripts/k8s/e2e.sh",
-];
-
-/// Runs `command` in bash with the tier's libraries sourced (they only define variables
-/// and functions), from the repository's root; returns its standard output.
-fn tier(command: &str) -> String {
-    let script = format!(
-        ". scripts/k8s/build.sh && . scripts/k8s/cluster.sh && . scripts/k8s/checks.sh && {command}"
-    );
-    let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(chart::repo())
-        .output()
-        .expect("bash");
-    assert!(
-        output.status.success(),
-        "{command}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
-}
+use support::k8s_tier::{SCRIPTS, tier};
 
 fn variable(name: &str) -> String {
     tier(&format!("echo \"${name}\"")).trim().to_string()

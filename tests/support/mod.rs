@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod container;
 pub mod etcd;
 pub mod flannel_like;
+pub mod k8s_tier;
 pub mod kernel_state;
 pub mod kube_api;
 pub mod kube_cluster;
