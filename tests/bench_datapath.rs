@@ -316,7 +316,7 @@ fn observability_cost(netns: &str, pid: u32) -> Vec<String> {
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn hostgw_throughput_against_hand_written_routes() {
-    use support::pods::{add_pod, iperf_gbits};
+    use support::pods::iperf_gbits;
     let mut c = Cluster::new(2, true);
     c.etcd.etcdctl(&[
         "put",
@@ -326,12 +326,7 @@ fn hostgw_throughput_against_hand_written_routes() {
     for host in 0..2 {
         c.start(host, &[]);
     }
-    let mut pods = Vec::new();
-    for host in 0..2 {
-        c.nodes[host].wait_log("weftd is ready", Duration::from_secs(30));
-        let ns = &c.underlay.hosts[host].ns;
-        pods.push(add_pod(ns, &format!("{}-p", ns.name), &c.node_dir(host)));
-    }
+    let pods = c.pods_when_ready(2, Duration::from_secs(30));
     // Each node's route to the other's subnet, as weft wrote it.
     let routes: Vec<String> = (0..2)
         .map(|h| {

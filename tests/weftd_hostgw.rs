@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::cluster::{CONFIG_KEY, Cluster};
 use support::kernel_state::{json, rows};
 use support::netns::{Netns, UNDERLAY_GATEWAY};
-use support::pods::{Pod, add_pod, ping, tcp_source_seen};
+use support::pods::{Pod, ping, tcp_source_seen};
 use support::prometheus::scrape;
 use support::vxlan::LIMIT;
 use support::wait_for;
@@ -63,12 +63,7 @@ fn start(config: &str, nodes: usize, extra: &[&str]) -> HostGwCluster {
         args.extend_from_slice(extra);
         c.start(host, &args);
     }
-    let mut pods = Vec::new();
-    for host in 0..nodes {
-        c.nodes[host].wait_log("weftd is ready", LIMIT);
-        let ns = &c.underlay.hosts[host].ns;
-        pods.push(add_pod(ns, &format!("{}-p", ns.name), &c.node_dir(host)));
-    }
+    let pods = c.pods_when_ready(nodes, LIMIT);
     for host in 0..nodes {
         let ns = &c.underlay.hosts[host].ns;
         wait_for("routes to all peers", LIMIT, || {

@@ -248,16 +248,7 @@ fn cluster_with(config: &str, nodes: usize) -> VxlanCluster {
     for host in 0..nodes {
         c.start(host, &[]);
     }
-    let mut pods = Vec::new();
-    for host in 0..nodes {
-        c.nodes[host].wait_log("weftd is ready", LIMIT);
-        let node = &c.underlay.hosts[host].ns;
-        pods.push(add_pod(
-            node,
-            &format!("{}-p", node.name),
-            &c.node_dir(host),
-        ));
-    }
+    let pods = c.pods_when_ready(nodes, LIMIT);
     VxlanCluster { pods, c }
 }
 

@@ -532,16 +532,7 @@ fn a_flannel_shaped_wireguard_node_and_weft_nodes_talk_both_ways() {
             &[("WIREGUARD_KEY_FILE", &key)],
         );
     }
-    let mut pods = Vec::new();
-    for host in 0..2 {
-        c.nodes[host].wait_log("weftd is ready", LIMIT);
-        let node = &c.underlay.hosts[host].ns;
-        pods.push(add_pod(
-            node,
-            &format!("{}-p", node.name),
-            &c.node_dir(host),
-        ));
-    }
+    let pods = c.pods_when_ready(2, LIMIT);
     // flanneld's side of the weft leases: a peer each, endpoint and subnet from the lease.
     for (key, value) in c.subnets_in_etcd() {
         let attrs: Value = serde_json::from_str(&value).unwrap();

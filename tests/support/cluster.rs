@@ -4,9 +4,11 @@
 
 use super::etcd::EtcdServer;
 use super::netns::{UNDERLAY_GATEWAY, Underlay};
+use super::pods::{Pod, add_pod};
 use super::unique;
 use super::weftd::Weftd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const CONFIG_KEY: &str = "/coreos.com/network/config";
 const ETCD_ENDPOINTS: &str = "--etcd-endpoints=http://198.18.0.1:2379";
@@ -57,6 +59,19 @@ impl Cluster {
         let weftd = Weftd::start_via(launcher, &self.node_dir(host), &self.args(extra), env);
         self.nodes.push(weftd);
         self.nodes.len() - 1
+    }
+
+    /// Waits until the weftd of each of hosts `0..hosts` (started in host order) is
+    /// ready, and adds a pod on each through the CNI plugin, named after its node
+    /// (`<netns>-p`); the pods in host order.
+    pub fn pods_when_ready(&self, hosts: usize, limit: Duration) -> Vec<Pod> {
+        (0..hosts)
+            .map(|host| {
+                self.nodes[host].wait_log("weftd is ready", limit);
+                let node = &self.underlay.hosts[host].ns;
+                add_pod(node, &format!("{}-p", node.name), &self.node_dir(host))
+            })
+            .collect()
     }
 
     /// weftd's arguments for etcd mode, then `extra`.

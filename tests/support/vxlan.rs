@@ -3,7 +3,7 @@
 
 use super::cluster::{CONFIG_KEY, Cluster};
 use super::kernel_state::peer_routes;
-use super::pods::{Pod, add_pod};
+use super::pods::Pod;
 use super::wait_for;
 use serde_json::Value;
 use std::time::Duration;
@@ -49,13 +49,7 @@ fn cluster_configured(
             .collect();
         c.start(host, &args);
     }
-    let mut pods = Vec::new();
-    for host in 0..nodes {
-        c.nodes[host].wait_log("weftd is ready", LIMIT);
-        let node = &c.underlay.hosts[host].ns;
-        let name = format!("{}-p", node.name);
-        pods.push(add_pod(node, &name, &c.node_dir(host)));
-    }
+    let pods = c.pods_when_ready(nodes, LIMIT);
     // Every node has programmed every peer.
     for host in 0..nodes {
         let ns = &c.underlay.hosts[host].ns;

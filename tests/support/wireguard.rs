@@ -7,7 +7,7 @@
 
 use super::cluster::{CONFIG_KEY, Cluster};
 use super::netns::Netns;
-use super::pods::{Pod, add_pod};
+use super::pods::Pod;
 use super::wait_for;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -294,12 +294,7 @@ impl WgCluster {
         for host in 0..nodes {
             w.start(host);
         }
-        for host in 0..nodes {
-            w.c.nodes[host].wait_log("weftd is ready", LIMIT);
-            let node = &w.c.underlay.hosts[host].ns;
-            let name = format!("{}-p", node.name);
-            w.pods.push(add_pod(node, &name, &w.c.node_dir(host)));
-        }
+        w.pods = w.c.pods_when_ready(nodes, LIMIT);
         if config.contains("wireguard") {
             w.wait_peers(nodes - 1);
         }
