@@ -491,6 +491,54 @@ async fn forty_nodes_racing_for_fifteen_subnets() {
     assert_eq!(stored.kvs().len(), 15);
 }
 
+/// A dual-stack key names both subnets, so two nodes that picked the same IPv4 subnet
+/// with different IPv6 ones write different keys: one free IPv4 subnet, plenty of IPv6
+/// ones, and twenty nodes at once must still give that IPv4 subnet to one node only.
+#[tokio::test]
+async fn dual_stack_racers_never_share_a_subnet_of_either_family() {
+    let etcd = EtcdServer::start();
+    let cfg = config(
+        &etcd,
+        r#"{"Network":"10.5.0.0/24","SubnetLen":28,"SubnetMin":"10.5.0.16","SubnetMax":"10.5.0.16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"alloc"}}"#,
+    )
+    .await;
+    let mut managers = Vec::new();
+    for _ in 0..20 {
+        managers.push(manager(&etcd).await);
+    }
+    let attempts = managers.iter().enumerate().map(|(i, m)| {
+        let attrs = LeaseAttrs {
+            public_ip: format!("198.18.1.{}", i + 1).parse().unwrap(),
+            public_ipv6: Some(format!("fd00:198:18::{:x}", i + 1).parse().unwrap()),
+            ..LeaseAttrs::default()
+        };
+        let cfg = cfg.clone();
+        async move { m.acquire_lease(&cfg, &attrs, None).await }
+    });
+    let mut winners = Vec::new();
+    for result in futures_join_all(attempts).await {
+        match result {
+            Ok(lease) => winners.push(lease.key),
+            Err(AcquireError::OutOfSubnets(e)) => assert_eq!(
+                e.to_string(),
+                "out of subnets: all 1 /28 subnets from 10.5.0.16 to 10.5.0.16 in 10.5.0.0/24 are leased"
+            ),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = etcd
+        .client()
+        .await
+        .get(
+            format!("{PREFIX}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.kvs().len(), 1);
+}
+
 /// Runs futures concurrently on this task (no extra dependency needed).
 async fn futures_join_all<F: std::future::Future>(
     futures: impl IntoIterator<Item = F>,
