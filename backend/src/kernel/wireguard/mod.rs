@@ -138,8 +138,13 @@ impl TunnelDriver {
         let describe = command.join(" ");
         let failed =
             |why: String| KernelError::Tunnel(format!("cannot start `{describe} {name}`: {why}"));
-        let output = Command::new(&command[0])
-            .args(&command[1..])
+        // The daemon's flag parsing never hands over an empty command; a caller that does
+        // gets an error, not a panic.
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| failed("no program named".into()))?;
+        let output = Command::new(program)
+            .args(args)
             .arg(name)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
